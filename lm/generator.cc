@@ -1,0 +1,109 @@
+#include "lm/generator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace rag::lm {
+namespace {
+
+// splitmix64: a tiny, fully specified RNG, so a seed gives the same sample on
+// every platform and standard library.
+uint64_t NextRandom(uint64_t* state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+double Uniform(uint64_t* state) { return static_cast<double>(NextRandom(state) >> 11) * 0x1.0p-53; }
+
+}  // namespace
+
+TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state) {
+  auto l = logits.to(torch::kFloat32).contiguous();
+  if (options.temperature <= 0) return static_cast<TokenId>(l.argmax().item<int64_t>());
+  auto probs = torch::softmax(l / options.temperature, -1);
+  auto sorted = probs.sort(/*dim=*/-1, /*descending=*/true);
+  auto p = std::get<0>(sorted).contiguous();
+  auto idx = std::get<1>(sorted).contiguous();
+  const float* pp = p.data_ptr<float>();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  int64_t keep = p.numel();
+  if (options.top_k > 0) keep = std::min(keep, options.top_k);
+  if (options.top_p < 1.0) {
+    double mass = 0;
+    for (int64_t i = 0; i < keep; ++i) {
+      mass += pp[i];
+      if (mass >= options.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double total = 0;
+  for (int64_t i = 0; i < keep; ++i) total += pp[i];
+  double r = Uniform(rng_state) * total;
+  for (int64_t i = 0; i < keep; ++i) {
+    r -= pp[i];
+    if (r <= 0) return static_cast<TokenId>(ip[i]);
+  }
+  return static_cast<TokenId>(ip[keep - 1]);
+}
+
+absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::vector<TokenId>& prompt,
+                                              TokenId eot, const SamplingOptions& options,
+                                              const TokenCallback& on_token) {
+  if (options.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
+  if (options.top_p <= 0 || options.top_p > 1) return absl::InvalidArgumentError("top_p must be in (0, 1]");
+  if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
+  if (!std::isfinite(options.temperature) || options.temperature < 0) {
+    return absl::InvalidArgumentError("temperature must be >= 0");
+  }
+  const int64_t context = model->config().context;
+  const int64_t vocab = model->config().vocab_size;
+  for (TokenId t : prompt) {
+    if (t < 0 || t >= vocab) return absl::InvalidArgumentError("prompt token id " + std::to_string(t) + " out of range");
+  }
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> seq;  // everything so far, eot first
+  seq.push_back(eot);
+  seq.insert(seq.end(), prompt.begin(), prompt.end());
+  std::vector<TokenId> generated;
+  uint64_t rng = options.seed;
+
+  KVCache cache;
+  // Runs the model on seq[from..] (continuing the cache when used) and
+  // returns next-token logits [V].
+  auto logits_after = [&](int64_t from) {
+    auto x = torch::tensor(std::vector<int64_t>(seq.begin() + from, seq.end()), torch::kLong).unsqueeze(0);
+    auto hidden = model->ForwardHidden(x, options.use_cache ? &cache : nullptr);  // [1, T, D]
+    return model->Logits(hidden.narrow(1, hidden.size(1) - 1, 1)).view({-1});    // [V]
+  };
+  // Window start used when the sequence no longer fits the context: half a
+  // context is dropped at once so the cache is rebuilt rarely.
+  auto window_start = [&](int64_t keep) { return static_cast<int64_t>(seq.size()) - keep; };
+
+  torch::Tensor logits;
+  int64_t start = std::max<int64_t>(0, window_start(context));
+  logits = logits_after(start);
+  for (int64_t step = 0; step < options.max_tokens; ++step) {
+    TokenId next = SampleToken(logits, options, &rng);
+    generated.push_back(next);
+    seq.push_back(next);
+    if (on_token && !on_token(next)) break;
+    if (options.stop_at_eot && next == eot) break;
+    if (step + 1 == options.max_tokens) break;
+    if (!options.use_cache) {
+      logits = logits_after(std::max<int64_t>(0, window_start(context)));
+    } else if (cache.length() + 1 > context) {
+      cache.Clear();
+      logits = logits_after(window_start(context / 2));
+    } else {
+      logits = logits_after(static_cast<int64_t>(seq.size()) - 1);
+    }
+  }
+  return generated;
+}
+
+}  // namespace rag::lm

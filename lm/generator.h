@@ -1,0 +1,40 @@
+// Autoregressive generation from a TransformerLM with greedy, top-k and
+// top-p (nucleus) sampling and a KV cache. Thread-safe for concurrent calls
+// on a model in eval mode (each call has its own cache and RNG).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lm/tokenizer.h"
+#include "lm/transformer_lm.h"
+
+namespace rag::lm {
+
+struct SamplingOptions {
+  int64_t max_tokens = 64;     // Default: 64
+  double temperature = 1.0;    // 0 means greedy. Default: 1.0
+  int64_t top_k = 0;           // keep the k most likely tokens; 0 = all. Default: 0
+  double top_p = 1.0;          // keep the smallest set with mass >= top_p. Default: 1.0
+  uint64_t seed = 0;           // sampling RNG seed. Default: 0
+  bool stop_at_eot = true;     // stop after the end-of-text token. Default: true
+  bool use_cache = true;       // false recomputes the prefix every step (for tests). Default: true
+};
+
+// Called with each generated token; returning false stops generation (a
+// client that went away).
+using TokenCallback = std::function<bool(TokenId)>;
+
+// Generates up to options.max_tokens tokens after `prompt` (which is
+// preceded by the end-of-text token `eot`). Returns the generated ids, the
+// eot included if it was produced. InvalidArgument for bad options.
+absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::vector<TokenId>& prompt,
+                                              TokenId eot, const SamplingOptions& options,
+                                              const TokenCallback& on_token = nullptr);
+
+// Picks a token from next-token logits [V] by the sampling rule in `options`.
+TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state);
+
+}  // namespace rag::lm

@@ -1,0 +1,56 @@
+// A trained language model as it lives on disk: the model directory with
+// config.json, tokenizer.json, model.pt and model_info.json (written last;
+// holds the content hash that indexes and datastores record). Once opened,
+// inference methods are safe to call from many threads.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lm/model_config.h"
+#include "lm/tokenizer.h"
+#include "lm/transformer_lm.h"
+
+namespace rag::lm {
+
+// File names inside a model directory.
+inline constexpr char kConfigFile[] = "config.json";
+inline constexpr char kTokenizerFile[] = "tokenizer.json";
+inline constexpr char kWeightsFile[] = "model.pt";
+inline constexpr char kInfoFile[] = "model_info.json";
+inline constexpr char kSplitFile[] = "split.json";
+inline constexpr char kCheckpointFile[] = "checkpoint.pt";
+
+class LanguageModel {
+ public:
+  LanguageModel(TransformerConfig config, Tokenizer tokenizer, TransformerLM module);
+
+  // Loads a model directory and verifies its content hash. NotFound when the
+  // directory or a file is missing (a training run that never finished has
+  // no model_info.json), DataLoss when a file is corrupt or was modified.
+  static absl::StatusOr<std::unique_ptr<LanguageModel>> Open(const std::string& dir);
+
+  // Writes model.pt, config.json, tokenizer.json, then model_info.json with
+  // `info_json` (a JSON object) merged in. Each file is replaced atomically
+  // and model_info.json comes last, so a crash leaves no model that opens.
+  absl::Status Save(const std::string& dir, const std::string& info_json = "{}");
+
+  const TransformerConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  TransformerLM& module() { return module_; }
+  // XXH3 over config, tokenizer and weights; "" until saved or opened.
+  const std::string& content_hash() const { return content_hash_; }
+
+ private:
+  TransformerConfig config_;
+  Tokenizer tokenizer_;
+  TransformerLM module_;
+  std::string content_hash_;
+};
+
+// Content hash of a model: derived from the exact bytes of its config,
+// tokenizer and weights, so any change to any of them changes it.
+absl::StatusOr<std::string> ComputeContentHash(const std::string& dir);
+
+}  // namespace rag::lm

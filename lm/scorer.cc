@@ -1,0 +1,84 @@
+#include "lm/scorer.h"
+
+#include <algorithm>
+
+namespace rag::lm {
+namespace {
+
+struct Window {
+  int64_t start;        // first input position in the bos-prefixed sequence
+  int64_t length;       // inputs in the window
+  int64_t first_new;    // offset inside the window of the first target to keep
+};
+
+}  // namespace
+
+std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                               const ScoreOptions& options) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  std::vector<float> out;
+  if (n == 0) return out;
+  out.reserve(tokens.size());
+  const int64_t context = model->config().context;
+  const int64_t stride = std::clamp<int64_t>(options.stride > 0 ? options.stride : context / 2, 1, context);
+
+  // seq = [bos, tokens...]; input seq[j] predicts seq[j + 1].
+  std::vector<int64_t> seq;
+  seq.reserve(tokens.size() + 1);
+  seq.push_back(bos);
+  for (TokenId t : tokens) seq.push_back(t);
+
+  std::vector<Window> windows;
+  int64_t scored = 0;  // targets seq[1..scored] are done
+  int64_t start = 0;
+  while (scored < n) {
+    int64_t end = std::min(start + context, n);  // inputs seq[start, end), targets seq[start+1, end]
+    windows.push_back({start, end - start, scored - start});
+    scored = end;
+    start = end - (context - stride);
+  }
+
+  torch::NoGradGuard no_grad;
+  auto seq_tensor = torch::tensor(seq, torch::kLong);
+  size_t i = 0;
+  while (i < windows.size()) {
+    // Batch consecutive windows of equal length (all but possibly the last).
+    size_t j = i + 1;
+    while (j < windows.size() && j - i < static_cast<size_t>(std::max<int64_t>(1, options.batch_windows)) &&
+           windows[j].length == windows[i].length) {
+      ++j;
+    }
+    const int64_t len = windows[i].length;
+    std::vector<torch::Tensor> inputs, targets;
+    for (size_t w = i; w < j; ++w) {
+      inputs.push_back(seq_tensor.narrow(0, windows[w].start, len));
+      targets.push_back(seq_tensor.narrow(0, windows[w].start + 1, len));
+    }
+    auto x = torch::stack(inputs);                        // [B, T]
+    auto y = torch::stack(targets);                       // [B, T]
+    auto logp = torch::log_softmax(model->forward(x), -1);  // [B, T, V]
+    auto picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).contiguous();  // [B, T]
+    auto acc = picked.accessor<float, 2>();
+    for (size_t w = i; w < j; ++w) {
+      for (int64_t k = windows[w].first_new; k < len; ++k) out.push_back(acc[w - i][k]);
+    }
+    i = j;
+  }
+  return out;
+}
+
+torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos) {
+  const int64_t context = model->config().context;
+  std::vector<int64_t> seq;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n + 1 <= context) seq.push_back(bos);
+  for (int64_t i = std::max<int64_t>(0, n - (context - static_cast<int64_t>(seq.size()))); i < n; ++i) {
+    seq.push_back(tokens[i]);
+  }
+  torch::NoGradGuard no_grad;
+  auto x = torch::tensor(seq, torch::kLong).unsqueeze(0);           // [1, T]
+  auto hidden = model->ForwardHidden(x).select(1, x.size(1) - 1);  // [1, D]
+  return torch::log_softmax(model->Logits(hidden.unsqueeze(1)), -1).view({-1});  // [V]
+}
+
+}  // namespace rag::lm

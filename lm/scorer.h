@@ -1,0 +1,33 @@
+// Per-token log-probabilities of a token sequence under a TransformerLM,
+// over texts longer than the context with overlapping sliding windows.
+// Thread-safe for concurrent calls on a model in eval mode.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lm/tokenizer.h"
+#include "lm/transformer_lm.h"
+
+namespace rag::lm {
+
+struct ScoreOptions {
+  // New tokens scored per window once the first window is full; each later
+  // window keeps context - stride tokens of overlap as conditioning.
+  // 0 means context / 2. Default: 0
+  int64_t stride = 0;
+  // Windows scored per forward pass. Default: 8
+  int64_t batch_windows = 8;
+};
+
+// log p(tokens[i] | bos, tokens[0..i-1]) for every i, in nats. `bos` (the
+// end-of-text id) stands before the first token, so every token is scored.
+// Empty input gives an empty result.
+std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                               const ScoreOptions& options = {});
+
+// Log-probabilities [V] of the token that follows `tokens` (the last
+// context - 1 of them, after `bos` when they fit).
+torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos);
+
+}  // namespace rag::lm

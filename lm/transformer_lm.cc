@@ -1,0 +1,159 @@
+#include "lm/transformer_lm.h"
+
+#include <cmath>
+#include <limits>
+
+namespace rag::lm {
+
+namespace F = torch::nn::functional;
+
+torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& positions, double base) {
+  const int64_t e = x.size(-1);
+  const int64_t half = e / 2;
+  // inv_freq: [E/2]; angles: [T, E/2]
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(x.device());
+  auto inv_freq = torch::pow(base, -torch::arange(0, half, opts) / static_cast<double>(half));
+  auto angles = positions.to(opts).unsqueeze(1) * inv_freq.unsqueeze(0);
+  auto cos = angles.cos().to(x.dtype());  // [T, E/2], broadcast over B, H
+  auto sin = angles.sin().to(x.dtype());
+  auto x1 = x.narrow(-1, 0, half);
+  auto x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const TransformerConfig& config) : config_(config) {
+  reset();
+}
+
+void CausalSelfAttentionImpl::reset() {
+  qkv = register_module("qkv", torch::nn::Linear(config_.d_model, 3 * config_.d_model));
+  proj = register_module("proj", torch::nn::Linear(config_.d_model, config_.d_model));
+  dropout = register_module("dropout", torch::nn::Dropout(config_.dropout));
+}
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
+                                               torch::Tensor* keys, torch::Tensor* values) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
+  const int64_t h = config_.n_heads, e = d / h;
+  // [B, T, 3D] -> 3 x [B, H, T, E]
+  auto parts = qkv->forward(x).view({b, t, 3, h, e}).permute({2, 0, 3, 1, 4}).unbind(0);
+  torch::Tensor q = parts[0], k = parts[1], v = parts[2];
+  if (config_.positions == "rotary") {
+    q = ApplyRotary(q, positions, config_.rope_base);
+    k = ApplyRotary(k, positions, config_.rope_base);
+  }
+  int64_t past = 0;
+  if (keys != nullptr && keys->defined()) {
+    past = keys->size(2);
+    k = torch::cat({*keys, k}, 2);  // [B, H, P + T, E]
+    v = torch::cat({*values, v}, 2);
+  }
+  if (keys != nullptr) {
+    *keys = k;
+    *values = v;
+  }
+  // scores: [B, H, T, P + T]
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(e)));
+  if (t > 1) {
+    // Query i sits at position past + i and may see keys 0 .. past + i.
+    auto mask = torch::ones({t, past + t}, torch::TensorOptions().dtype(torch::kBool).device(x.device()))
+                    .triu(past + 1);
+    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  }
+  auto attn = torch::softmax(scores, -1);
+  auto y = torch::matmul(attn, v);                 // [B, H, T, E]
+  y = y.transpose(1, 2).reshape({b, t, d});        // [B, T, D]
+  return dropout->forward(proj->forward(y));
+}
+
+BlockImpl::BlockImpl(const TransformerConfig& config) : config_(config) { reset(); }
+
+void BlockImpl::reset() {
+  auto ln_opts = torch::nn::LayerNormOptions({config_.d_model}).eps(config_.layer_norm_eps);
+  ln_attn = register_module("ln_attn", torch::nn::LayerNorm(ln_opts));
+  attn = register_module("attn", CausalSelfAttention(config_));
+  ln_mlp = register_module("ln_mlp", torch::nn::LayerNorm(ln_opts));
+  fc_in = register_module("fc_in", torch::nn::Linear(config_.d_model, config_.d_ff));
+  fc_out = register_module("fc_out", torch::nn::Linear(config_.d_ff, config_.d_model));
+  dropout = register_module("dropout", torch::nn::Dropout(config_.dropout));
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
+                                 torch::Tensor* keys, torch::Tensor* values) {
+  // Pre-LayerNorm residual blocks: x + Attn(LN(x)), then x + MLP(LN(x)).
+  auto h = x + attn->forward(ln_attn->forward(x), positions, keys, values);  // [B, T, D]
+  auto m = fc_out->forward(F::gelu(fc_in->forward(ln_mlp->forward(h))));    // [B, T, F] -> [B, T, D]
+  return h + dropout->forward(m);
+}
+
+TransformerLMImpl::TransformerLMImpl(const TransformerConfig& config) : config_(config) {
+  TORCH_CHECK(config_.Validate().ok(), "invalid TransformerConfig: ", config_.Validate().ToString());
+  reset();
+}
+
+void TransformerLMImpl::reset() {
+  token_embedding = register_module("token_embedding",
+                                    torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  if (config_.positions == "learned") {
+    position_embedding = register_module("position_embedding",
+                                         torch::nn::Embedding(config_.context, config_.d_model));
+  }
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.n_layers; ++i) blocks->push_back(Block(config_));
+  ln_final = register_module("ln_final", torch::nn::LayerNorm(
+      torch::nn::LayerNormOptions({config_.d_model}).eps(config_.layer_norm_eps)));
+  dropout = register_module("dropout", torch::nn::Dropout(config_.dropout));
+
+  // GPT-2 initialisation: N(0, 0.02), residual output projections scaled by
+  // 1/sqrt(2 * layers) so the residual stream's variance stays bounded.
+  torch::NoGradGuard no_grad;
+  const double std = 0.02;
+  const double residual_std = std / std::sqrt(2.0 * static_cast<double>(config_.n_layers));
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    if (name.find("ln_") != std::string::npos) {
+      if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) p.fill_(1.0);
+      else p.zero_();
+    } else if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+      p.zero_();
+    } else if (name.find("proj.weight") != std::string::npos || name.find("fc_out.weight") != std::string::npos) {
+      p.normal_(0.0, residual_std);
+    } else {
+      p.normal_(0.0, std);
+    }
+  }
+}
+
+torch::Tensor TransformerLMImpl::ForwardHidden(const torch::Tensor& tokens, KVCache* cache) {
+  TORCH_CHECK(tokens.dim() == 2, "tokens: expected [B, T], got ", tokens.sizes());
+  const int64_t t = tokens.size(1);
+  const int64_t past = cache != nullptr ? cache->length() : 0;
+  TORCH_CHECK(past + t <= config_.context, "sequence of ", past + t, " tokens exceeds the model context of ",
+              config_.context);
+  auto positions = torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+  auto x = token_embedding->forward(tokens);  // [B, T, D]
+  if (config_.positions == "learned") x = x + position_embedding->forward(positions).unsqueeze(0);
+  x = dropout->forward(x);
+  if (cache != nullptr && cache->keys.size() != blocks->size()) {
+    cache->keys.assign(blocks->size(), torch::Tensor());
+    cache->values.assign(blocks->size(), torch::Tensor());
+  }
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    x = blocks->at<BlockImpl>(i).forward(x, positions, cache ? &cache->keys[i] : nullptr,
+                                         cache ? &cache->values[i] : nullptr);
+  }
+  return ln_final->forward(x);  // [B, T, D]
+}
+
+torch::Tensor TransformerLMImpl::Logits(const torch::Tensor& hidden) {
+  return F::linear(hidden, token_embedding->weight);  // [B, T, D] -> [B, T, V]
+}
+
+int64_t TransformerLMImpl::NumParameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace rag::lm

@@ -1,0 +1,104 @@
+// Decoder-only transformer LM (GPT-2 family): pre-LayerNorm blocks, causal
+// self-attention, rotary or learned positions, input and output embeddings
+// tied. Forward passes may extend a KVCache for incremental decoding.
+// A module instance is not thread-safe for training; concurrent inference
+// under torch::NoGradGuard with separate caches is safe.
+//
+// Tensor legend: B batch, T new tokens, P cached (past) tokens, H heads,
+// E head size (D / H), D model width, F MLP width, V vocabulary.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "lm/model_config.h"
+
+namespace rag::lm {
+
+// Keys and values of every layer for the tokens seen so far, so decoding a
+// new token costs O(P) instead of re-running the whole prefix.
+struct KVCache {
+  std::vector<torch::Tensor> keys;    // per layer: [B, H, P, E]
+  std::vector<torch::Tensor> values;  // per layer: [B, H, P, E]
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+  void Clear() { keys.clear(); values.clear(); }
+};
+
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  explicit CausalSelfAttentionImpl(const TransformerConfig& config);
+  void reset();
+  // x: [B, T, D], positions: [T] int64 (absolute) -> [B, T, D].
+  // With `keys`/`values` (the layer's cache slots), attends over P + T keys
+  // and stores the extended tensors back.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
+                        torch::Tensor* keys, torch::Tensor* values);
+
+  torch::nn::Linear qkv{nullptr};   // D -> 3D
+  torch::nn::Linear proj{nullptr};  // D -> D
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  TransformerConfig config_;
+};
+TORCH_MODULE(CausalSelfAttention);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const TransformerConfig& config);
+  void reset();
+  // x: [B, T, D] -> [B, T, D]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
+                        torch::Tensor* keys, torch::Tensor* values);
+
+  torch::nn::LayerNorm ln_attn{nullptr};
+  CausalSelfAttention attn{nullptr};
+  torch::nn::LayerNorm ln_mlp{nullptr};
+  torch::nn::Linear fc_in{nullptr};   // D -> F
+  torch::nn::Linear fc_out{nullptr};  // F -> D
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  TransformerConfig config_;
+};
+TORCH_MODULE(Block);
+
+class TransformerLMImpl : public torch::nn::Module {
+ public:
+  explicit TransformerLMImpl(const TransformerConfig& config);
+  // (Re)initialises all weights from the current torch seed (GPT-2 scheme).
+  void reset();
+
+  // tokens: [B, T] int64 -> hidden states after the final LayerNorm [B, T, D]
+  // (the vectors that feed the output layer; kNN-LM keys and the embedder
+  // use them). With a cache, the tokens continue the cached prefix:
+  // positions start at cache->length() and the cache is extended.
+  // Throws c10::Error when P + T exceeds the context.
+  torch::Tensor ForwardHidden(const torch::Tensor& tokens, KVCache* cache = nullptr);
+
+  // hidden: [B, T, D] -> logits [B, T, V] through the tied embedding.
+  torch::Tensor Logits(const torch::Tensor& hidden);
+
+  // tokens: [B, T] -> logits [B, T, V]
+  torch::Tensor forward(const torch::Tensor& tokens) { return Logits(ForwardHidden(tokens)); }
+
+  const TransformerConfig& config() const { return config_; }
+  int64_t NumParameters() const;
+
+  torch::nn::Embedding token_embedding{nullptr};     // [V, D], tied with the output layer
+  torch::nn::Embedding position_embedding{nullptr};  // [context, D], "learned" positions only
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm ln_final{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  TransformerConfig config_;
+};
+TORCH_MODULE(TransformerLM);
+
+// Rotates the two halves of the head dimension by position-dependent angles
+// (RoPE, GPT-NeoX layout). x: [B, H, T, E], positions: [T] -> [B, H, T, E].
+torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& positions, double base);
+
+}  // namespace rag::lm

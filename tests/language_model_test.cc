@@ -1,0 +1,98 @@
+#include "lm/language_model.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "tests/status_matchers.h"
+#include "tests/test_util.h"
+
+namespace rag::lm {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::unique_ptr<LanguageModel> MakeModel() {
+  std::vector<std::string> texts;
+  for (const auto& d : testing::MakeCorpus(4, 1)) texts.push_back(d.text);
+  TokenizerTrainOptions topts;
+  topts.vocab_size = 300;
+  auto tok = Tokenizer::Train(texts, topts);
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  TransformerConfig config = *TransformerConfig::Preset("tiny");
+  config.vocab_size = tok->vocab_size();
+  torch::manual_seed(11);
+  return std::make_unique<LanguageModel>(config, std::move(*tok), TransformerLM(config));
+}
+
+TEST(LanguageModelTest, SaveThenOpenGivesBitwiseEqualLogits) {
+  testing::TempDir dir;
+  auto model = MakeModel();
+  RAG_ASSERT_OK(model->Save(dir.path(), R"({"note": "test"})"));
+  EXPECT_EQ(model->content_hash().size(), 16u);
+  auto loaded = LanguageModel::Open(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->content_hash(), model->content_hash());
+  EXPECT_EQ((*loaded)->tokenizer().Hash(), model->tokenizer().Hash());
+  torch::NoGradGuard no_grad;
+  model->module()->eval();
+  auto tokens = torch::randint(0, model->config().vocab_size, {2, 30}, torch::kLong);
+  EXPECT_TRUE(torch::equal(model->module()->forward(tokens), (*loaded)->module()->forward(tokens)));
+}
+
+TEST(LanguageModelTest, MissingDirectoryOrUnfinishedModelIsNotFound) {
+  testing::TempDir dir;
+  EXPECT_EQ(LanguageModel::Open(dir / "nope").status().code(), absl::StatusCode::kNotFound);
+  auto model = MakeModel();
+  RAG_ASSERT_OK(model->Save(dir.path()));
+  fs::remove(dir / kInfoFile);  // as if training died before the end
+  auto opened = LanguageModel::Open(dir.path());
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(opened.status().message().find("--resume"), std::string::npos);
+}
+
+TEST(LanguageModelTest, CorruptOrTruncatedWeightsAreDataLoss) {
+  testing::TempDir dir;
+  auto model = MakeModel();
+  RAG_ASSERT_OK(model->Save(dir.path()));
+  const std::string weights = dir / kWeightsFile;
+  const auto size = fs::file_size(weights);
+  {
+    // Flip one byte in the middle.
+    std::fstream f(weights, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(size / 2));
+    char c;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5a);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    f.write(&c, 1);
+  }
+  auto flipped = LanguageModel::Open(dir.path());
+  EXPECT_EQ(flipped.status().code(), absl::StatusCode::kDataLoss) << flipped.status();
+  fs::resize_file(weights, size / 3);
+  EXPECT_EQ(LanguageModel::Open(dir.path()).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(LanguageModelTest, WeightsThatMatchTheHashButNotTheFormatAreDataLoss) {
+  // A garbage model.pt whose hash was recorded (e.g. a user replaced files
+  // and re-hashed): loading must still fail cleanly, not crash.
+  testing::TempDir dir;
+  auto model = MakeModel();
+  RAG_ASSERT_OK(model->Save(dir.path()));
+  {
+    std::ofstream f(dir / kWeightsFile, std::ios::binary | std::ios::trunc);
+    f << "this is not a torch archive";
+  }
+  auto hash = ComputeContentHash(dir.path());
+  ASSERT_TRUE(hash.ok());
+  {
+    std::ofstream f(dir / kInfoFile, std::ios::trunc);
+    f << R"({"content_hash": ")" << *hash << R"("})";
+  }
+  auto opened = LanguageModel::Open(dir.path());
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss) << opened.status();
+}
+
+}  // namespace
+}  // namespace rag::lm
