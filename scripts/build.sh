@@ -12,4 +12,7 @@ elif [ "$#" -gt 0 ]; then
   cmake "$build" "$@"
 fi
 # LibTorch translation units need ~1.5 GB each; one job per core is safe here.
-cmake --build "$build" -j "$(nproc)"
+# RAG_BUILD_TARGET=rag builds just the command line (what the demo needs).
+target=()
+[ -n "${RAG_BUILD_TARGET:-}" ] && target=(--target "$RAG_BUILD_TARGET")
+cmake --build "$build" -j "$(nproc)" "${target[@]}"

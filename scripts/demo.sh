@@ -16,7 +16,7 @@ corpus="$data/brown/brown.jsonl"
 rag="${RAG_BUILD_DIR:-$here/build}/services/rag"
 
 "$here/scripts/setup.sh"
-"$here/scripts/build.sh"
+RAG_BUILD_TARGET=rag "$here/scripts/build.sh"
 
 section() { printf '\n== %s ==\n' "$*"; }
 
@@ -32,9 +32,9 @@ else
 fi
 
 section "2. Validation perplexity (held-out Brown documents) vs the unigram baseline"
-"$rag" eval perplexity --model "$model" --corpus "$corpus" --split validation --quiet
-"$rag" eval perplexity --model "$model" --corpus "$corpus" --split validation --quiet --json > "$model/eval_validation.json"
-echo "(JSON: $model/eval_validation.json)"
+"$rag" eval perplexity --model "$model" --corpus "$corpus" --split validation --quiet \
+  --output "$model/eval_validation.json"
+echo "(JSON: $model/eval_validation.json; the target is a ratio to unigram of at most 1/3)"
 
 section "3. Score a sentence"
 "$rag" score --model "$model" --text "The jury said it did find that the election was conducted well."

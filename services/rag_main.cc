@@ -58,7 +58,7 @@ absl::Status CheckMode(const std::string& mode) {
 }
 
 struct TrainArgs {
-  std::string corpus, out, arch = "lm", preset = "small", config_file, index, init;
+  std::string corpus, out, arch = "lm", preset = "small", config_file, index, init, gpt2_vocab;
   int64_t steps = 0, batch_size = 0, seq_len = 0, checkpoint_every = -1, eval_every = -1, warmup = -1;
   int vocab_size = 4096;
   double lr = 0, validation_fraction = 0.05;
@@ -104,6 +104,20 @@ int RunTrain(const TrainArgs& a) {
   if (!docs.ok()) return Fail(docs.status());
   std::fprintf(stderr, "train: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
                static_cast<double>(stats.bytes) / 1e6);
+  if (!a.gpt2_vocab.empty()) {
+    // Bring GPT-2's vocabulary instead of training one: it becomes the
+    // model directory's tokenizer.json, which training then reuses.
+    const fs::path tok_path = fs::path(a.out) / rag::lm::kTokenizerFile;
+    if (fs::exists(tok_path) && !a.resume && !a.overwrite) {
+      return Fail(absl::FailedPreconditionError("'" + tok_path.string() + "' already exists"));
+    }
+    auto tok = rag::lm::Tokenizer::LoadGpt2((fs::path(a.gpt2_vocab) / "encoder.json").string(),
+                                            (fs::path(a.gpt2_vocab) / "vocab.bpe").string());
+    if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "--gpt2-vocab"));
+    std::error_code ec;
+    fs::create_directories(a.out, ec);
+    if (auto s = tok->Save(tok_path.string()); !s.ok()) return Fail(s);
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   auto summary = rag::lm::TrainLanguageModel(std::move(*docs), job, &g_stop);
@@ -196,7 +210,7 @@ int RunGenerate(GenerateArgs a) {
 }
 
 struct EvalPplArgs {
-  std::string model, corpus, split = "all", mode = "lm", baseline = "unigram";
+  std::string model, corpus, split = "all", mode = "lm", baseline = "unigram", output;
   int64_t stride = 0;
   bool json_out = false, quiet = false;
 };
@@ -238,6 +252,9 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
     j["unigram_perplexity"] = u.perplexity;
     j["ratio_to_unigram"] = r.perplexity / u.perplexity;
   }
+  if (!a.output.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
   if (a.json_out) {
     PrintJson(j);
   } else {
@@ -276,6 +293,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--seq-len", train.seq_len, "tokens per training sequence (<= context)");
   train_cmd->add_option("--lr", train.lr, "peak learning rate");
   train_cmd->add_option("--warmup", train.warmup, "warm-up steps");
+  train_cmd->add_option("--gpt2-vocab", train.gpt2_vocab, "directory with GPT-2's encoder.json + vocab.bpe to use as the tokenizer");
   train_cmd->add_option("--vocab-size", train.vocab_size, "tokenizer vocabulary when one is trained")->capture_default_str();
   train_cmd->add_option("--validation-fraction", train.validation_fraction, "fraction of documents held out")->capture_default_str();
   train_cmd->add_option("--checkpoint-every", train.checkpoint_every, "steps between checkpoints");
@@ -321,6 +339,7 @@ int main(int argc, char** argv) {
   ppl_cmd->add_option("--baseline", ppl.baseline, "unigram or none")->capture_default_str();
   ppl_cmd->add_option("--stride", ppl.stride, "new tokens per sliding window (0 = context/2)");
   ppl_cmd->add_flag("--json", ppl.json_out, "print JSON");
+  ppl_cmd->add_option("--output", ppl.output, "also write the JSON result to this file");
   ppl_cmd->add_flag("--quiet", ppl.quiet, "no progress lines");
 
   CLI11_PARSE(app, argc, argv);

@@ -157,6 +157,21 @@ TEST_F(RagCliTest, BadInputFailsClearlyAndWritesNothingHalf) {
   EXPECT_NE(r.err.find("content hash"), std::string::npos) << r.err;
 }
 
+TEST_F(RagCliTest, TrainsWithGpt2Vocabulary) {
+  const char* gpt2 = std::getenv("RAG_GPT2_DIR");
+  const std::string dir = gpt2 != nullptr ? gpt2 : "data/gpt2";
+  ASSERT_TRUE(fs::exists(fs::path(dir) / "encoder.json")) << "run scripts/prepare_corpus.sh (missing " << dir << ")";
+  WriteCorpus(dir_ / "corpus.jsonl", 6);
+  Result r = Run({"train", "--corpus", dir_ / "corpus.jsonl", "--out", dir_ / "g", "--preset", "tiny", "--steps", "2",
+                  "--gpt2-vocab", dir, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json config = json::parse(Slurp(dir_ / "g/config.json"));
+  EXPECT_EQ(config["vocab_size"].get<int>(), 50257);
+  r = Run({"score", "--model", dir_ / "g", "--text", "Hello world. The capital of France is Paris.", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["tokens"].get<int>(), 10);  // GPT-2's own tokenization of this sentence
+}
+
 TEST_F(RagCliTest, SigintCheckpointsAndResumeEndsIdenticalToAnUninterruptedRun) {
   WriteCorpus(dir_ / "corpus.jsonl", 12);
   const std::vector<std::string> common = {"--corpus", dir_ / "corpus.jsonl", "--preset", "tiny", "--steps", "400",

@@ -1,0 +1,588 @@
+#include "retriever/vector_index.h"
+
+#include <faiss/IVFlib.h>
+#include <faiss/Index.h>
+#include <faiss/IndexFlatCodes.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPQ.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/IndexRefine.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <random>
+#include <regex>
+#include <unordered_set>
+
+#include "common/file_util.h"
+#include "common/status.h"
+
+namespace rag::retriever {
+namespace {
+
+constexpr char kMagic[8] = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr size_t kFixedHeaderBytes = 48;  // Up to the factory string.
+constexpr size_t kHeaderHashBytes = 8;
+// A factory string is a few dozen characters; anything longer in a header is
+// corruption, and bounding it keeps a bad length from allocating much.
+constexpr uint32_t kMaxFactoryBytes = 4096;
+// FAISS warns below 39 training points per k-means centroid.
+constexpr int64_t kMinPointsPerCentroid = 39;
+// Training-sample cap when the index is not IVF (PQ alone, OPQ, SQ, ...):
+// PQ k-means subsamples to 256 * 256 = 65536 anyway.
+constexpr int64_t kDefaultMaxTrain = 100000;
+
+// --- little-endian encoding of the header ---
+
+void PutU32(std::string* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t GetU32(const unsigned char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t GetU64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+std::string EncodeHeader(int dim, int64_t ntotal, const std::string& factory, uint64_t payload_len,
+                         uint64_t payload_hash) {
+  std::string h;
+  h.append(kMagic, sizeof(kMagic));
+  PutU32(&h, kFormatVersion);
+  PutU32(&h, static_cast<uint32_t>(kFixedHeaderBytes + factory.size() + kHeaderHashBytes));
+  PutU32(&h, static_cast<uint32_t>(dim));
+  PutU32(&h, static_cast<uint32_t>(factory.size()));
+  PutU64(&h, static_cast<uint64_t>(ntotal));
+  PutU64(&h, payload_len);
+  PutU64(&h, payload_hash);
+  h += factory;
+  PutU64(&h, XXH3_64bits(h.data(), h.size()));
+  return h;
+}
+
+// Converts the exception in flight (call only inside a catch block) to a
+// Status: FAISS's own errors get `faiss_code`, allocation failures
+// ResourceExhausted, anything else Internal.
+absl::Status CurrentExceptionToStatus(absl::StatusCode faiss_code, const std::string& context) {
+  try {
+    throw;
+  } catch (const faiss::FaissException& e) {
+    return absl::Status(faiss_code, context + ": " + e.what());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(context + ": out of memory");
+  } catch (const std::exception& e) {
+    return absl::InternalError(context + ": " + e.what());
+  } catch (...) {
+    return absl::InternalError(context + ": unknown exception");
+  }
+}
+
+absl::Status ErrnoStatus(const std::string& what, int err) {
+  std::string msg = what + ": " + std::strerror(err);
+  if (err == ENOENT) return absl::NotFoundError(msg);
+  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
+  return absl::InternalError(msg);
+}
+
+// Builds `factory` for `dim`; InvalidArgument with FAISS's reason if it
+// cannot.
+absl::StatusOr<std::unique_ptr<faiss::Index>> BuildIndex(int dim, const std::string& factory) {
+  if (dim <= 0) return absl::InvalidArgumentError("dimension must be positive, got " + std::to_string(dim));
+  if (factory.empty()) return absl::InvalidArgumentError("empty factory string");
+  try {
+    return std::unique_ptr<faiss::Index>(faiss::index_factory(dim, factory.c_str(), faiss::METRIC_L2));
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
+                                    "factory '" + factory + "' with dimension " + std::to_string(dim));
+  }
+}
+
+std::vector<std::string> SplitComponents(const std::string& factory) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t comma = factory.find(',', start);
+    parts.push_back(factory.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return parts;
+}
+
+std::string JoinComponents(const std::vector<std::string>& parts) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += ',';
+    out += parts[i];
+  }
+  return out;
+}
+
+int64_t NlistOf(const faiss::Index* index) {
+  const faiss::IndexIVF* ivf = faiss::ivflib::try_extract_index_ivf(index);
+  return ivf == nullptr ? 0 : static_cast<int64_t>(ivf->nlist);
+}
+
+// Deterministic sample of m distinct row numbers out of [0, n), sorted.
+// Floyd's algorithm: O(m) memory whatever n is. rng() % range instead of
+// std::uniform_int_distribution, whose output differs between standard
+// libraries; the modulo bias is below 2^-40 for any realistic n.
+std::vector<int64_t> SampleRows(int64_t n, int64_t m, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::unordered_set<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(m) * 2);
+  for (int64_t j = n - m; j < n; ++j) {
+    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
+    if (!chosen.insert(t).second) chosen.insert(j);
+  }
+  std::vector<int64_t> rows(chosen.begin(), chosen.end());
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+// index_factory turns on polysemous training for every "PQ" it builds. It
+// only serves polysemous (Hamming-filtered) search, which this wrapper never
+// enables, and it is by far the slowest part of training: measured 100+ s
+// of a 105 s "IVF64,PQ16" training on 20000 x 64 on this project's machine.
+void DisablePolysemousTraining(faiss::Index* index) {
+  if (auto* pre = dynamic_cast<faiss::IndexPreTransform*>(index)) index = pre->index;
+  if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index)) ivfpq->do_polysemous_training = false;
+  if (auto* pq = dynamic_cast<faiss::IndexPQ*>(index)) pq->do_polysemous_training = false;
+}
+
+// Closes a FILE* on scope exit.
+struct FileCloser {
+  void operator()(FILE* f) const {
+    if (f != nullptr) std::fclose(f);
+  }
+};
+using FilePtr = std::unique_ptr<FILE, FileCloser>;
+
+// A FAISS writer that appends to a FILE* and hashes what it writes, so Save
+// streams the index once without holding a copy in memory.
+struct HashingFileWriter : faiss::IOWriter {
+  FILE* f;
+  XXH3_state_t* state;
+  uint64_t bytes = 0;
+  HashingFileWriter(FILE* file, XXH3_state_t* s) : f(file), state(s) {}
+  size_t operator()(const void* ptr, size_t size, size_t nitems) override {
+    size_t written = std::fwrite(ptr, size, nitems, f);
+    XXH3_64bits_update(state, ptr, size * written);
+    bytes += size * written;
+    return written;
+  }
+};
+
+}  // namespace
+
+VectorIndex::VectorIndex(std::unique_ptr<faiss::Index> index, std::string factory, bool read_only)
+    : index_(std::move(index)), factory_(std::move(factory)), read_only_(read_only) {}
+
+VectorIndex::~VectorIndex() = default;
+
+std::string VectorIndex::DefaultFactory(int64_t n, int dim) {
+  if (n < 20000) return "Flat";
+  int64_t nlist = int64_t{1} << static_cast<int>(std::lround(std::log2(4.0 * std::sqrt(static_cast<double>(n)))));
+  while (nlist > 1 && n < kMinPointsPerCentroid * nlist) nlist /= 2;
+  int m = 0;
+  for (int candidate : {64, 32, 16, 8}) {
+    if (dim % candidate == 0 && dim / candidate >= 2) {
+      m = candidate;
+      break;
+    }
+  }
+  if (m == 0) return "IVF" + std::to_string(nlist) + ",SQ8";
+  return "IVF" + std::to_string(nlist) + ",PQ" + std::to_string(m);
+}
+
+absl::StatusOr<FactoryChoice> VectorIndex::AdaptFactory(const std::string& requested, int64_t n, int dim) {
+  if (n < 0) return absl::InvalidArgumentError("corpus size must be >= 0, got " + std::to_string(n));
+  RAG_RETURN_IF_ERROR(BuildIndex(dim, requested).status());
+
+  static const std::regex kIvf(R"(^IVF(\d+)(.*)$)");
+  static const std::regex kPq(R"(^(O?PQ)(\d+)(?:x(\d+))?(.*)$)");
+  std::vector<std::string> parts = SplitComponents(requested);
+  int ivf_part = -1;
+  int64_t nlist = 0;
+  int64_t pq_min_points = 0;
+  std::string pq_name;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::smatch m;
+    if (ivf_part < 0 && std::regex_match(parts[i], m, kIvf)) {
+      ivf_part = static_cast<int>(i);
+      nlist = std::stoll(m[1].str());
+    } else if (std::regex_match(parts[i], m, kPq)) {
+      int nbits = m[3].matched ? std::stoi(m[3].str()) : 8;
+      if (nbits < 1 || nbits > 16) continue;  // FAISS accepted it; leave it to FAISS.
+      int64_t need = kMinPointsPerCentroid << nbits;
+      if (need > pq_min_points) {
+        pq_min_points = need;
+        pq_name = parts[i];
+      }
+    }
+  }
+
+  FactoryChoice choice{requested, ""};
+  if (pq_min_points > 0 && n < pq_min_points) {
+    choice.factory = "Flat";
+    choice.note = pq_name + " in '" + requested + "' needs at least " + std::to_string(pq_min_points) +
+                  " training vectors (39 per PQ centroid) but there are " + std::to_string(n) +
+                  "; using exact 'Flat', which is cheap at this size.";
+    return choice;
+  }
+  if (ivf_part >= 0 && n < kMinPointsPerCentroid * nlist) {
+    if (n == 0) {
+      choice.factory = "Flat";
+      choice.note = "'" + requested + "' cannot be trained on an empty corpus; using exact 'Flat'.";
+      return choice;
+    }
+    int64_t new_nlist = std::max<int64_t>(1, n / kMinPointsPerCentroid);
+    std::smatch m;
+    std::regex_match(parts[ivf_part], m, kIvf);
+    parts[ivf_part] = "IVF" + std::to_string(new_nlist) + m[2].str();
+    choice.factory = JoinComponents(parts);
+    choice.note = "IVF" + std::to_string(nlist) + " needs at least " + std::to_string(kMinPointsPerCentroid * nlist) +
+                  " training vectors (39 per list) but there are " + std::to_string(n) + "; using IVF" +
+                  std::to_string(new_nlist) + " ('" + choice.factory + "').";
+    RAG_RETURN_IF_ERROR(Annotate(BuildIndex(dim, choice.factory).status(), "adapted factory from '" + requested + "'"));
+  }
+  return choice;
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Create(int dim, const std::string& factory) {
+  if (factory.find("IDMap") != std::string::npos) {
+    return absl::InvalidArgumentError("factory '" + factory +
+                                      "': IDMap is not supported, ids are sequential (the i-th vector added has id i)");
+  }
+  RAG_ASSIGN_OR_RETURN(std::unique_ptr<faiss::Index> index, BuildIndex(dim, factory));
+  return std::unique_ptr<VectorIndex>(new VectorIndex(std::move(index), factory, /*read_only=*/false));
+}
+
+bool VectorIndex::is_trained() const { return index_->is_trained; }
+int64_t VectorIndex::size() const { return static_cast<int64_t>(index_->ntotal); }
+int VectorIndex::dim() const { return index_->d; }
+std::string VectorIndex::factory() const { return factory_; }
+
+std::string VectorIndex::FaissVersion() {
+  return std::to_string(FAISS_VERSION_MAJOR) + "." + std::to_string(FAISS_VERSION_MINOR) + "." +
+         std::to_string(FAISS_VERSION_PATCH);
+}
+
+absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_t max_train) {
+  const std::string context = "training index '" + factory_ + "'";
+  if (n < 0 || max_train < 0) return absl::InvalidArgumentError(context + ": negative n or max_train");
+  if (x == nullptr && n > 0) return absl::InvalidArgumentError(context + ": null data");
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  if (index_->is_trained) return absl::OkStatus();
+  const int64_t nlist = NlistOf(index_.get());
+  if (n < std::max<int64_t>(nlist, 1)) {
+    return absl::InvalidArgumentError(context + ": needs at least " + std::to_string(std::max<int64_t>(nlist, 1)) +
+                                      " training vectors, got " + std::to_string(n) +
+                                      " (VectorIndex::AdaptFactory picks a factory that fits)");
+  }
+  if (max_train == 0) max_train = std::max(256 * nlist, kDefaultMaxTrain);
+  const int64_t m = std::min(n, max_train);
+  const size_t d = static_cast<size_t>(index_->d);
+  try {
+    DisablePolysemousTraining(index_.get());
+    if (m == n) {
+      index_->train(n, x);
+    } else {
+      std::vector<float> sample(static_cast<size_t>(m) * d);
+      std::vector<int64_t> rows = SampleRows(n, m, seed);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        std::memcpy(sample.data() + i * d, x + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
+      }
+      index_->train(m, sample.data());
+    }
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
+                                    context + " on " + std::to_string(m) + " vectors");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VectorIndex::Add(const float* x, int64_t n) {
+  const std::string context = "adding to index '" + factory_ + "'";
+  if (n < 0) return absl::InvalidArgumentError(context + ": negative n");
+  if (x == nullptr && n > 0) return absl::InvalidArgumentError(context + ": null data");
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  if (!index_->is_trained) return absl::FailedPreconditionError(context + ": index is not trained; call Train first");
+  if (n == 0) return absl::OkStatus();
+  try {
+    index_->add(n, x);
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
+  }
+  return absl::OkStatus();
+}
+
+void VectorIndex::Reserve(int64_t n) {
+  if (n <= 0 || read_only_) return;
+  auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(index_.get());
+  if (flat == nullptr) return;
+  try {
+    flat->codes.reserve(static_cast<size_t>(flat->ntotal + n) * flat->code_size);
+  } catch (...) {
+    // Best effort: Add will grow the vector itself, or report the failure.
+  }
+}
+
+absl::Status VectorIndex::Search(const float* queries, int64_t nq, int k, int nprobe, std::vector<float>* distances,
+                                 std::vector<int64_t>* ids) const {
+  const std::string context = "searching index '" + factory_ + "'";
+  if (k <= 0 || k > kMaxK) {
+    return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(kMaxK) + "], got " +
+                                      std::to_string(k));
+  }
+  if (nq < 0) return absl::InvalidArgumentError(context + ": negative number of queries");
+  if (queries == nullptr && nq > 0) return absl::InvalidArgumentError(context + ": null queries");
+  if (!index_->is_trained) return absl::FailedPreconditionError(context + ": index is not trained");
+  const size_t total = static_cast<size_t>(nq) * static_cast<size_t>(k);
+  distances->assign(total, std::numeric_limits<float>::infinity());
+  ids->assign(total, -1);
+  if (nq == 0) return absl::OkStatus();
+
+  static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t), "FAISS ids must be 64-bit");
+  auto* out_ids = reinterpret_cast<faiss::Index::idx_t*>(ids->data());
+  try {
+    // nprobe goes in through SearchParameters so that concurrent searches
+    // never write to the shared index. FAISS 1.7.3 forwards parameters
+    // through IndexPreTransform to IndexIVF, but not through IndexRefine.
+    const faiss::Index* top = index_.get();
+    const auto* pre = dynamic_cast<const faiss::IndexPreTransform*>(top);
+    const faiss::Index* inner = pre != nullptr ? pre->index : top;
+    const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(inner);
+    if (nprobe <= 0 || NlistOf(top) == 0) {
+      index_->search(nq, queries, k, distances->data(), out_ids);
+    } else if (ivf != nullptr) {
+      faiss::SearchParametersIVF ivf_params;
+      ivf_params.nprobe = std::min<size_t>(static_cast<size_t>(nprobe), ivf->nlist);
+      faiss::SearchParametersPreTransform pre_params;
+      pre_params.index_params = &ivf_params;
+      const faiss::SearchParameters* params =
+          pre != nullptr ? static_cast<const faiss::SearchParameters*>(&pre_params) : &ivf_params;
+      index_->search(nq, queries, k, distances->data(), out_ids, params);
+    } else {
+      // An IVF FAISS cannot reach with parameters (e.g. under IndexRefine):
+      // set nprobe on it, holding the lock so searches do not race on it.
+      std::lock_guard<std::mutex> lock(nprobe_mu_);
+      faiss::IndexIVF* nested = faiss::ivflib::try_extract_index_ivf(index_.get());
+      nested->nprobe = std::min<size_t>(static_cast<size_t>(nprobe), nested->nlist);
+      index_->search(nq, queries, k, distances->data(), out_ids);
+    }
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
+  }
+  // FAISS pads with FLT_MAX on some paths and +inf on others: make it one.
+  for (size_t i = 0; i < total; ++i) {
+    if ((*ids)[i] < 0) (*distances)[i] = std::numeric_limits<float>::infinity();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VectorIndex::Save(const std::string& path) const {
+  const std::string context = "saving index '" + path + "'";
+  if (read_only_) {
+    // Its lists live in the mapped file; FAISS would write a reference to
+    // that file, not the data.
+    return absl::FailedPreconditionError(context +
+                                         ": index was opened with mmap and is read-only; copy the file "
+                                         "or open it without mmap to save it");
+  }
+  static std::atomic<uint64_t> save_counter{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(save_counter.fetch_add(1));
+  auto fail = [&](absl::Status s) {
+    std::remove(tmp.c_str());
+    return Annotate(s, context);
+  };
+
+  FilePtr file(std::fopen(tmp.c_str(), "wb"));
+  if (file == nullptr) return Annotate(ErrnoStatus("creating '" + tmp + "'", errno), context);
+  const std::string placeholder = EncodeHeader(dim(), size(), factory_, 0, 0);
+  if (std::fwrite(placeholder.data(), 1, placeholder.size(), file.get()) != placeholder.size()) {
+    return fail(ErrnoStatus("writing '" + tmp + "'", errno));
+  }
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
+  if (state == nullptr || XXH3_64bits_reset(state.get()) != XXH_OK) {
+    return fail(absl::ResourceExhaustedError("cannot allocate a hash state"));
+  }
+  uint64_t payload_len = 0;
+  try {
+    HashingFileWriter writer(file.get(), state.get());
+    writer.name = tmp;
+    faiss::write_index(index_.get(), &writer);
+    payload_len = writer.bytes;
+  } catch (...) {
+    return fail(CurrentExceptionToStatus(absl::StatusCode::kInternal, "writing FAISS data to '" + tmp + "'"));
+  }
+  const std::string header = EncodeHeader(dim(), size(), factory_, payload_len, XXH3_64bits_digest(state.get()));
+  if (std::fseek(file.get(), 0, SEEK_SET) != 0 ||
+      std::fwrite(header.data(), 1, header.size(), file.get()) != header.size() || std::fflush(file.get()) != 0) {
+    return fail(ErrnoStatus("writing '" + tmp + "'", errno));
+  }
+  if (std::fclose(file.release()) != 0) return fail(ErrnoStatus("closing '" + tmp + "'", errno));
+  absl::Status renamed = DurableRename(tmp, path);
+  if (!renamed.ok()) return fail(renamed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string& path, bool mmap) {
+  const std::string context = "loading index '" + path + "'";
+  auto data_loss = [&](const std::string& why) { return absl::DataLossError(context + ": " + why); };
+
+  FilePtr file(std::fopen(path.c_str(), "rb"));
+  if (file == nullptr) return Annotate(ErrnoStatus("opening", errno), context);
+  struct stat st;
+  if (::fstat(::fileno(file.get()), &st) != 0) return Annotate(ErrnoStatus("stat", errno), context);
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(context + ": not a regular file");
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+
+  // Header: fixed part, factory string, header checksum.
+  const std::string truncated = "file is truncated (" + std::to_string(file_size) + " bytes)";
+  unsigned char fixed[kFixedHeaderBytes] = {};
+  const size_t head = std::fread(fixed, 1, kFixedHeaderBytes, file.get());
+  if (head >= sizeof(kMagic) && std::memcmp(fixed, kMagic, sizeof(kMagic)) != 0) {
+    return data_loss("not a VectorIndex file (bad magic; expected a file written by VectorIndex::Save)");
+  }
+  if (head < kFixedHeaderBytes || file_size < kFixedHeaderBytes + kHeaderHashBytes) return data_loss(truncated);
+  const uint32_t version = GetU32(fixed + 8);
+  const uint32_t header_len = GetU32(fixed + 12);
+  const int32_t dim = static_cast<int32_t>(GetU32(fixed + 16));
+  const uint32_t factory_len = GetU32(fixed + 20);
+  const int64_t ntotal = static_cast<int64_t>(GetU64(fixed + 24));
+  const uint64_t payload_len = GetU64(fixed + 32);
+  const uint64_t payload_hash = GetU64(fixed + 40);
+  if (factory_len > kMaxFactoryBytes)
+    return data_loss("corrupt header (factory length " + std::to_string(factory_len) + ")");
+  if (file_size < kFixedHeaderBytes + factory_len + kHeaderHashBytes) return data_loss(truncated);
+  std::string rest(factory_len + kHeaderHashBytes, '\0');
+  if (std::fread(rest.data(), 1, rest.size(), file.get()) != rest.size()) return data_loss(truncated);
+  {
+    XXH3_state_t* s = XXH3_createState();
+    if (s == nullptr) return absl::ResourceExhaustedError(context + ": cannot allocate a hash state");
+    XXH3_64bits_reset(s);
+    XXH3_64bits_update(s, fixed, kFixedHeaderBytes);
+    XXH3_64bits_update(s, rest.data(), factory_len);
+    const uint64_t got = XXH3_64bits_digest(s);
+    XXH3_freeState(s);
+    if (got != GetU64(reinterpret_cast<const unsigned char*>(rest.data()) + factory_len)) {
+      return data_loss("header checksum mismatch (corrupt file)");
+    }
+  }
+  if (version != kFormatVersion) {
+    return absl::FailedPreconditionError(context + ": format version " + std::to_string(version) +
+                                         ", this build reads version " + std::to_string(kFormatVersion));
+  }
+  if (header_len != kFixedHeaderBytes + factory_len + kHeaderHashBytes || dim <= 0 || ntotal < 0) {
+    return data_loss("inconsistent header");
+  }
+  if (file_size != header_len + payload_len) {
+    return data_loss(file_size < header_len + payload_len
+                         ? truncated + ", header says " + std::to_string(header_len + payload_len)
+                         : "trailing bytes after the index data (" + std::to_string(file_size) +
+                               " bytes, header says " + std::to_string(header_len + payload_len) + ")");
+  }
+  const std::string factory = rest.substr(0, factory_len);
+
+  // Payload checksum, streamed so a large index is never held twice.
+  {
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> s(XXH3_createState(), &XXH3_freeState);
+    if (s == nullptr) return absl::ResourceExhaustedError(context + ": cannot allocate a hash state");
+    XXH3_64bits_reset(s.get());
+    std::vector<char> buf(1 << 20);
+    uint64_t left = payload_len;
+    while (left > 0) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
+      size_t got = std::fread(buf.data(), 1, want, file.get());
+      if (got != want) {
+        if (std::ferror(file.get())) return Annotate(ErrnoStatus("reading", errno), context);
+        return data_loss(truncated);
+      }
+      XXH3_64bits_update(s.get(), buf.data(), got);
+      left -= got;
+    }
+    if (XXH3_64bits_digest(s.get()) != payload_hash) return data_loss("index data checksum mismatch (corrupt file)");
+  }
+
+  // The bytes are what Save wrote: hand them to FAISS. FileIOReader on our
+  // FILE* lets FAISS's mmap reader map the file (its offsets are absolute).
+  if (std::fseek(file.get(), static_cast<long>(header_len), SEEK_SET) != 0) {
+    return Annotate(ErrnoStatus("seeking", errno), context);
+  }
+  std::unique_ptr<faiss::Index> index;
+  try {
+    faiss::FileIOReader reader(file.get());
+    reader.name = path;
+    index.reset(faiss::read_index(&reader, mmap ? faiss::IO_FLAG_MMAP : 0));
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kDataLoss, context);
+  }
+  // FAISS must have consumed exactly the payload. With mmap it does not read
+  // the lists, it seeks past them: a payload too short for its lists would
+  // otherwise map past the end of the file and crash the first search.
+  const long end = std::ftell(file.get());
+  if (end < 0 || static_cast<uint64_t>(end) != file_size) {
+    return data_loss("FAISS data ends at byte " + std::to_string(end) + " but the file has " +
+                     std::to_string(file_size));
+  }
+  if (index->d != dim || static_cast<int64_t>(index->ntotal) != ntotal) {
+    return data_loss("header says dim " + std::to_string(dim) + " and " + std::to_string(ntotal) +
+                     " vectors, FAISS data has dim " + std::to_string(index->d) + " and " +
+                     std::to_string(index->ntotal));
+  }
+  if (index->metric_type != faiss::METRIC_L2) return data_loss("index metric is not L2");
+  // Only an IVF index actually maps anything; others were read into memory
+  // and stay writable.
+  const bool read_only = mmap && NlistOf(index.get()) > 0;
+  return std::unique_ptr<VectorIndex>(new VectorIndex(std::move(index), factory, read_only));
+}
+
+double RecallAtK(const std::vector<int64_t>& approx, const std::vector<int64_t>& exact, int64_t nq, int k) {
+  if (nq < 0 || k <= 0) return std::nan("");
+  const size_t need = static_cast<size_t>(nq) * static_cast<size_t>(k);
+  if (approx.size() < need || exact.size() < need) return std::nan("");
+  double sum = 0;
+  int64_t counted = 0;
+  std::vector<int64_t> row;
+  for (int64_t q = 0; q < nq; ++q) {
+    const size_t base = static_cast<size_t>(q) * static_cast<size_t>(k);
+    row.assign(approx.begin() + base, approx.begin() + base + k);
+    std::sort(row.begin(), row.end());
+    int found = 0, valid = 0;
+    for (int j = 0; j < k; ++j) {
+      const int64_t id = exact[base + j];
+      if (id < 0) continue;
+      ++valid;
+      if (std::binary_search(row.begin(), row.end(), id)) ++found;
+    }
+    if (valid == 0) continue;
+    sum += static_cast<double>(found) / valid;
+    ++counted;
+  }
+  return counted == 0 ? 0.0 : sum / counted;
+}
+
+}  // namespace rag::retriever

@@ -1,0 +1,176 @@
+// VectorIndex: the one wrapper around a FAISS index (chunk embeddings now,
+// kNN-LM datastore keys later). Vectors are float32, metric is L2, and ids
+// are sequential: the i-th vector ever added has id i (the chunk id).
+//
+// Thread-safety: const methods (Search, Save, size, ...) may be called from
+// any number of threads at once. Train, Add and Reserve mutate the index and
+// need exclusive access: no other call may run on the same object meanwhile.
+//
+// On-disk format (version 1), written by Save and read by Open. All integers
+// are little-endian; offsets in bytes:
+//
+//    0  char[8]  magic "RAGVIDX1"
+//    8  u32      format version, 1
+//   12  u32      H, the header length (= 56 + F): the FAISS payload starts at H
+//   16  i32      dim
+//   20  u32      F, length of the factory string
+//   24  i64      ntotal, number of vectors
+//   32  u64      P, payload length; the file is exactly H + P bytes
+//   40  u64      XXH3-64 of the payload
+//   48  char[F]  factory string (as passed to Create)
+//   48+F u64     XXH3-64 of bytes [0, 48 + F): the header itself
+//    H  P bytes  faiss::write_index output
+//
+// Why a wrapper format: FAISS's reader trusts the bytes it reads and may
+// abort or try to allocate terabytes on a corrupt file. Both checksums are
+// verified before FAISS sees a byte, so a truncated, bit-flipped or foreign
+// file is a DataLoss status, never a crash. The payload is a plain FAISS
+// file, so `tail -c +$((H+1))` recovers something FAISS's Python reader opens.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace faiss {
+struct Index;
+}  // namespace faiss
+
+namespace rag::retriever {
+
+// What AdaptFactory settled on. `note` is empty when the requested factory
+// was kept as is, else one sentence saying what changed and why.
+struct FactoryChoice {
+  std::string factory;
+  std::string note;
+};
+
+class VectorIndex {
+ public:
+  // Largest k Search accepts: results are nq * k floats and ids, and no
+  // retrieval or kNN-LM use needs more neighbours than this.
+  static constexpr int kMaxK = 4096;
+
+  // The factory string we recommend for `n` vectors of dimension `dim`.
+  //  - n < 20000: "Flat". Exact, and cheap at that size (20000 x 256 floats is
+  //    20 MB, a query scans it in about a millisecond). 20000 is also where
+  //    the IVF rule below first yields nlist = 512 with the 39 training
+  //    points per centroid FAISS asks for (39 * 512 = 19968).
+  //  - otherwise "IVF{nlist},PQ{m}": nlist is 4 * sqrt(n) rounded to the
+  //    nearest power of two (FAISS's guideline is 4..16 * sqrt(n); powers of
+  //    two keep shards comparable), halved while n < 39 * nlist. m is the
+  //    largest of {64, 32, 16, 8} that divides dim with dim / m >= 2: at most
+  //    64 bytes a vector, sub-vectors of at least two dimensions. When no
+  //    such m exists (dim not a multiple of 8, or dim < 16) it is
+  //    "IVF{nlist},SQ8" instead, which works for any dim.
+  // Examples: (1000, 256) -> "Flat"; (1000000, 256) -> "IVF4096,PQ64";
+  // (100000, 64) -> "IVF1024,PQ32".
+  static std::string DefaultFactory(int64_t n, int dim);
+
+  // Adapts `requested` to a corpus of `n` training vectors so that training
+  // cannot fail for lack of data:
+  //  - an "IVF{nlist}" component with n < 39 * nlist gets nlist = n / 39
+  //    (FAISS's minimum points per centroid), at least 1;
+  //  - a "PQ{m}[x{nbits}]" or "OPQ{m}" component with n < 39 * 2^nbits
+  //    (nbits defaults to 8: 9984 points) makes the result "Flat", since PQ
+  //    codebooks cannot be trained and brute force is cheap at that size;
+  //  - n == 0 with any IVF component also gives "Flat".
+  // InvalidArgument if dim <= 0, n < 0, or FAISS cannot build `requested`
+  // for `dim` (unknown string, or e.g. "PQ7" with dim 64).
+  static absl::StatusOr<FactoryChoice> AdaptFactory(const std::string& requested, int64_t n, int dim);
+
+  // An empty L2 index built by faiss::index_factory(dim, factory).
+  // InvalidArgument for dim <= 0, an unparsable factory, a dimension the
+  // factory cannot handle, or an "IDMap" factory (ids here are sequential).
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Create(int dim, const std::string& factory);
+
+  // Reads a file written by Save. NotFound if `path` does not exist; DataLoss
+  // if it is truncated, corrupt or not a VectorIndex file; FailedPrecondition
+  // for a newer format version. The whole file is read once to verify its
+  // checksums, also with `mmap`.
+  // `mmap`: IVF inverted lists are mapped from the file (FAISS's
+  // IO_FLAG_MMAP) instead of being read into memory; the index is then
+  // read-only (Add, Train and Save give FailedPrecondition). Other index
+  // types (Flat, HNSW, ...) are read into memory whatever `mmap` says.
+  static absl::StatusOr<std::unique_ptr<VectorIndex>> Open(const std::string& path, bool mmap = false);
+
+  ~VectorIndex();
+  VectorIndex(const VectorIndex&) = delete;
+  VectorIndex& operator=(const VectorIndex&) = delete;
+
+  // False for an IVF / PQ / ... index that still needs Train. Flat and HNSW
+  // indexes are born trained.
+  bool is_trained() const;
+
+  // Trains on a random sample of at most `max_train` of the `n` rows of `x`
+  // (n x dim floats, row-major). The sample is drawn here, deterministically
+  // from `seed`, so a rebuild with the same seed gives the same index.
+  // max_train == 0 means min(n, max(256 * nlist, 100000)): k-means in FAISS
+  // uses at most 256 points per centroid and PQ at most 256 * 256 points, so
+  // a bigger sample only costs time. A no-op on an index already trained.
+  // PQ's polysemous training (on by default in FAISS's factory) is turned
+  // off: it only serves polysemous search, never enabled here, and it took
+  // over 90% of IVF-PQ training time on this project's machine.
+  // InvalidArgument if n is below what the index needs (e.g. fewer than
+  // nlist points, or fewer than 256 for an 8-bit PQ): see AdaptFactory.
+  absl::Status Train(const float* x, int64_t n, uint64_t seed = 1234, int64_t max_train = 0);
+
+  // Appends n vectors (n x dim floats); they get ids size() .. size() + n - 1.
+  // FailedPrecondition if the index is not trained or is read-only.
+  absl::Status Add(const float* x, int64_t n);
+
+  // Best effort: reserves room for `n` more vectors where the index type
+  // allows (Flat and other flat-code indexes), to avoid regrowth during a
+  // long sequence of Adds. Does nothing for other types or on failure.
+  void Reserve(int64_t n);
+
+  // For each of the nq queries (nq x dim floats), the k nearest vectors:
+  // `distances` and `ids` are resized to nq * k, row-major, nearest first.
+  // Distances are FAISS's squared L2. Missing results (k > size(), or an IVF
+  // probe that finds too few) have id -1 and distance +inf.
+  // `nprobe` is the number of IVF lists visited (clamped to nlist; <= 0 keeps
+  // the index's own setting, 1 unless changed); other index types ignore it.
+  // InvalidArgument for k <= 0, k > kMaxK or nq < 0; FailedPrecondition if
+  // the index is not trained.
+  absl::Status Search(const float* queries, int64_t nq, int k, int nprobe, std::vector<float>* distances,
+                      std::vector<int64_t>* ids) const;
+
+  // Writes the index to `path` atomically (a temporary file next to it,
+  // fsync, rename): readers see the old file or the new one. Concurrent
+  // Saves to the same path from one process are safe; the last rename wins.
+  absl::Status Save(const std::string& path) const;
+
+  int64_t size() const;
+  int dim() const;
+  // The factory string given to Create (or stored in the file for Open).
+  std::string factory() const;
+  // True for an index opened with mmap.
+  bool read_only() const { return read_only_; }
+
+  // The FAISS version compiled against, e.g. "1.7.3".
+  static std::string FaissVersion();
+
+ private:
+  VectorIndex(std::unique_ptr<faiss::Index> index, std::string factory, bool read_only);
+
+  std::unique_ptr<faiss::Index> index_;
+  std::string factory_;
+  bool read_only_ = false;
+  // Serialises searches that can only set nprobe by mutating the index
+  // (an IVF under an IndexRefine, which FAISS 1.7.3 gives no search
+  // parameters). All other searches run without it.
+  mutable std::mutex nprobe_mu_;
+};
+
+// Fraction of the exact top-k ids (ignoring -1 padding) that also appear in
+// the approximate top-k, averaged over the queries that have at least one
+// exact id. Both vectors are nq x k, row-major. Returns 0 when no query
+// counts, and NaN if either vector is shorter than nq * k.
+double RecallAtK(const std::vector<int64_t>& approx, const std::vector<int64_t>& exact, int64_t nq, int k);
+
+}  // namespace rag::retriever
