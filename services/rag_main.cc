@@ -15,12 +15,15 @@
 #include "common/status.h"
 #include "eval/perplexity.h"
 #include "index_builder/corpus_reader.h"
+#include "index_builder/index_builder.h"
 #include "lm/data_split.h"
 #include "lm/generator.h"
 #include "lm/language_model.h"
 #include "lm/runtime.h"
 #include "lm/scorer.h"
 #include "lm/train_pipeline.h"
+#include "retriever/retriever.h"
+#include "retriever/vector_index.h"
 
 namespace {
 
@@ -270,6 +273,177 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   return 0;
 }
 
+
+// The embedding function of an index: the model's own (mean-pooled hidden
+// states) unless the user brings a TorchScript encoder.
+absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::LanguageModel* model,
+                                                                const std::string& torchscript) {
+  if (torchscript.empty()) return rag::lm::MakeLmEmbedder(model);
+  auto e = rag::lm::LoadTorchScriptEmbedder(torchscript);
+  if (!e.ok()) return rag::Annotate(e.status(), "--embedder");
+  return e;
+}
+
+struct BuildArgs {
+  std::string corpus, model, out, factory, embedder;
+  int chunk_tokens = 64, continuation_tokens = 64;
+  int64_t batch = 64;
+  uint64_t seed = 1234;
+  bool overwrite = false, json_out = false, quiet = false;
+};
+
+int RunBuild(const BuildArgs& a) {
+  auto model = OpenModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  rag::index_builder::CorpusStats stats;
+  auto docs = rag::index_builder::ReadCorpus(a.corpus, &stats);
+  if (!docs.ok()) return Fail(docs.status());
+  std::fprintf(stderr, "build: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
+               static_cast<double>(stats.bytes) / 1e6);
+  auto embedder = MakeEmbedder(model->get(), a.embedder);
+  if (!embedder.ok()) return Fail(embedder.status());
+  rag::index_builder::BuildOptions o;
+  o.out_dir = a.out;
+  o.corpus_path = a.corpus;
+  o.index_factory = a.factory;
+  o.chunk_tokens = a.chunk_tokens;
+  o.continuation_tokens = a.continuation_tokens;
+  o.embed_batch = a.batch;
+  o.seed = a.seed;
+  o.overwrite = a.overwrite;
+  o.show_progress = !a.quiet;
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto m = rag::index_builder::BuildIndex(*docs, (*model)->tokenizer(), **embedder, (*model)->content_hash(), o,
+                                          &g_stop);
+  if (!m.ok()) return Fail(m.status());
+  if (a.json_out) {
+    PrintJson(json::parse(m->ToJson()));
+  } else {
+    std::printf("built %s: %lld documents, %lld tokens, %lld chunks, index %s (dim %d)\n", a.out.c_str(),
+                static_cast<long long>(m->documents), static_cast<long long>(m->tokens),
+                static_cast<long long>(m->chunks), m->index_factory.c_str(), m->dim);
+  }
+  return 0;
+}
+
+struct QueryArgs {
+  std::string model, index, text, text_file, embedder;
+  std::vector<std::string> exclude;
+  int k = 5, nprobe = 16;
+  bool json_out = false;
+};
+
+int RunQuery(const QueryArgs& a) {
+  if (a.index.empty()) return Fail(absl::InvalidArgumentError("--index INDEX_DIR is required with --model"));
+  auto text = TextArg(a.text, a.text_file, "--text");
+  if (!text.ok()) return Fail(text.status());
+  if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to search for"));
+  auto model = OpenModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  auto embedder = MakeEmbedder(model->get(), a.embedder);
+  if (!embedder.ok()) return Fail(embedder.status());
+  auto retriever = rag::retriever::Retriever::Open(a.index, embedder->get(), (*model)->content_hash(),
+                                                   (*model)->tokenizer().Hash());
+  if (!retriever.ok()) return Fail(retriever.status());
+  rag::retriever::SearchOptions so;
+  so.k = a.k;
+  so.nprobe = a.nprobe;
+  so.exclude_doc_ids = a.exclude;
+  const auto& tok = (*model)->tokenizer();
+  auto results = (*retriever)->Search({tok.Encode(*text)}, so);
+  if (!results.ok()) return Fail(results.status());
+  auto decode = [&](const std::vector<int32_t>& ids) { return tok.Decode(ids).value_or(""); };
+  json neighbours = json::array();
+  for (const auto& n : (*results)[0]) {
+    neighbours.push_back({{"chunk_id", n.chunk_id}, {"doc_id", n.doc_id}, {"offset", n.offset},
+                          {"text", decode(n.tokens)}, {"continuation", decode(n.continuation)},
+                          {"distance", n.distance}});
+  }
+  if (a.json_out) {
+    PrintJson({{"neighbours", neighbours}});
+  } else {
+    int rank = 1;
+    for (const auto& n : neighbours) {
+      std::printf("%d. [%s, chunk %lld, distance %.4f]\n   %s\n   >> %s\n", rank++,
+                  n["doc_id"].get<std::string>().c_str(), static_cast<long long>(n["chunk_id"].get<int64_t>()),
+                  n["distance"].get<double>(), n["text"].get<std::string>().c_str(),
+                  n["continuation"].get<std::string>().c_str());
+    }
+  }
+  return 0;
+}
+
+int RunValidate(const std::string& index_dir, int64_t sample, int nprobe, bool json_out) {
+  namespace rr = rag::retriever;
+  auto m = rr::Manifest::Load(index_dir);
+  if (!m.ok()) return Fail(m.status());
+  json report = {{"index", index_dir}, {"index_factory", m->index_factory}, {"vectors", m->vectors}};
+  bool ok = true;
+  for (const auto& [file, expected] : m->checksums) {
+    auto got = rag::HashFileHex((fs::path(index_dir) / file).string());
+    const bool match = got.ok() && *got == expected;
+    report["checksums"][file] = match ? "ok" : (got.ok() ? "MISMATCH" : std::string(got.status().message()));
+    ok = ok && match;
+  }
+  rr::ChunkStoreOptions so;
+  so.chunk_tokens = m->chunk_tokens;
+  so.continuation_tokens = m->continuation_tokens;
+  so.create_if_missing = false;
+  so.read_only = true;
+  auto store = rr::ChunkStore::Open((fs::path(index_dir) / rr::kChunkStoreDir).string(), so);
+  if (!store.ok()) {
+    report["chunk_store"] = std::string(store.status().message());
+    ok = false;
+  } else {
+    const bool counts = (*store)->num_chunks() == m->chunks && (*store)->num_documents() == m->documents;
+    report["chunk_store"] = counts ? "ok" : "counts differ from the manifest";
+    ok = ok && counts;
+  }
+  auto index = rr::VectorIndex::Open((fs::path(index_dir) / rr::kChunkIndexFile).string());
+  auto raw = rag::ReadFile((fs::path(index_dir) / rr::kEmbeddingsFile).string());
+  if (!index.ok() || !raw.ok()) {
+    report["recall_at_10"] = nullptr;
+    report["error"] = std::string(!index.ok() ? index.status().message() : raw.status().message());
+    ok = false;
+  } else if (static_cast<int64_t>(raw->size()) == m->vectors * m->dim * 4 && m->vectors > 0) {
+    // Recall@10 of the served index against exact search, on a seeded sample
+    // of the stored vectors used as queries.
+    const int dim = m->dim;
+    const float* x = reinterpret_cast<const float*>(raw->data());
+    const int64_t nq = std::min<int64_t>(sample, m->vectors);
+    std::vector<float> queries;
+    uint64_t state = 1234;
+    for (int64_t i = 0; i < nq; ++i) {
+      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+      const int64_t row = static_cast<int64_t>((state >> 33) % static_cast<uint64_t>(m->vectors));
+      queries.insert(queries.end(), x + row * dim, x + (row + 1) * dim);
+    }
+    auto exact = rr::VectorIndex::Create(dim, "Flat");
+    const int k = static_cast<int>(std::min<int64_t>(10, m->vectors));
+    std::vector<float> d1, d2;
+    std::vector<int64_t> approx_ids, exact_ids;
+    absl::Status s = exact.ok() ? (*exact)->Add(x, m->vectors) : exact.status();
+    if (s.ok()) s = (*index)->Search(queries.data(), nq, k, nprobe, &d1, &approx_ids);
+    if (s.ok()) s = (*exact)->Search(queries.data(), nq, k, 0, &d2, &exact_ids);
+    if (!s.ok()) return Fail(s);
+    const double recall = rr::RecallAtK(approx_ids, exact_ids, nq, k);
+    report["recall_at_10"] = recall;
+    report["recall_queries"] = nq;
+    report["nprobe"] = nprobe;
+  } else {
+    report["error"] = "embeddings.f32 has the wrong size";
+    ok = false;
+  }
+  report["valid"] = ok;
+  if (json_out) {
+    PrintJson(report);
+  } else {
+    std::printf("%s\n", report.dump(2).c_str());
+  }
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -327,6 +501,43 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--seed", gen.sampling.seed, "sampling seed")->capture_default_str();
   gen_cmd->add_flag("--json", gen.json_out, "print JSON");
 
+  BuildArgs build;
+  auto* build_cmd = app.add_subcommand("build", "build a retrieval index over a corpus");
+  build_cmd->add_option("--corpus", build.corpus, "corpus: .txt, .jsonl or directory")->required();
+  build_cmd->add_option("--model", build.model, "model directory (tokenizer, embedder, served model)")->required();
+  build_cmd->add_option("--out", build.out, "index directory to write")->required();
+  build_cmd->add_option("--index-factory", build.factory, "FAISS factory string (default: from the corpus size)");
+  build_cmd->add_option("--chunk-tokens", build.chunk_tokens, "tokens per chunk")->capture_default_str();
+  build_cmd->add_option("--continuation-tokens", build.continuation_tokens, "tokens of continuation per chunk")->capture_default_str();
+  build_cmd->add_option("--embedder", build.embedder, "TorchScript encoder (ids [B, T] -> [B, D]) instead of the LM");
+  build_cmd->add_option("--batch-size", build.batch, "chunks per embedding batch")->capture_default_str();
+  build_cmd->add_option("--seed", build.seed, "seed of the FAISS training sample")->capture_default_str();
+  build_cmd->add_flag("--overwrite", build.overwrite, "replace an existing index");
+  build_cmd->add_flag("--json", build.json_out, "print the manifest as JSON");
+  build_cmd->add_flag("--quiet", build.quiet, "no progress lines");
+
+  QueryArgs query;
+  auto* query_cmd = app.add_subcommand("query", "nearest chunks of a text");
+  query_cmd->add_option("--model", query.model, "model directory")->required();
+  query_cmd->add_option("--index", query.index, "index directory");
+  query_cmd->add_option("--text", query.text, "query text");
+  query_cmd->add_option("--text-file", query.text_file, "file whose bytes are the query");
+  query_cmd->add_option("-k,--k", query.k, "neighbours")->capture_default_str();
+  query_cmd->add_option("--nprobe", query.nprobe, "IVF lists to visit")->capture_default_str();
+  query_cmd->add_option("--exclude-doc", query.exclude, "document id never to return (repeatable)");
+  query_cmd->add_option("--embedder", query.embedder, "the TorchScript encoder the index was built with");
+  query_cmd->add_flag("--json", query.json_out, "print JSON");
+
+  std::string validate_dir;
+  int64_t validate_sample = 200;
+  int validate_nprobe = 16;
+  bool validate_json = false;
+  auto* validate_cmd = app.add_subcommand("validate", "check an index: checksums, counts, recall@10 vs exact");
+  validate_cmd->add_option("index_dir", validate_dir, "index directory")->required();
+  validate_cmd->add_option("--sample", validate_sample, "stored vectors used as queries")->capture_default_str();
+  validate_cmd->add_option("--nprobe", validate_nprobe, "IVF lists to visit")->capture_default_str();
+  validate_cmd->add_flag("--json", validate_json, "print JSON");
+
   auto* eval_cmd = app.add_subcommand("eval", "evaluations");
   eval_cmd->require_subcommand(1);
   eval_cmd->fallthrough();
@@ -354,6 +565,9 @@ int main(int argc, char** argv) {
     if (score_cmd->parsed()) return RunScore(score_model, score_text, score_file, score_mode, score_json);
     if (gen_cmd->parsed()) return RunGenerate(gen);
     if (ppl_cmd->parsed()) return RunEvalPerplexity(ppl);
+    if (build_cmd->parsed()) return RunBuild(build);
+    if (query_cmd->parsed()) return RunQuery(query);
+    if (validate_cmd->parsed()) return RunValidate(validate_dir, validate_sample, validate_nprobe, validate_json);
   } catch (const c10::Error& e) {
     return Fail(absl::InternalError(e.what_without_backtrace()));
   } catch (const std::exception& e) {

@@ -157,6 +157,44 @@ TEST_F(RagCliTest, BadInputFailsClearlyAndWritesNothingHalf) {
   EXPECT_NE(r.err.find("content hash"), std::string::npos) << r.err;
 }
 
+TEST_F(RagCliTest, BuildQueryValidate) {
+  const std::string model = TrainTiny("m");
+  const std::string corpus = dir_ / "corpus.jsonl";
+  Result r = Run({"build", "--corpus", corpus, "--model", model, "--out", dir_ / "idx", "--chunk-tokens", "16",
+                  "--quiet", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json manifest = json::parse(r.out);
+  EXPECT_EQ(manifest["faiss"]["index_factory"], "Flat");  // a corpus this small gets an exact index
+  r = Run({"query", "--model", model, "--index", dir_ / "idx", "--text", "The cat sees the red house", "-k", "3",
+           "--exclude-doc", "doc0", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json q = json::parse(r.out);
+  ASSERT_EQ(q["neighbours"].size(), 3u);
+  for (const auto& n : q["neighbours"]) {
+    EXPECT_NE(n["doc_id"], "doc0");
+    EXPECT_FALSE(n["text"].get<std::string>().empty());
+    EXPECT_TRUE(n.contains("continuation") && n.contains("distance") && n.contains("chunk_id"));
+  }
+  r = Run({"validate", dir_ / "idx", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  json v = json::parse(r.out);
+  EXPECT_TRUE(v["valid"].get<bool>());
+  EXPECT_DOUBLE_EQ(v["recall_at_10"].get<double>(), 1.0);  // Flat is exact
+  // A flipped byte in the index file is caught by validate.
+  {
+    std::fstream f(dir_ / "idx/chunks.faiss", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  r = Run({"validate", dir_ / "idx", "--json"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_FALSE(json::parse(r.out)["valid"].get<bool>());
+  // Building again into the same place needs --overwrite.
+  r = Run({"build", "--corpus", corpus, "--model", model, "--out", dir_ / "idx", "--quiet"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+}
+
 TEST_F(RagCliTest, TrainsWithGpt2Vocabulary) {
   const char* gpt2 = std::getenv("RAG_GPT2_DIR");
   const std::string dir = gpt2 != nullptr ? gpt2 : "data/gpt2";

@@ -1,0 +1,270 @@
+#include "index_builder/index_builder.h"
+
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "common/status.h"
+#include "retriever/chunk_store.h"
+#include "retriever/vector_index.h"
+
+namespace rag::index_builder {
+namespace fs = std::filesystem;
+using retriever::ChunkStore;
+using retriever::ChunkStoreOptions;
+using retriever::Manifest;
+using retriever::VectorIndex;
+
+namespace {
+
+constexpr char kBuildArgsFile[] = "build_args.json";
+
+// What must match for a partial build to be resumed: the corpus content,
+// the model, the chunking and the factory.
+std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokenizer& tok, lm::Embedder& embedder,
+                             const std::string& model_hash, const BuildOptions& o) {
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_64bits_reset(st);
+  for (const auto& d : docs) {
+    XXH3_64bits_update(st, d.id.data(), d.id.size() + 0);
+    XXH3_64bits_update(st, "\0", 1);
+    XXH3_64bits_update(st, d.text.data(), d.text.size());
+    XXH3_64bits_update(st, "\0", 1);
+  }
+  const uint64_t corpus = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  nlohmann::json j = {{"corpus", corpus},
+                      {"model", model_hash},
+                      {"tokenizer", tok.Hash()},
+                      {"embedder", embedder.hash()},
+                      {"chunk_tokens", o.chunk_tokens},
+                      {"continuation_tokens", o.continuation_tokens},
+                      {"embed_batch", o.embed_batch},
+                      {"index_factory", o.index_factory},
+                      {"seed", o.seed}};
+  return j.dump();
+}
+
+std::string NowUtc() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+absl::Status CheckStop(const std::atomic<bool>* stop) {
+  if (stop != nullptr && stop->load()) {
+    return absl::CancelledError("build interrupted; rerun the same command to resume");
+  }
+  return absl::OkStatus();
+}
+
+// Stage 1: every document's tokens into the chunk store (skipping those a
+// previous run stored: each document is one atomic write).
+absl::Status StoreDocuments(const std::vector<Document>& docs, const lm::Tokenizer& tok, ChunkStore& store,
+                            const BuildOptions& o, const std::atomic<bool>* stop) {
+  size_t total = 0;
+  for (const auto& d : docs) total += d.text.size();
+  Progress progress("build: tokenize", static_cast<int64_t>(total), "bytes");
+  size_t done = 0;
+  for (const auto& d : docs) {
+    RAG_RETURN_IF_ERROR(CheckStop(stop));
+    if (!store.HasDocument(d.id)) {
+      std::vector<retriever::Token> ids = tok.Encode(d.text);
+      if (!ids.empty()) {
+        nlohmann::json meta = {{"bytes", d.text.size()}};
+        auto added = store.AddDocument(d.id, ids, meta.dump());
+        if (!added.ok()) return Annotate(added.status(), "storing document '" + d.id + "'");
+      }
+    }
+    done += d.text.size();
+    if (o.show_progress) progress.Update(static_cast<int64_t>(done));
+  }
+  RAG_RETURN_IF_ERROR(store.Flush());
+  if (o.show_progress) progress.Finish(std::to_string(store.num_chunks()) + " chunks");
+  return absl::OkStatus();
+}
+
+// Stage 2: chunk embeddings appended to embeddings.f32 in fixed batches, so
+// a resumed run cuts back to the last whole batch and recomputes exactly
+// the batches an uninterrupted run would.
+absl::Status EmbedChunks(ChunkStore& store, lm::Embedder& embedder, const std::string& path, const BuildOptions& o,
+                         const std::atomic<bool>* stop) {
+  const int64_t dim = embedder.dim();
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(float));
+  const int64_t total = store.num_chunks();
+  int64_t rows = 0;
+  if (fs::exists(path)) {
+    rows = static_cast<int64_t>(fs::file_size(path)) / row_bytes;
+    rows = std::min(total, rows - rows % o.embed_batch);
+    fs::resize_file(path, static_cast<uintmax_t>(rows * row_bytes));
+    if (rows > 0) std::fprintf(stderr, "build: resuming embedding at chunk %lld\n", static_cast<long long>(rows));
+  }
+  std::FILE* f = std::fopen(path.c_str(), "ab");
+  if (f == nullptr) return absl::InternalError("opening '" + path + "' for append failed");
+  Progress progress("build: embed", total, "chunks");
+  absl::Status status;
+  std::vector<std::vector<retriever::Token>> batch;
+  std::vector<float> out;
+  auto flush_batch = [&]() -> absl::Status {
+    if (batch.empty()) return absl::OkStatus();
+    RAG_RETURN_IF_ERROR(embedder.Embed(batch, &out));
+    if (std::fwrite(out.data(), sizeof(float), out.size(), f) != out.size() || std::fflush(f) != 0) {
+      return absl::InternalError("writing '" + path + "' failed (disk full?)");
+    }
+    rows += static_cast<int64_t>(batch.size());
+    batch.clear();
+    if (o.show_progress) progress.Update(rows);
+    return CheckStop(stop);
+  };
+  absl::Status visit = store.ForEachChunk(rows, [&](const retriever::ChunkRecord& rec) {
+    batch.push_back(rec.tokens);
+    if (static_cast<int64_t>(batch.size()) == o.embed_batch) {
+      status = flush_batch();
+      if (!status.ok()) return false;
+    }
+    return true;
+  });
+  if (status.ok() && visit.ok()) status = flush_batch();
+  if (::fsync(fileno(f)) != 0 && status.ok()) status = absl::InternalError("fsync '" + path + "' failed");
+  std::fclose(f);
+  RAG_RETURN_IF_ERROR(visit);
+  RAG_RETURN_IF_ERROR(status);
+  if (rows != total) {
+    return absl::InternalError("embedded " + std::to_string(rows) + " chunks, expected " + std::to_string(total));
+  }
+  if (o.show_progress) progress.Finish();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, const lm::Tokenizer& tokenizer,
+                                    lm::Embedder& embedder, const std::string& model_hash,
+                                    const BuildOptions& o, const std::atomic<bool>* stop) {
+  if (o.out_dir.empty()) return absl::InvalidArgumentError("no output index directory given");
+  if (documents.empty()) return absl::InvalidArgumentError("corpus has no documents");
+  if (o.chunk_tokens < 1 || o.chunk_tokens > 4096) return absl::InvalidArgumentError("chunk tokens must be in [1, 4096]");
+  if (o.continuation_tokens < 0 || o.continuation_tokens > 4096) {
+    return absl::InvalidArgumentError("continuation tokens must be in [0, 4096]");
+  }
+  if (o.embed_batch < 1 || o.add_batch < 1) return absl::InvalidArgumentError("batch sizes must be >= 1");
+  const fs::path out(o.out_dir);
+  const fs::path work = o.out_dir + ".partial";
+  std::error_code ec;
+  if (fs::exists(out)) {
+    if (!o.overwrite) {
+      return absl::FailedPreconditionError("'" + o.out_dir + "' already exists; pass --overwrite to replace it");
+    }
+  }
+  const std::string fingerprint = BuildFingerprint(documents, tokenizer, embedder, model_hash, o);
+  if (fs::exists(work)) {
+    auto previous = ReadFile((work / kBuildArgsFile).string());
+    if (!previous.ok() || *previous != fingerprint) {
+      if (!o.overwrite) {
+        return absl::FailedPreconditionError("'" + work.string() +
+                                             "' holds a partial build from other arguments; remove it or pass "
+                                             "--overwrite");
+      }
+      fs::remove_all(work, ec);
+    } else {
+      std::fprintf(stderr, "build: resuming the partial build in %s\n", work.c_str());
+    }
+  }
+  fs::create_directories(work, ec);
+  if (ec) return absl::InternalError("creating '" + work.string() + "': " + ec.message());
+  RAG_RETURN_IF_ERROR(WriteFileAtomic((work / kBuildArgsFile).string(), fingerprint));
+
+  Manifest m;
+  {
+    ChunkStoreOptions so;
+    so.chunk_tokens = o.chunk_tokens;
+    so.continuation_tokens = o.continuation_tokens;
+    so.sync_writes = false;  // one Flush() at the end of the stage; a killed process loses nothing
+    RAG_ASSIGN_OR_RETURN(auto store, ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so));
+    RAG_RETURN_IF_ERROR(StoreDocuments(documents, tokenizer, *store, o, stop));
+    if (store->num_chunks() == 0) return absl::InvalidArgumentError("corpus produced no tokens to index");
+    RAG_RETURN_IF_ERROR(EmbedChunks(*store, embedder, (work / retriever::kEmbeddingsFile).string(), o, stop));
+    m.documents = store->num_documents();
+    m.tokens = store->num_tokens();
+    m.chunks = store->num_chunks();
+  }
+
+  // Stage 3: FAISS. Training and adding are fast next to embedding and
+  // deterministic, so a resumed build simply redoes them.
+  const int dim = embedder.dim();
+  const int64_t n = m.chunks;
+  const std::string requested = o.index_factory.empty() ? VectorIndex::DefaultFactory(n, dim) : o.index_factory;
+  RAG_ASSIGN_OR_RETURN(retriever::FactoryChoice choice, VectorIndex::AdaptFactory(requested, n, dim));
+  if (!choice.note.empty()) std::fprintf(stderr, "build: %s\n", choice.note.c_str());
+  std::fprintf(stderr, "build: index %s over %lld vectors of dim %d\n", choice.factory.c_str(),
+               static_cast<long long>(n), dim);
+  {
+    const std::string emb_path = (work / retriever::kEmbeddingsFile).string();
+    RAG_ASSIGN_OR_RETURN(std::string raw, ReadFile(emb_path));
+    if (static_cast<int64_t>(raw.size()) != n * dim * static_cast<int64_t>(sizeof(float))) {
+      return absl::DataLossError("'" + emb_path + "' has the wrong size");
+    }
+    const float* x = reinterpret_cast<const float*>(raw.data());
+    RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Create(dim, choice.factory));
+    if (!index->is_trained()) {
+      auto t0 = std::chrono::steady_clock::now();
+      RAG_RETURN_IF_ERROR(Annotate(index->Train(x, n, o.seed), "training the index"));
+      std::fprintf(stderr, "build: trained %s in %.1f s\n", choice.factory.c_str(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    index->Reserve(n);
+    Progress progress("build: add", n, "vectors");
+    for (int64_t i = 0; i < n; i += o.add_batch) {
+      RAG_RETURN_IF_ERROR(CheckStop(stop));
+      const int64_t b = std::min(o.add_batch, n - i);
+      RAG_RETURN_IF_ERROR(index->Add(x + i * dim, b));
+      if (o.show_progress) progress.Update(i + b);
+    }
+    if (o.show_progress) progress.Finish();
+    RAG_RETURN_IF_ERROR(index->Save((work / retriever::kChunkIndexFile).string()));
+    m.checksums[retriever::kEmbeddingsFile] = HashHex(raw);
+  }
+  RAG_ASSIGN_OR_RETURN(m.checksums[retriever::kChunkIndexFile],
+                       HashFileHex((work / retriever::kChunkIndexFile).string()));
+
+  m.created_by = "rag 0.1.0";
+  m.created_at = NowUtc();
+  m.corpus_path = o.corpus_path;
+  for (const auto& d : documents) m.bytes += static_cast<int64_t>(d.text.size());
+  m.chunk_tokens = o.chunk_tokens;
+  m.continuation_tokens = o.continuation_tokens;
+  m.model_hash = model_hash;
+  m.tokenizer_hash = tokenizer.Hash();
+  m.embedder = embedder.description();
+  m.embedder_hash = embedder.hash();
+  m.dim = dim;
+  m.requested_factory = o.index_factory;
+  m.index_factory = choice.factory;
+  m.factory_note = choice.note;
+  m.faiss_version = VectorIndex::FaissVersion();
+  m.vectors = n;
+  fs::remove(work / kBuildArgsFile, ec);
+  RAG_RETURN_IF_ERROR(m.Save(work.string()));
+
+  // Swap into place: an existing index (--overwrite) is moved aside first
+  // and removed only once the new one is in place.
+  const fs::path old = o.out_dir + ".old";
+  if (fs::exists(out)) {
+    fs::remove_all(old, ec);
+    RAG_RETURN_IF_ERROR(DurableRename(out.string(), old.string()));
+  }
+  RAG_RETURN_IF_ERROR(DurableRename(work.string(), out.string()));
+  fs::remove_all(old, ec);
+  return m;
+}
+
+}  // namespace rag::index_builder

@@ -1,0 +1,44 @@
+// `rag build`: corpus -> tokens and chunks in RocksDB -> chunk embeddings ->
+// FAISS index -> manifest. The build runs in INDEX_DIR.partial and is
+// renamed into place after the manifest is written, so a crash never leaves
+// a half index that looks whole. A killed build rerun with the same
+// arguments resumes (documents already stored are skipped, embedding goes on
+// from its last finished batch) and ends identical to an uninterrupted one.
+// Not thread-safe; one build per output directory.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/document.h"
+#include "lm/embedder.h"
+#include "lm/tokenizer.h"
+#include "retriever/manifest.h"
+
+namespace rag::index_builder {
+
+struct BuildOptions {
+  std::string out_dir;
+  std::string corpus_path;            // recorded in the manifest
+  std::string index_factory;          // any FAISS factory string; "" = chosen from the corpus size
+  int chunk_tokens = 64;              // Default: 64 (RETRO)
+  int continuation_tokens = 64;       // Default: 64 (RETRO)
+  int64_t embed_batch = 64;           // chunks per embedding batch (the resume unit). Default: 64
+  int64_t add_batch = 16384;          // vectors per FAISS add call. Default: 16384
+  uint64_t seed = 1234;               // FAISS training sample. Default: 1234
+  bool overwrite = false;             // replace an existing index at out_dir
+  bool show_progress = true;
+};
+
+// Builds the index. `model_hash` and `tokenizer_hash` identify the model the
+// index will be served with (recorded in the manifest). Cancelled when
+// `*stop` is raised (rerun to resume); FailedPrecondition when out_dir holds
+// an index and overwrite is off, or when a partial build from other
+// arguments is in the way.
+absl::StatusOr<retriever::Manifest> BuildIndex(const std::vector<Document>& documents, const lm::Tokenizer& tokenizer,
+                                               lm::Embedder& embedder, const std::string& model_hash,
+                                               const BuildOptions& options, const std::atomic<bool>* stop = nullptr);
+
+}  // namespace rag::index_builder

@@ -1,0 +1,94 @@
+#include "retriever/manifest.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/status.h"
+
+namespace rag::retriever {
+namespace {
+using nlohmann::json;
+}  // namespace
+
+std::string Manifest::ToJson() const {
+  json j;
+  j["format_version"] = format_version;
+  j["created_by"] = created_by;
+  j["created_at"] = created_at;
+  j["shard_id"] = shard_id;
+  j["corpus"] = {{"path", corpus_path}, {"documents", documents}, {"tokens", tokens}, {"bytes", bytes}};
+  j["chunking"] = {{"chunk_tokens", chunk_tokens}, {"continuation_tokens", continuation_tokens}, {"chunks", chunks}};
+  j["model"] = {{"content_hash", model_hash}, {"tokenizer_hash", tokenizer_hash},
+                {"embedder", embedder},       {"embedder_hash", embedder_hash}, {"dim", dim}};
+  j["faiss"] = {{"requested_factory", requested_factory}, {"index_factory", index_factory},
+                {"note", factory_note}, {"version", faiss_version}, {"vectors", vectors}};
+  j["checksums"] = checksums;
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::DataLossError("manifest is not a JSON object");
+  Manifest m;
+  try {
+    m.format_version = j.at("format_version").get<int>();
+    if (m.format_version > kManifestFormatVersion) {
+      return absl::FailedPreconditionError("index format version " + std::to_string(m.format_version) +
+                                           " is newer than this rag reads (" +
+                                           std::to_string(kManifestFormatVersion) + "); upgrade rag");
+    }
+    if (m.format_version < 1) return absl::DataLossError("manifest has an invalid format_version");
+    m.created_by = j.value("created_by", "");
+    m.created_at = j.value("created_at", "");
+    m.shard_id = j.value("shard_id", 0);
+    const json& c = j.at("corpus");
+    m.corpus_path = c.value("path", "");
+    m.documents = c.at("documents").get<int64_t>();
+    m.tokens = c.at("tokens").get<int64_t>();
+    m.bytes = c.value("bytes", int64_t{0});
+    const json& ch = j.at("chunking");
+    m.chunk_tokens = ch.at("chunk_tokens").get<int>();
+    m.continuation_tokens = ch.at("continuation_tokens").get<int>();
+    m.chunks = ch.at("chunks").get<int64_t>();
+    const json& mo = j.at("model");
+    m.model_hash = mo.at("content_hash").get<std::string>();
+    m.tokenizer_hash = mo.at("tokenizer_hash").get<std::string>();
+    m.embedder = mo.value("embedder", "");
+    m.embedder_hash = mo.at("embedder_hash").get<std::string>();
+    m.dim = mo.at("dim").get<int>();
+    const json& f = j.at("faiss");
+    m.requested_factory = f.value("requested_factory", "");
+    m.index_factory = f.at("index_factory").get<std::string>();
+    m.factory_note = f.value("note", "");
+    m.faiss_version = f.value("version", "");
+    m.vectors = f.at("vectors").get<int64_t>();
+    m.checksums = j.at("checksums").get<std::map<std::string, std::string>>();
+  } catch (const json::exception& e) {
+    return absl::DataLossError(std::string("manifest is malformed: ") + e.what());
+  }
+  if (m.dim < 1 || m.chunks < 0 || m.vectors != m.chunks || m.chunk_tokens < 1) {
+    return absl::DataLossError("manifest is inconsistent (dim, chunk or vector counts)");
+  }
+  return m;
+}
+
+absl::StatusOr<Manifest> Manifest::Load(const std::string& index_dir) {
+  const std::string path = (std::filesystem::path(index_dir) / kManifestFile).string();
+  if (!std::filesystem::is_directory(index_dir)) {
+    return absl::NotFoundError("index directory '" + index_dir + "' does not exist");
+  }
+  if (!std::filesystem::exists(path)) {
+    return absl::NotFoundError("'" + index_dir + "' holds no finished index (no " + kManifestFile + ")");
+  }
+  RAG_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  auto m = FromJson(text);
+  if (!m.ok()) return Annotate(m.status(), "reading " + path);
+  return m;
+}
+
+absl::Status Manifest::Save(const std::string& index_dir) const {
+  return WriteFileAtomic((std::filesystem::path(index_dir) / kManifestFile).string(), ToJson());
+}
+
+}  // namespace rag::retriever

@@ -1,0 +1,72 @@
+// manifest.json of an index directory: what was built, from what, with
+// which model, and checksums of the files. Written last by the builder, so an
+// index directory without one is not an index. Plain value type.
+//
+// Index directory layout (format version 1):
+//   manifest.json    this record
+//   chunks.rocksdb/  documents' tokens and the chunk -> (document, offset) map
+//   chunks.faiss     FAISS index over the chunk embeddings (VectorIndex file)
+//   embeddings.f32   the chunk embeddings, float32 row-major [chunks, dim],
+//                    kept for `rag validate` (exact recall) and for rebuilding
+//                    with another factory without re-embedding
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace rag::retriever {
+
+inline constexpr int kManifestFormatVersion = 1;
+inline constexpr char kManifestFile[] = "manifest.json";
+inline constexpr char kChunkStoreDir[] = "chunks.rocksdb";
+inline constexpr char kChunkIndexFile[] = "chunks.faiss";
+inline constexpr char kEmbeddingsFile[] = "embeddings.f32";
+
+struct Manifest {
+  int format_version = kManifestFormatVersion;
+  std::string created_by;         // "rag <version>"
+  std::string created_at;         // UTC, ISO 8601
+  int shard_id = 0;               // for the sharded scale-out plan
+
+  // Corpus
+  std::string corpus_path;
+  int64_t documents = 0;
+  int64_t tokens = 0;
+  int64_t bytes = 0;
+
+  // Chunking (RETRO)
+  int chunk_tokens = 64;
+  int continuation_tokens = 64;
+  int64_t chunks = 0;
+
+  // Model and embedding
+  std::string model_hash;         // content hash of the LM served with this index
+  std::string tokenizer_hash;
+  std::string embedder;           // description of the embedding function
+  std::string embedder_hash;
+  int dim = 0;
+
+  // FAISS
+  std::string requested_factory;  // "" = default for the corpus size
+  std::string index_factory;      // what was built
+  std::string factory_note;       // why it differs from the request, if it does
+  std::string faiss_version;
+  int64_t vectors = 0;
+
+  std::map<std::string, std::string> checksums;  // file name -> XXH3 hex
+
+  std::string ToJson() const;
+  static absl::StatusOr<Manifest> FromJson(const std::string& json_text);
+
+  // Reads INDEX_DIR/manifest.json. NotFound when there is none (no index, or
+  // a build that never finished), DataLoss when malformed,
+  // FailedPrecondition for a newer format version than this binary reads.
+  static absl::StatusOr<Manifest> Load(const std::string& index_dir);
+  // Writes INDEX_DIR/manifest.json atomically.
+  absl::Status Save(const std::string& index_dir) const;
+};
+
+}  // namespace rag::retriever

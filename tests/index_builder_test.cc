@@ -1,0 +1,174 @@
+#include "index_builder/index_builder.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/file_util.h"
+#include "lm/embedder.h"
+#include "lm/language_model.h"
+#include "retriever/retriever.h"
+#include "tests/status_matchers.h"
+#include "tests/test_util.h"
+
+namespace rag::index_builder {
+namespace {
+
+namespace fs = std::filesystem;
+
+class IndexBuilderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    docs_ = testing::MakeCorpus(12, 31, 12);
+    std::vector<std::string> texts;
+    for (const auto& d : docs_) texts.push_back(d.text);
+    lm::TokenizerTrainOptions topts;
+    topts.vocab_size = 300;
+    auto tok = lm::Tokenizer::Train(texts, topts);
+    ASSERT_TRUE(tok.ok());
+    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
+    c.vocab_size = tok->vocab_size();
+    torch::manual_seed(5);
+    model_ = std::make_unique<lm::LanguageModel>(c, std::move(*tok), lm::TransformerLM(c));
+    model_->module()->eval();
+    RAG_ASSERT_OK(model_->Save(dir_ / "model"));
+    embedder_ = lm::MakeLmEmbedder(model_.get());
+  }
+
+  BuildOptions Options(const std::string& name) {
+    BuildOptions o;
+    o.out_dir = dir_ / name;
+    o.index_factory = "Flat";
+    o.chunk_tokens = 16;
+    o.continuation_tokens = 16;
+    o.embed_batch = 8;
+    o.show_progress = false;
+    return o;
+  }
+
+  absl::StatusOr<std::unique_ptr<retriever::Retriever>> Open(const std::string& name) {
+    return retriever::Retriever::Open(dir_ / name, embedder_.get(), model_->content_hash(),
+                                      model_->tokenizer().Hash());
+  }
+
+  testing::TempDir dir_;
+  std::vector<Document> docs_;
+  std::unique_ptr<lm::LanguageModel> model_;
+  std::unique_ptr<lm::Embedder> embedder_;
+};
+
+TEST_F(IndexBuilderTest, EveryChunkRetrievesItselfAtRankOne) {
+  auto m = BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), Options("idx"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->documents, 12);
+  EXPECT_EQ(m->vectors, m->chunks);
+  EXPECT_GT(m->chunks, 12);
+  EXPECT_FALSE(fs::exists(dir_ / "idx.partial"));
+  auto r = Open("idx");
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::vector<retriever::Token>> queries;
+  std::vector<retriever::ChunkId> ids;
+  RAG_ASSERT_OK((*r)->chunk_store().ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
+    queries.push_back(c.tokens);
+    ids.push_back(c.id);
+    return true;
+  }));
+  retriever::SearchOptions so;
+  so.k = 3;
+  auto results = (*r)->Search(queries, so);
+  ASSERT_TRUE(results.ok()) << results.status();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ASSERT_FALSE((*results)[i].empty());
+    const auto& top = (*results)[i][0];
+    // Rank 1 is the chunk itself, unless an identical chunk ties at distance 0.
+    EXPECT_TRUE(top.chunk_id == ids[i] || top.distance < 1e-6) << "chunk " << ids[i];
+    EXPECT_LT(top.distance, 1e-4);
+  }
+}
+
+TEST_F(IndexBuilderTest, ExcludedDocumentsAreNeverReturned) {
+  ASSERT_TRUE(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), Options("idx")).ok());
+  auto r = Open("idx");
+  ASSERT_TRUE(r.ok());
+  auto doc = (*r)->chunk_store().GetDocument(docs_[3].id);
+  ASSERT_TRUE(doc.ok());
+  std::vector<retriever::Token> query(doc->tokens.begin(), doc->tokens.begin() + 16);
+  retriever::SearchOptions so;
+  so.k = 5;
+  auto plain = (*r)->Search({query}, so);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)[0][0].doc_id, docs_[3].id);
+  so.exclude_doc_ids = {docs_[3].id, docs_[4].id};
+  auto excluded = (*r)->Search({query}, so);
+  ASSERT_TRUE(excluded.ok());
+  ASSERT_EQ((*excluded)[0].size(), 5u);
+  for (const auto& n : (*excluded)[0]) {
+    EXPECT_NE(n.doc_id, docs_[3].id);
+    EXPECT_NE(n.doc_id, docs_[4].id);
+  }
+  so.k = 0;
+  EXPECT_EQ((*r)->Search({query}, so).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Raises the stop flag after a number of embedding batches, as SIGINT would.
+class StoppingEmbedder : public lm::Embedder {
+ public:
+  StoppingEmbedder(lm::Embedder* inner, std::atomic<bool>* stop, int after) : inner_(inner), stop_(stop), left_(after) {}
+  int dim() const override { return inner_->dim(); }
+  int64_t max_tokens() const override { return inner_->max_tokens(); }
+  std::string hash() const override { return inner_->hash(); }
+  std::string description() const override { return inner_->description(); }
+  absl::Status Embed(const std::vector<std::vector<lm::TokenId>>& s, std::vector<float>* out) override {
+    if (--left_ == 0) stop_->store(true);
+    return inner_->Embed(s, out);
+  }
+
+ private:
+  lm::Embedder* inner_;
+  std::atomic<bool>* stop_;
+  int left_;
+};
+
+TEST_F(IndexBuilderTest, InterruptedBuildResumesToTheSameIndex) {
+  BuildOptions o = Options("resumed");
+  o.index_factory = "";  // the default for the size
+  std::atomic<bool> stop{false};
+  StoppingEmbedder stopping(embedder_.get(), &stop, 3);
+  auto first = BuildIndex(docs_, model_->tokenizer(), stopping, model_->content_hash(), o, &stop);
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(fs::exists(dir_ / "resumed"));
+  EXPECT_TRUE(fs::exists(dir_ / "resumed.partial"));
+  auto resumed = BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  BuildOptions straight = o;
+  straight.out_dir = dir_ / "straight";
+  auto full = BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), straight);
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(resumed->checksums, full->checksums);
+  // A second build into the same place refuses without --overwrite.
+  EXPECT_EQ(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  o.overwrite = true;
+  EXPECT_TRUE(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o).ok());
+}
+
+TEST_F(IndexBuilderTest, IndexFromAnotherModelOrCorruptFilesIsRefused) {
+  ASSERT_TRUE(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), Options("idx")).ok());
+  auto other = retriever::Retriever::Open(dir_ / "idx", embedder_.get(), "0123456789abcdef",
+                                          model_->tokenizer().Hash());
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(other.status().message().find("rebuild"), std::string::npos);
+  const std::string faiss_file = dir_ / "idx/chunks.faiss";
+  fs::resize_file(faiss_file, fs::file_size(faiss_file) / 2);
+  EXPECT_EQ(Open("idx").status().code(), absl::StatusCode::kDataLoss);
+  fs::remove(dir_ / "idx/manifest.json");
+  EXPECT_EQ(Open("idx").status().code(), absl::StatusCode::kNotFound);
+  {
+    std::ofstream(dir_ / "idx/manifest.json") << R"({"format_version": 99})";
+  }
+  EXPECT_EQ(Open("idx").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace rag::index_builder
