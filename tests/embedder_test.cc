@@ -10,23 +10,14 @@
 
 #include "common/file_util.h"
 #include "tests/status_matchers.h"
+#include "tests/lm_test_util.h"
 #include "tests/test_util.h"
 
 namespace rag::lm {
 namespace {
 
 std::unique_ptr<LanguageModel> MakeModel(double dropout = 0.0) {
-  std::vector<std::string> texts;
-  for (const auto& d : testing::MakeCorpus(4, 1)) texts.push_back(d.text);
-  TokenizerTrainOptions topts;
-  topts.vocab_size = 300;
-  auto tok = Tokenizer::Train(texts, topts);
-  EXPECT_TRUE(tok.ok()) << tok.status();
-  TransformerConfig config = *TransformerConfig::Preset("tiny");
-  config.vocab_size = tok->vocab_size();
-  config.dropout = dropout;
-  torch::manual_seed(11);
-  auto model = std::make_unique<LanguageModel>(config, std::move(*tok), TransformerLM(config));
+  auto model = testing::MakeTinyLanguageModel(dropout);
   model->module()->eval();
   return model;
 }

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "tests/status_matchers.h"
+#include "tests/lm_test_util.h"
 #include "tests/test_util.h"
 
 namespace rag::lm {
@@ -13,18 +14,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::unique_ptr<LanguageModel> MakeModel() {
-  std::vector<std::string> texts;
-  for (const auto& d : testing::MakeCorpus(4, 1)) texts.push_back(d.text);
-  TokenizerTrainOptions topts;
-  topts.vocab_size = 300;
-  auto tok = Tokenizer::Train(texts, topts);
-  EXPECT_TRUE(tok.ok()) << tok.status();
-  TransformerConfig config = *TransformerConfig::Preset("tiny");
-  config.vocab_size = tok->vocab_size();
-  torch::manual_seed(11);
-  return std::make_unique<LanguageModel>(config, std::move(*tok), TransformerLM(config));
-}
+std::unique_ptr<LanguageModel> MakeModel() { return testing::MakeTinyLanguageModel(); }
 
 TEST(LanguageModelTest, SaveThenOpenGivesBitwiseEqualLogits) {
   testing::TempDir dir;
