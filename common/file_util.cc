@@ -23,6 +23,36 @@ absl::Status ErrnoStatus(const std::string& what, const std::string& path) {
   return absl::InternalError(msg);
 }
 
+absl::Status FsyncPath(const std::string& path, bool directory);
+
+}  // namespace
+
+absl::Status AppendFileDurable(const std::string& path, const void* data, size_t size) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("opening for append", path);
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      absl::Status s = ErrnoStatus("appending to", path);
+      ::close(fd);
+      return s;
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    absl::Status s = ErrnoStatus("fsync", path);
+    ::close(fd);
+    return s;
+  }
+  if (::close(fd) != 0) return ErrnoStatus("closing", path);
+  return absl::OkStatus();
+}
+
+namespace {
+
 absl::Status FsyncPath(const std::string& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
   if (fd < 0) return ErrnoStatus("opening for fsync", path);

@@ -18,6 +18,10 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 absl::Status WriteFileAtomic(const std::string& path, const std::string& contents);
 
 // Renames `from` to `to` after fsyncing `from`, then fsyncs the directory.
+// Appends `size` bytes to an existing file and fsyncs it. NotFound when the
+// file does not exist.
+absl::Status AppendFileDurable(const std::string& path, const void* data, size_t size);
+
 absl::Status DurableRename(const std::string& from, const std::string& to);
 
 // 64-bit XXH3 of `data`, as 16 lowercase hex digits.

@@ -60,6 +60,10 @@ std::string NowUtc() {
   return buf;
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 absl::Status CheckStop(const std::atomic<bool>* stop) {
   if (stop != nullptr && stop->load()) {
     return absl::CancelledError("build interrupted; rerun the same command to resume");
@@ -183,6 +187,9 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   if (ec) return absl::InternalError("creating '" + work.string() + "': " + ec.message());
   RAG_RETURN_IF_ERROR(WriteFileAtomic((work / kBuildArgsFile).string(), fingerprint));
 
+  BuildTimings unused_timings;
+  BuildTimings& timings = o.timings != nullptr ? *o.timings : unused_timings;
+  timings = BuildTimings();
   Manifest m;
   {
     ChunkStoreOptions so;
@@ -190,9 +197,13 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     so.continuation_tokens = o.continuation_tokens;
     so.sync_writes = false;  // one Flush() at the end of the stage; a killed process loses nothing
     RAG_ASSIGN_OR_RETURN(auto store, ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so));
+    auto t0 = std::chrono::steady_clock::now();
     RAG_RETURN_IF_ERROR(StoreDocuments(documents, tokenizer, *store, o, stop));
+    timings.store_s = SecondsSince(t0);
     if (store->num_chunks() == 0) return absl::InvalidArgumentError("corpus produced no tokens to index");
+    t0 = std::chrono::steady_clock::now();
     RAG_RETURN_IF_ERROR(EmbedChunks(*store, embedder, (work / retriever::kEmbeddingsFile).string(), o, stop));
+    timings.embed_s = SecondsSince(t0);
     m.documents = store->num_documents();
     m.tokens = store->num_tokens();
     m.chunks = store->num_chunks();
@@ -200,6 +211,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
 
   // Stage 3: FAISS. Training and adding are fast next to embedding and
   // deterministic, so a resumed build simply redoes them.
+  const auto index_t0 = std::chrono::steady_clock::now();
   const int dim = embedder.dim();
   const int64_t n = m.chunks;
   const std::string requested = o.index_factory.empty() ? VectorIndex::DefaultFactory(n, dim) : o.index_factory;
@@ -235,6 +247,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   }
   RAG_ASSIGN_OR_RETURN(m.checksums[retriever::kChunkIndexFile],
                        HashFileHex((work / retriever::kChunkIndexFile).string()));
+  timings.index_s = SecondsSince(index_t0);
 
   m.created_by = "rag 0.1.0";
   m.created_at = NowUtc();

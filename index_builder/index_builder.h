@@ -19,6 +19,14 @@
 
 namespace rag::index_builder {
 
+// Wall-clock seconds of the stages of one BuildIndex call (bench_builder).
+// A resumed build's embed stage covers only the batches it computed.
+struct BuildTimings {
+  double store_s = 0;  // stage 1: tokenise and store the documents
+  double embed_s = 0;  // stage 2: read chunks, embed, append to embeddings.f32
+  double index_s = 0;  // stage 3: FAISS train, add, save, checksums
+};
+
 struct BuildOptions {
   std::string out_dir;
   std::string corpus_path;            // recorded in the manifest
@@ -30,6 +38,7 @@ struct BuildOptions {
   uint64_t seed = 1234;               // FAISS training sample. Default: 1234
   bool overwrite = false;             // replace an existing index at out_dir
   bool show_progress = true;
+  BuildTimings* timings = nullptr;    // when set, receives the stage times (not owned). Default: nullptr
 };
 
 // Builds the index. `model_hash` and `tokenizer_hash` identify the model the

@@ -17,7 +17,8 @@ std::string Manifest::ToJson() const {
   j["created_by"] = created_by;
   j["created_at"] = created_at;
   j["shard_id"] = shard_id;
-  j["corpus"] = {{"path", corpus_path}, {"documents", documents}, {"tokens", tokens}, {"bytes", bytes}};
+  j["corpus"] = {{"path", corpus_path}, {"documents", documents}, {"tokens", tokens}, {"bytes", bytes},
+                {"documents_added", documents_added}};
   j["chunking"] = {{"chunk_tokens", chunk_tokens}, {"continuation_tokens", continuation_tokens}, {"chunks", chunks}};
   j["model"] = {{"content_hash", model_hash}, {"tokenizer_hash", tokenizer_hash},
                 {"embedder", embedder},       {"embedder_hash", embedder_hash}, {"dim", dim}};
@@ -47,6 +48,7 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     m.documents = c.at("documents").get<int64_t>();
     m.tokens = c.at("tokens").get<int64_t>();
     m.bytes = c.value("bytes", int64_t{0});
+    m.documents_added = c.value("documents_added", int64_t{0});
     const json& ch = j.at("chunking");
     m.chunk_tokens = ch.at("chunk_tokens").get<int>();
     m.continuation_tokens = ch.at("continuation_tokens").get<int>();

@@ -36,6 +36,9 @@ struct Manifest {
   int64_t documents = 0;
   int64_t tokens = 0;
   int64_t bytes = 0;
+  // Documents added to the live index (Index.AddDocuments) after the build;
+  // included in `documents`, `tokens` and `chunks`, not in `bytes`.
+  int64_t documents_added = 0;
 
   // Chunking (RETRO)
   int chunk_tokens = 64;

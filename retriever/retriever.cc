@@ -1,9 +1,11 @@
 #include "retriever/retriever.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <unordered_set>
 
+#include "common/file_util.h"
 #include "common/status.h"
 
 namespace rag::retriever {
@@ -11,8 +13,10 @@ namespace fs = std::filesystem;
 
 absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Open(const std::string& index_dir, lm::Embedder* embedder,
                                                            const std::string& model_hash,
-                                                           const std::string& tokenizer_hash) {
+                                                           const std::string& tokenizer_hash, bool writable) {
   std::unique_ptr<Retriever> r(new Retriever());
+  r->index_dir_ = index_dir;
+  r->writable_ = writable;
   RAG_ASSIGN_OR_RETURN(r->manifest_, Manifest::Load(index_dir));
   const Manifest& m = r->manifest_;
   if (m.model_hash != model_hash || m.tokenizer_hash != tokenizer_hash) {
@@ -32,17 +36,160 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Open(const std::string& in
   so.chunk_tokens = m.chunk_tokens;
   so.continuation_tokens = m.continuation_tokens;
   so.create_if_missing = false;
-  so.read_only = true;
+  so.read_only = !writable;
+  so.sync_writes = true;
   auto store = ChunkStore::Open((fs::path(index_dir) / kChunkStoreDir).string(), so);
   if (!store.ok()) return Annotate(store.status(), "opening index '" + index_dir + "'");
   r->store_ = std::move(*store);
   auto index = VectorIndex::Open((fs::path(index_dir) / kChunkIndexFile).string());
   if (!index.ok()) return Annotate(index.status(), "opening index '" + index_dir + "'");
   r->index_ = std::move(*index);
-  if (r->index_->size() != m.vectors || r->store_->num_chunks() != m.chunks || r->index_->dim() != m.dim) {
-    return absl::DataLossError("index '" + index_dir + "' does not match its manifest (vector or chunk counts)");
+  // Documents added after the build make the store (and, after a
+  // checkpoint, the index) larger than the manifest; never smaller.
+  const int64_t chunks = r->store_->num_chunks();
+  const int64_t vectors = r->index_->size();
+  if (r->index_->dim() != m.dim || chunks < m.chunks || vectors < m.vectors || vectors > chunks) {
+    return absl::DataLossError("index '" + index_dir + "' does not match its manifest: " + std::to_string(vectors) +
+                               " vectors and " + std::to_string(chunks) + " chunks stored, manifest says " +
+                               std::to_string(m.vectors) + " and " + std::to_string(m.chunks));
   }
+  if (!writable) return r;
+
+  // Bring the derived state up to the chunk store: embeddings.f32 to the
+  // index's rows, then the index to the store's chunks.
+  const fs::path emb_path = fs::path(index_dir) / kEmbeddingsFile;
+  const int64_t row_bytes = static_cast<int64_t>(m.dim) * static_cast<int64_t>(sizeof(float));
+  std::error_code ec;
+  const int64_t size = static_cast<int64_t>(fs::file_size(emb_path, ec));
+  if (ec) return absl::DataLossError("index '" + index_dir + "' has no readable " + kEmbeddingsFile);
+  int64_t rows = size / row_bytes;
+  if (rows > vectors || size % row_bytes != 0) {
+    rows = std::min(rows, vectors);
+    fs::resize_file(emb_path, static_cast<uintmax_t>(rows * row_bytes), ec);
+    if (ec) return absl::InternalError("truncating '" + emb_path.string() + "': " + ec.message());
+  }
+  r->persisted_rows_ = rows;
+  std::lock_guard<std::mutex> lock(r->add_mu_);
+  if (rows < vectors) RAG_RETURN_IF_ERROR(r->EmbedStoredChunks(rows, vectors, &r->pending_rows_));
+  RAG_RETURN_IF_ERROR(r->CatchUpLocked());
+  RAG_RETURN_IF_ERROR(r->CheckpointLocked());
   return r;
+}
+
+Retriever::~Retriever() {
+  if (!writable_) return;
+  std::lock_guard<std::mutex> lock(add_mu_);
+  absl::Status s = CheckpointLocked();
+  if (!s.ok()) {
+    std::fprintf(stderr, "index: checkpoint at close failed (%s); the documents are safe in the chunk store and "
+                 "are re-indexed at the next open\n", std::string(s.message()).c_str());
+  }
+}
+
+Manifest Retriever::manifest() const {
+  std::lock_guard<std::mutex> lock(add_mu_);
+  return manifest_;
+}
+
+int64_t Retriever::num_vectors() const {
+  std::shared_lock<std::shared_mutex> lock(index_mu_);
+  return index_->size();
+}
+
+absl::Status Retriever::EmbedStoredChunks(ChunkId from, ChunkId to, std::vector<float>* out) const {
+  constexpr size_t kBatch = 32;
+  std::vector<std::vector<Token>> batch;
+  std::vector<float> vectors;
+  absl::Status status;
+  auto flush = [&]() {
+    if (batch.empty() || !status.ok()) return;
+    status = embedder_->Embed(batch, &vectors);
+    out->insert(out->end(), vectors.begin(), vectors.end());
+    batch.clear();
+  };
+  RAG_RETURN_IF_ERROR(store_->ForEachChunk(from, [&](const ChunkRecord& rec) {
+    if (rec.id >= to) return false;
+    batch.push_back(rec.tokens);
+    if (batch.size() == kBatch) flush();
+    return status.ok();
+  }));
+  flush();
+  return status;
+}
+
+absl::Status Retriever::CatchUpLocked() {
+  const int64_t vectors = num_vectors();
+  const int64_t chunks = store_->num_chunks();
+  if (vectors >= chunks) return absl::OkStatus();
+  std::fprintf(stderr, "index: indexing %lld stored chunks that the vector index lacks\n",
+               static_cast<long long>(chunks - vectors));
+  std::vector<float> x;
+  RAG_RETURN_IF_ERROR(EmbedStoredChunks(vectors, chunks, &x));
+  {
+    std::unique_lock<std::shared_mutex> lock(index_mu_);
+    RAG_RETURN_IF_ERROR(index_->Add(x.data(), chunks - vectors));
+  }
+  pending_rows_.insert(pending_rows_.end(), x.begin(), x.end());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ChunkId>> Retriever::AddDocument(const std::string& doc_id,
+                                                            const std::vector<Token>& tokens,
+                                                            const std::string& metadata_json) {
+  if (!writable_) return absl::FailedPreconditionError("index '" + index_dir_ + "' was opened read-only");
+  std::lock_guard<std::mutex> lock(add_mu_);
+  RAG_RETURN_IF_ERROR(CatchUpLocked());
+  RAG_ASSIGN_OR_RETURN(std::vector<ChunkId> ids, store_->AddDocument(doc_id, tokens, metadata_json));
+  // The document is durable from here on; if indexing fails, CatchUpLocked
+  // indexes it on the next add or open.
+  auto unindexed = [&](const absl::Status& s) {
+    return Annotate(s, "document '" + doc_id + "' is stored but not yet searchable (it is indexed on the next add "
+                       "or restart)");
+  };
+  std::vector<float> x;
+  if (absl::Status s = EmbedStoredChunks(ids.front(), ids.back() + 1, &x); !s.ok()) return unindexed(s);
+  {
+    std::unique_lock<std::shared_mutex> index_lock(index_mu_);
+    if (absl::Status s = index_->Add(x.data(), static_cast<int64_t>(ids.size())); !s.ok()) return unindexed(s);
+  }
+  pending_rows_.insert(pending_rows_.end(), x.begin(), x.end());
+  return ids;
+}
+
+absl::Status Retriever::Checkpoint() {
+  if (!writable_) return absl::FailedPreconditionError("index '" + index_dir_ + "' was opened read-only");
+  std::lock_guard<std::mutex> lock(add_mu_);
+  return CheckpointLocked();
+}
+
+absl::Status Retriever::CheckpointLocked() {
+  const int64_t vectors = num_vectors();
+  const int64_t chunks = store_->num_chunks();
+  if (pending_rows_.empty() && manifest_.vectors == vectors && manifest_.chunks == chunks) return absl::OkStatus();
+  const fs::path dir(index_dir_);
+  const std::string emb_path = (dir / kEmbeddingsFile).string();
+  // embeddings.f32 first: it only ever grows by whole rows that the index
+  // also holds, so a crash after any step leaves a directory Open repairs.
+  if (!pending_rows_.empty()) {
+    RAG_RETURN_IF_ERROR(AppendFileDurable(emb_path, pending_rows_.data(), pending_rows_.size() * sizeof(float)));
+    persisted_rows_ += static_cast<int64_t>(pending_rows_.size()) / manifest_.dim;
+    pending_rows_.clear();
+  }
+  {
+    std::shared_lock<std::shared_mutex> index_lock(index_mu_);
+    RAG_RETURN_IF_ERROR(index_->Save((dir / kChunkIndexFile).string()));
+  }
+  Manifest m = manifest_;
+  m.documents_added += store_->num_documents() - m.documents;
+  m.documents = store_->num_documents();
+  m.tokens = store_->num_tokens();
+  m.chunks = chunks;
+  m.vectors = vectors;
+  RAG_ASSIGN_OR_RETURN(m.checksums[kEmbeddingsFile], HashFileHex(emb_path));
+  RAG_ASSIGN_OR_RETURN(m.checksums[kChunkIndexFile], HashFileHex((dir / kChunkIndexFile).string()));
+  RAG_RETURN_IF_ERROR(m.Save(index_dir_));
+  manifest_ = std::move(m);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
@@ -59,7 +206,7 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
   std::vector<float> embeddings;
   RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
   const int64_t nq = static_cast<int64_t>(queries.size());
-  const int64_t total = index_->size();
+  const int64_t total = num_vectors();
   const std::unordered_set<std::string> excluded(options.exclude_doc_ids.begin(), options.exclude_doc_ids.end());
 
   // Over-retrieve when excluding: start at 2k and double until every query
@@ -71,8 +218,11 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
     if (fetch <= 0) return results;
     std::vector<float> distances;
     std::vector<int64_t> ids;
-    RAG_RETURN_IF_ERROR(
-        index_->Search(embeddings.data(), nq, static_cast<int>(fetch), options.nprobe, &distances, &ids));
+    {
+      std::shared_lock<std::shared_mutex> lock(index_mu_);
+      RAG_RETURN_IF_ERROR(
+          index_->Search(embeddings.data(), nq, static_cast<int>(fetch), options.nprobe, &distances, &ids));
+    }
     bool all_done = true;
     for (int64_t q = 0; q < nq; ++q) {
       if (done[q]) continue;

@@ -2,10 +2,19 @@
 // chunk index, fetch chunk + continuation from the chunk store. Excludes
 // chosen documents with over-retrieval (fetch more, drop, keep k), as
 // RETRO, Atlas and Megatron do against leakage. Thread-safe: Search may be
-// called from many threads at once.
+// called from many threads at once, also while AddDocument runs.
+//
+// A writable retriever (Open with writable = true) adds documents to the live
+// index. The chunk store is the log: a document is durable once AddDocument
+// has written it there, and the FAISS index, embeddings.f32 and the manifest
+// are derived state that Checkpoint() saves. Opening a writable retriever
+// first brings them up to date with the chunk store (embedding the chunks a
+// crash left unindexed), so no acknowledged document is ever lost.
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -40,9 +49,12 @@ class Retriever {
   // `model_hash` / `tokenizer_hash` the served model's: otherwise
   // FailedPrecondition naming both hashes, since neighbours from another
   // model's embedding space are silently wrong.
+  // `writable` opens the chunk store for writing (one process at a time:
+  // RocksDB's lock) and the vector index in memory.
   static absl::StatusOr<std::unique_ptr<Retriever>> Open(const std::string& index_dir, lm::Embedder* embedder,
                                                          const std::string& model_hash,
-                                                         const std::string& tokenizer_hash);
+                                                         const std::string& tokenizer_hash, bool writable = false);
+  ~Retriever();
 
   // Neighbours for each query (token ids), nearest first; fewer than k only
   // when the index has fewer eligible chunks. InvalidArgument for k outside
@@ -50,15 +62,50 @@ class Retriever {
   absl::StatusOr<std::vector<std::vector<Neighbour>>> Search(const std::vector<std::vector<Token>>& queries,
                                                              const SearchOptions& options) const;
 
-  const Manifest& manifest() const { return manifest_; }
+  // Writable only. Stores the document (fsynced), embeds its chunks and adds
+  // them to the vector index; on return the document is durable and
+  // searchable. Returns its chunk ids. Errors as ChunkStore::AddDocument
+  // (InvalidArgument, AlreadyExists), FailedPrecondition when read-only.
+  // Adds are serialised (chunk ids must equal FAISS ids).
+  absl::StatusOr<std::vector<ChunkId>> AddDocument(const std::string& doc_id, const std::vector<Token>& tokens,
+                                                   const std::string& metadata_json = "{}");
+
+  // Writable only. Appends the new embeddings to embeddings.f32 and saves
+  // the vector index, then the manifest (counts, checksums), each
+  // atomically. A no-op when nothing was added since the last checkpoint.
+  absl::Status Checkpoint();
+
+  // A copy of the manifest as of the last checkpoint.
+  Manifest manifest() const;
   const ChunkStore& chunk_store() const { return *store_; }
-  const VectorIndex& index() const { return *index_; }
+  // Vectors searchable now.
+  int64_t num_vectors() const;
+  bool writable() const { return writable_; }
+  const std::string& index_dir() const { return index_dir_; }
 
  private:
   Retriever() = default;
-  Manifest manifest_;
+  // Embeds chunks [from, to) of the store and returns their vectors.
+  absl::Status EmbedStoredChunks(ChunkId from, ChunkId to, std::vector<float>* out) const;
+  // Indexes the chunks the store holds beyond the vector index (left by a
+  // crash or a failed add). Caller holds add_mu_.
+  absl::Status CatchUpLocked();
+  absl::Status CheckpointLocked();
+
+  std::string index_dir_;
+  bool writable_ = false;
   lm::Embedder* embedder_ = nullptr;
   std::unique_ptr<ChunkStore> store_;
+
+  // Serialises AddDocument, CatchUp and Checkpoint.
+  mutable std::mutex add_mu_;
+  Manifest manifest_;                 // guarded by add_mu_
+  int64_t persisted_rows_ = 0;        // rows of embeddings.f32 on disk; add_mu_
+  std::vector<float> pending_rows_;   // embeddings added since; add_mu_
+
+  // FAISS indexes are not safe to search while adding: Search holds this
+  // shared, AddDocument exclusive for the FAISS add only.
+  mutable std::shared_mutex index_mu_;
   std::unique_ptr<VectorIndex> index_;
 };
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine to the main job on the embedded
 # default corpus (the Brown corpus): set-up, build, train the `small` model,
-# then evaluate it (validation perplexity against the unigram baseline) and
-# generate from it. A second run reuses what the first one finished; an
-# interrupted training run resumes from its checkpoint.
+# evaluate it (validation perplexity against the unigram baseline), generate
+# from it, build the retrieval index over the corpus, start the gRPC server
+# and query it. A second run reuses what the first one finished; an
+# interrupted training run or index build resumes where it stopped.
 #
 # Environment: RAG_DATA_DIR (default <repo>/data), RAG_DEMO_PRESET (small),
 # RAG_DEMO_STEPS (the preset's default).
@@ -12,6 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 data="${RAG_DATA_DIR:-$here/data}"
 preset="${RAG_DEMO_PRESET:-small}"
 model="$data/models/brown-$preset"
+index="$data/indexes/brown-$preset"
 corpus="$data/brown/brown.jsonl"
 rag="${RAG_BUILD_DIR:-$here/build}/services/rag"
 
@@ -46,3 +48,45 @@ for prompt in "The committee said that" "She looked at him and"; do
   printf -- '--- top-p 0.9, T 0.8: "%s" ->\n%s' "$prompt" "$prompt"
   "$rag" generate --model "$model" --prompt "$prompt" --temperature 0.8 --top-p 0.9 --seed 1 --max-tokens 40
 done
+
+section "5. Build the retrieval index over the corpus ($index)"
+if [ -f "$index/manifest.json" ]; then
+  echo "already built: $index (delete it to build again)"
+else
+  # Rerunning the same command after an interruption resumes the build.
+  "$rag" build --corpus "$corpus" --model "$model" --out "$index"
+fi
+"$rag" validate "$index" --json
+
+section "6. Start the gRPC server (127.0.0.1, a free port) and query it"
+workdir="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+"$rag" serve --model "$model" --index "$index" --listen 127.0.0.1:0 --port-file "$workdir/port" \
+  2> "$workdir/serve.log" &
+server_pid=$!
+for _ in $(seq 1 120); do [ -s "$workdir/port" ] && break; sleep 0.5; done
+[ -s "$workdir/port" ] || { cat "$workdir/serve.log"; echo "demo: the server did not start" >&2; exit 1; }
+server="127.0.0.1:$(cat "$workdir/port")"
+echo "rag serve is listening on $server"
+"$rag" stats --server "$server"
+for q in "The jury said the election was conducted" \
+         "The President sent a message to Congress about the budget" \
+         "She looked at him and smiled"; do
+  printf -- '\n--- neighbours of "%s" (over gRPC):\n' "$q"
+  "$rag" query --server "$server" --text "$q" -k 3
+done
+printf -- '\n--- next tokens after "The jury said" (over gRPC):\n'
+"$rag" next-token --server "$server" --text "The jury said" --top-n 5
+if [ -f "$here/examples/python/rag_client.py" ]; then
+  printf -- '\n--- the same search from the Python client (examples/python):\n'
+  /usr/bin/python3 "$here/examples/python/rag_client.py" --server "$server" search \
+    --text "The jury said the election was conducted" -k 3
+fi
+kill -TERM "$server_pid" && wait "$server_pid"
+server_pid=""
+echo "server stopped cleanly"

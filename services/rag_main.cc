@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/progress.h"
 #include "common/status.h"
 #include "eval/perplexity.h"
 #include "index_builder/corpus_reader.h"
@@ -24,6 +27,9 @@
 #include "lm/train_pipeline.h"
 #include "retriever/retriever.h"
 #include "retriever/vector_index.h"
+#include "services/client.h"
+#include "services/engine.h"
+#include "services/server.h"
 
 namespace {
 
@@ -44,20 +50,24 @@ int Fail(const absl::Status& status) {
   return status.code() == absl::StatusCode::kCancelled ? 130 : 1;
 }
 
-void PrintJson(const json& j) { std::cout << j.dump() << std::endl; }
+// Texts are UTF-8 already (see services::ToValidUtf8); replace rather than
+// throw if a stray byte gets through.
+void PrintJson(const json& j) { std::cout << j.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl; }
 
-// Reads the text of --text or --text-file.
-absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& text_file, const char* what) {
-  if (!text_file.empty()) return rag::ReadFile(text_file);
-  return text;
-}
-
-absl::Status CheckMode(const std::string& mode) {
-  if (mode == "lm") return absl::OkStatus();
-  if (mode == "knnlm" || mode == "retro") {
-    return absl::UnimplementedError("--mode " + mode + " is not available in this version yet; use --mode lm");
+// Reads the text of --text or --text-file. Over gRPC texts are protobuf
+// strings, which must be UTF-8; in-process any bytes are fine.
+absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& text_file, const char* what,
+                                    bool for_server = false) {
+  std::string value = text;
+  if (!text_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(value, rag::ReadFile(text_file));
   }
-  return absl::InvalidArgumentError("--mode must be lm, knnlm or retro, got '" + mode + "'");
+  if (for_server && !rag::services::IsValidUtf8(value)) {
+    return absl::InvalidArgumentError(std::string(what) +
+                                      " is not valid UTF-8, which gRPC requires (the in-process form, "
+                                      "--model, accepts any bytes)");
+  }
+  return value;
 }
 
 struct TrainArgs {
@@ -149,111 +159,214 @@ absl::StatusOr<std::unique_ptr<rag::lm::LanguageModel>> OpenModel(const std::str
   return model;
 }
 
-int RunScore(const std::string& model_dir, const std::string& text_arg, const std::string& text_file,
+// TARGET of interfaces.md: `--server ADDR` (a running `rag serve`) or
+// `--model MODEL_DIR [--index INDEX_DIR]` (loaded in-process). Both answer
+// through the same Engine code, so they give the same results.
+struct TargetArgs {
+  std::string server, model, index, embedder;
+  double connect_timeout = 10;
+};
+
+void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
+  cmd->add_option("--server", t->server, "address of a running `rag serve` (host:port)");
+  cmd->add_option("--model", t->model, "model directory (in-process)");
+  if (with_index) {
+    cmd->add_option("--index", t->index, "index directory (in-process)");
+    cmd->add_option("--embedder", t->embedder, "the TorchScript encoder the index was built with (in-process)");
+  }
+  cmd->add_option("--connect-timeout", t->connect_timeout, "seconds to wait for --server")->capture_default_str();
+}
+
+absl::StatusOr<std::unique_ptr<rag::services::Backend>> OpenTarget(const TargetArgs& t, bool need_index,
+                                                                   bool writable = false) {
+  if (!t.server.empty() && (!t.model.empty() || !t.index.empty())) {
+    return absl::InvalidArgumentError("give either --server ADDR or --model MODEL_DIR [--index INDEX_DIR], not both");
+  }
+  if (!t.server.empty()) {
+    RAG_ASSIGN_OR_RETURN(auto client, rag::services::GrpcBackend::Connect(t.server, t.connect_timeout));
+    return std::unique_ptr<rag::services::Backend>(std::move(client));
+  }
+  if (t.model.empty()) return absl::InvalidArgumentError("give --server ADDR or --model MODEL_DIR");
+  if (need_index && t.index.empty()) return absl::InvalidArgumentError("--index INDEX_DIR is required with --model");
+  rag::services::EngineOptions o;
+  o.model_dir = t.model;
+  o.index_dir = t.index;
+  o.embedder_path = t.embedder;
+  o.writable_index = writable;
+  // A local user may score a whole book at once; only a shared server needs
+  // protecting from huge requests.
+  o.limits.max_text_bytes = int64_t{1} << 31;
+  RAG_ASSIGN_OR_RETURN(auto engine, rag::services::Engine::Open(o));
+  return std::unique_ptr<rag::services::Backend>(std::move(engine));
+}
+
+int RunScore(const TargetArgs& target, const std::string& text_arg, const std::string& text_file,
              const std::string& mode, bool json_out) {
-  if (auto s = CheckMode(mode); !s.ok()) return Fail(s);
-  auto text = TextArg(text_arg, text_file, "--text");
+  auto text = TextArg(text_arg, text_file, "--text", !target.server.empty());
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to score"));
-  auto model = OpenModel(model_dir);
-  if (!model.ok()) return Fail(model.status());
-  auto ids = (*model)->tokenizer().Encode(*text);
-  auto logprobs = rag::lm::ScoreTokens((*model)->module(), ids, (*model)->tokenizer().eot_id());
-  double nll = 0;
-  for (float lp : logprobs) nll -= lp;
-  nll /= static_cast<double>(logprobs.size());
+  auto backend = OpenTarget(target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  rag::v1::ScoreRequest req;
+  req.set_text(*text);
+  req.set_mode(mode);
+  req.set_per_token(json_out);
+  auto r = (*backend)->Score(req);
+  if (!r.ok()) return Fail(r.status());
   if (json_out) {
     json per_token = json::array();
-    for (size_t i = 0; i < ids.size(); ++i) {
-      per_token.push_back({{"token", ids[i]}, {"text", (*model)->tokenizer().TokenBytes(ids[i])}, {"logprob", logprobs[i]}});
+    for (const auto& t : r->token_scores()) {
+      per_token.push_back({{"token", t.id()}, {"text", rag::services::ToValidUtf8(t.piece())}, {"logprob", t.logprob()}});
     }
-    PrintJson({{"mode", mode}, {"tokens", ids.size()}, {"nll", nll}, {"perplexity", std::exp(nll)},
+    PrintJson({{"mode", mode}, {"tokens", r->tokens()}, {"nll", r->nll()}, {"perplexity", r->perplexity()},
                {"token_logprobs", per_token}});
   } else {
-    std::printf("tokens %zu  nll %.4f  perplexity %.2f\n", ids.size(), nll, std::exp(nll));
+    std::printf("tokens %lld  nll %.4f  perplexity %.2f\n", static_cast<long long>(r->tokens()), r->nll(),
+                r->perplexity());
   }
   return 0;
 }
 
 struct GenerateArgs {
-  std::string model, prompt, prompt_file, mode = "lm";
+  TargetArgs target;
+  std::string prompt, prompt_file, mode = "lm";
   rag::lm::SamplingOptions sampling;
   bool json_out = false;
 };
 
 int RunGenerate(GenerateArgs a) {
-  if (auto s = CheckMode(a.mode); !s.ok()) return Fail(s);
-  auto prompt = TextArg(a.prompt, a.prompt_file, "--prompt");
+  auto prompt = TextArg(a.prompt, a.prompt_file, "--prompt", !a.target.server.empty());
   if (!prompt.ok()) return Fail(prompt.status());
-  auto model = OpenModel(a.model);
-  if (!model.ok()) return Fail(model.status());
-  const auto& tok = (*model)->tokenizer();
-  auto ids = tok.Encode(*prompt);
-  std::vector<rag::lm::TokenId> out_ids;
-  auto generated = rag::lm::Generate((*model)->module(), ids, tok.eot_id(), a.sampling,
-                                     [&](rag::lm::TokenId id) {
-                                       if (!a.json_out && id != tok.eot_id()) {
-                                         std::cout << tok.TokenBytes(id) << std::flush;
-                                       }
-                                       return true;
-                                     });
-  if (!generated.ok()) return Fail(generated.status());
-  std::vector<rag::lm::TokenId> text_ids;
-  for (auto id : *generated) {
-    if (id != tok.eot_id()) text_ids.push_back(id);
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  rag::v1::GenerateRequest req;
+  req.set_prompt(*prompt);
+  req.set_mode(a.mode);
+  if (a.sampling.max_tokens < 1 || a.sampling.max_tokens > (1 << 30)) {
+    return Fail(absl::InvalidArgumentError("--max-tokens must be >= 1"));
   }
-  auto text = tok.Decode(text_ids);
-  if (!text.ok()) return Fail(text.status());
+  req.set_max_tokens(static_cast<int32_t>(a.sampling.max_tokens));
+  req.mutable_sampling()->set_temperature(static_cast<float>(a.sampling.temperature));
+  req.mutable_sampling()->set_top_k(static_cast<int32_t>(a.sampling.top_k));
+  req.mutable_sampling()->set_top_p(static_cast<float>(a.sampling.top_p));
+  req.mutable_sampling()->set_seed(a.sampling.seed);
+  auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
+    if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
+    return g_stop.load() == false;
+  });
+  if (!done.ok()) return Fail(done.status());
   if (a.json_out) {
-    PrintJson({{"mode", a.mode}, {"prompt", *prompt}, {"text", *text}, {"tokens", generated->size()}});
+    PrintJson({{"mode", a.mode}, {"prompt", *prompt}, {"text", done->text()}, {"tokens", done->tokens()}});
   } else {
     std::cout << std::endl;
   }
   return 0;
 }
 
+struct NextTokenArgs {
+  TargetArgs target;
+  std::string text, text_file, mode = "lm";
+  int top_n = 10;
+  bool json_out = false;
+};
+
+int RunNextToken(const NextTokenArgs& a) {
+  auto text = TextArg(a.text, a.text_file, "--text", !a.target.server.empty());
+  if (!text.ok()) return Fail(text.status());
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  rag::v1::NextTokenRequest req;
+  req.set_text(*text);
+  req.set_mode(a.mode);
+  req.set_top_n(a.top_n);
+  auto r = (*backend)->NextToken(req);
+  if (!r.ok()) return Fail(r.status());
+  json tokens = json::array();
+  for (const auto& t : r->tokens()) {
+    tokens.push_back({{"token", t.id()}, {"text", rag::services::ToValidUtf8(t.piece())},
+                      {"probability", t.probability()}, {"logprob", t.logprob()}});
+  }
+  if (a.json_out) {
+    PrintJson({{"mode", r->mode()}, {"tokens", tokens}});
+  } else {
+    for (const auto& t : tokens) {
+      std::printf("%8.4f  %s\n", t["probability"].get<double>(), json(t["text"]).dump().c_str());
+    }
+  }
+  return 0;
+}
+
 struct EvalPplArgs {
-  std::string model, corpus, split = "all", mode = "lm", baseline = "unigram", output;
+  TargetArgs target;
+  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output;
   int64_t stride = 0;
   bool json_out = false, quiet = false;
 };
 
 int RunEvalPerplexity(const EvalPplArgs& a) {
-  if (auto s = CheckMode(a.mode); !s.ok()) return Fail(s);
   if (a.baseline != "unigram" && a.baseline != "none") {
     return Fail(absl::InvalidArgumentError("--baseline must be unigram or none"));
   }
-  auto model = OpenModel(a.model);
-  if (!model.ok()) return Fail(model.status());
+  if (a.stride < 0 || a.stride > (1 << 30)) return Fail(absl::InvalidArgumentError("--stride must be >= 0"));
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
   auto docs = rag::index_builder::ReadCorpus(a.corpus);
   if (!docs.ok()) return Fail(docs.status());
+  // The split and tokenizer come from the served model, so --server and
+  // --model select and count the same documents and tokens.
+  auto info = (*backend)->Info();
+  if (!info.ok()) return Fail(info.status());
   std::vector<rag::Document> all = *docs;
   std::vector<rag::Document> selected = std::move(*docs);
-  std::string split_json;
-  if (a.split != "all" || a.baseline == "unigram") {
-    auto text = rag::ReadFile((fs::path(a.model) / rag::lm::kSplitFile).string());
-    if (!text.ok()) return Fail(rag::Annotate(text.status(), "reading the model's split"));
-    split_json = *text;
+  if ((a.split != "all" || a.baseline == "unigram") && info->split_json().empty()) {
+    return Fail(absl::FailedPreconditionError("the model has no split.json: use --split all --baseline none"));
   }
   if (a.split != "all") {
-    auto sel = rag::lm::SelectSplit(std::move(selected), split_json, a.split);
+    auto sel = rag::lm::SelectSplit(std::move(selected), info->split_json(), a.split);
     if (!sel.ok()) return Fail(sel.status());
     selected = std::move(*sel);
     if (selected.empty()) {
       return Fail(absl::InvalidArgumentError("no document of --corpus is in the model's " + a.split + " split"));
     }
   }
-  rag::lm::ScoreOptions opts;
-  opts.stride = a.stride;
-  auto r = rag::eval::EvaluatePerplexity(**model, selected, opts, !a.quiet);
-  json j = {{"mode", a.mode}, {"split", a.split}, {"documents", r.documents}, {"tokens", r.tokens},
-            {"nll", r.nll},   {"perplexity", r.perplexity}};
+  size_t total_bytes = 0;
+  for (const auto& d : selected) total_bytes += d.text.size();
+  std::unique_ptr<rag::Progress> progress;
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("perplexity", static_cast<int64_t>(total_bytes), "bytes");
+  double sum = 0;
+  int64_t tokens = 0, documents = 0;
+  size_t done = 0;
+  for (const auto& d : selected) {
+    done += d.text.size();
+    if (d.text.empty()) continue;
+    if (!a.target.server.empty() && !rag::services::IsValidUtf8(d.text)) {
+      return Fail(absl::InvalidArgumentError("document '" + d.id + "' is not valid UTF-8, which gRPC requires; "
+                                             "evaluate it in-process (--model)"));
+    }
+    rag::v1::ScoreRequest req;
+    req.set_text(d.text);
+    req.set_mode(a.mode);
+    req.set_stride(static_cast<int32_t>(a.stride));
+    auto r = (*backend)->Score(req);
+    if (!r.ok()) return Fail(rag::Annotate(r.status(), "scoring document '" + d.id + "'"));
+    sum -= r->logprob_sum();
+    tokens += r->tokens();
+    documents += 1;
+    if (progress) progress->Update(static_cast<int64_t>(done));
+    if (g_stop.load()) return Fail(absl::CancelledError("interrupted"));
+  }
+  if (progress) progress->Finish();
+  const double nll = tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
+  json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents}, {"tokens", tokens},
+            {"nll", nll},       {"perplexity", std::exp(nll)}};
   if (a.baseline == "unigram") {
-    auto train = rag::lm::SelectSplit(all, split_json, "train");
+    auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
+    if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
+    auto train = rag::lm::SelectSplit(all, info->split_json(), "train");
     if (!train.ok()) return Fail(train.status());
-    auto u = rag::eval::UnigramPerplexity((*model)->tokenizer(), *train, selected);
+    auto u = rag::eval::UnigramPerplexity(*tok, *train, selected);
     j["unigram_perplexity"] = u.perplexity;
-    j["ratio_to_unigram"] = r.perplexity / u.perplexity;
+    j["ratio_to_unigram"] = std::exp(nll) / u.perplexity;
   }
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
@@ -264,7 +377,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
     std::printf("%-10s %-10s %8s %10s %12s", "mode", "split", "docs", "tokens", "perplexity");
     if (j.contains("unigram_perplexity")) std::printf(" %12s %8s", "unigram", "ratio");
     std::printf("\n%-10s %-10s %8lld %10lld %12.2f", a.mode.c_str(), a.split.c_str(),
-                static_cast<long long>(r.documents), static_cast<long long>(r.tokens), r.perplexity);
+                static_cast<long long>(documents), static_cast<long long>(tokens), std::exp(nll));
     if (j.contains("unigram_perplexity")) {
       std::printf(" %12.2f %8.3f", j["unigram_perplexity"].get<double>(), j["ratio_to_unigram"].get<double>());
     }
@@ -272,7 +385,6 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   }
   return 0;
 }
-
 
 // The embedding function of an index: the model's own (mean-pooled hidden
 // states) unless the user brings a TorchScript encoder.
@@ -328,37 +440,31 @@ int RunBuild(const BuildArgs& a) {
 }
 
 struct QueryArgs {
-  std::string model, index, text, text_file, embedder;
+  TargetArgs target;
+  std::string text, text_file;
   std::vector<std::string> exclude;
   int k = 5, nprobe = 16;
   bool json_out = false;
 };
 
 int RunQuery(const QueryArgs& a) {
-  if (a.index.empty()) return Fail(absl::InvalidArgumentError("--index INDEX_DIR is required with --model"));
-  auto text = TextArg(a.text, a.text_file, "--text");
+  auto text = TextArg(a.text, a.text_file, "--text", !a.target.server.empty());
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to search for"));
-  auto model = OpenModel(a.model);
-  if (!model.ok()) return Fail(model.status());
-  auto embedder = MakeEmbedder(model->get(), a.embedder);
-  if (!embedder.ok()) return Fail(embedder.status());
-  auto retriever = rag::retriever::Retriever::Open(a.index, embedder->get(), (*model)->content_hash(),
-                                                   (*model)->tokenizer().Hash());
-  if (!retriever.ok()) return Fail(retriever.status());
-  rag::retriever::SearchOptions so;
-  so.k = a.k;
-  so.nprobe = a.nprobe;
-  so.exclude_doc_ids = a.exclude;
-  const auto& tok = (*model)->tokenizer();
-  auto results = (*retriever)->Search({tok.Encode(*text)}, so);
-  if (!results.ok()) return Fail(results.status());
-  auto decode = [&](const std::vector<int32_t>& ids) { return tok.Decode(ids).value_or(""); };
+  if (a.k < 1) return Fail(absl::InvalidArgumentError("-k must be >= 1"));
+  auto backend = OpenTarget(a.target, true);
+  if (!backend.ok()) return Fail(backend.status());
+  rag::v1::SearchRequest req;
+  req.add_texts(*text);
+  req.set_k(a.k);
+  req.set_nprobe(a.nprobe);
+  for (const auto& id : a.exclude) req.add_exclude_doc_ids(id);
+  auto r = (*backend)->Search(req);
+  if (!r.ok()) return Fail(r.status());
   json neighbours = json::array();
-  for (const auto& n : (*results)[0]) {
-    neighbours.push_back({{"chunk_id", n.chunk_id}, {"doc_id", n.doc_id}, {"offset", n.offset},
-                          {"text", decode(n.tokens)}, {"continuation", decode(n.continuation)},
-                          {"distance", n.distance}});
+  for (const auto& n : r->results(0).neighbours()) {
+    neighbours.push_back({{"chunk_id", n.chunk_id()}, {"doc_id", n.doc_id()}, {"offset", n.offset()},
+                          {"text", n.text()}, {"continuation", n.continuation()}, {"distance", n.distance()}});
   }
   if (a.json_out) {
     PrintJson({{"neighbours", neighbours}});
@@ -371,6 +477,110 @@ int RunQuery(const QueryArgs& a) {
                   n["continuation"].get<std::string>().c_str());
     }
   }
+  return 0;
+}
+
+int RunStats(const TargetArgs& target) {
+  auto backend = OpenTarget(target, true);
+  if (!backend.ok()) return Fail(backend.status());
+  auto r = (*backend)->Stats();
+  if (!r.ok()) return Fail(r.status());
+  PrintJson({{"documents", r->documents()},
+             {"chunks", r->chunks()},
+             {"tokens", r->tokens()},
+             {"vectors", r->vectors()},
+             {"dim", r->dim()},
+             {"index_factory", r->index_factory()},
+             {"chunk_tokens", r->chunk_tokens()},
+             {"continuation_tokens", r->continuation_tokens()},
+             {"model_hash", r->model_hash()},
+             {"tokenizer_hash", r->tokenizer_hash()},
+             {"embedder", r->embedder()},
+             {"faiss_version", r->faiss_version()},
+             {"documents_added", r->documents_added()}});
+  return 0;
+}
+
+struct AddArgs {
+  TargetArgs target;
+  std::string corpus;
+  bool skip_existing = false, json_out = false, quiet = false;
+};
+
+int RunAdd(const AddArgs& a) {
+  rag::index_builder::CorpusStats stats;
+  auto docs = rag::index_builder::ReadCorpus(a.corpus, &stats);
+  if (!docs.ok()) return Fail(docs.status());
+  auto backend = OpenTarget(a.target, true, /*writable=*/true);
+  if (!backend.ok()) return Fail(backend.status());
+  std::vector<rag::v1::Document> batch;
+  for (auto& d : *docs) {
+    if (!a.target.server.empty() && !rag::services::IsValidUtf8(d.text + d.id)) {
+      return Fail(absl::InvalidArgumentError("document '" + d.id + "' is not valid UTF-8, which gRPC requires"));
+    }
+    rag::v1::Document doc;
+    doc.set_id(d.id);
+    doc.set_text(std::move(d.text));
+    doc.set_skip_if_exists(a.skip_existing);
+    batch.push_back(std::move(doc));
+  }
+  std::unique_ptr<rag::Progress> progress;
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("add", static_cast<int64_t>(batch.size()), "documents");
+  auto r = (*backend)->AddDocuments(batch, [&](const rag::v1::AddDocumentsResponse& sofar) {
+    if (progress) progress->Update(sofar.documents_added() + sofar.documents_skipped());
+  });
+  if (!r.ok()) return Fail(r.status());
+  if (progress) progress->Finish();
+  if (a.json_out) {
+    PrintJson({{"documents_added", r->documents_added()}, {"chunks_added", r->chunks_added()},
+               {"documents_skipped", r->documents_skipped()}, {"documents", r->documents()},
+               {"chunks", r->chunks()}});
+  } else {
+    std::printf("added %lld documents (%lld chunks), skipped %lld; the index now holds %lld documents, %lld chunks\n",
+                static_cast<long long>(r->documents_added()), static_cast<long long>(r->chunks_added()),
+                static_cast<long long>(r->documents_skipped()), static_cast<long long>(r->documents()),
+                static_cast<long long>(r->chunks()));
+  }
+  return 0;
+}
+
+struct ServeArgs {
+  std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
+  rag::services::EngineLimits limits;
+  bool read_only = false;
+};
+
+int RunServe(const ServeArgs& a) {
+  if (a.log_level != "info" && a.log_level != "debug") {
+    return Fail(absl::InvalidArgumentError("--log-level must be info or debug"));
+  }
+  rag::services::EngineOptions eo;
+  eo.model_dir = a.model;
+  eo.index_dir = a.index;
+  eo.embedder_path = a.embedder;
+  eo.writable_index = !a.read_only;
+  eo.limits = a.limits;
+  auto engine = rag::services::Engine::Open(eo);
+  if (!engine.ok()) return Fail(engine.status());
+  rag::services::ServerOptions so;
+  so.listen = a.listen;
+  so.log_requests = a.log_level == "debug";
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto server = rag::services::Server::Start(engine->get(), so);
+  if (!server.ok()) return Fail(server.status());
+  const int port = (*server)->port();
+  const std::string host = a.listen.substr(0, a.listen.rfind(':'));
+  std::fprintf(stderr, "serve: model %s%s%s; listening on %s:%d (Ctrl-C or SIGTERM stops)\n", a.model.c_str(),
+               a.index.empty() ? "" : ", index ", a.index.c_str(), host.c_str(), port);
+  if (!a.port_file.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.port_file, std::to_string(port) + "\n"); !s.ok()) return Fail(s);
+  }
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::fprintf(stderr, "serve: shutting down\n");
+  (*server)->Shutdown(5.0);
+  engine->reset();  // saves the index after adds
+  std::fprintf(stderr, "serve: stopped\n");
   return 0;
 }
 
@@ -478,10 +688,11 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--json", train.json_out, "print the summary as JSON");
   train_cmd->add_flag("--quiet", train.quiet, "no progress lines");
 
-  std::string score_model, score_text, score_file, score_mode = "lm";
+  TargetArgs score_target;
+  std::string score_text, score_file, score_mode = "lm";
   bool score_json = false;
   auto* score_cmd = app.add_subcommand("score", "log-likelihood and perplexity of a text");
-  score_cmd->add_option("--model", score_model, "model directory")->required();
+  AddTargetOptions(score_cmd, &score_target, false);
   score_cmd->add_option("--text", score_text, "text to score");
   score_cmd->add_option("--text-file", score_file, "file whose bytes are the text");
   score_cmd->add_option("--mode", score_mode, "lm, knnlm or retro")->capture_default_str();
@@ -490,7 +701,7 @@ int main(int argc, char** argv) {
   GenerateArgs gen;
   gen.sampling.max_tokens = 40;
   auto* gen_cmd = app.add_subcommand("generate", "continue a prompt");
-  gen_cmd->add_option("--model", gen.model, "model directory")->required();
+  AddTargetOptions(gen_cmd, &gen.target, false);
   gen_cmd->add_option("--prompt", gen.prompt, "prompt text");
   gen_cmd->add_option("--prompt-file", gen.prompt_file, "file whose bytes are the prompt");
   gen_cmd->add_option("--mode", gen.mode, "lm, knnlm or retro")->capture_default_str();
@@ -518,15 +729,47 @@ int main(int argc, char** argv) {
 
   QueryArgs query;
   auto* query_cmd = app.add_subcommand("query", "nearest chunks of a text");
-  query_cmd->add_option("--model", query.model, "model directory")->required();
-  query_cmd->add_option("--index", query.index, "index directory");
+  AddTargetOptions(query_cmd, &query.target, true);
   query_cmd->add_option("--text", query.text, "query text");
   query_cmd->add_option("--text-file", query.text_file, "file whose bytes are the query");
   query_cmd->add_option("-k,--k", query.k, "neighbours")->capture_default_str();
   query_cmd->add_option("--nprobe", query.nprobe, "IVF lists to visit")->capture_default_str();
   query_cmd->add_option("--exclude-doc", query.exclude, "document id never to return (repeatable)");
-  query_cmd->add_option("--embedder", query.embedder, "the TorchScript encoder the index was built with");
   query_cmd->add_flag("--json", query.json_out, "print JSON");
+
+  NextTokenArgs next;
+  auto* next_cmd = app.add_subcommand("next-token", "the most likely next tokens after a text");
+  AddTargetOptions(next_cmd, &next.target, false);
+  next_cmd->add_option("--text", next.text, "context text (may be empty)");
+  next_cmd->add_option("--text-file", next.text_file, "file whose bytes are the context");
+  next_cmd->add_option("--top-n", next.top_n, "tokens to show")->capture_default_str();
+  next_cmd->add_option("--mode", next.mode, "lm, knnlm or retro")->capture_default_str();
+  next_cmd->add_flag("--json", next.json_out, "print JSON");
+
+  ServeArgs serve;
+  auto* serve_cmd = app.add_subcommand("serve", "serve a model and index over gRPC");
+  serve_cmd->add_option("--model", serve.model, "model directory")->required();
+  serve_cmd->add_option("--index", serve.index, "index directory (omit to serve the model only)");
+  serve_cmd->add_option("--embedder", serve.embedder, "the TorchScript encoder the index was built with");
+  serve_cmd->add_option("--listen", serve.listen, "host:port (port 0 = any free port)")->capture_default_str();
+  serve_cmd->add_option("--port-file", serve.port_file, "write the bound port to this file once serving");
+  serve_cmd->add_option("--log-level", serve.log_level, "info, or debug for one line per request")->capture_default_str();
+  serve_cmd->add_flag("--read-only", serve.read_only, "refuse AddDocuments");
+  serve_cmd->add_option("--max-text-bytes", serve.limits.max_text_bytes, "largest text in a request")->capture_default_str();
+  serve_cmd->add_option("--max-batch", serve.limits.max_batch, "most texts in one Search")->capture_default_str();
+  serve_cmd->add_option("--max-generate-tokens", serve.limits.max_generate_tokens, "most tokens one Generate may ask for")->capture_default_str();
+
+  AddArgs add;
+  auto* add_cmd = app.add_subcommand("add", "add documents to a live index");
+  AddTargetOptions(add_cmd, &add.target, true);
+  add_cmd->add_option("--corpus", add.corpus, "documents: .txt, .jsonl or directory")->required();
+  add_cmd->add_flag("--skip-existing", add.skip_existing, "skip documents whose id is stored instead of failing");
+  add_cmd->add_flag("--json", add.json_out, "print JSON");
+  add_cmd->add_flag("--quiet", add.quiet, "no progress lines");
+
+  TargetArgs stats_target;
+  auto* stats_cmd = app.add_subcommand("stats", "counts and provenance of a served index (JSON)");
+  AddTargetOptions(stats_cmd, &stats_target, true);
 
   std::string validate_dir;
   int64_t validate_sample = 200;
@@ -543,7 +786,7 @@ int main(int argc, char** argv) {
   eval_cmd->fallthrough();
   EvalPplArgs ppl;
   auto* ppl_cmd = eval_cmd->add_subcommand("perplexity", "perplexity of a corpus");
-  ppl_cmd->add_option("--model", ppl.model, "model directory")->required();
+  AddTargetOptions(ppl_cmd, &ppl.target, false);
   ppl_cmd->add_option("--corpus", ppl.corpus, "corpus: .txt, .jsonl or directory")->required();
   ppl_cmd->add_option("--split", ppl.split, "all, train or validation (the model's own split)")->capture_default_str();
   ppl_cmd->add_option("--mode", ppl.mode, "lm, knnlm or retro")->capture_default_str();
@@ -562,7 +805,11 @@ int main(int argc, char** argv) {
 
   try {
     if (train_cmd->parsed()) return RunTrain(train);
-    if (score_cmd->parsed()) return RunScore(score_model, score_text, score_file, score_mode, score_json);
+    if (score_cmd->parsed()) return RunScore(score_target, score_text, score_file, score_mode, score_json);
+    if (next_cmd->parsed()) return RunNextToken(next);
+    if (serve_cmd->parsed()) return RunServe(serve);
+    if (add_cmd->parsed()) return RunAdd(add);
+    if (stats_cmd->parsed()) return RunStats(stats_target);
     if (gen_cmd->parsed()) return RunGenerate(gen);
     if (ppl_cmd->parsed()) return RunEvalPerplexity(ppl);
     if (build_cmd->parsed()) return RunBuild(build);

@@ -39,7 +39,8 @@ std::string Slurp(const std::string& path) {
 class RagCliTest : public ::testing::Test {
  protected:
   // Starts `rag args...` with stdout/stderr going to files; returns the pid.
-  pid_t Start(const std::vector<std::string>& args) {
+  // `name` prefixes the output files, so a server can run beside commands.
+  pid_t Start(const std::vector<std::string>& args, const std::string& name = "") {
     std::vector<std::string> full = {RAG_BINARY};
     full.insert(full.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -47,19 +48,19 @@ class RagCliTest : public ::testing::Test {
     argv.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, (dir_ / "stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, (dir_ / "stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 1, (dir_ / (name + "stdout")).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, (dir_ / (name + "stderr")).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     pid_t pid = -1;
     EXPECT_EQ(posix_spawn(&pid, RAG_BINARY, &actions, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     return pid;
   }
 
-  Result Wait(pid_t pid) {
+  Result Wait(pid_t pid, const std::string& name = "") {
     int status = 0;
     waitpid(pid, &status, 0);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return {code, Slurp(dir_ / "stdout"), Slurp(dir_ / "stderr")};
+    return {code, Slurp(dir_ / (name + "stdout")), Slurp(dir_ / (name + "stderr"))};
   }
 
   Result Run(const std::vector<std::string>& args) { return Wait(Start(args)); }
@@ -144,7 +145,7 @@ TEST_F(RagCliTest, BadInputFailsClearlyAndWritesNothingHalf) {
   EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
   r = Run({"score", "--model", model, "--text", "hi", "--mode", "nonsense"});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("--mode"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("mode must be lm, knnlm or retro"), std::string::npos) << r.err;
 
   // Invalid UTF-8 is just bytes: it scores.
   r = Run({"score", "--model", model, "--text", "caf\xe9 \xff\xfe"});
@@ -250,4 +251,150 @@ TEST_F(RagCliTest, SigintCheckpointsAndResumeEndsIdenticalToAnUninterruptedRun) 
   EXPECT_EQ(hash("interrupted"), hash("straight"));
 }
 
+// SIGKILL cannot be caught: the builder gets no chance to checkpoint or
+// clean up. The kill must leave no manifest anywhere (nothing that looks
+// like a finished index), and the same command must then resume from the
+// last whole batch and end identical to a build that was never interrupted.
+TEST_F(RagCliTest, BuildKilledWithSigkillResumesToIdenticalIndex) {
+  const std::string model = TrainTiny("m");
+  const std::string corpus = dir_ / "big.jsonl";
+  // ~28 chunks of 16 tokens a document: some 11000 chunks, 1400 batches of
+  // 8, about 1.5 s of embedding on one idle core; the kill comes after the
+  // second batch.
+  WriteCorpus(corpus, 400);
+  constexpr int64_t kBatch = 8;
+  auto build = [&](const std::string& out) {
+    return std::vector<std::string>{"build", "--corpus", corpus, "--model", model, "--out", dir_ / out,
+                                    "--chunk-tokens", "16", "--batch-size", std::to_string(kBatch),
+                                    "--threads", "1", "--quiet"};
+  };
+  Result r = Run(build("a"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json a = json::parse(Slurp(dir_ / "a/manifest.json"));
+  const int64_t chunks = a["chunking"]["chunks"].get<int64_t>();
+  const int64_t row_bytes = a["model"]["dim"].get<int64_t>() * static_cast<int64_t>(sizeof(float));
+  const uintmax_t batch_bytes = static_cast<uintmax_t>(kBatch * row_bytes);
+  const uintmax_t total_bytes = static_cast<uintmax_t>(chunks * row_bytes);
+  ASSERT_GE(chunks, 50 * kBatch) << "corpus too small to interrupt the embedding reliably";
+
+  // Kill B once its embeddings hold more than one batch, while it is still running.
+  const fs::path partial = dir_ / "b.partial";
+  const fs::path embeddings = partial / "embeddings.f32";
+  pid_t pid = Start(build("b"));
+  bool killed = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(embeddings, ec);
+    if (!ec && size > batch_bytes && size < total_bytes) {
+      ASSERT_EQ(kill(pid, SIGKILL), 0);
+      killed = true;
+      break;
+    }
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      FAIL() << "the build ended (status " << status << ") before it could be killed mid-embedding; "
+             << "make the corpus bigger";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!killed) kill(pid, SIGKILL);
+  r = Wait(pid);
+  ASSERT_TRUE(killed) << "embeddings never grew past one batch within 60 s: " << r.err;
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.err;
+  const uintmax_t killed_size = fs::file_size(embeddings);
+  EXPECT_GT(killed_size, batch_bytes);
+  EXPECT_LT(killed_size, total_bytes) << "killed after the embedding had finished";
+  EXPECT_FALSE(fs::exists(dir_ / "b")) << "a killed build must not leave anything at the index path";
+  EXPECT_FALSE(fs::exists(partial / "manifest.json")) << "a killed build must not look finished";
+
+  r = Run(build("b"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming embedding at chunk"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(partial));
+  const json b = json::parse(Slurp(dir_ / "b/manifest.json"));
+  EXPECT_EQ(b["checksums"], a["checksums"]);
+  EXPECT_TRUE(b["checksums"].contains("embeddings.f32") && b["checksums"].contains("chunks.faiss"))
+      << b["checksums"].dump();
+  EXPECT_EQ(b["corpus"]["documents"], a["corpus"]["documents"]);
+  EXPECT_EQ(b["corpus"]["tokens"], a["corpus"]["tokens"]);
+  EXPECT_EQ(b["chunking"]["chunks"], a["chunking"]["chunks"]);
+  EXPECT_EQ(b["faiss"]["vectors"], a["faiss"]["vectors"]);
+  r = Run({"validate", dir_ / "b"});
+  EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+}
+
 }  // namespace
+
+TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
+  const std::string model = TrainTiny("m");
+  const std::string corpus = dir_ / "corpus.jsonl";
+  const std::string index = dir_ / "idx";
+  Result r = Run({"build", "--corpus", corpus, "--model", model, "--out", index, "--chunk-tokens", "16", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string port_file = dir_ / "port";
+  pid_t server = Start({"serve", "--model", model, "--index", index, "--listen", "127.0.0.1:0", "--port-file",
+                        port_file, "--log-level", "debug"},
+                       "serve_");
+  for (int i = 0; i < 600 && !fs::exists(port_file); ++i) usleep(100 * 1000);
+  ASSERT_TRUE(fs::exists(port_file)) << Slurp(dir_ / "serve_stderr");
+  const std::string addr = "127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n'));
+
+  const std::vector<std::vector<std::string>> commands = {
+      {"query", "--text", "The cat sees the red house", "-k", "4", "--exclude-doc", "doc1", "--json"},
+      {"query", "--text", "The cat sees the red house", "-k", "2"},
+      {"score", "--text", "The dog runs to the house.", "--json"},
+      {"generate", "--prompt", "The cat", "--max-tokens", "10", "--temperature", "0.8", "--seed", "5", "--json"},
+      {"generate", "--prompt", "The cat", "--max-tokens", "10", "--temperature", "0"},
+      {"next-token", "--text", "The cat", "--top-n", "5", "--json"},
+      {"eval", "perplexity", "--corpus", corpus, "--split", "validation", "--quiet", "--json"},
+  };
+  for (const auto& cmd : commands) {
+    std::vector<std::string> remote = cmd, local = cmd;
+    remote.insert(remote.end(), {"--server", addr});
+    local.insert(local.end(), {"--model", model});
+    if (cmd[0] == "query") local.insert(local.end(), {"--index", index});
+    Result a = Run(remote);
+    Result b = Run(local);
+    ASSERT_EQ(a.exit_code, 0) << cmd[0] << ": " << a.err;
+    ASSERT_EQ(b.exit_code, 0) << cmd[0] << ": " << b.err;
+    EXPECT_FALSE(a.out.empty());
+    EXPECT_EQ(a.out, b.out) << cmd[0];
+  }
+
+  // Errors come back as clear messages, and the server lives on.
+  r = Run({"query", "--server", addr, "--text", "x", "--nprobe", "-5"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("nprobe must be"), std::string::npos) << r.err;
+  r = Run({"score", "--server", addr, "--text", "caf\xe9"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("UTF-8"), std::string::npos) << r.err;
+
+  // A live add is searchable at once and still there after a restart.
+  const std::string extra = dir_ / "extra.jsonl";
+  std::ofstream(extra) << json{{"id", "added"}, {"text", "Zq owl vex"}}.dump()
+                       << "\n";
+  r = Run({"add", "--server", addr, "--corpus", extra, "--json", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["documents_added"], 1);
+  r = Run({"query", "--server", addr, "--text", "Zq owl vex", "-k", "1",
+           "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["neighbours"][0]["doc_id"], "added");
+  r = Run({"stats", "--server", addr});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["documents"], 13);
+
+  // SIGTERM: a clean exit, the index saved, one log line per request.
+  ASSERT_EQ(kill(server, SIGTERM), 0);
+  Result s = Wait(server, "serve_");
+  EXPECT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_NE(s.err.find("serve: Search"), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("INVALID_ARGUMENT"), std::string::npos) << s.err;
+  r = Run({"validate", index, "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = Run({"query", "--model", model, "--index", index, "--text", "Zq owl vex",
+           "-k", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["neighbours"][0]["doc_id"], "added");
+}

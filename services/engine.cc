@@ -1,0 +1,401 @@
+#include "services/engine.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/status.h"
+#include "lm/generator.h"
+#include "lm/scorer.h"
+
+namespace rag::services {
+namespace fs = std::filesystem;
+
+namespace {
+
+// LibTorch reports misuse by throwing; a request must never take the server
+// down, so every entry point converts exceptions to Internal.
+template <typename F>
+auto Guarded(const char* what, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(std::string(what) + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return absl::InternalError(std::string(what) + ": " + e.what());
+  }
+}
+
+int Utf8SequenceLength(const unsigned char* s, size_t n) {
+  const unsigned char c = s[0];
+  int len;
+  uint32_t min;
+  if (c < 0x80) return 1;
+  if ((c & 0xE0) == 0xC0) {
+    len = 2;
+    min = 0x80;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3;
+    min = 0x800;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4;
+    min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (n < static_cast<size_t>(len)) return 0;
+  uint32_t cp = c & (0x7F >> len);
+  for (int i = 1; i < len; ++i) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (s[i] & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
+std::string Decode(const lm::Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::string bytes;
+  for (int32_t id : ids) bytes += tok.TokenBytes(id);
+  return ToValidUtf8(bytes);
+}
+
+}  // namespace
+
+std::string ToValidUtf8(const std::string& bytes) {
+  std::string out;
+  out.reserve(bytes.size());
+  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t i = 0;
+  while (i < bytes.size()) {
+    const int len = Utf8SequenceLength(s + i, bytes.size() - i);
+    if (len == 0) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    } else {
+      out.append(bytes, i, static_cast<size_t>(len));
+      i += static_cast<size_t>(len);
+    }
+  }
+  return out;
+}
+
+bool IsValidUtf8(const std::string& bytes) {
+  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
+  for (size_t i = 0; i < bytes.size();) {
+    const int len = Utf8SequenceLength(s + i, bytes.size() - i);
+    if (len == 0) return false;
+    i += static_cast<size_t>(len);
+  }
+  return true;
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
+  return Guarded("opening the engine", [&]() -> absl::StatusOr<std::unique_ptr<Engine>> {
+    std::unique_ptr<Engine> e(new Engine());
+    e->options_ = options;
+    if (options.model_dir.empty()) return absl::InvalidArgumentError("a model directory is required");
+    auto model = lm::LanguageModel::Open(options.model_dir);
+    if (!model.ok()) return Annotate(model.status(), "opening model");
+    e->model_ = std::move(*model);
+    auto split = ReadFile((fs::path(options.model_dir) / lm::kSplitFile).string());
+    if (split.ok()) e->split_json_ = std::move(*split);
+    if (options.index_dir.empty()) return e;
+    if (options.embedder_path.empty()) {
+      e->embedder_ = lm::MakeLmEmbedder(e->model_.get());
+    } else {
+      auto emb = lm::LoadTorchScriptEmbedder(options.embedder_path);
+      if (!emb.ok()) return Annotate(emb.status(), "loading the embedder");
+      e->embedder_ = std::move(*emb);
+    }
+    RAG_ASSIGN_OR_RETURN(e->retriever_,
+                         retriever::Retriever::Open(options.index_dir, e->embedder_.get(), e->model_->content_hash(),
+                                                    e->model_->tokenizer().Hash(), options.writable_index));
+    return e;
+  });
+}
+
+// The retriever checkpoints on destruction and needs the embedder: release
+// it first.
+Engine::~Engine() { retriever_.reset(); }
+
+absl::Status Engine::CheckText(const std::string& text, const char* field, bool allow_empty) const {
+  if (!allow_empty && text.empty()) return absl::InvalidArgumentError(std::string(field) + " is empty");
+  if (static_cast<int64_t>(text.size()) > options_.limits.max_text_bytes) {
+    return absl::ResourceExhaustedError(std::string(field) + " has " + std::to_string(text.size()) +
+                                        " bytes; the limit is " + std::to_string(options_.limits.max_text_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::CheckMode(const std::string& mode) const {
+  if (mode.empty() || mode == "lm") return absl::OkStatus();
+  if (mode == "knnlm" || mode == "retro") {
+    return absl::UnimplementedError("mode '" + mode + "' is not available in this version yet; use lm");
+  }
+  return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+}
+
+absl::Status Engine::NeedIndex(const char* rpc) const {
+  if (retriever_ != nullptr) return absl::OkStatus();
+  return absl::FailedPreconditionError(std::string(rpc) + " needs an index, and none is served (start with --index)");
+}
+
+absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& request) {
+  return Guarded("Search", [&]() -> absl::StatusOr<v1::SearchResponse> {
+    RAG_RETURN_IF_ERROR(NeedIndex("Search"));
+    const auto& limits = options_.limits;
+    if (request.texts().empty()) return absl::InvalidArgumentError("texts is empty: give at least one query");
+    if (request.texts_size() > limits.max_batch) {
+      return absl::ResourceExhaustedError("texts has " + std::to_string(request.texts_size()) +
+                                          " queries; the limit is " + std::to_string(limits.max_batch));
+    }
+    const int k = request.k() == 0 ? 10 : request.k();
+    if (k < 1 || k > limits.max_k) {
+      return absl::InvalidArgumentError("k must be in [1, " + std::to_string(limits.max_k) + "], got " +
+                                        std::to_string(request.k()));
+    }
+    const int nprobe = request.nprobe() == 0 ? 16 : request.nprobe();
+    if (nprobe < 1 || nprobe > (1 << 16)) {
+      return absl::InvalidArgumentError("nprobe must be in [1, 65536], got " + std::to_string(request.nprobe()));
+    }
+    if (request.exclude_doc_ids_size() > 100000) {
+      return absl::ResourceExhaustedError("exclude_doc_ids has more than 100000 ids");
+    }
+    const auto& tok = model_->tokenizer();
+    std::vector<std::vector<retriever::Token>> queries;
+    for (int i = 0; i < request.texts_size(); ++i) {
+      const std::string field = "texts[" + std::to_string(i) + "]";
+      RAG_RETURN_IF_ERROR(CheckText(request.texts(i), field.c_str(), false));
+      queries.push_back(tok.Encode(request.texts(i)));
+    }
+    retriever::SearchOptions so;
+    so.k = k;
+    so.nprobe = nprobe;
+    so.exclude_doc_ids.assign(request.exclude_doc_ids().begin(), request.exclude_doc_ids().end());
+    RAG_ASSIGN_OR_RETURN(auto results, retriever_->Search(queries, so));
+    v1::SearchResponse response;
+    for (const auto& list : results) {
+      v1::NeighbourList* out = response.add_results();
+      for (const auto& n : list) {
+        v1::Neighbour* nb = out->add_neighbours();
+        nb->set_chunk_id(n.chunk_id);
+        nb->set_doc_id(ToValidUtf8(n.doc_id));
+        nb->set_offset(n.offset);
+        nb->set_text(Decode(tok, n.tokens));
+        nb->set_continuation(Decode(tok, n.continuation));
+        nb->set_distance(n.distance);
+        nb->mutable_token_ids()->Add(n.tokens.begin(), n.tokens.end());
+        nb->mutable_continuation_ids()->Add(n.continuation.begin(), n.continuation.end());
+      }
+    }
+    return response;
+  });
+}
+
+absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request) {
+  return Guarded("Score", [&]() -> absl::StatusOr<v1::ScoreResponse> {
+    RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
+    RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", false));
+    if (request.stride() < 0) return absl::InvalidArgumentError("stride must be >= 0");
+    const auto& tok = model_->tokenizer();
+    const auto ids = tok.Encode(request.text());
+    lm::ScoreOptions so;
+    so.stride = request.stride();
+    const auto logprobs = lm::ScoreTokens(model_->module(), ids, tok.eot_id(), so);
+    double sum = 0;
+    for (float lp : logprobs) sum += lp;
+    v1::ScoreResponse r;
+    r.set_mode("lm");
+    r.set_tokens(static_cast<int64_t>(logprobs.size()));
+    r.set_logprob_sum(sum);
+    r.set_nll(-sum / static_cast<double>(logprobs.size()));
+    r.set_perplexity(std::exp(r.nll()));
+    if (request.per_token()) {
+      for (size_t i = 0; i < ids.size(); ++i) {
+        v1::TokenScore* t = r.add_token_scores();
+        t->set_id(ids[i]);
+        t->set_piece(tok.TokenBytes(ids[i]));
+        t->set_logprob(logprobs[i]);
+      }
+    }
+    return r;
+  });
+}
+
+absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenRequest& request) {
+  return Guarded("NextToken", [&]() -> absl::StatusOr<v1::NextTokenResponse> {
+    RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
+    RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", true));
+    const int top_n = request.top_n() == 0 ? 10 : request.top_n();
+    if (top_n < 1 || top_n > options_.limits.max_top_n) {
+      return absl::InvalidArgumentError("top_n must be in [1, " + std::to_string(options_.limits.max_top_n) +
+                                        "], got " + std::to_string(request.top_n()));
+    }
+    const auto& tok = model_->tokenizer();
+    torch::Tensor logprobs = lm::NextTokenLogProbs(model_->module(), tok.Encode(request.text()), tok.eot_id());
+    auto [values, indices] = logprobs.topk(std::min<int64_t>(top_n, logprobs.size(0)));
+    auto v = values.accessor<float, 1>();
+    auto ix = indices.accessor<int64_t, 1>();
+    v1::NextTokenResponse r;
+    r.set_mode("lm");
+    for (int64_t i = 0; i < values.size(0); ++i) {
+      v1::TokenProbability* t = r.add_tokens();
+      t->set_id(static_cast<int32_t>(ix[i]));
+      t->set_piece(tok.TokenBytes(static_cast<int32_t>(ix[i])));
+      t->set_logprob(v[i]);
+      t->set_probability(std::exp(v[i]));
+    }
+    return r;
+  });
+}
+
+absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest& request,
+                                                      const GenerateCallback& on_token) {
+  return Guarded("Generate", [&]() -> absl::StatusOr<v1::GenerateResponse> {
+    RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
+    RAG_RETURN_IF_ERROR(CheckText(request.prompt(), "prompt", true));
+    const int max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+    if (max_tokens < 1 || max_tokens > options_.limits.max_generate_tokens) {
+      return absl::InvalidArgumentError("max_tokens must be in [1, " +
+                                        std::to_string(options_.limits.max_generate_tokens) + "], got " +
+                                        std::to_string(request.max_tokens()));
+    }
+    const auto& s = request.sampling();
+    if (!(s.temperature() >= 0) || !std::isfinite(s.temperature())) {
+      return absl::InvalidArgumentError("sampling.temperature must be >= 0 (0 = greedy)");
+    }
+    if (s.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k must be >= 0 (0 = all tokens)");
+    if (!(s.top_p() >= 0 && s.top_p() <= 1)) return absl::InvalidArgumentError("sampling.top_p must be in [0, 1]");
+    lm::SamplingOptions so;
+    so.max_tokens = max_tokens;
+    so.temperature = s.temperature();
+    so.top_k = s.top_k();
+    so.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
+    so.seed = s.seed();
+    so.stop_at_eot = !request.ignore_eot();
+    const auto& tok = model_->tokenizer();
+    bool cancelled = false;
+    auto generated =
+        lm::Generate(model_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, [&](lm::TokenId id) {
+          if (!on_token) return true;
+          v1::GenerateResponse msg;
+          msg.set_token_id(id);
+          if (id == tok.eot_id()) {
+            msg.set_end_of_text(true);
+          } else {
+            msg.set_piece(tok.TokenBytes(id));
+          }
+          cancelled = !on_token(msg);
+          return !cancelled;
+        });
+    if (!generated.ok()) return generated.status();
+    if (cancelled) return absl::CancelledError("generation cancelled by the client");
+    std::vector<int32_t> text_ids;
+    for (auto id : *generated) {
+      if (id != tok.eot_id()) text_ids.push_back(id);
+    }
+    v1::GenerateResponse done;
+    done.set_done(true);
+    done.set_text(Decode(tok, text_ids));
+    done.set_tokens(static_cast<int64_t>(generated->size()));
+    return done;
+  });
+}
+
+absl::StatusOr<v1::InfoResponse> Engine::Info() {
+  v1::InfoResponse r;
+  r.set_model_hash(model_->content_hash());
+  r.set_config_json(model_->config().ToJson());
+  r.set_tokenizer_json(model_->tokenizer().ToJson());
+  r.set_split_json(split_json_);
+  r.add_modes("lm");
+  return r;
+}
+
+absl::StatusOr<v1::StatsResponse> Engine::Stats() {
+  RAG_RETURN_IF_ERROR(NeedIndex("Stats"));
+  const retriever::Manifest m = retriever_->manifest();
+  const auto& store = retriever_->chunk_store();
+  v1::StatsResponse r;
+  r.set_documents(store.num_documents());
+  r.set_chunks(store.num_chunks());
+  r.set_tokens(store.num_tokens());
+  r.set_vectors(retriever_->num_vectors());
+  r.set_dim(m.dim);
+  r.set_index_factory(m.index_factory);
+  r.set_chunk_tokens(m.chunk_tokens);
+  r.set_continuation_tokens(m.continuation_tokens);
+  r.set_model_hash(m.model_hash);
+  r.set_tokenizer_hash(m.tokenizer_hash);
+  r.set_embedder(m.embedder);
+  r.set_faiss_version(m.faiss_version);
+  r.set_documents_added(m.documents_added + (store.num_documents() - m.documents));
+  r.set_manifest_json(m.ToJson());
+  return r;
+}
+
+absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse* totals) {
+  return Guarded("AddDocuments", [&]() -> absl::Status {
+    RAG_RETURN_IF_ERROR(NeedIndex("AddDocuments"));
+    if (!retriever_->writable()) {
+      return absl::FailedPreconditionError("the index is served read-only (restart rag serve without --read-only)");
+    }
+    if (d.id().empty()) return absl::InvalidArgumentError("id is empty: every document needs a unique id");
+    if (static_cast<int64_t>(d.id().size()) > options_.limits.max_id_bytes) {
+      return absl::InvalidArgumentError("id has " + std::to_string(d.id().size()) + " bytes; the limit is " +
+                                        std::to_string(options_.limits.max_id_bytes));
+    }
+    const std::string field = "text of document '" + d.id() + "'";
+    RAG_RETURN_IF_ERROR(CheckText(d.text(), field.c_str(), false));
+    if (d.skip_if_exists() && retriever_->chunk_store().HasDocument(d.id())) {
+      totals->set_documents_skipped(totals->documents_skipped() + 1);
+      return absl::OkStatus();
+    }
+    auto ids = retriever_->AddDocument(d.id(), model_->tokenizer().Encode(d.text()),
+                                       d.metadata_json().empty() ? "{}" : d.metadata_json());
+    if (!ids.ok()) {
+      if (absl::IsAlreadyExists(ids.status())) {
+        if (d.skip_if_exists()) {
+          totals->set_documents_skipped(totals->documents_skipped() + 1);
+          return absl::OkStatus();
+        }
+        // Not the store's message: it names server paths.
+        return absl::AlreadyExistsError("document id '" + d.id() +
+                                        "' is already stored (set skip_if_exists to "
+                                        "skip such documents)");
+      }
+      return ids.status();
+    }
+    totals->set_documents_added(totals->documents_added() + 1);
+    totals->set_chunks_added(totals->chunks_added() + static_cast<int64_t>(ids->size()));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status Engine::FinishAdd(v1::AddDocumentsResponse* totals) {
+  RAG_RETURN_IF_ERROR(NeedIndex("AddDocuments"));
+  if (retriever_->writable()) RAG_RETURN_IF_ERROR(retriever_->Checkpoint());
+  totals->set_documents(retriever_->chunk_store().num_documents());
+  totals->set_chunks(retriever_->chunk_store().num_chunks());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::AddDocumentsResponse> Engine::AddDocuments(const std::vector<v1::Document>& documents,
+                                                              const AddCallback& on_progress) {
+  v1::AddDocumentsResponse totals;
+  for (const auto& d : documents) {
+    absl::Status s = AddDocument(d, &totals);
+    if (!s.ok()) {
+      // What was added stays added; save it before reporting.
+      (void)FinishAdd(&totals);
+      return Annotate(s, "after " + std::to_string(totals.documents_added()) + " documents were added");
+    }
+    if (on_progress) on_progress(totals);
+  }
+  RAG_RETURN_IF_ERROR(FinishAdd(&totals));
+  return totals;
+}
+
+}  // namespace rag::services

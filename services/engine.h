@@ -1,0 +1,87 @@
+// Engine: the served language model and (optionally) index, answering the
+// rag.v1 requests in-process. `rag serve` puts a gRPC server in front of one;
+// the in-process forms of `rag query|score|generate|eval|add` call one
+// directly. Every request is validated here (InvalidArgument naming the
+// field, ResourceExhausted over a limit), so both forms fail the same way.
+// Thread-safe: any number of requests at once.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lm/embedder.h"
+#include "lm/language_model.h"
+#include "proto/rag.pb.h"
+#include "retriever/retriever.h"
+#include "services/backend.h"
+
+namespace rag::services {
+
+struct EngineLimits {
+  int64_t max_text_bytes = 1 << 20;  // any text or prompt. Default: 1 MiB
+  int max_batch = 256;               // texts per Search. Default: 256
+  int max_k = 4096;                  // neighbours per query. Default: 4096
+  int max_top_n = 1000;              // NextToken.top_n. Default: 1000
+  int max_generate_tokens = 1024;    // Generate.max_tokens. Default: 1024
+  int64_t max_id_bytes = 1024;       // Document.id. Default: 1024
+};
+
+struct EngineOptions {
+  std::string model_dir;        // required
+  std::string index_dir;        // "" serves the model only
+  std::string embedder_path;    // TorchScript encoder the index was built with; "" = the LM's
+  bool writable_index = false;  // allow AddDocuments. Default: false
+  EngineLimits limits;
+};
+
+class Engine : public Backend {
+ public:
+  // Opens the model, and the index when options.index_dir is set (refused
+  // when it was built by another model, tokenizer or embedder).
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(const EngineOptions& options);
+  ~Engine() override;
+
+  absl::StatusOr<v1::SearchResponse> Search(const v1::SearchRequest& request) override;
+  absl::StatusOr<v1::ScoreResponse> Score(const v1::ScoreRequest& request) override;
+  absl::StatusOr<v1::NextTokenResponse> NextToken(const v1::NextTokenRequest& request) override;
+  absl::StatusOr<v1::GenerateResponse> Generate(const v1::GenerateRequest& request,
+                                                const GenerateCallback& on_token) override;
+  absl::StatusOr<v1::InfoResponse> Info() override;
+  absl::StatusOr<v1::StatsResponse> Stats() override;
+  // AddDocument for each, then FinishAdd.
+  absl::StatusOr<v1::AddDocumentsResponse> AddDocuments(const std::vector<v1::Document>& documents,
+                                                        const AddCallback& on_progress) override;
+
+  // One document of an AddDocuments stream: durable and searchable on
+  // return. Updates the counts in *totals (documents_added, chunks_added,
+  // documents_skipped).
+  absl::Status AddDocument(const v1::Document& document, v1::AddDocumentsResponse* totals);
+  // Saves the index after adds and fills the index totals of *totals.
+  absl::Status FinishAdd(v1::AddDocumentsResponse* totals);
+
+  const EngineOptions& options() const { return options_; }
+  lm::LanguageModel& model() { return *model_; }
+  bool has_index() const { return retriever_ != nullptr; }
+
+ private:
+  Engine() = default;
+  absl::Status CheckText(const std::string& text, const char* field, bool allow_empty) const;
+  absl::Status CheckMode(const std::string& mode) const;
+  absl::Status NeedIndex(const char* rpc) const;
+
+  EngineOptions options_;
+  std::unique_ptr<lm::LanguageModel> model_;
+  std::unique_ptr<lm::Embedder> embedder_;
+  std::unique_ptr<retriever::Retriever> retriever_;
+  std::string split_json_;
+};
+
+// Replaces invalid UTF-8 sequences by U+FFFD: token pieces and chunk texts
+// may split a character, but protobuf strings and JSON must be UTF-8.
+std::string ToValidUtf8(const std::string& bytes);
+bool IsValidUtf8(const std::string& bytes);
+
+}  // namespace rag::services

@@ -1,0 +1,50 @@
+// The gRPC server of `rag serve`: the rag.v1 services (Retrieval,
+// LanguageModel, Index) answered by an Engine, plus standard health
+// checking and server reflection.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "services/engine.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace rag::services {
+
+struct ServerOptions {
+  // host:port to listen on; port 0 picks a free one (see port()). Loopback
+  // by default: exposing a server is a deliberate choice. Default: 127.0.0.1:50051
+  std::string listen = "127.0.0.1:50051";
+  // Log one line per request (rpc, size, status, milliseconds) to stderr.
+  // Default: false
+  bool log_requests = false;
+  // Largest request message accepted, bytes. Default: 64 MiB
+  int max_message_bytes = 64 << 20;
+};
+
+class Server {
+ public:
+  // Starts serving `engine` (not owned; must outlive the server).
+  // Unavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(Engine* engine, const ServerOptions& options);
+  ~Server();
+
+  // The bound port (the chosen one when listening on port 0).
+  int port() const { return port_; }
+  // Stops accepting calls, lets running ones finish for up to
+  // `grace_seconds` then cancels them, and returns when all are done.
+  void Shutdown(double grace_seconds = 5.0);
+
+ private:
+  struct Services;
+  Server() = default;
+  std::unique_ptr<Services> services_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace rag::services

@@ -1,0 +1,444 @@
+// End-to-end tests of the gRPC service: a real server on an ephemeral
+// loopback port, a real client, a real (tiny, untrained) model and a real
+// FAISS + RocksDB index built by the test. gRPC answers must equal the
+// in-process Engine's, byte for byte.
+#include "services/server.h"
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <set>
+
+#include "common/file_util.h"
+#include "index_builder/index_builder.h"
+#include "lm/embedder.h"
+#include "retriever/retriever.h"
+#include "services/client.h"
+#include "services/engine.h"
+#include "tests/status_matchers.h"
+#include "tests/test_util.h"
+
+namespace rag::services {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    docs_ = new std::vector<Document>(testing::MakeCorpus(10, 77, 10));
+    std::vector<std::string> texts;
+    for (const auto& d : *docs_) texts.push_back(d.text);
+    lm::TokenizerTrainOptions topts;
+    topts.vocab_size = 300;
+    auto tok = lm::Tokenizer::Train(texts, topts);
+    ASSERT_TRUE(tok.ok());
+    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
+    c.vocab_size = tok->vocab_size();
+    torch::manual_seed(9);
+    lm::LanguageModel model(c, std::move(*tok), lm::TransformerLM(c));
+    model.module()->eval();
+    RAG_ASSERT_OK(model.Save(ModelDir()));
+    auto embedder = lm::MakeLmEmbedder(&model);
+    index_builder::BuildOptions o;
+    o.out_dir = IndexDir();
+    o.index_factory = "Flat";
+    o.chunk_tokens = 16;
+    o.continuation_tokens = 16;
+    o.embed_batch = 8;
+    o.show_progress = false;
+    RAG_ASSERT_OK(index_builder::BuildIndex(*docs_, model.tokenizer(), *embedder, model.content_hash(), o).status());
+  }
+  static void TearDownTestSuite() {
+    delete docs_;
+    delete dir_;
+  }
+  static std::string ModelDir() { return (fs::path(dir_->path()) / "model").string(); }
+  static std::string IndexDir() { return (fs::path(dir_->path()) / "index").string(); }
+
+  // A private copy of the index, for tests that write to it.
+  std::string CopyIndex(const std::string& name) {
+    const fs::path to = fs::path(dir_->path()) / name;
+    fs::remove_all(to);
+    fs::copy(IndexDir(), to, fs::copy_options::recursive);
+    return to.string();
+  }
+
+  std::unique_ptr<Engine> OpenEngine(const std::string& index_dir, bool writable, EngineLimits limits = {}) {
+    EngineOptions o;
+    o.model_dir = ModelDir();
+    o.index_dir = index_dir;
+    o.writable_index = writable;
+    o.limits = limits;
+    auto e = Engine::Open(o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  // Starts a server on an ephemeral loopback port and connects a client.
+  void Serve(Engine* engine) {
+    ServerOptions so;
+    so.listen = "127.0.0.1:0";
+    auto server = Server::Start(engine, so);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_GT(server_->port(), 0);
+    auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string(server_->port()), 10);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+
+  static testing::TempDir* dir_;
+  static std::vector<Document>* docs_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<GrpcBackend> client_;
+};
+
+testing::TempDir* ServerTest::dir_ = nullptr;
+std::vector<Document>* ServerTest::docs_ = nullptr;
+
+template <typename M>
+void ExpectSameMessage(const M& a, const M& b) {
+  EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString()) << a.DebugString() << "\nvs\n" << b.DebugString();
+}
+
+TEST_F(ServerTest, GrpcAnswersEqualInProcessAnswers) {
+  auto engine = OpenEngine(IndexDir(), false);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+
+  v1::SearchRequest search;
+  search.add_texts((*docs_)[0].text.substr(0, 80));
+  search.add_texts((*docs_)[3].text.substr(40, 120));
+  search.set_k(4);
+  search.add_exclude_doc_ids((*docs_)[0].id);
+  auto local = engine->Search(search);
+  auto remote = client_->Search(search);
+  RAG_ASSERT_OK(local.status());
+  RAG_ASSERT_OK(remote.status());
+  ASSERT_EQ(remote->results_size(), 2);
+  EXPECT_EQ(remote->results(0).neighbours_size(), 4);
+  for (const auto& n : remote->results(0).neighbours()) EXPECT_NE(n.doc_id(), (*docs_)[0].id);
+  ExpectSameMessage(*local, *remote);
+
+  v1::ScoreRequest score;
+  score.set_text((*docs_)[1].text);
+  score.set_per_token(true);
+  auto ls = engine->Score(score);
+  auto rs = client_->Score(score);
+  RAG_ASSERT_OK(rs.status());
+  EXPECT_GT(rs->tokens(), 10);
+  EXPECT_EQ(rs->token_scores_size(), rs->tokens());
+  ExpectSameMessage(*ls, *rs);
+
+  v1::NextTokenRequest next;
+  next.set_text("the");
+  next.set_top_n(5);
+  auto ln = engine->NextToken(next);
+  auto rn = client_->NextToken(next);
+  RAG_ASSERT_OK(rn.status());
+  ASSERT_EQ(rn->tokens_size(), 5);
+  EXPECT_GE(rn->tokens(0).probability(), rn->tokens(4).probability());
+  ExpectSameMessage(*ln, *rn);
+
+  v1::GenerateRequest gen;
+  gen.set_prompt("the");
+  gen.set_max_tokens(12);
+  gen.set_ignore_eot(true);
+  gen.mutable_sampling()->set_temperature(0.9f);
+  gen.mutable_sampling()->set_seed(42);
+  std::vector<int32_t> local_tokens, remote_tokens;
+  auto lg = engine->Generate(gen, [&](const v1::GenerateResponse& t) {
+    local_tokens.push_back(t.token_id());
+    return true;
+  });
+  auto rg = client_->Generate(gen, [&](const v1::GenerateResponse& t) {
+    remote_tokens.push_back(t.token_id());
+    return true;
+  });
+  RAG_ASSERT_OK(rg.status());
+  EXPECT_EQ(remote_tokens.size(), 12u);
+  EXPECT_EQ(local_tokens, remote_tokens);
+  ExpectSameMessage(*lg, *rg);
+
+  auto li = engine->Info();
+  auto ri = client_->Info();
+  RAG_ASSERT_OK(ri.status());
+  ExpectSameMessage(*li, *ri);
+  auto st = client_->Stats();
+  RAG_ASSERT_OK(st.status());
+  EXPECT_EQ(st->documents(), static_cast<int64_t>(docs_->size()));
+  EXPECT_EQ(st->vectors(), st->chunks());
+}
+
+TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
+  EngineLimits limits;
+  limits.max_batch = 4;
+  limits.max_text_bytes = 1000;
+  auto engine = OpenEngine(IndexDir(), false, limits);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+  auto expect = [](const absl::Status& s, absl::StatusCode code, const std::string& needle) {
+    EXPECT_EQ(s.code(), code) << s;
+    EXPECT_NE(s.message().find(needle), std::string::npos) << s;
+  };
+  v1::SearchRequest search;
+  expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "texts");
+  search.add_texts("the");
+  search.set_k(-1);
+  expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "k must be");
+  search.set_k(100000);
+  expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "k must be");
+  search.set_k(3);
+  search.add_texts("");
+  expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "texts[1]");
+  search.set_texts(1, std::string(2000, 'a'));
+  expect(client_->Search(search).status(), absl::StatusCode::kResourceExhausted, "texts[1]");
+  v1::SearchRequest many;
+  for (int i = 0; i < 5; ++i) many.add_texts("the");
+  expect(client_->Search(many).status(), absl::StatusCode::kResourceExhausted, "limit is 4");
+
+  v1::ScoreRequest score;
+  expect(client_->Score(score).status(), absl::StatusCode::kInvalidArgument, "text is empty");
+  score.set_text("the cat");
+  score.set_mode("bogus");
+  expect(client_->Score(score).status(), absl::StatusCode::kInvalidArgument, "mode");
+  score.set_mode("knnlm");
+  expect(client_->Score(score).status(), absl::StatusCode::kUnimplemented, "knnlm");
+
+  v1::GenerateRequest gen;
+  gen.set_max_tokens(5000);
+  expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kInvalidArgument, "max_tokens");
+  gen.set_max_tokens(3);
+  gen.mutable_sampling()->set_top_p(2);
+  expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kInvalidArgument, "top_p");
+
+  v1::NextTokenRequest next;
+  next.set_top_n(-3);
+  expect(client_->NextToken(next).status(), absl::StatusCode::kInvalidArgument, "top_n");
+
+  // Served read-only: adds are refused, nothing changes.
+  v1::Document d;
+  d.set_id("x");
+  d.set_text("some text");
+  expect(client_->AddDocuments({d}, nullptr).status(), absl::StatusCode::kFailedPrecondition, "read-only");
+
+  // The server is still healthy after all that.
+  RAG_EXPECT_OK(client_->Stats().status());
+}
+
+TEST_F(ServerTest, ModelOnlyServerRefusesIndexRpcs) {
+  auto engine = OpenEngine("", false);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+  v1::SearchRequest search;
+  search.add_texts("the");
+  EXPECT_EQ(client_->Search(search).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client_->Stats().status().code(), absl::StatusCode::kFailedPrecondition);
+  v1::ScoreRequest score;
+  score.set_text("the cat sat");
+  RAG_EXPECT_OK(client_->Score(score).status());
+}
+
+TEST_F(ServerTest, AddedDocumentsAreSearchableAtOnceAndSurviveRestart) {
+  const std::string index = CopyIndex("live");
+  const std::string text = "zebra quartz zebra quartz violet harbour lantern " + (*docs_)[2].text.substr(0, 60);
+  int64_t chunks_before = 0;
+  {
+    auto engine = OpenEngine(index, true);
+    ASSERT_NE(engine, nullptr);
+    Serve(engine.get());
+    chunks_before = client_->Stats()->chunks();
+    v1::Document d;
+    d.set_id("added-1");
+    d.set_text(text);
+    d.set_metadata_json(R"({"source": "test"})");
+    auto r = client_->AddDocuments({d}, nullptr);
+    RAG_ASSERT_OK(r.status());
+    EXPECT_EQ(r->documents_added(), 1);
+    EXPECT_EQ(r->chunks(), chunks_before + r->chunks_added());
+
+    // Searchable before anything else happens: its own text finds it first.
+    v1::SearchRequest search;
+    search.add_texts(text.substr(0, 40));
+    search.set_k(1);
+    auto s = client_->Search(search);
+    RAG_ASSERT_OK(s.status());
+    ASSERT_EQ(s->results(0).neighbours_size(), 1);
+    EXPECT_EQ(s->results(0).neighbours(0).doc_id(), "added-1");
+    EXPECT_EQ(s->results(0).neighbours(0).chunk_id(), chunks_before);
+
+    // A duplicate id fails the stream with ALREADY_EXISTS; the documents
+    // before it stay added; skip_if_exists makes re-sending safe.
+    v1::Document d2 = d;
+    d2.set_id("added-2");
+    auto dup = client_->AddDocuments({d2, d}, nullptr);
+    EXPECT_EQ(dup.status().code(), absl::StatusCode::kAlreadyExists) << dup.status();
+    EXPECT_NE(dup.status().message().find("after 1 documents were added"), std::string::npos) << dup.status();
+    d.set_skip_if_exists(true);
+    d2.set_skip_if_exists(true);
+    auto again = client_->AddDocuments({d, d2}, nullptr);
+    RAG_ASSERT_OK(again.status());
+    EXPECT_EQ(again->documents_skipped(), 2);
+    EXPECT_EQ(again->documents_added(), 0);
+    server_->Shutdown();
+  }
+  // Restart: both documents are there, and the manifest on disk agrees.
+  auto manifest = retriever::Manifest::Load(index);
+  RAG_ASSERT_OK(manifest.status());
+  EXPECT_EQ(manifest->documents, static_cast<int64_t>(docs_->size()) + 2);
+  EXPECT_EQ(manifest->documents_added, 2);
+  EXPECT_EQ(manifest->vectors, manifest->chunks);
+  for (const auto& [file, sum] : manifest->checksums) {
+    EXPECT_EQ(*HashFileHex((fs::path(index) / file).string()), sum) << file;
+  }
+  auto engine = OpenEngine(index, false);
+  ASSERT_NE(engine, nullptr);
+  v1::SearchRequest search;
+  search.add_texts(text.substr(0, 40));
+  search.set_k(2);
+  auto s = engine->Search(search);
+  RAG_ASSERT_OK(s.status());
+  std::set<std::string> ids;
+  for (const auto& n : s->results(0).neighbours()) ids.insert(n.doc_id());
+  EXPECT_EQ(ids, (std::set<std::string>{"added-1", "added-2"}));
+}
+
+TEST_F(ServerTest, DocumentsAckedBeforeACrashAreIndexedOnReopen) {
+  const std::string index = CopyIndex("crash");
+  const std::string snapshot = (fs::path(dir_->path()) / "crash-snapshot").string();
+  const std::string text = "marmalade telescope orchid " + (*docs_)[4].text.substr(0, 80);
+  {
+    auto engine = OpenEngine(index, true);
+    ASSERT_NE(engine, nullptr);
+    v1::AddDocumentsResponse totals;
+    v1::Document d;
+    d.set_id("acked");
+    d.set_text(text);
+    RAG_ASSERT_OK(engine->AddDocument(d, &totals));
+    // The state a crash right after the acknowledgement leaves: the chunk
+    // store has the document (fsynced), the FAISS file and manifest do not.
+    fs::remove_all(snapshot);
+    fs::copy(index, snapshot, fs::copy_options::recursive);
+  }
+  auto before = retriever::Manifest::Load(snapshot);
+  RAG_ASSERT_OK(before.status());
+  EXPECT_EQ(before->documents, static_cast<int64_t>(docs_->size()));
+  auto engine = OpenEngine(snapshot, true);
+  ASSERT_NE(engine, nullptr);
+  v1::SearchRequest search;
+  search.add_texts(text.substr(0, 50));
+  search.set_k(1);
+  auto s = engine->Search(search);
+  RAG_ASSERT_OK(s.status());
+  ASSERT_EQ(s->results(0).neighbours_size(), 1);
+  EXPECT_EQ(s->results(0).neighbours(0).doc_id(), "acked");
+  auto after = retriever::Manifest::Load(snapshot);
+  EXPECT_EQ(after->documents, static_cast<int64_t>(docs_->size()) + 1);
+  EXPECT_EQ(after->vectors, after->chunks);
+}
+
+TEST_F(ServerTest, HealthCheckReportsServing) {
+  auto engine = OpenEngine(IndexDir(), false);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+  // grpc.health.v1.Health/Check with an empty HealthCheckRequest; the reply
+  // HealthCheckResponse{status: SERVING (1)} encodes as 08 01.
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty("");
+  request = grpc::ByteBuffer(&empty, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+}
+
+TEST_F(ServerTest, ReflectionListsTheRagServices) {
+  auto engine = OpenEngine(IndexDir(), false);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+  // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with
+  // ServerReflectionRequest{list_services: ""} (field 7: 3a 00), over the
+  // generic async API, since the reflection client is not an installed
+  // library.
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](int id) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(tag, reinterpret_cast<void*>(static_cast<intptr_t>(id)));
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  grpc::Slice request_bytes(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer request(&request_bytes, 1);
+  call->Write(request, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  call->WritesDone(reinterpret_cast<void*>(4));
+  step(4);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  for (const char* service : {"rag.v1.Retrieval", "rag.v1.LanguageModel", "rag.v1.Index", "grpc.health.v1.Health"}) {
+    EXPECT_NE(bytes.find(service), std::string::npos) << service;
+  }
+}
+
+TEST_F(ServerTest, ClientThatGoesAwayStopsGeneration) {
+  auto engine = OpenEngine(IndexDir(), false);
+  ASSERT_NE(engine, nullptr);
+  Serve(engine.get());
+  v1::GenerateRequest gen;
+  gen.set_prompt("the");
+  gen.set_max_tokens(1000);
+  gen.set_ignore_eot(true);
+  int seen = 0;
+  auto r = client_->Generate(gen, [&](const v1::GenerateResponse&) { return ++seen < 3; });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_LT(seen, 1000);
+  // The server is unaffected.
+  v1::ScoreRequest score;
+  score.set_text("the cat");
+  RAG_EXPECT_OK(client_->Score(score).status());
+}
+
+}  // namespace
+}  // namespace rag::services
