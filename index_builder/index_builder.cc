@@ -1,18 +1,31 @@
 #include "index_builder/index_builder.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <regex>
+#include <set>
+#include <unordered_set>
 
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "index_builder/datastore_builder.h"
 #include "retriever/chunk_store.h"
 #include "retriever/vector_index.h"
 
@@ -50,6 +63,9 @@ std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokeni
                       {"embed_batch", o.embed_batch},
                       {"index_factory", o.index_factory},
                       {"seed", o.seed}};
+  if (o.datastore) {
+    j["datastore"] = {{"factory", o.datastore_factory}, {"split", o.datastore_split}, {"docs", o.datastore_doc_ids}};
+  }
   return j.dump();
 }
 
@@ -149,6 +165,148 @@ absl::Status EmbedChunks(ChunkStore& store, lm::Embedder& embedder, const std::s
   return absl::OkStatus();
 }
 
+// embeddings.f32 read by row number (pread), so that stage 3 holds one add
+// batch or the training sample at a time, never the whole file.
+class EmbeddingsFile {
+ public:
+  // DataLoss unless `path` holds exactly `rows` rows of `dim` floats.
+  static absl::StatusOr<std::unique_ptr<EmbeddingsFile>> Open(const std::string& path, int64_t rows, int dim) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return absl::InternalError("opening '" + path + "': " + std::strerror(errno));
+    std::unique_ptr<EmbeddingsFile> file(new EmbeddingsFile(path, fd, rows, dim));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return absl::InternalError("stat '" + path + "': " + std::strerror(errno));
+    if (static_cast<int64_t>(st.st_size) != rows * file->row_bytes_) {
+      return absl::DataLossError("'" + path + "' has the wrong size");
+    }
+    return file;
+  }
+  ~EmbeddingsFile() { ::close(fd_); }
+  EmbeddingsFile(const EmbeddingsFile&) = delete;
+  EmbeddingsFile& operator=(const EmbeddingsFile&) = delete;
+
+  // Reads rows [first, first + count) into `out` (count * dim floats).
+  absl::Status Read(int64_t first, int64_t count, float* out) const {
+    char* dst = reinterpret_cast<char*>(out);
+    size_t left = static_cast<size_t>(count * row_bytes_);
+    off_t offset = static_cast<off_t>(first * row_bytes_);
+    while (left > 0) {
+      const ssize_t got = ::pread(fd_, dst, left, offset);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return absl::InternalError("reading '" + path_ + "': " + std::strerror(errno));
+      if (got == 0) return absl::DataLossError("'" + path_ + "' ended early (changed during the build?)");
+      dst += got;
+      left -= static_cast<size_t>(got);
+      offset += got;
+    }
+    return absl::OkStatus();
+  }
+
+  int fd() const { return fd_; }
+  int64_t rows() const { return rows_; }
+  int dim() const { return dim_; }
+
+ private:
+  EmbeddingsFile(std::string path, int fd, int64_t rows, int dim)
+      : path_(std::move(path)), fd_(fd), rows_(rows), dim_(dim), row_bytes_(dim * static_cast<int64_t>(sizeof(float))) {}
+
+  std::string path_;
+  int fd_;
+  int64_t rows_;
+  int dim_;
+  int64_t row_bytes_;
+};
+
+// VectorIndex::Train(x, n, seed) with max_train 0 trains on
+// min(n, max(256 * nlist, 100000)) rows (retriever/vector_index.h).
+constexpr int64_t kTrainRowsPerList = 256;
+constexpr int64_t kMinTrainRows = 100000;
+
+// nlist of the IVF that FAISS builds for `factory` (0 when it has none),
+// read from the factory string the way FAISS 1.7's index_factory writes
+// it: "IVF{nlist}" with an optional "_HNSW32"-like suffix, or "IMI2x{b}"
+// (nlist = 2^(2b)). nullopt for any other coarse quantizer ("RCQ...", ...).
+std::optional<int64_t> FactoryNlist(const std::string& factory) {
+  static const std::regex kIvf(R"(^IVF(\d{1,12})(_.*)?$)");
+  static const std::regex kImi(R"(^IMI2x(\d{1,2})$)");
+  size_t start = 0;
+  while (start <= factory.size()) {
+    size_t comma = factory.find(',', start);
+    if (comma == std::string::npos) comma = factory.size();
+    const std::string part = factory.substr(start, comma - start);
+    std::smatch match;
+    if (std::regex_match(part, match, kIvf)) return std::stoll(match[1].str());
+    if (std::regex_match(part, match, kImi)) {
+      const int bits = std::stoi(match[1].str());
+      if (bits > 30) return std::nullopt;
+      return int64_t{1} << (2 * bits);
+    }
+    if (part.find("IVF") != std::string::npos || part.find("IMI") != std::string::npos ||
+        part.find("RCQ") != std::string::npos) {
+      return std::nullopt;
+    }
+    start = comma + 1;
+  }
+  return 0;
+}
+
+// The m of n rows, sorted, that VectorIndex::Train(x, n, seed) samples. A
+// copy of SampleRows in retriever/vector_index.cc (Floyd's algorithm on
+// std::mt19937_64) that must stay in step with it: otherwise the index is
+// still valid, but no longer the one a build from the whole file gives.
+std::vector<int64_t> TrainingRows(int64_t n, int64_t m, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::unordered_set<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(m) * 2);
+  for (int64_t j = n - m; j < n; ++j) {
+    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
+    if (!chosen.insert(t).second) chosen.insert(j);
+  }
+  std::vector<int64_t> rows(chosen.begin(), chosen.end());
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+// Trains `index` as VectorIndex::Train(<whole file>, n, seed) would, reading
+// only the rows it samples: the sample is read here and passed whole, so
+// Train uses it as is. The memory is the sample's (at most
+// max(256 * nlist, 100000) rows), freed on return.
+absl::Status TrainFromFile(const EmbeddingsFile& file, const std::string& factory, uint64_t seed,
+                           VectorIndex& index) {
+  const int64_t n = file.rows();
+  const size_t dim = static_cast<size_t>(file.dim());
+  int64_t m = n;
+  if (n > kMinTrainRows) {
+    const std::optional<int64_t> nlist = FactoryNlist(factory);
+    if (!nlist.has_value()) {
+      // A coarse quantizer we cannot size the sample for: let Train sample
+      // from a read-only mapping of the file. Only the pages it touches
+      // become resident, and they are file pages the kernel can drop.
+      const size_t bytes = static_cast<size_t>(n) * dim * sizeof(float);
+      void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, file.fd(), 0);
+      if (p == MAP_FAILED) return absl::InternalError(std::string("mapping the embeddings: ") + std::strerror(errno));
+      ::madvise(p, bytes, MADV_RANDOM);
+      absl::Status s = index.Train(static_cast<const float*>(p), n, seed);
+      ::munmap(p, bytes);
+      return s;
+    }
+    m = std::min(n, std::max(kTrainRowsPerList * *nlist, kMinTrainRows));
+  }
+  std::vector<float> sample(static_cast<size_t>(m) * dim);
+  if (m == n) {
+    RAG_RETURN_IF_ERROR(file.Read(0, n, sample.data()));
+  } else {
+    const std::vector<int64_t> rows = TrainingRows(n, m, seed);
+    for (size_t i = 0; i < rows.size();) {  // one pread per run of consecutive rows
+      size_t j = i + 1;
+      while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;
+      RAG_RETURN_IF_ERROR(file.Read(rows[i], static_cast<int64_t>(j - i), sample.data() + i * dim));
+      i = j;
+    }
+  }
+  return index.Train(sample.data(), m, seed);
+}
+
 }  // namespace
 
 absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, const lm::Tokenizer& tokenizer,
@@ -221,33 +379,74 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
                static_cast<long long>(n), dim);
   {
     const std::string emb_path = (work / retriever::kEmbeddingsFile).string();
-    RAG_ASSIGN_OR_RETURN(std::string raw, ReadFile(emb_path));
-    if (static_cast<int64_t>(raw.size()) != n * dim * static_cast<int64_t>(sizeof(float))) {
-      return absl::DataLossError("'" + emb_path + "' has the wrong size");
-    }
-    const float* x = reinterpret_cast<const float*>(raw.data());
+    RAG_ASSIGN_OR_RETURN(auto file, EmbeddingsFile::Open(emb_path, n, dim));
     RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Create(dim, choice.factory));
     if (!index->is_trained()) {
       auto t0 = std::chrono::steady_clock::now();
-      RAG_RETURN_IF_ERROR(Annotate(index->Train(x, n, o.seed), "training the index"));
+      RAG_RETURN_IF_ERROR(Annotate(TrainFromFile(*file, choice.factory, o.seed, *index), "training the index"));
       std::fprintf(stderr, "build: trained %s in %.1f s\n", choice.factory.c_str(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     index->Reserve(n);
+    // The same Add calls as over the whole file (batching changes e.g. an
+    // HNSW graph); the checksum covers exactly the bytes that were added.
+    std::vector<float> batch(static_cast<size_t>(std::min(o.add_batch, n)) * static_cast<size_t>(dim));
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash(XXH3_createState(), &XXH3_freeState);
+    if (hash == nullptr) return absl::ResourceExhaustedError("allocating a hash state");
+    XXH3_64bits_reset(hash.get());
     Progress progress("build: add", n, "vectors");
     for (int64_t i = 0; i < n; i += o.add_batch) {
       RAG_RETURN_IF_ERROR(CheckStop(stop));
       const int64_t b = std::min(o.add_batch, n - i);
-      RAG_RETURN_IF_ERROR(index->Add(x + i * dim, b));
+      RAG_RETURN_IF_ERROR(file->Read(i, b, batch.data()));
+      XXH3_64bits_update(hash.get(), batch.data(), static_cast<size_t>(b) * static_cast<size_t>(dim) * sizeof(float));
+      RAG_RETURN_IF_ERROR(index->Add(batch.data(), b));
       if (o.show_progress) progress.Update(i + b);
     }
     if (o.show_progress) progress.Finish();
     RAG_RETURN_IF_ERROR(index->Save((work / retriever::kChunkIndexFile).string()));
-    m.checksums[retriever::kEmbeddingsFile] = HashHex(raw);
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(hash.get())));
+    m.checksums[retriever::kEmbeddingsFile] = hex;  // as HashFileHex: XXH3-64 of the whole file
   }
   RAG_ASSIGN_OR_RETURN(m.checksums[retriever::kChunkIndexFile],
                        HashFileHex((work / retriever::kChunkIndexFile).string()));
   timings.index_s = SecondsSince(index_t0);
+
+  // Stage 4: the kNN-LM datastore, resumable on its own (datastore/).
+  if (o.datastore) {
+    if (o.model == nullptr) return absl::InvalidArgumentError("a datastore needs the model that computes its keys");
+    std::vector<Document> selected;
+    std::vector<int32_t> doc_index;
+    {
+      ChunkStoreOptions so;
+      so.chunk_tokens = o.chunk_tokens;
+      so.continuation_tokens = o.continuation_tokens;
+      so.create_if_missing = false;
+      so.read_only = true;
+      RAG_ASSIGN_OR_RETURN(auto store, ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so));
+      const std::set<std::string> wanted(o.datastore_doc_ids.begin(), o.datastore_doc_ids.end());
+      for (const auto& d : documents) {
+        if (!wanted.empty() && wanted.count(d.id) == 0) continue;
+        RAG_ASSIGN_OR_RETURN(retriever::DocumentRecord rec, store->GetDocument(d.id));
+        selected.push_back(d);
+        doc_index.push_back(static_cast<int32_t>(rec.index));
+      }
+    }
+    if (selected.empty()) return absl::InvalidArgumentError("no document of the corpus is selected for the datastore");
+    DatastoreBuildOptions dso;
+    dso.dir = (work / retriever::kDatastoreDir).string();
+    dso.index_factory = o.datastore_factory;
+    dso.seed = o.seed;
+    dso.show_progress = o.show_progress;
+    RAG_ASSIGN_OR_RETURN(retriever::DatastoreInfo info, BuildDatastore(selected, doc_index, *o.model, dso, stop));
+    m.datastore_keys = info.rows;
+    m.datastore_factory = info.index_factory;
+    m.datastore_split = o.datastore_split;
+    for (const auto& [file, sum] : info.checksums) {
+      m.checksums[std::string(retriever::kDatastoreDir) + "/" + file] = sum;
+    }
+  }
 
   m.created_by = "rag 0.1.0";
   m.created_at = NowUtc();

@@ -4,6 +4,11 @@
 // a half index that looks whole. A killed build rerun with the same
 // arguments resumes (documents already stored are skipped, embedding goes on
 // from its last finished batch) and ends identical to an uninterrupted one.
+// Memory beyond the caller's documents, the embedder and the chunk store's
+// RocksDB buffers: one document's tokens, one embedding batch, and in stage
+// 3 the FAISS index, one add batch and the training sample (all vectors when
+// there are fewer than VectorIndex::Train's max_train), each read from
+// embeddings.f32 by row; the file is never read whole for its own sake.
 // Not thread-safe; one build per output directory.
 #pragma once
 
@@ -14,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "common/document.h"
 #include "lm/embedder.h"
+#include "lm/language_model.h"
 #include "lm/tokenizer.h"
 #include "retriever/manifest.h"
 
@@ -34,11 +40,22 @@ struct BuildOptions {
   int chunk_tokens = 64;              // Default: 64 (RETRO)
   int continuation_tokens = 64;       // Default: 64 (RETRO)
   int64_t embed_batch = 64;           // chunks per embedding batch (the resume unit). Default: 64
-  int64_t add_batch = 16384;          // vectors per FAISS add call. Default: 16384
+  int64_t add_batch = 16384;          // vectors per FAISS add call, read from embeddings.f32 at a time
+                                      // (add_batch * dim floats of memory). Default: 16384
   uint64_t seed = 1234;               // FAISS training sample. Default: 1234
   bool overwrite = false;             // replace an existing index at out_dir
   bool show_progress = true;
   BuildTimings* timings = nullptr;    // when set, receives the stage times (not owned). Default: nullptr
+
+  // kNN-LM datastore (`rag build --datastore`, INDEX_DIR/datastore/): one
+  // key per token of the documents whose ids are in datastore_doc_ids (all
+  // documents when empty), computed by `model` (required then: the model the
+  // index is served with; not owned). Default: off
+  bool datastore = false;
+  lm::LanguageModel* model = nullptr;
+  std::string datastore_factory;                // "" = chosen from the key count
+  std::vector<std::string> datastore_doc_ids;   // subset of the corpus; empty = all
+  std::string datastore_split = "all";          // recorded in the manifest: "all" or "train"
 };
 
 // Builds the index. `model_hash` and `tokenizer_hash` identify the model the

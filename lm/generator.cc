@@ -53,7 +53,7 @@ TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options,
 
 absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::vector<TokenId>& prompt,
                                               TokenId eot, const SamplingOptions& options,
-                                              const TokenCallback& on_token) {
+                                              const TokenCallback& on_token, const LogitsHook& logits_hook) {
   if (options.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
   if (options.top_p <= 0 || options.top_p > 1) return absl::InvalidArgumentError("top_p must be in (0, 1]");
   if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
@@ -78,7 +78,9 @@ absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::v
   auto logits_after = [&](int64_t from) {
     auto x = torch::tensor(std::vector<int64_t>(seq.begin() + from, seq.end()), torch::kLong).unsqueeze(0);
     auto hidden = model->ForwardHidden(x, options.use_cache ? &cache : nullptr);  // [1, T, D]
-    return model->Logits(hidden.narrow(1, hidden.size(1) - 1, 1)).view({-1});    // [V]
+    auto last = hidden.narrow(1, hidden.size(1) - 1, 1);                          // [1, 1, D]
+    auto logits = model->Logits(last).view({-1});                                 // [V]
+    return logits_hook ? logits_hook(last.view({-1}), logits) : logits;
   };
   // Window start used when the sequence no longer fits the context: half a
   // context is dropped at once so the cache is rebuilt rarely.

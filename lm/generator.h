@@ -27,12 +27,19 @@ struct SamplingOptions {
 // client that went away).
 using TokenCallback = std::function<bool(TokenId)>;
 
+// Replaces the next-token scores before sampling: given the hidden state
+// [D] that produced them and the LM's logits [V], returns the scores [V] to
+// sample from (log-probabilities are fine: softmax is shift-invariant).
+// kNN-LM generation plugs its interpolation in here.
+using LogitsHook = std::function<torch::Tensor(const torch::Tensor& hidden, const torch::Tensor& logits)>;
+
 // Generates up to options.max_tokens tokens after `prompt` (which is
 // preceded by the end-of-text token `eot`). Returns the generated ids, the
 // eot included if it was produced. InvalidArgument for bad options.
 absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::vector<TokenId>& prompt,
                                               TokenId eot, const SamplingOptions& options,
-                                              const TokenCallback& on_token = nullptr);
+                                              const TokenCallback& on_token = nullptr,
+                                              const LogitsHook& logits_hook = nullptr);
 
 // Picks a token from next-token logits [V] by the sampling rule in `options`.
 TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state);

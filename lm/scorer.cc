@@ -13,11 +13,16 @@ struct Window {
 
 }  // namespace
 
-std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
-                               const ScoreOptions& options) {
+namespace {
+
+// The sliding-window pass behind ScoreTokens and ScoreTokensWithHidden; the
+// hidden states are collected only when `hidden_out` is set.
+std::vector<float> ScoreWindows(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                                const ScoreOptions& options, torch::Tensor* hidden_out, bool logprobs = true) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   std::vector<float> out;
   if (n == 0) return out;
+  std::vector<torch::Tensor> hidden_rows;
   out.reserve(tokens.size());
   const int64_t context = model->config().context;
   const int64_t stride = std::clamp<int64_t>(options.stride > 0 ? options.stride : context / 2, 1, context);
@@ -56,18 +61,50 @@ std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>&
     }
     auto x = torch::stack(inputs);                        // [B, T]
     auto y = torch::stack(targets);                       // [B, T]
-    auto logp = torch::log_softmax(model->forward(x), -1);  // [B, T, V]
-    auto picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).contiguous();  // [B, T]
-    auto acc = picked.accessor<float, 2>();
+    auto hidden = model->ForwardHidden(x);  // [B, T, D]
+    torch::Tensor picked;
+    if (logprobs) {
+      auto logp = torch::log_softmax(model->Logits(hidden), -1);                // [B, T, V]
+      picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).contiguous();   // [B, T]
+    }
     for (size_t w = i; w < j; ++w) {
-      for (int64_t k = windows[w].first_new; k < len; ++k) out.push_back(acc[w - i][k]);
+      if (logprobs) {
+        auto acc = picked.accessor<float, 2>();
+        for (int64_t k = windows[w].first_new; k < len; ++k) out.push_back(acc[w - i][k]);
+      }
+      if (hidden_out != nullptr) {
+        hidden_rows.push_back(hidden[w - i].narrow(0, windows[w].first_new, len - windows[w].first_new));
+      }
     }
     i = j;
   }
+  if (hidden_out != nullptr) *hidden_out = torch::cat(hidden_rows, 0).contiguous();
   return out;
 }
 
-torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos) {
+}  // namespace
+
+std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                               const ScoreOptions& options) {
+  return ScoreWindows(model, tokens, bos, options, nullptr);
+}
+
+torch::Tensor HiddenStates(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                           const ScoreOptions& options) {
+  torch::Tensor hidden;
+  ScoreWindows(model, tokens, bos, options, &hidden, /*logprobs=*/false);
+  return hidden;
+}
+
+ScoredTokens ScoreTokensWithHidden(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                                   const ScoreOptions& options) {
+  ScoredTokens r;
+  r.logprobs = ScoreWindows(model, tokens, bos, options, &r.hidden);
+  return r;
+}
+
+torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                                torch::Tensor* hidden_out) {
   const int64_t context = model->config().context;
   std::vector<int64_t> seq;
   const int64_t n = static_cast<int64_t>(tokens.size());
@@ -78,6 +115,7 @@ torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>
   torch::NoGradGuard no_grad;
   auto x = torch::tensor(seq, torch::kLong).unsqueeze(0);           // [1, T]
   auto hidden = model->ForwardHidden(x).select(1, x.size(1) - 1);  // [1, D]
+  if (hidden_out != nullptr) *hidden_out = hidden.view({-1}).contiguous();
   return torch::log_softmax(model->Logits(hidden.unsqueeze(1)), -1).view({-1});  // [V]
 }
 

@@ -26,8 +26,25 @@ struct ScoreOptions {
 std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
                                const ScoreOptions& options = {});
 
+// ScoreTokens plus, for every scored token, the hidden state that predicted
+// it (the final-LayerNorm output at the position before it): the kNN-LM
+// query for that token, and its datastore key when building one.
+struct ScoredTokens {
+  std::vector<float> logprobs;  // [n], as ScoreTokens
+  torch::Tensor hidden;         // [n, D] float32; undefined for empty input
+};
+ScoredTokens ScoreTokensWithHidden(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                                   const ScoreOptions& options = {});
+
+// Only the hidden states [n, D] of ScoreTokensWithHidden, without the
+// output layer and softmax (most of the cost at a 4096-token vocabulary):
+// what a datastore build needs.
+torch::Tensor HiddenStates(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                           const ScoreOptions& options = {});
+
 // Log-probabilities [V] of the token that follows `tokens` (the last
 // context - 1 of them, after `bos` when they fit).
-torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos);
+torch::Tensor NextTokenLogProbs(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
+                                torch::Tensor* hidden = nullptr);
 
 }  // namespace rag::lm

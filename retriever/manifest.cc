@@ -24,6 +24,9 @@ std::string Manifest::ToJson() const {
                 {"embedder", embedder},       {"embedder_hash", embedder_hash}, {"dim", dim}};
   j["faiss"] = {{"requested_factory", requested_factory}, {"index_factory", index_factory},
                 {"note", factory_note}, {"version", faiss_version}, {"vectors", vectors}};
+  if (datastore_keys > 0) {
+    j["datastore"] = {{"keys", datastore_keys}, {"index_factory", datastore_factory}, {"split", datastore_split}};
+  }
   j["checksums"] = checksums;
   return j.dump(2) + "\n";
 }
@@ -66,6 +69,12 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     m.faiss_version = f.value("version", "");
     m.vectors = f.at("vectors").get<int64_t>();
     m.checksums = j.at("checksums").get<std::map<std::string, std::string>>();
+    if (j.contains("datastore")) {
+      const json& ds = j.at("datastore");
+      m.datastore_keys = ds.at("keys").get<int64_t>();
+      m.datastore_factory = ds.value("index_factory", "");
+      m.datastore_split = ds.value("split", "all");
+    }
   } catch (const json::exception& e) {
     return absl::DataLossError(std::string("manifest is malformed: ") + e.what());
   }

@@ -9,6 +9,7 @@
 //   embeddings.f32   the chunk embeddings, float32 row-major [chunks, dim],
 //                    kept for `rag validate` (exact recall) and for rebuilding
 //                    with another factory without re-embedding
+//   datastore/       optional kNN-LM datastore (retriever/datastore.h)
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,9 @@ inline constexpr char kManifestFile[] = "manifest.json";
 inline constexpr char kChunkStoreDir[] = "chunks.rocksdb";
 inline constexpr char kChunkIndexFile[] = "chunks.faiss";
 inline constexpr char kEmbeddingsFile[] = "embeddings.f32";
+// kNN-LM datastore (rag build --datastore): keys.f16, values.i32, docs.i32,
+// keys.faiss (retriever/datastore.h).
+inline constexpr char kDatastoreDir[] = "datastore";
 
 struct Manifest {
   int format_version = kManifestFormatVersion;
@@ -59,7 +63,13 @@ struct Manifest {
   std::string faiss_version;
   int64_t vectors = 0;
 
-  std::map<std::string, std::string> checksums;  // file name -> XXH3 hex
+  // kNN-LM datastore (datastore/), when built: one key per token of the
+  // documents it covers ("all", or the model's "train" split).
+  int64_t datastore_keys = 0;
+  std::string datastore_factory;
+  std::string datastore_split;
+
+  std::map<std::string, std::string> checksums;  // file name -> XXH3 hex (datastore files as "datastore/<name>")
 
   std::string ToJson() const;
   static absl::StatusOr<Manifest> FromJson(const std::string& json_text);

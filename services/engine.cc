@@ -112,6 +112,33 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     RAG_ASSIGN_OR_RETURN(e->retriever_,
                          retriever::Retriever::Open(options.index_dir, e->embedder_.get(), e->model_->content_hash(),
                                                     e->model_->tokenizer().Hash(), options.writable_index));
+    // The datastore sits in the index directory, whose manifest (model and
+    // tokenizer hashes, checked above) covers it.
+    const fs::path ds_dir = fs::path(options.index_dir) / retriever::kDatastoreDir;
+    if (fs::exists(ds_dir)) {
+      // Its files must be the ones the manifest recorded: a datastore copied
+      // in from another index (another model's hidden states) is refused.
+      const retriever::Manifest m = e->retriever_->manifest();
+      for (const char* f : {retriever::kDatastoreKeysFile, retriever::kDatastoreValuesFile,
+                            retriever::kDatastoreDocsFile, retriever::kDatastoreIndexFile}) {
+        const std::string key = std::string(retriever::kDatastoreDir) + "/" + f;
+        auto it = m.checksums.find(key);
+        auto sum = HashFileHex((ds_dir / f).string());
+        if (it == m.checksums.end() || !sum.ok() || *sum != it->second) {
+          return absl::FailedPreconditionError("the datastore in '" + ds_dir.string() +
+                                               "' is not the one this index's manifest records (" + key +
+                                               "); rebuild it with `rag build --datastore` for this model");
+        }
+      }
+      auto ds = retriever::Datastore::Open(ds_dir.string());
+      if (!ds.ok()) return Annotate(ds.status(), "opening the datastore of '" + options.index_dir + "'");
+      if ((*ds)->dim() != e->model_->config().d_model) {
+        return absl::FailedPreconditionError("the datastore of '" + options.index_dir + "' has keys of dim " +
+                                             std::to_string((*ds)->dim()) + " but the model's hidden states have " +
+                                             std::to_string(e->model_->config().d_model));
+      }
+      e->datastore_ = std::move(*ds);
+    }
     return e;
   });
 }
@@ -131,10 +158,63 @@ absl::Status Engine::CheckText(const std::string& text, const char* field, bool 
 
 absl::Status Engine::CheckMode(const std::string& mode) const {
   if (mode.empty() || mode == "lm") return absl::OkStatus();
-  if (mode == "knnlm" || mode == "retro") {
+  if (mode == "knnlm") {
+    if (datastore_ != nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError("mode knnlm needs a datastore, and none is served (build the index with "
+                                         "`rag build --datastore` and serve it with --index)");
+  }
+  if (mode == "retro") {
     return absl::UnimplementedError("mode '" + mode + "' is not available in this version yet; use lm");
   }
   return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+}
+
+absl::StatusOr<Engine::KnnParams> Engine::ParseKnn(bool has_lambda, float lambda, bool has_temperature,
+                                                   float temperature, int k, int nprobe, bool exact,
+                                                   const std::string& exclude_doc_id) const {
+  KnnParams p;
+  if (has_lambda) {
+    if (!(lambda >= 0 && lambda <= 1)) return absl::InvalidArgumentError("lambda must be in [0, 1]");
+    p.knn.lambda = lambda;
+  }
+  if (has_temperature) {
+    if (!(temperature > 0) || !std::isfinite(temperature)) {
+      return absl::InvalidArgumentError("temperature must be > 0");
+    }
+    p.knn.temperature = temperature;
+  }
+  p.knn.k = k == 0 ? 1024 : k;
+  if (p.knn.k < 1 || p.knn.k > options_.limits.max_k) {
+    return absl::InvalidArgumentError("k must be in [1, " + std::to_string(options_.limits.max_k) + "], got " +
+                                      std::to_string(k));
+  }
+  p.nprobe = nprobe == 0 ? 16 : nprobe;
+  if (p.nprobe < 1 || p.nprobe > (1 << 16)) {
+    return absl::InvalidArgumentError("nprobe must be in [1, 65536], got " + std::to_string(nprobe));
+  }
+  p.exact = exact;
+  if (!exclude_doc_id.empty() && retriever_ != nullptr) {
+    auto doc = retriever_->chunk_store().GetDocument(exclude_doc_id);
+    if (doc.ok()) p.exclude_doc = static_cast<int32_t>(doc->index);
+  }
+  return p;
+}
+
+absl::Status Engine::SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
+                                     std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const {
+  constexpr int64_t kBlock = 256;
+  out->clear();
+  out->reserve(static_cast<size_t>(n));
+  std::vector<std::vector<retriever::DatastoreNeighbour>> block;
+  const int64_t dim = datastore_->dim();
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t b = std::min(kBlock, n - i);
+    RAG_RETURN_IF_ERROR(datastore_->Search(hidden + i * dim, b, p.knn.k, p.nprobe,
+                                           std::vector<int32_t>(static_cast<size_t>(b), p.exclude_doc), p.exact,
+                                           &block));
+    for (auto& list : block) out->push_back(std::move(list));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::NeedIndex(const char* rpc) const {
@@ -203,11 +283,39 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
     const auto ids = tok.Encode(request.text());
     lm::ScoreOptions so;
     so.stride = request.stride();
-    const auto logprobs = lm::ScoreTokens(model_->module(), ids, tok.eot_id(), so);
+    v1::ScoreResponse r;
+    std::vector<float> logprobs;
+    if (request.mode() == "knnlm") {
+      RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(), request.has_temperature(),
+                                                 request.temperature(), request.k(), request.nprobe(),
+                                                 request.exact_distances(), request.exclude_doc_id()));
+      lm::ScoredTokens scored = lm::ScoreTokensWithHidden(model_->module(), ids, tok.eot_id(), so);
+      std::vector<std::vector<retriever::DatastoreNeighbour>> neighbours;
+      RAG_RETURN_IF_ERROR(SearchDatastore(scored.hidden.data_ptr<float>(), scored.hidden.size(0), p, &neighbours));
+      std::vector<int32_t> values;
+      std::vector<float> distances;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        values.clear();
+        distances.clear();
+        for (const auto& nb : neighbours[i]) {
+          values.push_back(nb.value);
+          distances.push_back(nb.distance);
+        }
+        const float knn = lm::KnnLogProb(values.data(), distances.data(), static_cast<int64_t>(values.size()),
+                                         ids[i], p.knn.temperature);
+        logprobs.push_back(lm::InterpolateLogProb(scored.logprobs[i], knn, p.knn.lambda));
+        if (request.components()) {
+          r.add_lm_logprobs(scored.logprobs[i]);
+          r.add_knn_logprobs(knn);
+        }
+      }
+      r.set_mode("knnlm");
+    } else {
+      logprobs = lm::ScoreTokens(model_->module(), ids, tok.eot_id(), so);
+      r.set_mode("lm");
+    }
     double sum = 0;
     for (float lp : logprobs) sum += lp;
-    v1::ScoreResponse r;
-    r.set_mode("lm");
     r.set_tokens(static_cast<int64_t>(logprobs.size()));
     r.set_logprob_sum(sum);
     r.set_nll(-sum / static_cast<double>(logprobs.size()));
@@ -234,12 +342,30 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
                                         "], got " + std::to_string(request.top_n()));
     }
     const auto& tok = model_->tokenizer();
-    torch::Tensor logprobs = lm::NextTokenLogProbs(model_->module(), tok.Encode(request.text()), tok.eot_id());
+    torch::Tensor hidden;
+    torch::Tensor logprobs =
+        lm::NextTokenLogProbs(model_->module(), tok.Encode(request.text()), tok.eot_id(), &hidden);
+    v1::NextTokenResponse r;
+    r.set_mode("lm");
+    if (request.mode() == "knnlm") {
+      RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(), request.has_temperature(),
+                                                 request.temperature(), request.k(), request.nprobe(),
+                                                 request.exact_distances(), ""));
+      std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
+      RAG_RETURN_IF_ERROR(SearchDatastore(hidden.data_ptr<float>(), 1, p, &nb));
+      std::vector<int32_t> vals;
+      std::vector<float> dists;
+      for (const auto& x : nb[0]) {
+        vals.push_back(x.value);
+        dists.push_back(x.distance);
+      }
+      logprobs = lm::InterpolateLogDistribution(logprobs, vals.data(), dists.data(),
+                                                static_cast<int64_t>(vals.size()), p.knn.lambda, p.knn.temperature);
+      r.set_mode("knnlm");
+    }
     auto [values, indices] = logprobs.topk(std::min<int64_t>(top_n, logprobs.size(0)));
     auto v = values.accessor<float, 1>();
     auto ix = indices.accessor<int64_t, 1>();
-    v1::NextTokenResponse r;
-    r.set_mode("lm");
     for (int64_t i = 0; i < values.size(0); ++i) {
       v1::TokenProbability* t = r.add_tokens();
       t->set_id(static_cast<int32_t>(ix[i]));
@@ -276,6 +402,32 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     so.seed = s.seed();
     so.stop_at_eot = !request.ignore_eot();
     const auto& tok = model_->tokenizer();
+    lm::LogitsHook hook;
+    absl::Status hook_status;
+    if (request.mode() == "knnlm") {
+      RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(),
+                                                 request.has_knn_temperature(), request.knn_temperature(),
+                                                 request.k(), request.nprobe(), false, ""));
+      // Sampling from log p_knnlm is sampling from p_knnlm: softmax is
+      // shift-invariant, so temperature, top-k and top-p apply unchanged.
+      hook = [this, p, &hook_status](const torch::Tensor& hidden, const torch::Tensor& logits) {
+        torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
+        std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
+        absl::Status st = SearchDatastore(h.data_ptr<float>(), 1, p, &nb);
+        if (!st.ok()) {
+          hook_status = st;
+          return logits;
+        }
+        std::vector<int32_t> vals;
+        std::vector<float> dists;
+        for (const auto& x : nb[0]) {
+          vals.push_back(x.value);
+          dists.push_back(x.distance);
+        }
+        return lm::InterpolateLogDistribution(torch::log_softmax(logits, -1), vals.data(), dists.data(),
+                                              static_cast<int64_t>(vals.size()), p.knn.lambda, p.knn.temperature);
+      };
+    }
     bool cancelled = false;
     auto generated =
         lm::Generate(model_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, [&](lm::TokenId id) {
@@ -289,8 +441,9 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
           }
           cancelled = !on_token(msg);
           return !cancelled;
-        });
+        }, hook);
     if (!generated.ok()) return generated.status();
+    RAG_RETURN_IF_ERROR(hook_status);
     if (cancelled) return absl::CancelledError("generation cancelled by the client");
     std::vector<int32_t> text_ids;
     for (auto id : *generated) {
@@ -311,6 +464,7 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
   r.set_tokenizer_json(model_->tokenizer().ToJson());
   r.set_split_json(split_json_);
   r.add_modes("lm");
+  if (datastore_ != nullptr) r.add_modes("knnlm");
   return r;
 }
 
@@ -333,6 +487,10 @@ absl::StatusOr<v1::StatsResponse> Engine::Stats() {
   r.set_faiss_version(m.faiss_version);
   r.set_documents_added(m.documents_added + (store.num_documents() - m.documents));
   r.set_manifest_json(m.ToJson());
+  if (datastore_ != nullptr) {
+    r.set_datastore_keys(datastore_->size());
+    r.set_datastore_factory(datastore_->factory());
+  }
   return r;
 }
 

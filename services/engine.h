@@ -15,6 +15,8 @@
 #include "lm/embedder.h"
 #include "lm/language_model.h"
 #include "proto/rag.pb.h"
+#include "lm/knnlm.h"
+#include "retriever/datastore.h"
 #include "retriever/retriever.h"
 #include "services/backend.h"
 
@@ -70,12 +72,25 @@ class Engine : public Backend {
   Engine() = default;
   absl::Status CheckText(const std::string& text, const char* field, bool allow_empty) const;
   absl::Status CheckMode(const std::string& mode) const;
+  // Validated kNN-LM parameters of a request (defaults filled in).
+  struct KnnParams {
+    lm::KnnOptions knn;
+    int nprobe = 16;
+    bool exact = false;
+    int32_t exclude_doc = -1;
+  };
+  absl::StatusOr<KnnParams> ParseKnn(bool has_lambda, float lambda, bool has_temperature, float temperature, int k,
+                                     int nprobe, bool exact, const std::string& exclude_doc_id) const;
+  // Neighbours of `n` hidden states [n, D], in blocks (bounded memory).
+  absl::Status SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
+                               std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const;
   absl::Status NeedIndex(const char* rpc) const;
 
   EngineOptions options_;
   std::unique_ptr<lm::LanguageModel> model_;
   std::unique_ptr<lm::Embedder> embedder_;
   std::unique_ptr<retriever::Retriever> retriever_;
+  std::unique_ptr<retriever::Datastore> datastore_;  // INDEX_DIR/datastore, when built
   std::string split_json_;
 };
 

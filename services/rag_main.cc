@@ -10,7 +10,9 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <cmath>
 #include <iostream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
@@ -21,6 +23,7 @@
 #include "index_builder/index_builder.h"
 #include "lm/data_split.h"
 #include "lm/generator.h"
+#include "lm/knnlm.h"
 #include "lm/language_model.h"
 #include "lm/runtime.h"
 #include "lm/scorer.h"
@@ -200,8 +203,33 @@ absl::StatusOr<std::unique_ptr<rag::services::Backend>> OpenTarget(const TargetA
   return std::unique_ptr<rag::services::Backend>(std::move(engine));
 }
 
+// The kNN-LM knobs of interfaces.md (--k, --lambda, --temperature); unset
+// values (NaN, 0) take the server's defaults.
+struct KnnArgs {
+  double lambda = std::nan(""), temperature = std::nan("");
+  int k = 0, nprobe = 0;
+  bool exact = false;
+};
+
+void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
+  cmd->add_option("--lambda", k->lambda, "knnlm: weight of p_knn in [0, 1] (default 0.25)");
+  cmd->add_option(temperature_flag, k->temperature, "knnlm: temperature of the neighbour distribution (default 1)");
+  cmd->add_option("--k", k->k, "knnlm: neighbours per token (default 1024)");
+  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 16)");
+  cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
+}
+
+template <typename Request>
+void SetKnn(const KnnArgs& k, Request* req) {
+  if (!std::isnan(k.lambda)) req->set_lambda(static_cast<float>(k.lambda));
+  if (!std::isnan(k.temperature)) req->set_temperature(static_cast<float>(k.temperature));
+  req->set_k(k.k);
+  req->set_nprobe(k.nprobe);
+  req->set_exact_distances(k.exact);
+}
+
 int RunScore(const TargetArgs& target, const std::string& text_arg, const std::string& text_file,
-             const std::string& mode, bool json_out) {
+             const std::string& mode, const KnnArgs& knn, bool json_out) {
   auto text = TextArg(text_arg, text_file, "--text", !target.server.empty());
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to score"));
@@ -211,6 +239,7 @@ int RunScore(const TargetArgs& target, const std::string& text_arg, const std::s
   req.set_text(*text);
   req.set_mode(mode);
   req.set_per_token(json_out);
+  SetKnn(knn, &req);
   auto r = (*backend)->Score(req);
   if (!r.ok()) return Fail(r.status());
   if (json_out) {
@@ -229,6 +258,7 @@ int RunScore(const TargetArgs& target, const std::string& text_arg, const std::s
 
 struct GenerateArgs {
   TargetArgs target;
+  KnnArgs knn;
   std::string prompt, prompt_file, mode = "lm";
   rag::lm::SamplingOptions sampling;
   bool json_out = false;
@@ -250,6 +280,10 @@ int RunGenerate(GenerateArgs a) {
   req.mutable_sampling()->set_top_k(static_cast<int32_t>(a.sampling.top_k));
   req.mutable_sampling()->set_top_p(static_cast<float>(a.sampling.top_p));
   req.mutable_sampling()->set_seed(a.sampling.seed);
+  if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
+  if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
+  req.set_k(a.knn.k);
+  req.set_nprobe(a.knn.nprobe);
   auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
     if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
     return g_stop.load() == false;
@@ -265,6 +299,7 @@ int RunGenerate(GenerateArgs a) {
 
 struct NextTokenArgs {
   TargetArgs target;
+  KnnArgs knn;
   std::string text, text_file, mode = "lm";
   int top_n = 10;
   bool json_out = false;
@@ -279,6 +314,7 @@ int RunNextToken(const NextTokenArgs& a) {
   req.set_text(*text);
   req.set_mode(a.mode);
   req.set_top_n(a.top_n);
+  SetKnn(a.knn, &req);
   auto r = (*backend)->NextToken(req);
   if (!r.ok()) return Fail(r.status());
   json tokens = json::array();
@@ -298,16 +334,38 @@ int RunNextToken(const NextTokenArgs& a) {
 
 struct EvalPplArgs {
   TargetArgs target;
-  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output;
+  KnnArgs knn;
+  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output, sweep;
   int64_t stride = 0;
-  bool json_out = false, quiet = false;
+  bool json_out = false, quiet = false, exclude_own = false;
 };
+
+// --sweep lambda=0.1,0.25,0.5 -> {0.1, 0.25, 0.5}.
+absl::StatusOr<std::vector<double>> ParseSweep(const std::string& spec) {
+  std::vector<double> out;
+  if (spec.empty()) return out;
+  if (spec.rfind("lambda=", 0) != 0) return absl::InvalidArgumentError("--sweep must look like lambda=0.1,0.25,0.5");
+  std::stringstream ss(spec.substr(7));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    if (item.empty() || *end != '\0' || !(v >= 0 && v <= 1)) {
+      return absl::InvalidArgumentError("--sweep: '" + item + "' is not a lambda in [0, 1]");
+    }
+    out.push_back(v);
+  }
+  return out;
+}
 
 int RunEvalPerplexity(const EvalPplArgs& a) {
   if (a.baseline != "unigram" && a.baseline != "none") {
     return Fail(absl::InvalidArgumentError("--baseline must be unigram or none"));
   }
   if (a.stride < 0 || a.stride > (1 << 30)) return Fail(absl::InvalidArgumentError("--stride must be >= 0"));
+  auto sweep = ParseSweep(a.sweep);
+  if (!sweep.ok()) return Fail(sweep.status());
+  if (!sweep->empty() && a.mode != "knnlm") return Fail(absl::InvalidArgumentError("--sweep needs --mode knnlm"));
   auto backend = OpenTarget(a.target, false);
   if (!backend.ok()) return Fail(backend.status());
   auto docs = rag::index_builder::ReadCorpus(a.corpus);
@@ -336,6 +394,9 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   double sum = 0;
   int64_t tokens = 0, documents = 0;
   size_t done = 0;
+  // With a sweep: the summed NLL at each lambda, and the LM's alone.
+  std::vector<double> sweep_sum(sweep->size(), 0.0);
+  double lm_sum = 0;
   for (const auto& d : selected) {
     done += d.text.size();
     if (d.text.empty()) continue;
@@ -347,9 +408,18 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
     req.set_text(d.text);
     req.set_mode(a.mode);
     req.set_stride(static_cast<int32_t>(a.stride));
+    SetKnn(a.knn, &req);
+    if (a.exclude_own) req.set_exclude_doc_id(d.id);
+    req.set_components(!sweep->empty());
     auto r = (*backend)->Score(req);
     if (!r.ok()) return Fail(rag::Annotate(r.status(), "scoring document '" + d.id + "'"));
     sum -= r->logprob_sum();
+    for (int i = 0; i < r->lm_logprobs_size(); ++i) {
+      lm_sum -= r->lm_logprobs(i);
+      for (size_t s = 0; s < sweep->size(); ++s) {
+        sweep_sum[s] -= rag::lm::InterpolateLogProb(r->lm_logprobs(i), r->knn_logprobs(i), (*sweep)[s]);
+      }
+    }
     tokens += r->tokens();
     documents += 1;
     if (progress) progress->Update(static_cast<int64_t>(done));
@@ -359,6 +429,17 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   const double nll = tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
   json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents}, {"tokens", tokens},
             {"nll", nll},       {"perplexity", std::exp(nll)}};
+  if (a.mode == "knnlm") j["exclude_own_document"] = a.exclude_own;
+  if (!sweep->empty() && tokens > 0) {
+    j["lm_perplexity"] = std::exp(lm_sum / static_cast<double>(tokens));
+    json rows = json::array();
+    for (size_t s = 0; s < sweep->size(); ++s) {
+      const double ppl = std::exp(sweep_sum[s] / static_cast<double>(tokens));
+      rows.push_back({{"lambda", (*sweep)[s]}, {"perplexity", ppl},
+                      {"change_vs_lm", ppl / j["lm_perplexity"].get<double>() - 1}});
+    }
+    j["sweep"] = rows;
+  }
   if (a.baseline == "unigram") {
     auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
     if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
@@ -382,6 +463,14 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
       std::printf(" %12.2f %8.3f", j["unigram_perplexity"].get<double>(), j["ratio_to_unigram"].get<double>());
     }
     std::printf("\n");
+    if (j.contains("sweep")) {
+      std::printf("\n%-8s %12s %10s   (LM alone: %.2f)\n", "lambda", "perplexity", "vs LM",
+                  j["lm_perplexity"].get<double>());
+      for (const auto& row : j["sweep"]) {
+        std::printf("%-8.3f %12.2f %+9.1f%%\n", row["lambda"].get<double>(), row["perplexity"].get<double>(),
+                    100 * row["change_vs_lm"].get<double>());
+      }
+    }
   }
   return 0;
 }
@@ -397,7 +486,8 @@ absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::Languag
 }
 
 struct BuildArgs {
-  std::string corpus, model, out, factory, embedder;
+  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all";
+  bool datastore = false;
   int chunk_tokens = 64, continuation_tokens = 64;
   int64_t batch = 64;
   uint64_t seed = 1234;
@@ -424,6 +514,22 @@ int RunBuild(const BuildArgs& a) {
   o.seed = a.seed;
   o.overwrite = a.overwrite;
   o.show_progress = !a.quiet;
+  if (a.datastore) {
+    o.datastore = true;
+    o.model = model->get();
+    o.datastore_factory = a.datastore_factory;
+    o.datastore_split = a.datastore_split;
+    if (a.datastore_split == "train") {
+      // Held-out documents never in the datastore: honest validation numbers.
+      auto split = rag::ReadFile((fs::path(a.model) / rag::lm::kSplitFile).string());
+      if (!split.ok()) return Fail(rag::Annotate(split.status(), "--datastore-split train needs the model's split"));
+      auto train = rag::lm::SelectSplit(*docs, *split, "train");
+      if (!train.ok()) return Fail(train.status());
+      for (const auto& d : *train) o.datastore_doc_ids.push_back(d.id);
+    } else if (a.datastore_split != "all") {
+      return Fail(absl::InvalidArgumentError("--datastore-split must be all or train"));
+    }
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   auto m = rag::index_builder::BuildIndex(*docs, (*model)->tokenizer(), **embedder, (*model)->content_hash(), o,
@@ -692,16 +798,18 @@ int main(int argc, char** argv) {
   std::string score_text, score_file, score_mode = "lm";
   bool score_json = false;
   auto* score_cmd = app.add_subcommand("score", "log-likelihood and perplexity of a text");
-  AddTargetOptions(score_cmd, &score_target, false);
+  AddTargetOptions(score_cmd, &score_target, true);
   score_cmd->add_option("--text", score_text, "text to score");
   score_cmd->add_option("--text-file", score_file, "file whose bytes are the text");
   score_cmd->add_option("--mode", score_mode, "lm, knnlm or retro")->capture_default_str();
   score_cmd->add_flag("--json", score_json, "JSON with per-token log-probs");
+  KnnArgs score_knn;
+  AddKnnOptions(score_cmd, &score_knn, "--temperature");
 
   GenerateArgs gen;
   gen.sampling.max_tokens = 40;
   auto* gen_cmd = app.add_subcommand("generate", "continue a prompt");
-  AddTargetOptions(gen_cmd, &gen.target, false);
+  AddTargetOptions(gen_cmd, &gen.target, true);
   gen_cmd->add_option("--prompt", gen.prompt, "prompt text");
   gen_cmd->add_option("--prompt-file", gen.prompt_file, "file whose bytes are the prompt");
   gen_cmd->add_option("--mode", gen.mode, "lm, knnlm or retro")->capture_default_str();
@@ -711,6 +819,7 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--top-p", gen.sampling.top_p, "nucleus mass")->capture_default_str();
   gen_cmd->add_option("--seed", gen.sampling.seed, "sampling seed")->capture_default_str();
   gen_cmd->add_flag("--json", gen.json_out, "print JSON");
+  AddKnnOptions(gen_cmd, &gen.knn, "--knn-temperature");
 
   BuildArgs build;
   auto* build_cmd = app.add_subcommand("build", "build a retrieval index over a corpus");
@@ -724,6 +833,9 @@ int main(int argc, char** argv) {
   build_cmd->add_option("--batch-size", build.batch, "chunks per embedding batch")->capture_default_str();
   build_cmd->add_option("--seed", build.seed, "seed of the FAISS training sample")->capture_default_str();
   build_cmd->add_flag("--overwrite", build.overwrite, "replace an existing index");
+  build_cmd->add_flag("--datastore", build.datastore, "also build the kNN-LM datastore (one key per token)");
+  build_cmd->add_option("--datastore-factory", build.datastore_factory, "FAISS factory of the datastore (default: from its size)");
+  build_cmd->add_option("--datastore-split", build.datastore_split, "all, or train: only the model's training documents")->capture_default_str();
   build_cmd->add_flag("--json", build.json_out, "print the manifest as JSON");
   build_cmd->add_flag("--quiet", build.quiet, "no progress lines");
 
@@ -739,12 +851,13 @@ int main(int argc, char** argv) {
 
   NextTokenArgs next;
   auto* next_cmd = app.add_subcommand("next-token", "the most likely next tokens after a text");
-  AddTargetOptions(next_cmd, &next.target, false);
+  AddTargetOptions(next_cmd, &next.target, true);
   next_cmd->add_option("--text", next.text, "context text (may be empty)");
   next_cmd->add_option("--text-file", next.text_file, "file whose bytes are the context");
   next_cmd->add_option("--top-n", next.top_n, "tokens to show")->capture_default_str();
   next_cmd->add_option("--mode", next.mode, "lm, knnlm or retro")->capture_default_str();
   next_cmd->add_flag("--json", next.json_out, "print JSON");
+  AddKnnOptions(next_cmd, &next.knn, "--temperature");
 
   ServeArgs serve;
   auto* serve_cmd = app.add_subcommand("serve", "serve a model and index over gRPC");
@@ -786,7 +899,7 @@ int main(int argc, char** argv) {
   eval_cmd->fallthrough();
   EvalPplArgs ppl;
   auto* ppl_cmd = eval_cmd->add_subcommand("perplexity", "perplexity of a corpus");
-  AddTargetOptions(ppl_cmd, &ppl.target, false);
+  AddTargetOptions(ppl_cmd, &ppl.target, true);
   ppl_cmd->add_option("--corpus", ppl.corpus, "corpus: .txt, .jsonl or directory")->required();
   ppl_cmd->add_option("--split", ppl.split, "all, train or validation (the model's own split)")->capture_default_str();
   ppl_cmd->add_option("--mode", ppl.mode, "lm, knnlm or retro")->capture_default_str();
@@ -795,6 +908,9 @@ int main(int argc, char** argv) {
   ppl_cmd->add_flag("--json", ppl.json_out, "print JSON");
   ppl_cmd->add_option("--output", ppl.output, "also write the JSON result to this file");
   ppl_cmd->add_flag("--quiet", ppl.quiet, "no progress lines");
+  AddKnnOptions(ppl_cmd, &ppl.knn, "--temperature");
+  ppl_cmd->add_option("--sweep", ppl.sweep, "knnlm: evaluate several lambdas in one pass, e.g. lambda=0.1,0.25,0.5");
+  ppl_cmd->add_flag("--exclude-own-doc", ppl.exclude_own, "knnlm: never use keys of the document being scored");
 
   CLI11_PARSE(app, argc, argv);
   if (threads < 0) {
@@ -805,7 +921,7 @@ int main(int argc, char** argv) {
 
   try {
     if (train_cmd->parsed()) return RunTrain(train);
-    if (score_cmd->parsed()) return RunScore(score_target, score_text, score_file, score_mode, score_json);
+    if (score_cmd->parsed()) return RunScore(score_target, score_text, score_file, score_mode, score_knn, score_json);
     if (next_cmd->parsed()) return RunNextToken(next);
     if (serve_cmd->parsed()) return RunServe(serve);
     if (add_cmd->parsed()) return RunAdd(add);

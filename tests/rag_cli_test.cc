@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -330,7 +331,8 @@ TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
   const std::string model = TrainTiny("m");
   const std::string corpus = dir_ / "corpus.jsonl";
   const std::string index = dir_ / "idx";
-  Result r = Run({"build", "--corpus", corpus, "--model", model, "--out", index, "--chunk-tokens", "16", "--quiet"});
+  Result r = Run({"build", "--corpus", corpus, "--model", model, "--out", index, "--chunk-tokens", "16", "--quiet",
+                  "--datastore"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string port_file = dir_ / "port";
   pid_t server = Start({"serve", "--model", model, "--index", index, "--listen", "127.0.0.1:0", "--port-file",
@@ -348,18 +350,26 @@ TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
       {"generate", "--prompt", "The cat", "--max-tokens", "10", "--temperature", "0"},
       {"next-token", "--text", "The cat", "--top-n", "5", "--json"},
       {"eval", "perplexity", "--corpus", corpus, "--split", "validation", "--quiet", "--json"},
+      {"eval", "perplexity", "--corpus", corpus, "--mode", "knnlm", "--sweep", "lambda=0,0.5", "--k", "8",
+       "--exclude-own-doc", "--quiet", "--json"},
+      {"score", "--text", "The dog runs to the house.", "--mode", "knnlm", "--lambda", "0.5", "--json"},
   };
   for (const auto& cmd : commands) {
     std::vector<std::string> remote = cmd, local = cmd;
     remote.insert(remote.end(), {"--server", addr});
     local.insert(local.end(), {"--model", model});
-    if (cmd[0] == "query") local.insert(local.end(), {"--index", index});
+    local.insert(local.end(), {"--index", index});
     Result a = Run(remote);
     Result b = Run(local);
     ASSERT_EQ(a.exit_code, 0) << cmd[0] << ": " << a.err;
     ASSERT_EQ(b.exit_code, 0) << cmd[0] << ": " << b.err;
     EXPECT_FALSE(a.out.empty());
     EXPECT_EQ(a.out, b.out) << cmd[0];
+    if (std::find(cmd.begin(), cmd.end(), "--sweep") != cmd.end()) {
+      json j = json::parse(a.out);
+      ASSERT_EQ(j["sweep"].size(), 2u);
+      EXPECT_DOUBLE_EQ(j["sweep"][0]["perplexity"].get<double>(), j["lm_perplexity"].get<double>());  // lambda 0
+    }
   }
 
   // Errors come back as clear messages, and the server lives on.

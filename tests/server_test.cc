@@ -208,8 +208,10 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   score.set_text("the cat");
   score.set_mode("bogus");
   expect(client_->Score(score).status(), absl::StatusCode::kInvalidArgument, "mode");
-  score.set_mode("knnlm");
-  expect(client_->Score(score).status(), absl::StatusCode::kUnimplemented, "knnlm");
+  score.set_mode("knnlm");  // this index has no datastore
+  expect(client_->Score(score).status(), absl::StatusCode::kFailedPrecondition, "datastore");
+  score.set_mode("retro");
+  expect(client_->Score(score).status(), absl::StatusCode::kUnimplemented, "retro");
 
   v1::GenerateRequest gen;
   gen.set_max_tokens(5000);

@@ -1,0 +1,38 @@
+// kNN-LM fusion (Khandelwal et al. 2020, "Generalization through
+// memorization"): the LM's next-token distribution interpolated with a
+// distribution over the next tokens of the k nearest datastore keys,
+//   p(y) = lambda * p_knn(y) + (1 - lambda) * p_lm(y),
+//   p_knn(y) ∝ sum over neighbours i with value y of exp(-d_i / T),
+// where d_i is the squared L2 distance between the query hidden state and
+// key i. Pure math over neighbour lists: the search lives in retriever/.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "lm/tokenizer.h"
+
+namespace rag::lm {
+
+struct KnnOptions {
+  int k = 1024;              // neighbours per position (the paper's 1024). Default: 1024
+  double lambda = 0.25;      // weight of p_knn, in [0, 1] (the paper's 0.25). Default: 0.25
+  double temperature = 1.0;  // divides the distances; > 0. Default: 1.0
+};
+
+// log p_knn(target) from n neighbours' next tokens and distances; -inf when
+// no neighbour has that token or n == 0.
+float KnnLogProb(const int32_t* values, const float* distances, int64_t n, TokenId target, double temperature);
+
+// log(lambda * exp(knn) + (1 - lambda) * exp(lm)), stable for -inf inputs:
+// lambda = 0 returns lm_logprob exactly.
+float InterpolateLogProb(float lm_logprob, float knn_logprob, double lambda);
+
+// The whole interpolated distribution: log-probabilities [V] from the LM's
+// [V] and the neighbours. lambda = 0 returns lm_logprobs unchanged.
+torch::Tensor InterpolateLogDistribution(const torch::Tensor& lm_logprobs, const int32_t* values,
+                                         const float* distances, int64_t n, double lambda, double temperature);
+
+}  // namespace rag::lm

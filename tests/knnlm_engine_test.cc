@@ -1,0 +1,205 @@
+// kNN-LM end to end: `BuildIndex` with a datastore, then the knnlm mode of
+// the Engine and of the gRPC server over it (tiny untrained model, Flat
+// indexes: exact neighbours, so the effects below are deterministic).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "index_builder/index_builder.h"
+#include "lm/embedder.h"
+#include "services/client.h"
+#include "services/engine.h"
+#include "services/server.h"
+#include "tests/status_matchers.h"
+#include "tests/test_util.h"
+
+namespace rag::services {
+namespace {
+
+namespace fs = std::filesystem;
+
+class KnnLmEngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    docs_ = new std::vector<Document>(testing::MakeCorpus(6, 5, 8));
+    std::vector<std::string> texts;
+    for (const auto& d : *docs_) texts.push_back(d.text);
+    lm::TokenizerTrainOptions topts;
+    topts.vocab_size = 300;
+    auto tok = lm::Tokenizer::Train(texts, topts);
+    ASSERT_TRUE(tok.ok());
+    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
+    c.vocab_size = tok->vocab_size();
+    torch::manual_seed(3);
+    model_ = new lm::LanguageModel(c, std::move(*tok), lm::TransformerLM(c));
+    model_->module()->eval();
+    RAG_ASSERT_OK(model_->Save(Path("model")));
+    Build("index", *docs_);
+    // A second index over other documents, whose datastore must never be
+    // served with the first.
+    Build("other", testing::MakeCorpus(3, 99, 8));
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete docs_;
+    delete dir_;
+  }
+  static std::string Path(const std::string& name) { return (fs::path(dir_->path()) / name).string(); }
+  static void Build(const std::string& name, const std::vector<Document>& docs) {
+    auto embedder = lm::MakeLmEmbedder(model_);
+    index_builder::BuildOptions o;
+    o.out_dir = Path(name);
+    o.index_factory = "Flat";
+    o.chunk_tokens = 16;
+    o.continuation_tokens = 16;
+    o.show_progress = false;
+    o.datastore = true;
+    o.model = model_;
+    o.datastore_factory = "Flat";
+    auto m = index_builder::BuildIndex(docs, model_->tokenizer(), *embedder, model_->content_hash(), o);
+    RAG_ASSERT_OK(m.status());
+    int64_t tokens = 0;
+    for (const auto& d : docs) tokens += static_cast<int64_t>(model_->tokenizer().Encode(d.text).size());
+    EXPECT_EQ(m->datastore_keys, tokens);  // one key per token
+  }
+
+  std::unique_ptr<Engine> Open(const std::string& index) {
+    EngineOptions o;
+    o.model_dir = Path("model");
+    o.index_dir = index;
+    auto e = Engine::Open(o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  static v1::ScoreRequest Knn(const std::string& text, float lambda) {
+    v1::ScoreRequest r;
+    r.set_text(text);
+    r.set_mode("knnlm");
+    r.set_lambda(lambda);
+    r.set_k(8);
+    return r;
+  }
+
+  static testing::TempDir* dir_;
+  static std::vector<Document>* docs_;
+  static lm::LanguageModel* model_;
+};
+
+testing::TempDir* KnnLmEngineTest::dir_ = nullptr;
+std::vector<Document>* KnnLmEngineTest::docs_ = nullptr;
+lm::LanguageModel* KnnLmEngineTest::model_ = nullptr;
+
+TEST_F(KnnLmEngineTest, LambdaZeroEqualsTheLmExactly) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  v1::ScoreRequest lm;
+  lm.set_text((*docs_)[1].text);
+  auto a = engine->Score(lm);
+  auto b = engine->Score(Knn((*docs_)[1].text, 0.0f));
+  RAG_ASSERT_OK(a.status());
+  RAG_ASSERT_OK(b.status());
+  EXPECT_EQ(a->logprob_sum(), b->logprob_sum());
+  EXPECT_EQ(b->mode(), "knnlm");
+}
+
+TEST_F(KnnLmEngineTest, DatastoreOverATextMakesItFarMoreLikelyUnlessItsDocumentIsExcluded) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  const Document& d = (*docs_)[2];
+  v1::ScoreRequest lm;
+  lm.set_text(d.text);
+  auto base = engine->Score(lm);
+  auto knn = engine->Score(Knn(d.text, 0.5f));
+  v1::ScoreRequest excluded = Knn(d.text, 0.5f);
+  excluded.set_exclude_doc_id(d.id);
+  excluded.set_components(true);
+  auto excl = engine->Score(excluded);
+  RAG_ASSERT_OK(base.status());
+  RAG_ASSERT_OK(knn.status());
+  RAG_ASSERT_OK(excl.status());
+  // Every token's own key is a neighbour at distance 0: p_knn is large.
+  EXPECT_LT(knn->perplexity(), base->perplexity() / 3) << base->perplexity() << " vs " << knn->perplexity();
+  // Without the document's own keys the effect is gone.
+  EXPECT_GT(excl->perplexity(), 2 * knn->perplexity());
+  ASSERT_EQ(excl->lm_logprobs_size(), excl->tokens());
+  ASSERT_EQ(excl->knn_logprobs_size(), excl->tokens());
+}
+
+TEST_F(KnnLmEngineTest, LambdaOneWithOneNeighbourPutsAllMassOnItsToken) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  v1::NextTokenRequest r;
+  r.set_text((*docs_)[0].text.substr(0, 40));
+  r.set_mode("knnlm");
+  r.set_lambda(1.0f);
+  r.set_k(1);
+  r.set_top_n(3);
+  auto next = engine->NextToken(r);
+  RAG_ASSERT_OK(next.status());
+  EXPECT_NEAR(next->tokens(0).probability(), 1.0f, 1e-5);
+  EXPECT_NEAR(next->tokens(1).probability(), 0.0f, 1e-6);
+}
+
+TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  ServerOptions so;
+  so.listen = "127.0.0.1:0";
+  auto server = Server::Start(engine.get(), so);
+  RAG_ASSERT_OK(server.status());
+  auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string((*server)->port()));
+  RAG_ASSERT_OK(client.status());
+  v1::ScoreRequest score = Knn((*docs_)[3].text, 0.3f);
+  score.set_per_token(true);
+  score.set_components(true);
+  EXPECT_EQ((*client)->Score(score)->SerializeAsString(), engine->Score(score)->SerializeAsString());
+  v1::NextTokenRequest next;
+  next.set_text("the");
+  next.set_mode("knnlm");
+  EXPECT_EQ((*client)->NextToken(next)->SerializeAsString(), engine->NextToken(next)->SerializeAsString());
+  v1::GenerateRequest gen;
+  gen.set_prompt("the");
+  gen.set_mode("knnlm");
+  gen.set_max_tokens(8);
+  gen.set_ignore_eot(true);
+  gen.set_lambda(0.5f);
+  gen.mutable_sampling()->set_temperature(1.0f);
+  gen.mutable_sampling()->set_seed(7);
+  auto a = (*client)->Generate(gen, nullptr);
+  auto b = engine->Generate(gen, nullptr);
+  RAG_ASSERT_OK(a.status());
+  EXPECT_EQ(a->SerializeAsString(), b->SerializeAsString());
+  auto info = (*client)->Info();
+  ASSERT_EQ(info->modes_size(), 2);
+  EXPECT_EQ(info->modes(1), "knnlm");
+}
+
+TEST_F(KnnLmEngineTest, DatastoreOfAnotherIndexIsRefused) {
+  const std::string index = Path("swapped");
+  fs::remove_all(index);
+  fs::copy(Path("index"), index, fs::copy_options::recursive);
+  fs::remove_all(fs::path(index) / "datastore");
+  fs::copy(fs::path(Path("other")) / "datastore", fs::path(index) / "datastore", fs::copy_options::recursive);
+  EngineOptions o;
+  o.model_dir = Path("model");
+  o.index_dir = index;
+  auto e = Engine::Open(o);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+  EXPECT_NE(e.status().message().find("datastore"), std::string::npos) << e.status();
+}
+
+TEST_F(KnnLmEngineTest, KnnModeWithoutDatastoreIsAFailedPrecondition) {
+  EngineOptions o;
+  o.model_dir = Path("model");
+  auto e = Engine::Open(o);
+  RAG_ASSERT_OK(e.status());
+  EXPECT_EQ((*e)->Score(Knn("the cat", 0.5f)).status().code(), absl::StatusCode::kFailedPrecondition);
+  v1::ScoreRequest bad = Knn("the cat", 1.5f);
+  auto engine = Open(Path("index"));
+  EXPECT_EQ(engine->Score(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace rag::services
