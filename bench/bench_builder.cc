@@ -160,7 +160,10 @@ int BuildJob(const Flags& f, const std::string& corpus, const fs::path& out) {
 class ReplayEmbedder : public rag::lm::Embedder {
  public:
   ReplayEmbedder(const std::string& path, const rag::lm::Embedder& real)
-      : in_(path, std::ios::binary), dim_(real.dim()), max_tokens_(real.max_tokens()), hash_(real.hash()),
+      : in_(path, std::ios::binary),
+        dim_(real.dim()),
+        max_tokens_(real.max_tokens()),
+        hash_(real.hash()),
         description_(real.description()) {}
   int dim() const override { return dim_; }
   int64_t max_tokens() const override { return max_tokens_; }
@@ -240,8 +243,10 @@ int main(int argc, char** argv) {
         if (f.docs > 0 && static_cast<int64_t>(docs->size()) > f.docs) docs->resize(static_cast<size_t>(f.docs));
         const size_t small = f.docs_small > 0 ? static_cast<size_t>(f.docs_small) : docs->size() / 4;
         if (small < 1 || small >= docs->size()) {
-          std::fprintf(stderr, "bench_builder: the small corpus needs at least 1 document and fewer than the %zu"
-                       " of the big one, got %zu (--docs-small)\n", docs->size(), small);
+          std::fprintf(stderr,
+                       "bench_builder: the small corpus needs at least 1 document and fewer than the %zu"
+                       " of the big one, got %zu (--docs-small)\n",
+                       docs->size(), small);
           return 1;
         }
         std::ofstream out(subset), out_small(subset_small);
@@ -293,10 +298,9 @@ int main(int argc, char** argv) {
   if (!manifest.ok()) return Fail("reading the manifest", manifest.status());
   const fs::path replay_index_small = tmp / "replay_index_small";
   const fs::path replay_index = tmp / "replay_index";
-  const double replay_peak_small = PeakRssOfChild(
-      "replay small", [&] { return ReplayJob(f, subset_small, rss_index_small, replay_index_small); });
-  const double replay_peak =
-      PeakRssOfChild("replay", [&] { return ReplayJob(f, subset, rss_index, replay_index); });
+  const double replay_peak_small =
+      PeakRssOfChild("replay small", [&] { return ReplayJob(f, subset_small, rss_index_small, replay_index_small); });
+  const double replay_peak = PeakRssOfChild("replay", [&] { return ReplayJob(f, subset, rss_index, replay_index); });
   if (replay_peak_small < 0 || replay_peak < 0) return 1;
   const double replay_bytes_small = DirBytes(replay_index_small);
   const double replay_bytes = DirBytes(replay_index);

@@ -208,7 +208,11 @@ class EmbeddingsFile {
 
  private:
   EmbeddingsFile(std::string path, int fd, int64_t rows, int dim)
-      : path_(std::move(path)), fd_(fd), rows_(rows), dim_(dim), row_bytes_(dim * static_cast<int64_t>(sizeof(float))) {}
+      : path_(std::move(path)),
+        fd_(fd),
+        rows_(rows),
+        dim_(dim),
+        row_bytes_(dim * static_cast<int64_t>(sizeof(float))) {}
 
   std::string path_;
   int fd_;
@@ -271,8 +275,7 @@ std::vector<int64_t> TrainingRows(int64_t n, int64_t m, uint64_t seed) {
 // only the rows it samples: the sample is read here and passed whole, so
 // Train uses it as is. The memory is the sample's (at most
 // max(256 * nlist, 100000) rows), freed on return.
-absl::Status TrainFromFile(const EmbeddingsFile& file, const std::string& factory, uint64_t seed,
-                           VectorIndex& index) {
+absl::Status TrainFromFile(const EmbeddingsFile& file, const std::string& factory, uint64_t seed, VectorIndex& index) {
   const int64_t n = file.rows();
   const size_t dim = static_cast<size_t>(file.dim());
   int64_t m = n;
