@@ -12,11 +12,12 @@
 namespace rag::index_builder {
 
 absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Document>& documents,
+                                                        const std::vector<size_t>& selected,
                                                         const std::vector<int32_t>& doc_index,
                                                         lm::LanguageModel& model,
                                                         const DatastoreBuildOptions& o,
                                                         const std::atomic<bool>* stop) {
-  if (doc_index.size() != documents.size()) {
+  if (doc_index.size() != selected.size()) {
     return absl::InvalidArgumentError("BuildDatastore: one document index per document is required");
   }
   const int dim = static_cast<int>(model.config().d_model);
@@ -37,10 +38,10 @@ absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Docume
   RAG_ASSIGN_OR_RETURN(auto writer, retriever::DatastoreWriter::Create(o.dir, dim, /*resume=*/true));
   const int64_t durable = writer->rows();
   const auto& tok = model.tokenizer();
-  std::vector<std::vector<lm::TokenId>> tokens(documents.size());
+  std::vector<std::vector<lm::TokenId>> tokens(selected.size());
   int64_t total = 0;
-  for (size_t i = 0; i < documents.size(); ++i) {
-    tokens[i] = tok.Encode(documents[i].text);
+  for (size_t i = 0; i < selected.size(); ++i) {
+    tokens[i] = tok.Encode(documents[selected[i]].text);
     total += static_cast<int64_t>(tokens[i].size());
   }
   if (durable > total) {
@@ -54,7 +55,7 @@ absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Docume
   Progress progress("build: datastore", total, "keys");
   int64_t done = 0, since_sync = 0;
   model.module()->eval();
-  for (size_t i = 0; i < documents.size(); ++i) {
+  for (size_t i = 0; i < selected.size(); ++i) {
     const int64_t n = static_cast<int64_t>(tokens[i].size());
     if (done + n <= durable || n == 0) {
       done += n;

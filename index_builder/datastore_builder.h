@@ -27,10 +27,11 @@ struct DatastoreBuildOptions {
   bool show_progress = true;
 };
 
-// Builds the datastore over `documents`; doc_index[i] is documents[i]'s
-// index in the chunk store. Cancelled when `*stop` is raised (rerun to
-// resume).
+// Builds the datastore over the documents `selected` indexes into
+// `documents` (in that order); doc_index[i] is the chunk-store index of
+// documents[selected[i]]. Cancelled when `*stop` is raised (rerun to resume).
 absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Document>& documents,
+                                                        const std::vector<size_t>& selected,
                                                         const std::vector<int32_t>& doc_index,
                                                         lm::LanguageModel& model,
                                                         const DatastoreBuildOptions& options,

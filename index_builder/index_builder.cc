@@ -419,7 +419,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   // Stage 4: the kNN-LM datastore, resumable on its own (datastore/).
   if (o.datastore) {
     if (o.model == nullptr) return absl::InvalidArgumentError("a datastore needs the model that computes its keys");
-    std::vector<Document> selected;
+    std::vector<size_t> selected;  // into documents: the corpus text is not copied
     std::vector<int32_t> doc_index;
     {
       ChunkStoreOptions so;
@@ -429,10 +429,11 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
       so.read_only = true;
       RAG_ASSIGN_OR_RETURN(auto store, ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so));
       const std::set<std::string> wanted(o.datastore_doc_ids.begin(), o.datastore_doc_ids.end());
-      for (const auto& d : documents) {
+      for (size_t i = 0; i < documents.size(); ++i) {
+        const Document& d = documents[i];
         if (!wanted.empty() && wanted.count(d.id) == 0) continue;
         RAG_ASSIGN_OR_RETURN(retriever::DocumentRecord rec, store->GetDocument(d.id));
-        selected.push_back(d);
+        selected.push_back(i);
         doc_index.push_back(static_cast<int32_t>(rec.index));
       }
     }
@@ -442,7 +443,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     dso.index_factory = o.datastore_factory;
     dso.seed = o.seed;
     dso.show_progress = o.show_progress;
-    RAG_ASSIGN_OR_RETURN(retriever::DatastoreInfo info, BuildDatastore(selected, doc_index, *o.model, dso, stop));
+    RAG_ASSIGN_OR_RETURN(retriever::DatastoreInfo info, BuildDatastore(documents, selected, doc_index, *o.model, dso, stop));
     m.datastore_keys = info.rows;
     m.datastore_factory = info.index_factory;
     m.datastore_split = o.datastore_split;
