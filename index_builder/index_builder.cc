@@ -254,23 +254,6 @@ std::optional<int64_t> FactoryNlist(const std::string& factory) {
   return 0;
 }
 
-// The m of n rows, sorted, that VectorIndex::Train(x, n, seed) samples. A
-// copy of SampleRows in retriever/vector_index.cc (Floyd's algorithm on
-// std::mt19937_64) that must stay in step with it: otherwise the index is
-// still valid, but no longer the one a build from the whole file gives.
-std::vector<int64_t> TrainingRows(int64_t n, int64_t m, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::unordered_set<int64_t> chosen;
-  chosen.reserve(static_cast<size_t>(m) * 2);
-  for (int64_t j = n - m; j < n; ++j) {
-    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
-    if (!chosen.insert(t).second) chosen.insert(j);
-  }
-  std::vector<int64_t> rows(chosen.begin(), chosen.end());
-  std::sort(rows.begin(), rows.end());
-  return rows;
-}
-
 // Trains `index` as VectorIndex::Train(<whole file>, n, seed) would, reading
 // only the rows it samples: the sample is read here and passed whole, so
 // Train uses it as is. The memory is the sample's (at most
@@ -299,7 +282,7 @@ absl::Status TrainFromFile(const EmbeddingsFile& file, const std::string& factor
   if (m == n) {
     RAG_RETURN_IF_ERROR(file.Read(0, n, sample.data()));
   } else {
-    const std::vector<int64_t> rows = TrainingRows(n, m, seed);
+    const std::vector<int64_t> rows = VectorIndex::SampleRows(n, m, seed);
     for (size_t i = 0; i < rows.size();) {  // one pread per run of consecutive rows
       size_t j = i + 1;
       while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;

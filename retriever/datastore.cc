@@ -218,21 +218,6 @@ void HalvesToFloats(const uint16_t* in, size_t n, float* out) {
   for (size_t i = 0; i < n; ++i) out[i] = table[in[i]];
 }
 
-// Deterministic sample of m distinct rows of [0, n), sorted (Floyd's
-// algorithm, as VectorIndex::Train; rng() % range for portability).
-std::vector<int64_t> SampleRows(int64_t n, int64_t m, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::unordered_set<int64_t> chosen;
-  chosen.reserve(static_cast<size_t>(m) * 2);
-  for (int64_t j = n - m; j < n; ++j) {
-    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
-    if (!chosen.insert(t).second) chosen.insert(j);
-  }
-  std::vector<int64_t> rows(chosen.begin(), chosen.end());
-  std::sort(rows.begin(), rows.end());
-  return rows;
-}
-
 // nlist of the first "IVF<n>" component of a factory string, 0 if none.
 int64_t NlistOfFactory(const std::string& factory) {
   size_t pos = factory.find("IVF");
@@ -598,7 +583,7 @@ absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptio
     std::vector<float> sample(static_cast<size_t>(m) * d);
     {
       std::vector<uint16_t> row(d);
-      const std::vector<int64_t> rows = SampleRows(n, m, options.seed);
+      const std::vector<int64_t> rows = VectorIndex::SampleRows(n, m, options.seed);
       for (size_t i = 0; i < rows.size(); ++i) {
         RAG_RETURN_IF_ERROR(Annotate(PreadAll(keys_fd, row.data(), static_cast<size_t>(row_bytes),
                                               kDatastoreHeaderBytes + rows[i] * row_bytes, keys_path),

@@ -145,22 +145,6 @@ int64_t NlistOf(const faiss::Index* index) {
   return ivf == nullptr ? 0 : static_cast<int64_t>(ivf->nlist);
 }
 
-// Deterministic sample of m distinct row numbers out of [0, n), sorted.
-// Floyd's algorithm: O(m) memory whatever n is. rng() % range instead of
-// std::uniform_int_distribution, whose output differs between standard
-// libraries; the modulo bias is below 2^-40 for any realistic n.
-std::vector<int64_t> SampleRows(int64_t n, int64_t m, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::unordered_set<int64_t> chosen;
-  chosen.reserve(static_cast<size_t>(m) * 2);
-  for (int64_t j = n - m; j < n; ++j) {
-    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
-    if (!chosen.insert(t).second) chosen.insert(j);
-  }
-  std::vector<int64_t> rows(chosen.begin(), chosen.end());
-  std::sort(rows.begin(), rows.end());
-  return rows;
-}
 
 // index_factory turns on polysemous training for every "PQ" it builds. It
 // only serves polysemous (Hamming-filtered) search, which this wrapper never
@@ -284,6 +268,22 @@ bool VectorIndex::is_trained() const { return index_->is_trained; }
 int64_t VectorIndex::size() const { return static_cast<int64_t>(index_->ntotal); }
 int VectorIndex::dim() const { return index_->d; }
 std::string VectorIndex::factory() const { return factory_; }
+
+// rng() % range instead of
+// std::uniform_int_distribution, whose output differs between standard
+// libraries; the modulo bias is below 2^-40 for any realistic n.
+std::vector<int64_t> VectorIndex::SampleRows(int64_t n, int64_t m, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::unordered_set<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(m) * 2);
+  for (int64_t j = n - m; j < n; ++j) {
+    int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
+    if (!chosen.insert(t).second) chosen.insert(j);
+  }
+  std::vector<int64_t> rows(chosen.begin(), chosen.end());
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
 
 std::string VectorIndex::FaissVersion() {
   return std::to_string(FAISS_VERSION_MAJOR) + "." + std::to_string(FAISS_VERSION_MINOR) + "." +

@@ -155,6 +155,12 @@ class VectorIndex {
   // The FAISS version compiled against, e.g. "1.7.3".
   static std::string FaissVersion();
 
+  // The m distinct row numbers of [0, n), sorted, that Train samples with
+  // `seed` (Floyd's algorithm on std::mt19937_64: O(m) memory whatever n
+  // is). Callers that keep vectors on disk read just these rows and get the
+  // index training on all n would give.
+  static std::vector<int64_t> SampleRows(int64_t n, int64_t m, uint64_t seed);
+
  private:
   VectorIndex(std::unique_ptr<faiss::Index> index, std::string factory, bool read_only);
 
