@@ -9,6 +9,7 @@
 #include "lm/embedder.h"
 #include "lm/language_model.h"
 #include "retriever/retriever.h"
+#include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
 
@@ -21,17 +22,7 @@ class IndexBuilderTest : public ::testing::Test {
  protected:
   void SetUp() override {
     docs_ = testing::MakeCorpus(12, 31, 12);
-    std::vector<std::string> texts;
-    for (const auto& d : docs_) texts.push_back(d.text);
-    lm::TokenizerTrainOptions topts;
-    topts.vocab_size = 300;
-    auto tok = lm::Tokenizer::Train(texts, topts);
-    ASSERT_TRUE(tok.ok());
-    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
-    c.vocab_size = tok->vocab_size();
-    torch::manual_seed(5);
-    model_ = std::make_unique<lm::LanguageModel>(c, std::move(*tok), lm::TransformerLM(c));
-    model_->module()->eval();
+    model_ = testing::MakeTinyLanguageModelFor(docs_, 5);
     RAG_ASSERT_OK(model_->Save(dir_ / "model"));
     embedder_ = lm::MakeLmEmbedder(model_.get());
   }

@@ -10,6 +10,7 @@
 #include "services/client.h"
 #include "services/engine.h"
 #include "services/server.h"
+#include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
 
@@ -23,17 +24,7 @@ class KnnLmEngineTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     docs_ = new std::vector<Document>(testing::MakeCorpus(6, 5, 8));
-    std::vector<std::string> texts;
-    for (const auto& d : *docs_) texts.push_back(d.text);
-    lm::TokenizerTrainOptions topts;
-    topts.vocab_size = 300;
-    auto tok = lm::Tokenizer::Train(texts, topts);
-    ASSERT_TRUE(tok.ok());
-    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
-    c.vocab_size = tok->vocab_size();
-    torch::manual_seed(3);
-    model_ = new lm::LanguageModel(c, std::move(*tok), lm::TransformerLM(c));
-    model_->module()->eval();
+    model_ = testing::MakeTinyLanguageModelFor(*docs_, 3).release();
     RAG_ASSERT_OK(model_->Save(Path("model")));
     Build("index", *docs_);
     // A second index over other documents, whose datastore must never be

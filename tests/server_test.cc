@@ -19,6 +19,7 @@
 #include "retriever/retriever.h"
 #include "services/client.h"
 #include "services/engine.h"
+#include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
 
@@ -32,17 +33,8 @@ class ServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     docs_ = new std::vector<Document>(testing::MakeCorpus(10, 77, 10));
-    std::vector<std::string> texts;
-    for (const auto& d : *docs_) texts.push_back(d.text);
-    lm::TokenizerTrainOptions topts;
-    topts.vocab_size = 300;
-    auto tok = lm::Tokenizer::Train(texts, topts);
-    ASSERT_TRUE(tok.ok());
-    lm::TransformerConfig c = *lm::TransformerConfig::Preset("tiny");
-    c.vocab_size = tok->vocab_size();
-    torch::manual_seed(9);
-    lm::LanguageModel model(c, std::move(*tok), lm::TransformerLM(c));
-    model.module()->eval();
+    auto model_ptr = testing::MakeTinyLanguageModelFor(*docs_, 9);
+    lm::LanguageModel& model = *model_ptr;
     RAG_ASSERT_OK(model.Save(ModelDir()));
     auto embedder = lm::MakeLmEmbedder(&model);
     index_builder::BuildOptions o;
