@@ -55,6 +55,17 @@ int Utf8SequenceLength(const unsigned char* s, size_t n) {
   return len;
 }
 
+// The next tokens and distances of a neighbour list, as lm/knnlm takes them.
+void SplitNeighbours(const std::vector<retriever::DatastoreNeighbour>& list, std::vector<int32_t>* values,
+                     std::vector<float>* distances) {
+  values->clear();
+  distances->clear();
+  for (const auto& nb : list) {
+    values->push_back(nb.value);
+    distances->push_back(nb.distance);
+  }
+}
+
 std::string Decode(const lm::Tokenizer& tok, const std::vector<int32_t>& ids) {
   std::string bytes;
   for (int32_t id : ids) bytes += tok.TokenBytes(id);
@@ -217,6 +228,18 @@ absl::Status Engine::SearchDatastore(const float* hidden, int64_t n, const KnnPa
   return absl::OkStatus();
 }
 
+absl::StatusOr<torch::Tensor> Engine::KnnDistribution(const torch::Tensor& hidden,
+                                                      const torch::Tensor& lm_logprobs, const KnnParams& p) const {
+  torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
+  std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
+  RAG_RETURN_IF_ERROR(SearchDatastore(h.data_ptr<float>(), 1, p, &nb));
+  std::vector<int32_t> values;
+  std::vector<float> distances;
+  SplitNeighbours(nb[0], &values, &distances);
+  return lm::InterpolateLogDistribution(lm_logprobs, values.data(), distances.data(),
+                                        static_cast<int64_t>(values.size()), p.knn.lambda, p.knn.temperature);
+}
+
 absl::Status Engine::NeedIndex(const char* rpc) const {
   if (retriever_ != nullptr) return absl::OkStatus();
   return absl::FailedPreconditionError(std::string(rpc) + " needs an index, and none is served (start with --index)");
@@ -295,12 +318,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
       std::vector<int32_t> values;
       std::vector<float> distances;
       for (size_t i = 0; i < ids.size(); ++i) {
-        values.clear();
-        distances.clear();
-        for (const auto& nb : neighbours[i]) {
-          values.push_back(nb.value);
-          distances.push_back(nb.distance);
-        }
+        SplitNeighbours(neighbours[i], &values, &distances);
         const float knn = lm::KnnLogProb(values.data(), distances.data(), static_cast<int64_t>(values.size()),
                                          ids[i], p.knn.temperature);
         logprobs.push_back(lm::InterpolateLogProb(scored.logprobs[i], knn, p.knn.lambda));
@@ -351,16 +369,7 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
       RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(), request.has_temperature(),
                                                  request.temperature(), request.k(), request.nprobe(),
                                                  request.exact_distances(), ""));
-      std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
-      RAG_RETURN_IF_ERROR(SearchDatastore(hidden.data_ptr<float>(), 1, p, &nb));
-      std::vector<int32_t> vals;
-      std::vector<float> dists;
-      for (const auto& x : nb[0]) {
-        vals.push_back(x.value);
-        dists.push_back(x.distance);
-      }
-      logprobs = lm::InterpolateLogDistribution(logprobs, vals.data(), dists.data(),
-                                                static_cast<int64_t>(vals.size()), p.knn.lambda, p.knn.temperature);
+      RAG_ASSIGN_OR_RETURN(logprobs, KnnDistribution(hidden, logprobs, p));
       r.set_mode("knnlm");
     }
     auto [values, indices] = logprobs.topk(std::min<int64_t>(top_n, logprobs.size(0)));
@@ -411,21 +420,12 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
       // Sampling from log p_knnlm is sampling from p_knnlm: softmax is
       // shift-invariant, so temperature, top-k and top-p apply unchanged.
       hook = [this, p, &hook_status](const torch::Tensor& hidden, const torch::Tensor& logits) {
-        torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
-        std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
-        absl::Status st = SearchDatastore(h.data_ptr<float>(), 1, p, &nb);
-        if (!st.ok()) {
-          hook_status = st;
+        auto mixed = KnnDistribution(hidden, torch::log_softmax(logits, -1), p);
+        if (!mixed.ok()) {
+          hook_status = mixed.status();
           return logits;
         }
-        std::vector<int32_t> vals;
-        std::vector<float> dists;
-        for (const auto& x : nb[0]) {
-          vals.push_back(x.value);
-          dists.push_back(x.distance);
-        }
-        return lm::InterpolateLogDistribution(torch::log_softmax(logits, -1), vals.data(), dists.data(),
-                                              static_cast<int64_t>(vals.size()), p.knn.lambda, p.knn.temperature);
+        return *mixed;
       };
     }
     bool cancelled = false;

@@ -84,6 +84,10 @@ class Engine : public Backend {
   // Neighbours of `n` hidden states [n, D], in blocks (bounded memory).
   absl::Status SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
                                std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const;
+  // The kNN-LM next-token log-distribution [V] at one position: the
+  // neighbours of `hidden` [D] mixed into `lm_logprobs` [V].
+  absl::StatusOr<torch::Tensor> KnnDistribution(const torch::Tensor& hidden, const torch::Tensor& lm_logprobs,
+                                                const KnnParams& p) const;
   absl::Status NeedIndex(const char* rpc) const;
 
   EngineOptions options_;
