@@ -78,6 +78,7 @@ struct DatastoreInfo {
   std::string index_factory;      // what keys.faiss holds
   std::string factory_note;       // why it differs from the request, if it does
   int64_t train_rows = 0;         // keys in the training sample (0 for Flat)
+  double index_seconds = 0;       // Finish's wall time: FAISS training, adding, saving (0 if not run)
   // File name (kDatastore*File) -> XXH3-64 of the whole file, 16 hex digits,
   // as in Manifest::checksums.
   std::map<std::string, std::string> checksums;
@@ -90,8 +91,8 @@ struct DatastoreFinishOptions {
   std::string factory;
   // Seeds the choice of training rows. Default: 1234
   uint64_t seed = 1234;
-  // Most keys in the training sample; 0 = max(256 * nlist, 100000), as
-  // VectorIndex::Train. Default: 0
+  // Most keys in the training sample; 0 = max(64 * nlist, 20000).
+  // Default: 0
   int64_t max_train = 0;
   // Keys converted to float32 and added to the index at a time; 0 = as many
   // as fit in 64 MiB. Bounds Finish's memory besides the training sample
