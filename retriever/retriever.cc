@@ -201,18 +201,28 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
   for (size_t i = 0; i < queries.size(); ++i) {
     if (queries[i].empty()) return absl::InvalidArgumentError("query " + std::to_string(i) + " is empty");
   }
-  std::vector<std::vector<Neighbour>> results(queries.size());
-  if (queries.empty()) return results;
+  if (queries.empty()) return std::vector<std::vector<Neighbour>>();
   std::vector<float> embeddings;
   RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
-  const int64_t nq = static_cast<int64_t>(queries.size());
+  return SearchEmbeddings(embeddings.data(), static_cast<int64_t>(queries.size()), options);
+}
+
+absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchEmbeddings(const float* embeddings, int64_t nq,
+                                                                                const SearchOptions& options) const {
+  if (options.k < 1 || options.k > VectorIndex::kMaxK) {
+    return absl::InvalidArgumentError("k must be in [1, " + std::to_string(VectorIndex::kMaxK) + "], got " +
+                                      std::to_string(options.k));
+  }
+  if (nq < 0 || (nq > 0 && embeddings == nullptr)) return absl::InvalidArgumentError("bad embeddings to search");
+  std::vector<std::vector<Neighbour>> results(static_cast<size_t>(nq));
+  if (nq == 0) return results;
   const int64_t total = num_vectors();
   const std::unordered_set<std::string> excluded(options.exclude_doc_ids.begin(), options.exclude_doc_ids.end());
 
   // Over-retrieve when excluding: start at 2k and double until every query
   // has k eligible chunks or the whole index was searched.
   int64_t fetch = excluded.empty() ? options.k : std::min<int64_t>(2 * options.k, VectorIndex::kMaxK);
-  std::vector<bool> done(queries.size(), false);
+  std::vector<bool> done(static_cast<size_t>(nq), false);
   while (true) {
     fetch = std::min<int64_t>(fetch, std::min<int64_t>(total, VectorIndex::kMaxK));
     if (fetch <= 0) return results;
@@ -221,7 +231,7 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
     {
       std::shared_lock<std::shared_mutex> lock(index_mu_);
       RAG_RETURN_IF_ERROR(
-          index_->Search(embeddings.data(), nq, static_cast<int>(fetch), options.nprobe, &distances, &ids));
+          index_->Search(embeddings, nq, static_cast<int>(fetch), options.nprobe, &distances, &ids));
     }
     bool all_done = true;
     for (int64_t q = 0; q < nq; ++q) {

@@ -61,6 +61,11 @@ class Retriever {
   // [1, kMaxK] or an empty query.
   absl::StatusOr<std::vector<std::vector<Neighbour>>> Search(const std::vector<std::vector<Token>>& queries,
                                                              const SearchOptions& options) const;
+  // The same for nq query vectors already embedded ([nq, dim] float32,
+  // row-major, the embedder's space), e.g. the rows of embeddings.f32 when
+  // RETRO precomputes the neighbours of every indexed chunk.
+  absl::StatusOr<std::vector<std::vector<Neighbour>>> SearchEmbeddings(const float* embeddings, int64_t nq,
+                                                                       const SearchOptions& options) const;
 
   // Writable only. Stores the document (fsynced), embeds its chunks and adds
   // them to the vector index; on return the document is durable and

@@ -2,18 +2,61 @@
 
 #include <torch/torch.h>
 
+#include <xxhash.h>
+
 #include <cmath>
 #include <filesystem>
+#include <random>
 
 #include "common/file_util.h"
 #include "common/status.h"
 #include "lm/generator.h"
+#include "lm/retro_leakage.h"
 #include "lm/scorer.h"
 
 namespace rag::services {
 namespace fs = std::filesystem;
 
 namespace {
+
+// RETRO's log-distribution [V] of the token after `ids` (preceded by `eot`):
+// one forward over the last chunk-aligned window that holds position n,
+// whose input chunk v >= 1 attends the set retrieved with document chunk
+// start + v - 1 (`sets` empty: retrieval off).
+absl::StatusOr<torch::Tensor> RetroNextTokenLogProbs(lm::RetroLM& model, const std::vector<lm::TokenId>& ids,
+                                                     lm::TokenId eot, const std::vector<lm::NeighbourSet>& sets) {
+  torch::NoGradGuard no_grad;
+  const lm::RetroConfig& c = model->config();
+  const int64_t m = c.chunk_size, ctx = c.decoder.context, k = c.neighbours, r = c.neighbour_tokens;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  // Input positions hold [eot, t_0, ..., t_{n-1}]; position n predicts.
+  const int64_t start = n + 1 > ctx ? (n + 1 - ctx + m - 1) / m : 0;  // in chunks
+  std::vector<int64_t> input;
+  input.push_back(start == 0 ? eot : ids[static_cast<size_t>(start * m - 1)]);
+  for (int64_t i = start * m; i < n; ++i) input.push_back(ids[static_cast<size_t>(i)]);
+  const int64_t len = static_cast<int64_t>(input.size());
+  const int64_t chunks = (len + m - 1) / m;
+  torch::Tensor tokens = torch::tensor(input, torch::kLong).view({1, len});  // [1, T]
+  torch::Tensor nb, mask;
+  if (!sets.empty()) {
+    nb = torch::zeros({1, chunks, k, r}, torch::kLong);  // [1, C, K, R]
+    mask = torch::zeros({1, chunks, k}, torch::kBool);   // [1, C, K]
+    auto nb_a = nb.accessor<int64_t, 4>();
+    auto mask_a = mask.accessor<bool, 3>();
+    for (int64_t v = 1; v < chunks; ++v) {
+      const int64_t j = start + v - 1;
+      if (j >= static_cast<int64_t>(sets.size())) break;
+      const lm::NeighbourSet& set = sets[static_cast<size_t>(j)];
+      for (int64_t q = 0; q < k && q < static_cast<int64_t>(set.present.size()); ++q) {
+        mask_a[0][v][q] = set.present[static_cast<size_t>(q)] != 0;
+        for (int64_t t = 0; t < r; ++t) nb_a[0][v][q][t] = set.tokens[static_cast<size_t>(q * r + t)];
+      }
+    }
+  }
+  torch::Tensor hidden = model->ForwardHidden(tokens, nb, mask);        // [1, T, D]
+  torch::Tensor logits = model->Logits(hidden.narrow(1, len - 1, 1));  // [1, 1, V]
+  return torch::log_softmax(logits.view({-1}).to(torch::kFloat32), -1);  // [V]
+}
 
 // LibTorch reports misuse by throwing; a request must never take the server
 // down, so every entry point converts exceptions to Internal.
@@ -107,14 +150,22 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     std::unique_ptr<Engine> e(new Engine());
     e->options_ = options;
     if (options.model_dir.empty()) return absl::InvalidArgumentError("a model directory is required");
-    auto model = lm::LanguageModel::Open(options.model_dir);
-    if (!model.ok()) return Annotate(model.status(), "opening model");
-    e->model_ = std::move(*model);
+    if (lm::IsRetroModelDir(options.model_dir)) {
+      auto retro = lm::RetroModel::Open(options.model_dir);
+      if (!retro.ok()) return Annotate(retro.status(), "opening RETRO model");
+      e->retro_ = std::move(*retro);
+      e->model_ = &e->retro_->base();
+    } else {
+      auto model = lm::LanguageModel::Open(options.model_dir);
+      if (!model.ok()) return Annotate(model.status(), "opening model");
+      e->owned_model_ = std::move(*model);
+      e->model_ = e->owned_model_.get();
+    }
     auto split = ReadFile((fs::path(options.model_dir) / lm::kSplitFile).string());
     if (split.ok()) e->split_json_ = std::move(*split);
     if (options.index_dir.empty()) return e;
     if (options.embedder_path.empty()) {
-      e->embedder_ = lm::MakeLmEmbedder(e->model_.get());
+      e->embedder_ = lm::MakeLmEmbedder(e->model_);
     } else {
       auto emb = lm::LoadTorchScriptEmbedder(options.embedder_path);
       if (!emb.ok()) return Annotate(emb.status(), "loading the embedder");
@@ -175,7 +226,9 @@ absl::Status Engine::CheckMode(const std::string& mode) const {
                                          "`rag build --datastore` and serve it with --index)");
   }
   if (mode == "retro") {
-    return absl::UnimplementedError("mode '" + mode + "' is not available in this version yet; use lm");
+    if (retro_ != nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError("mode retro needs a RETRO model (train one with `rag train --arch retro` "
+                                         "and serve its directory with --model)");
   }
   return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
 }
@@ -199,7 +252,7 @@ absl::StatusOr<Engine::KnnParams> Engine::ParseKnn(bool has_lambda, float lambda
     return absl::InvalidArgumentError("k must be in [1, " + std::to_string(options_.limits.max_k) + "], got " +
                                       std::to_string(k));
   }
-  p.nprobe = nprobe == 0 ? 16 : nprobe;
+  p.nprobe = nprobe == 0 ? kDefaultKnnNprobe : nprobe;
   if (p.nprobe < 1 || p.nprobe > (1 << 16)) {
     return absl::InvalidArgumentError("nprobe must be in [1, 65536], got " + std::to_string(nprobe));
   }
@@ -238,6 +291,110 @@ absl::StatusOr<torch::Tensor> Engine::KnnDistribution(const torch::Tensor& hidde
   SplitNeighbours(nb[0], &values, &distances);
   return lm::InterpolateLogDistribution(lm_logprobs, values.data(), distances.data(),
                                         static_cast<int64_t>(values.size()), p.knn.lambda, p.knn.temperature);
+}
+
+absl::StatusOr<Engine::RetroParams> Engine::ParseRetro(const std::string& retrieval, bool has_leakage, int leakage,
+                                                       const std::string& exclude_doc_id) const {
+  RetroParams p;
+  if (!retrieval.empty()) p.retrieval = retrieval;
+  if (p.retrieval != "on" && p.retrieval != "off" && p.retrieval != "random") {
+    return absl::InvalidArgumentError("retrieval must be on, off or random, got '" + retrieval + "'");
+  }
+  if (has_leakage) {
+    if (leakage < 0) return absl::InvalidArgumentError("leakage_filter must be >= 0 (0 = off)");
+    p.leakage_filter = leakage;
+  }
+  p.exclude_doc_id = exclude_doc_id;
+  if (p.retrieval != "off" && retriever_ == nullptr) {
+    return absl::FailedPreconditionError("retro retrieval " + p.retrieval +
+                                         " needs the index the RETRO model retrieves from (start with --index), "
+                                         "or use retrieval off");
+  }
+  return p;
+}
+
+lm::NeighbourSet Engine::ToNeighbourSet(const std::vector<retriever::Neighbour>& list) const {
+  const auto& c = retro_->config();
+  const int64_t k = c.neighbours, r = c.neighbour_tokens;
+  lm::NeighbourSet set;
+  set.tokens.assign(static_cast<size_t>(k * r), model_->tokenizer().eot_id());
+  set.present.assign(static_cast<size_t>(k), 0);
+  for (size_t j = 0; j < list.size() && static_cast<int64_t>(j) < k; ++j) {
+    int64_t i = 0;
+    for (const auto* part : {&list[j].tokens, &list[j].continuation}) {
+      for (size_t t = 0; t < part->size() && i < r; ++t) set.tokens[j * r + i++] = (*part)[t];
+    }
+    set.present[j] = 1;
+  }
+  return set;
+}
+
+absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vector<lm::TokenId>& ids,
+                                                                const RetroParams& p, int64_t* filtered) const {
+  const auto& c = retro_->config();
+  const int64_t m = c.chunk_size, k = c.neighbours, r = c.neighbour_tokens;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t chunks = (n + m - 1) / m;
+  std::vector<lm::NeighbourSet> sets(static_cast<size_t>(chunks));
+  if (chunks == 0) return sets;
+  sets.back().tokens.assign(static_cast<size_t>(k * r), model_->tokenizer().eot_id());
+  sets.back().present.assign(static_cast<size_t>(k), 0);
+  auto chunk = [&](int64_t j) {
+    return std::vector<lm::TokenId>(ids.begin() + j * m, ids.begin() + std::min(n, (j + 1) * m));
+  };
+  // Neighbours sharing a long run with the chunk they help predict are the
+  // evaluated text itself: dropped, and more are fetched to replace them.
+  auto keep = [&](int64_t j, std::vector<retriever::Neighbour> list) {
+    std::vector<retriever::Neighbour> kept;
+    const std::vector<lm::TokenId> target = chunk(j + 1);
+    for (auto& nb : list) {
+      if (static_cast<int64_t>(kept.size()) >= k) break;
+      if (p.leakage_filter > 0) {
+        std::vector<lm::TokenId> text(nb.tokens.begin(), nb.tokens.end());
+        text.insert(text.end(), nb.continuation.begin(), nb.continuation.end());
+        if (static_cast<int64_t>(text.size()) > r) text.resize(static_cast<size_t>(r));
+        if (lm::SharesTokenRun(target, text, p.leakage_filter)) {
+          ++*filtered;
+          continue;
+        }
+      }
+      kept.push_back(std::move(nb));
+    }
+    return kept;
+  };
+  const int64_t queries = chunks - 1;  // the last chunk's set is never attended
+  if (p.retrieval == "random") {
+    // Seeded by the text, so the control is reproducible.
+    std::mt19937_64 rng(XXH3_64bits(ids.data(), ids.size() * sizeof(lm::TokenId)));
+    const int64_t total = retriever_->num_vectors();
+    for (int64_t j = 0; j < queries; ++j) {
+      std::vector<retriever::ChunkId> drawn;
+      for (int64_t i = 0; i < 4 * k && total > 0; ++i) drawn.push_back(static_cast<int64_t>(rng() % total));
+      RAG_ASSIGN_OR_RETURN(auto records, retriever_->chunk_store().GetChunks(drawn));
+      std::vector<retriever::Neighbour> list;
+      for (auto& rec : records) {
+        if (!p.exclude_doc_id.empty() && rec.doc_id == p.exclude_doc_id) continue;
+        list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});
+      }
+      sets[j] = ToNeighbourSet(keep(j, std::move(list)));
+    }
+    return sets;
+  }
+  std::vector<std::vector<lm::TokenId>> query_chunks;
+  for (int64_t j = 0; j < queries; ++j) query_chunks.push_back(chunk(j));
+  retriever::SearchOptions so;
+  so.k = static_cast<int>(p.leakage_filter > 0 ? 4 * k : k);
+  if (!p.exclude_doc_id.empty()) so.exclude_doc_ids = {p.exclude_doc_id};
+  constexpr int64_t kBatch = 64;
+  for (int64_t b = 0; b < queries; b += kBatch) {
+    std::vector<std::vector<lm::TokenId>> batch(query_chunks.begin() + b,
+                                                query_chunks.begin() + std::min(queries, b + kBatch));
+    RAG_ASSIGN_OR_RETURN(auto found, retriever_->Search(batch, so));
+    for (size_t q = 0; q < found.size(); ++q) {
+      sets[b + static_cast<int64_t>(q)] = ToNeighbourSet(keep(b + static_cast<int64_t>(q), std::move(found[q])));
+    }
+  }
+  return sets;
 }
 
 absl::Status Engine::NeedIndex(const char* rpc) const {
@@ -328,6 +485,24 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
         }
       }
       r.set_mode("knnlm");
+    } else if (request.mode() == "retro") {
+      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), request.has_leakage_filter(),
+                                                     request.leakage_filter(), request.exclude_doc_id()));
+      const int64_t m = retro_->config().chunk_size;
+      if (request.stride() % m != 0) {
+        return absl::InvalidArgumentError("stride must be a multiple of the RETRO chunk size " + std::to_string(m));
+      }
+      std::vector<lm::NeighbourSet> sets;
+      int64_t filtered = 0;
+      if (p.retrieval != "off") {
+        RAG_ASSIGN_OR_RETURN(sets, RetroSets(ids, p, &filtered));
+      }
+      lm::RetroScoreOptions ro;
+      ro.stride_chunks = request.stride() / m;
+      RAG_ASSIGN_OR_RETURN(logprobs, lm::ScoreRetroTokens(retro_->module(), ids, tok.eot_id(), sets, ro));
+      r.set_mode("retro");
+      r.set_retrievals(sets.empty() ? 0 : static_cast<int64_t>(sets.size()) - 1);
+      r.set_neighbours_filtered(filtered);
     } else {
       logprobs = lm::ScoreTokens(model_->module(), ids, tok.eot_id(), so);
       r.set_mode("lm");
@@ -360,11 +535,25 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
                                         "], got " + std::to_string(request.top_n()));
     }
     const auto& tok = model_->tokenizer();
-    torch::Tensor hidden;
-    torch::Tensor logprobs =
-        lm::NextTokenLogProbs(model_->module(), tok.Encode(request.text()), tok.eot_id(), &hidden);
     v1::NextTokenResponse r;
-    r.set_mode("lm");
+    torch::Tensor hidden, logprobs;
+    if (request.mode() == "retro") {
+      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, ""));
+      const auto ids = tok.Encode(request.text());
+      std::vector<lm::NeighbourSet> sets;
+      int64_t filtered = 0;
+      // Sets of the complete chunks only: the next token sits after them.
+      std::vector<lm::TokenId> complete(ids.begin(), ids.end() - static_cast<int64_t>(ids.size()) % retro_->config().chunk_size);
+      complete.push_back(tok.eot_id());  // a last (partial) chunk whose set is never used
+      if (p.retrieval != "off" && complete.size() > 1) {
+        RAG_ASSIGN_OR_RETURN(sets, RetroSets(complete, p, &filtered));
+      }
+      RAG_ASSIGN_OR_RETURN(logprobs, RetroNextTokenLogProbs(retro_->module(), ids, tok.eot_id(), sets));
+      r.set_mode("retro");
+    } else {
+      logprobs = lm::NextTokenLogProbs(model_->module(), tok.Encode(request.text()), tok.eot_id(), &hidden);
+      r.set_mode("lm");
+    }
     if (request.mode() == "knnlm") {
       RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(), request.has_temperature(),
                                                  request.temperature(), request.k(), request.nprobe(),
@@ -429,19 +618,52 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
       };
     }
     bool cancelled = false;
-    auto generated =
-        lm::Generate(model_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, [&](lm::TokenId id) {
-          if (!on_token) return true;
-          v1::GenerateResponse msg;
-          msg.set_token_id(id);
-          if (id == tok.eot_id()) {
-            msg.set_end_of_text(true);
-          } else {
-            msg.set_piece(tok.TokenBytes(id));
-          }
-          cancelled = !on_token(msg);
-          return !cancelled;
-        }, hook);
+    auto emit = [&](lm::TokenId id) {
+      if (!on_token) return true;
+      v1::GenerateResponse msg;
+      msg.set_token_id(id);
+      if (id == tok.eot_id()) {
+        msg.set_end_of_text(true);
+      } else {
+        msg.set_piece(tok.TokenBytes(id));
+      }
+      cancelled = !on_token(msg);
+      return !cancelled;
+    };
+    v1::GenerateResponse done;
+    absl::StatusOr<std::vector<lm::TokenId>> generated;
+    if (request.mode() == "retro") {
+      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, ""));
+      lm::RetrieveFn retrieve;
+      if (p.retrieval != "off") {
+        // Neighbours of each completed chunk: retrieved (or drawn at random)
+        // once, and reported in the final message.
+        retrieve = [&](const std::vector<lm::TokenId>& chunk) -> absl::StatusOr<lm::NeighbourSet> {
+          std::vector<lm::TokenId> query = chunk;
+          query.push_back(tok.eot_id());
+          int64_t filtered = 0;
+          RAG_ASSIGN_OR_RETURN(auto sets, RetroSets(query, p, &filtered));
+          return sets[0];
+        };
+      }
+      auto on_retrieve = [&](int64_t chunk, const lm::NeighbourSet& set) {
+        v1::ChunkRetrieval* rv = done.add_retrievals();
+        rv->set_chunk(chunk);
+        const int64_t r_tokens = retro_->config().neighbour_tokens;
+        for (size_t j = 0; j < set.present.size(); ++j) {
+          if (!set.present[j]) continue;
+          v1::Neighbour* nb = rv->add_neighbours();
+          std::vector<int32_t> t(set.tokens.begin() + static_cast<int64_t>(j) * r_tokens,
+                                 set.tokens.begin() + static_cast<int64_t>(j + 1) * r_tokens);
+          nb->set_text(Decode(tok, t));
+          nb->mutable_token_ids()->Add(t.begin(), t.end());
+        }
+      };
+      generated = lm::GenerateRetro(retro_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, retrieve, emit,
+                                    on_retrieve);
+    } else {
+      generated = lm::Generate(model_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, emit, hook);
+    }
     if (!generated.ok()) return generated.status();
     RAG_RETURN_IF_ERROR(hook_status);
     if (cancelled) return absl::CancelledError("generation cancelled by the client");
@@ -449,7 +671,6 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     for (auto id : *generated) {
       if (id != tok.eot_id()) text_ids.push_back(id);
     }
-    v1::GenerateResponse done;
     done.set_done(true);
     done.set_text(Decode(tok, text_ids));
     done.set_tokens(static_cast<int64_t>(generated->size()));
@@ -465,6 +686,7 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
   r.set_split_json(split_json_);
   r.add_modes("lm");
   if (datastore_ != nullptr) r.add_modes("knnlm");
+  if (retro_ != nullptr) r.add_modes("retro");
   return r;
 }
 

@@ -14,6 +14,7 @@
 #include <iostream>
 #include <sstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "common/file_util.h"
 #include "common/progress.h"
@@ -21,6 +22,7 @@
 #include "eval/perplexity.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
+#include "index_builder/retro_training.h"
 #include "lm/data_split.h"
 #include "lm/generator.h"
 #include "lm/knnlm.h"
@@ -79,12 +81,81 @@ struct TrainArgs {
   int vocab_size = 4096;
   double lr = 0, validation_fraction = 0.05;
   uint64_t seed = 1234;
-  bool resume = false, overwrite = false, json_out = false, quiet = false;
+  bool resume = false, overwrite = false, json_out = false, quiet = false, train_all = false;
+  int nprobe = 16;
 };
 
+// Trainer flags common to both architectures, over `o`'s preset values.
+template <typename Options>
+void ApplyTrainerFlags(const TrainArgs& a, Options* o) {
+  o->seed = a.seed;
+  o->show_progress = !a.quiet;
+  if (a.steps > 0) {
+    o->steps = a.steps;
+    o->warmup_steps = std::min(o->warmup_steps, std::max<int64_t>(1, a.steps / 10));
+  }
+  if (a.batch_size > 0) o->batch_size = a.batch_size;
+  if (a.lr > 0) o->lr = a.lr;
+  if (a.warmup >= 0) o->warmup_steps = a.warmup;
+  if (a.checkpoint_every >= 0) o->checkpoint_every = a.checkpoint_every;
+  if (a.eval_every >= 0) o->eval_every = a.eval_every;
+}
+
+int RunTrainRetro(const TrainArgs& a) {
+  rag::index_builder::RetroTrainJob job;
+  if (!a.corpus.empty()) {
+    // RETRO trains on the index's own documents (their chunks are what the
+    // neighbours were computed for); a corpus restricts which of them.
+    auto docs = rag::index_builder::ReadCorpus(a.corpus);
+    if (!docs.ok()) return Fail(docs.status());
+    for (const auto& d : *docs) job.only_documents.insert(d.id);
+  }
+  job.out_dir = a.out;
+  job.index_dir = a.index;
+  job.base_dir = a.init;
+  job.resume = a.resume;
+  job.overwrite = a.overwrite;
+  job.nprobe = a.nprobe;
+  job.trainer = rag::index_builder::RetroPresetOptions(a.preset);
+  ApplyTrainerFlags(a, &job.trainer);
+  job.trainer.freeze_decoder = !a.train_all;
+  if (a.seq_len > 0) return Fail(absl::InvalidArgumentError("--seq-len: RETRO trains on full-context windows"));
+  if (!a.config_file.empty()) {
+    auto text = rag::ReadFile(a.config_file);
+    if (!text.ok()) return Fail(rag::Annotate(text.status(), "--config"));
+    job.config_overrides_json = *text;
+  }
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto summary = rag::index_builder::TrainRetro(job, &g_stop);
+  if (!summary.ok()) return Fail(summary.status());
+  json j = {{"model_dir", a.out},
+            {"arch", "retro"},
+            {"retrofit", !a.train_all},
+            {"steps", summary->steps},
+            {"train_documents", summary->train_documents},
+            {"train_chunks", summary->train_chunks},
+            {"validation_documents", summary->validation_documents},
+            {"validation_loss", summary->validation_loss},
+            {"validation_loss_no_retrieval", summary->validation_loss_no_retrieval},
+            {"seconds", summary->seconds}};
+  if (a.json_out) {
+    PrintJson(j);
+  } else {
+    std::printf("trained %s (RETRO, %s): %lld steps in %.0f s; validation loss %.3f with neighbours, %.3f "
+                "without (ppl %.1f vs %.1f on the trainer's windows)\n",
+                a.out.c_str(), a.train_all ? "all weights" : "retrofitted", static_cast<long long>(summary->steps),
+                summary->seconds, summary->validation_loss, summary->validation_loss_no_retrieval,
+                std::exp(summary->validation_loss), std::exp(summary->validation_loss_no_retrieval));
+  }
+  return 0;
+}
+
 int RunTrain(const TrainArgs& a) {
-  if (a.arch == "retro") return Fail(absl::UnimplementedError("--arch retro is not available in this version yet"));
+  if (a.arch == "retro") return RunTrainRetro(a);
+  if (a.corpus.empty()) return Fail(absl::InvalidArgumentError("--corpus is required"));
   if (a.arch != "lm") return Fail(absl::InvalidArgumentError("--arch must be lm or retro, got '" + a.arch + "'"));
+  if (a.train_all) return Fail(absl::InvalidArgumentError("--train-all applies to --arch retro only"));
   if (!a.init.empty() || !a.index.empty()) {
     return Fail(absl::InvalidArgumentError("--init and --index apply to --arch retro only"));
   }
@@ -98,18 +169,8 @@ int RunTrain(const TrainArgs& a) {
   job.resume = a.resume;
   job.overwrite = a.overwrite;
   job.trainer = *options;
-  job.trainer.seed = a.seed;
-  job.trainer.show_progress = !a.quiet;
-  if (a.steps > 0) {
-    job.trainer.steps = a.steps;
-    job.trainer.warmup_steps = std::min(job.trainer.warmup_steps, std::max<int64_t>(1, a.steps / 10));
-  }
-  if (a.batch_size > 0) job.trainer.batch_size = a.batch_size;
+  ApplyTrainerFlags(a, &job.trainer);
   if (a.seq_len > 0) job.trainer.seq_len = a.seq_len;
-  if (a.lr > 0) job.trainer.lr = a.lr;
-  if (a.warmup >= 0) job.trainer.warmup_steps = a.warmup;
-  if (a.checkpoint_every >= 0) job.trainer.checkpoint_every = a.checkpoint_every;
-  if (a.eval_every >= 0) job.trainer.eval_every = a.eval_every;
   if (!a.config_file.empty()) {
     auto text = rag::ReadFile(a.config_file);
     if (!text.ok()) return Fail(rag::Annotate(text.status(), "--config"));
@@ -209,14 +270,24 @@ struct KnnArgs {
   double lambda = std::nan(""), temperature = std::nan("");
   int k = 0, nprobe = 0;
   bool exact = false;
+  // retro: on, off or random ("" = on); leakage filter in tokens (-1 = the
+  // server's default, 32; 0 = off).
+  std::string retrieval;
+  int leakage_filter = -1;
 };
 
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
   cmd->add_option("--lambda", k->lambda, "knnlm: weight of p_knn in [0, 1] (default 0.25)");
   cmd->add_option(temperature_flag, k->temperature, "knnlm: temperature of the neighbour distribution (default 1)");
   cmd->add_option("--k", k->k, "knnlm: neighbours per token (default 1024)");
-  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 16)");
+  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 8)");
   cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
+  cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
+}
+
+void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
+  cmd->add_option("--leakage-filter", k->leakage_filter,
+                  "retro: drop neighbours sharing a run of this many tokens with the predicted chunk (default 32, 0 = off)");
 }
 
 template <typename Request>
@@ -226,6 +297,10 @@ void SetKnn(const KnnArgs& k, Request* req) {
   req->set_k(k.k);
   req->set_nprobe(k.nprobe);
   req->set_exact_distances(k.exact);
+  req->set_retrieval(k.retrieval);
+  if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {
+    if (k.leakage_filter >= 0) req->set_leakage_filter(k.leakage_filter);
+  }
 }
 
 int RunScore(const TargetArgs& target, const std::string& text_arg, const std::string& text_file,
@@ -261,7 +336,7 @@ struct GenerateArgs {
   KnnArgs knn;
   std::string prompt, prompt_file, mode = "lm";
   rag::lm::SamplingOptions sampling;
-  bool json_out = false;
+  bool json_out = false, show_neighbours = false;
 };
 
 int RunGenerate(GenerateArgs a) {
@@ -284,15 +359,35 @@ int RunGenerate(GenerateArgs a) {
   if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
   req.set_k(a.knn.k);
   req.set_nprobe(a.knn.nprobe);
+  req.set_retrieval(a.knn.retrieval);
   auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
     if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
     return g_stop.load() == false;
   });
   if (!done.ok()) return Fail(done.status());
+  json retrievals = json::array();
+  for (const auto& rv : done->retrievals()) {
+    json nbs = json::array();
+    for (const auto& nb : rv.neighbours()) nbs.push_back(nb.text());
+    retrievals.push_back({{"chunk", rv.chunk()}, {"neighbours", nbs}});
+  }
   if (a.json_out) {
-    PrintJson({{"mode", a.mode}, {"prompt", *prompt}, {"text", done->text()}, {"tokens", done->tokens()}});
+    json j = {{"mode", a.mode}, {"prompt", *prompt}, {"text", done->text()}, {"tokens", done->tokens()}};
+    if (a.mode == "retro") j["retrievals"] = retrievals;
+    PrintJson(j);
   } else {
     std::cout << std::endl;
+    if (a.show_neighbours) {
+      for (const auto& rv : retrievals) {
+        std::printf("  [retrieved with chunk %lld]\n", static_cast<long long>(rv["chunk"].get<int64_t>()));
+        for (const auto& nb : rv["neighbours"]) {
+          std::string t = nb.get<std::string>();
+          for (char& ch : t) if (ch == '\n') ch = ' ';
+          if (t.size() > 160) t = t.substr(0, 160) + "...";
+          std::printf("    - %s\n", t.c_str());
+        }
+      }
+    }
   }
   return 0;
 }
@@ -340,21 +435,43 @@ struct EvalPplArgs {
   bool json_out = false, quiet = false, exclude_own = false;
 };
 
-// --sweep lambda=0.1,0.25,0.5 -> {0.1, 0.25, 0.5}.
-absl::StatusOr<std::vector<double>> ParseSweep(const std::string& spec) {
-  std::vector<double> out;
+struct Sweep {
+  std::vector<double> lambdas;
+  std::vector<double> temperatures;  // empty: the request's temperature only
+  bool empty() const { return lambdas.empty(); }
+};
+
+// --sweep lambda=0.1,0.25,0.5[;temperature=1,10,30]. Lambdas cost nothing
+// (each scoring pass returns both distributions); each temperature is one
+// scoring pass.
+absl::StatusOr<Sweep> ParseSweep(const std::string& spec) {
+  Sweep out;
   if (spec.empty()) return out;
-  if (spec.rfind("lambda=", 0) != 0) return absl::InvalidArgumentError("--sweep must look like lambda=0.1,0.25,0.5");
-  std::stringstream ss(spec.substr(7));
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end = nullptr;
-    const double v = std::strtod(item.c_str(), &end);
-    if (item.empty() || *end != '\0' || !(v >= 0 && v <= 1)) {
-      return absl::InvalidArgumentError("--sweep: '" + item + "' is not a lambda in [0, 1]");
+  const std::string usage = "--sweep must look like lambda=0.1,0.25,0.5 or lambda=0.1,0.25;temperature=1,10";
+  std::stringstream parts(spec);
+  std::string part;
+  while (std::getline(parts, part, ';')) {
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) return absl::InvalidArgumentError(usage);
+    const std::string name = part.substr(0, eq);
+    std::vector<double>* values = name == "lambda" ? &out.lambdas : name == "temperature" ? &out.temperatures : nullptr;
+    if (values == nullptr || !values->empty()) return absl::InvalidArgumentError(usage);
+    std::stringstream ss(part.substr(eq + 1));
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      char* end = nullptr;
+      const double v = std::strtod(item.c_str(), &end);
+      const bool ok = !item.empty() && *end == '\0' &&
+                      (name == "lambda" ? (v >= 0 && v <= 1) : (v > 0 && std::isfinite(v)));
+      if (!ok) {
+        return absl::InvalidArgumentError("--sweep: '" + item + "' is not a " +
+                                          (name == "lambda" ? "lambda in [0, 1]" : "temperature > 0"));
+      }
+      values->push_back(v);
     }
-    out.push_back(v);
+    if (values->empty()) return absl::InvalidArgumentError(usage);
   }
+  if (out.lambdas.empty()) return absl::InvalidArgumentError("--sweep needs lambda=...: " + usage);
   return out;
 }
 
@@ -394,9 +511,14 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   double sum = 0;
   int64_t tokens = 0, documents = 0;
   size_t done = 0;
-  // With a sweep: the summed NLL at each lambda, and the LM's alone.
-  std::vector<double> sweep_sum(sweep->size(), 0.0);
+  // With a sweep: the summed NLL at each (temperature, lambda), and the LM's
+  // alone. The headline perplexity is the first temperature's pass.
+  std::vector<std::optional<double>> temperatures;
+  for (double t : sweep->temperatures) temperatures.push_back(t);
+  if (temperatures.empty()) temperatures.push_back(std::nullopt);
+  std::vector<std::vector<double>> sweep_sum(temperatures.size(), std::vector<double>(sweep->lambdas.size(), 0.0));
   double lm_sum = 0;
+  int64_t filtered = 0;
   for (const auto& d : selected) {
     done += d.text.size();
     if (d.text.empty()) continue;
@@ -404,23 +526,35 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
       return Fail(absl::InvalidArgumentError("document '" + d.id + "' is not valid UTF-8, which gRPC requires; "
                                              "evaluate it in-process (--model)"));
     }
-    rag::v1::ScoreRequest req;
-    req.set_text(d.text);
-    req.set_mode(a.mode);
-    req.set_stride(static_cast<int32_t>(a.stride));
-    SetKnn(a.knn, &req);
-    if (a.exclude_own) req.set_exclude_doc_id(d.id);
-    req.set_components(!sweep->empty());
-    auto r = (*backend)->Score(req);
-    if (!r.ok()) return Fail(rag::Annotate(r.status(), "scoring document '" + d.id + "'"));
-    sum -= r->logprob_sum();
-    for (int i = 0; i < r->lm_logprobs_size(); ++i) {
-      lm_sum -= r->lm_logprobs(i);
-      for (size_t s = 0; s < sweep->size(); ++s) {
-        sweep_sum[s] -= rag::lm::InterpolateLogProb(r->lm_logprobs(i), r->knn_logprobs(i), (*sweep)[s]);
+    for (size_t ti = 0; ti < temperatures.size(); ++ti) {
+      rag::v1::ScoreRequest req;
+      req.set_text(d.text);
+      req.set_mode(a.mode);
+      req.set_stride(static_cast<int32_t>(a.stride));
+      SetKnn(a.knn, &req);
+      if (temperatures[ti]) req.set_temperature(static_cast<float>(*temperatures[ti]));
+      if (a.exclude_own) req.set_exclude_doc_id(d.id);
+      req.set_components(!sweep->empty());
+      auto r = (*backend)->Score(req);
+      if (!r.ok()) return Fail(rag::Annotate(r.status(), "scoring document '" + d.id + "'"));
+      if (ti > 0) {
+        for (size_t s = 0; s < sweep->lambdas.size(); ++s) {
+          for (int i = 0; i < r->lm_logprobs_size(); ++i) {
+            sweep_sum[ti][s] -= rag::lm::InterpolateLogProb(r->lm_logprobs(i), r->knn_logprobs(i), sweep->lambdas[s]);
+          }
+        }
+        continue;
       }
+      sum -= r->logprob_sum();
+      for (int i = 0; i < r->lm_logprobs_size(); ++i) {
+        lm_sum -= r->lm_logprobs(i);
+        for (size_t s = 0; s < sweep->lambdas.size(); ++s) {
+          sweep_sum[0][s] -= rag::lm::InterpolateLogProb(r->lm_logprobs(i), r->knn_logprobs(i), sweep->lambdas[s]);
+        }
+      }
+      tokens += r->tokens();
+      filtered += r->neighbours_filtered();
     }
-    tokens += r->tokens();
     documents += 1;
     if (progress) progress->Update(static_cast<int64_t>(done));
     if (g_stop.load()) return Fail(absl::CancelledError("interrupted"));
@@ -429,14 +563,23 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   const double nll = tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
   json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents}, {"tokens", tokens},
             {"nll", nll},       {"perplexity", std::exp(nll)}};
-  if (a.mode == "knnlm") j["exclude_own_document"] = a.exclude_own;
+  if (a.mode == "knnlm" || a.mode == "retro") j["exclude_own_document"] = a.exclude_own;
+  if (a.mode == "retro") {
+    j["retrieval"] = a.knn.retrieval.empty() ? "on" : a.knn.retrieval;
+    j["leakage_filter"] = a.knn.leakage_filter >= 0 ? a.knn.leakage_filter : 32;
+    j["neighbours_filtered"] = filtered;
+  }
   if (!sweep->empty() && tokens > 0) {
     j["lm_perplexity"] = std::exp(lm_sum / static_cast<double>(tokens));
     json rows = json::array();
-    for (size_t s = 0; s < sweep->size(); ++s) {
-      const double ppl = std::exp(sweep_sum[s] / static_cast<double>(tokens));
-      rows.push_back({{"lambda", (*sweep)[s]}, {"perplexity", ppl},
-                      {"change_vs_lm", ppl / j["lm_perplexity"].get<double>() - 1}});
+    for (size_t ti = 0; ti < temperatures.size(); ++ti) {
+      for (size_t s = 0; s < sweep->lambdas.size(); ++s) {
+        const double ppl = std::exp(sweep_sum[ti][s] / static_cast<double>(tokens));
+        json row = {{"lambda", sweep->lambdas[s]}, {"perplexity", ppl},
+                    {"change_vs_lm", ppl / j["lm_perplexity"].get<double>() - 1}};
+        row["temperature"] = temperatures[ti] ? *temperatures[ti] : (std::isnan(a.knn.temperature) ? 1.0 : a.knn.temperature);
+        rows.push_back(row);
+      }
     }
     j["sweep"] = rows;
   }
@@ -463,12 +606,17 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
       std::printf(" %12.2f %8.3f", j["unigram_perplexity"].get<double>(), j["ratio_to_unigram"].get<double>());
     }
     std::printf("\n");
+    if (a.mode == "retro") {
+      std::printf("retrieval %s, leakage filter %d tokens (%lld neighbours dropped)%s\n",
+                  j["retrieval"].get<std::string>().c_str(), j["leakage_filter"].get<int>(),
+                  static_cast<long long>(filtered), a.exclude_own ? ", own document excluded" : "");
+    }
     if (j.contains("sweep")) {
-      std::printf("\n%-8s %12s %10s   (LM alone: %.2f)\n", "lambda", "perplexity", "vs LM",
+      std::printf("\n%-12s %-8s %12s %10s   (LM alone: %.2f)\n", "temperature", "lambda", "perplexity", "vs LM",
                   j["lm_perplexity"].get<double>());
       for (const auto& row : j["sweep"]) {
-        std::printf("%-8.3f %12.2f %+9.1f%%\n", row["lambda"].get<double>(), row["perplexity"].get<double>(),
-                    100 * row["change_vs_lm"].get<double>());
+        std::printf("%-12g %-8.3f %12.2f %+9.1f%%\n", row["temperature"].get<double>(), row["lambda"].get<double>(),
+                    row["perplexity"].get<double>(), 100 * row["change_vs_lm"].get<double>());
       }
     }
   }
@@ -771,11 +919,13 @@ int main(int argc, char** argv) {
 
   TrainArgs train;
   auto* train_cmd = app.add_subcommand("train", "train a language model (and its tokenizer)");
-  train_cmd->add_option("--corpus", train.corpus, "corpus: .txt, .jsonl or directory")->required();
+  train_cmd->add_option("--corpus", train.corpus, "corpus: .txt, .jsonl or directory (retro: optional, restricts the index's documents)");
   train_cmd->add_option("--out", train.out, "model directory to write")->required();
   train_cmd->add_option("--arch", train.arch, "lm or retro")->capture_default_str();
   train_cmd->add_option("--index", train.index, "index directory (--arch retro)");
-  train_cmd->add_option("--init", train.init, "model directory to start from (--arch retro)");
+  train_cmd->add_option("--init", train.init, "retro: the LM the index was built with (its decoder, tokenizer, split)");
+  train_cmd->add_flag("--train-all", train.train_all, "retro: train the decoder too (default: retrofit, decoder frozen)");
+  train_cmd->add_option("--nprobe", train.nprobe, "retro: IVF lists visited when precomputing neighbours")->capture_default_str();
   train_cmd->add_option("--preset", train.preset, "tiny, small or base")->capture_default_str();
   train_cmd->add_option("--config", train.config_file, "JSON file of model config overrides");
   train_cmd->add_option("--steps", train.steps, "optimizer steps (default: the preset's)");
@@ -805,6 +955,7 @@ int main(int argc, char** argv) {
   score_cmd->add_flag("--json", score_json, "JSON with per-token log-probs");
   KnnArgs score_knn;
   AddKnnOptions(score_cmd, &score_knn, "--temperature");
+  AddLeakageOption(score_cmd, &score_knn);
 
   GenerateArgs gen;
   gen.sampling.max_tokens = 40;
@@ -819,6 +970,7 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--top-p", gen.sampling.top_p, "nucleus mass")->capture_default_str();
   gen_cmd->add_option("--seed", gen.sampling.seed, "sampling seed")->capture_default_str();
   gen_cmd->add_flag("--json", gen.json_out, "print JSON");
+  gen_cmd->add_flag("--show-neighbours", gen.show_neighbours, "retro: print the neighbours retrieved at each chunk");
   AddKnnOptions(gen_cmd, &gen.knn, "--knn-temperature");
 
   BuildArgs build;
@@ -908,9 +1060,10 @@ int main(int argc, char** argv) {
   ppl_cmd->add_flag("--json", ppl.json_out, "print JSON");
   ppl_cmd->add_option("--output", ppl.output, "also write the JSON result to this file");
   ppl_cmd->add_flag("--quiet", ppl.quiet, "no progress lines");
+  AddLeakageOption(ppl_cmd, &ppl.knn);
   AddKnnOptions(ppl_cmd, &ppl.knn, "--temperature");
-  ppl_cmd->add_option("--sweep", ppl.sweep, "knnlm: evaluate several lambdas in one pass, e.g. lambda=0.1,0.25,0.5");
-  ppl_cmd->add_flag("--exclude-own-doc", ppl.exclude_own, "knnlm: never use keys of the document being scored");
+  ppl_cmd->add_option("--sweep", ppl.sweep, "knnlm: several lambdas in one pass (lambda=0.1,0.25,0.5), optionally times temperatures, one pass each (;temperature=1,10)");
+  ppl_cmd->add_flag("--exclude-own-doc", ppl.exclude_own, "knnlm: never use keys of, retro: never retrieve chunks of, the document being scored");
 
   CLI11_PARSE(app, argc, argv);
   if (threads < 0) {

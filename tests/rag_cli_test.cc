@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -407,4 +408,66 @@ TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
            "-k", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["neighbours"][0]["doc_id"], "added");
+}
+
+TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
+  const std::string model = TrainTiny("lm");
+  const std::string corpus = dir_ / "corpus.jsonl";
+  const std::string index = dir_ / "idx";
+  Result r = Run({"build", "--corpus", corpus, "--model", model, "--out", index, "--chunk-tokens", "16",
+                  "--continuation-tokens", "16", "--index-factory", "Flat", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string config = dir_ / "retro.json";
+  std::ofstream(config) << R"({"chunk_size": 16, "neighbour_tokens": 32, "encoder_layers": 1})";
+  const std::vector<std::string> train = {"train", "--arch", "retro", "--index", index, "--init", model,
+                                          "--out", dir_ / "retro", "--config", config, "--steps", "12",
+                                          "--eval-every", "6", "--json"};
+  r = Run(train);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json t = json::parse(r.out);
+  EXPECT_EQ(t["steps"], 12);
+  EXPECT_EQ(t["retrofit"], true);
+  EXPECT_GT(t["train_chunks"].get<int>(), 10);
+  EXPECT_TRUE(fs::exists(fs::path(dir_ / "retro") / "retro_neighbours.bin"));
+  EXPECT_TRUE(fs::exists(fs::path(dir_ / "retro") / "base" / "model.pt"));
+  // A second run refuses to overwrite; --overwrite reuses the neighbour cache.
+  r = Run(train);
+  EXPECT_NE(r.exit_code, 0);
+  std::vector<std::string> again = train;
+  again.push_back("--overwrite");
+  r = Run(again);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
+
+  std::map<std::string, double> ppl;
+  for (const std::string retrieval : {"on", "off", "random"}) {
+    r = Run({"eval", "perplexity", "--model", dir_ / "retro", "--index", index, "--corpus", corpus, "--mode",
+             "retro", "--retrieval", retrieval, "--baseline", "none", "--exclude-own-doc", "--json", "--quiet"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    json p = json::parse(r.out);
+    EXPECT_EQ(p["retrieval"], retrieval);
+    EXPECT_EQ(p["leakage_filter"], 32);
+    ppl[retrieval] = p["perplexity"].get<double>();
+    EXPECT_GT(ppl[retrieval], 1.0);
+  }
+  // The retrofitted model (decoder frozen) without neighbours is its base LM.
+  r = Run({"eval", "perplexity", "--model", model, "--corpus", corpus, "--baseline", "none", "--json", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NEAR(ppl["off"], json::parse(r.out)["perplexity"].get<double>(), 1e-3 * ppl["off"]);
+
+  r = Run({"generate", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--prompt",
+           "The cat sees the red house and the dog", "--temperature", "0", "--max-tokens", "40", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json g = json::parse(r.out);
+  EXPECT_GE(g["retrievals"].size(), 2u);
+  r = Run({"generate", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--prompt", "The cat",
+           "--max-tokens", "40", "--show-neighbours"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("[retrieved with chunk"), std::string::npos) << r.out;
+
+  // RETRO needs the LM the index was built with.
+  const std::string other = TrainTiny("other", {"--seed", "99"});
+  r = Run({"train", "--arch", "retro", "--index", index, "--init", other, "--out", dir_ / "retro2", "--steps", "2"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("built with model"), std::string::npos) << r.err;
 }

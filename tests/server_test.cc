@@ -203,7 +203,7 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   score.set_mode("knnlm");  // this index has no datastore
   expect(client_->Score(score).status(), absl::StatusCode::kFailedPrecondition, "datastore");
   score.set_mode("retro");
-  expect(client_->Score(score).status(), absl::StatusCode::kUnimplemented, "retro");
+  expect(client_->Score(score).status(), absl::StatusCode::kFailedPrecondition, "--arch retro");
 
   v1::GenerateRequest gen;
   gen.set_max_tokens(5000);

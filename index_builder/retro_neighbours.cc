@@ -1,0 +1,187 @@
+#include "index_builder/retro_neighbours.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "common/status.h"
+
+namespace rag::index_builder {
+namespace {
+
+constexpr char kMagic[8] = {'R', 'A', 'G', 'R', 'N', 'B', '0', '1'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr size_t kHeaderBytes = 64;
+
+template <typename T>
+void Put(std::string* out, size_t offset, T value) {
+  std::memcpy(out->data() + offset, &value, sizeof(T));
+}
+
+template <typename T>
+T Get(const std::string& in, size_t offset) {
+  T value;
+  std::memcpy(&value, in.data() + offset, sizeof(T));
+  return value;
+}
+
+}  // namespace
+
+std::string IndexFingerprint(const retriever::Manifest& m) {
+  std::string f = "embedder=" + m.embedder_hash + ";tokenizer=" + m.tokenizer_hash +
+                  ";chunk=" + std::to_string(m.chunk_tokens) + "+" + std::to_string(m.continuation_tokens) +
+                  ";chunks=" + std::to_string(m.chunks);
+  for (const char* file : {retriever::kChunkIndexFile, retriever::kEmbeddingsFile}) {
+    auto it = m.checksums.find(file);
+    f += std::string(";") + file + "=" + (it == m.checksums.end() ? "" : it->second);
+  }
+  return f;
+}
+
+absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever,
+                                                            int32_t pad_token, const RetroNeighbourOptions& o) {
+  if (o.k < 1 || o.k > 64) return absl::InvalidArgumentError("RETRO neighbours: k must be in [1, 64]");
+  if (o.tokens < 1) return absl::InvalidArgumentError("RETRO neighbours: tokens per neighbour must be >= 1");
+  const retriever::Manifest manifest = retriever.manifest();
+  const retriever::ChunkStore& store = retriever.chunk_store();
+  const int64_t n = store.num_chunks();
+  const int dim = manifest.dim;
+  if (n != retriever.num_vectors() || n != manifest.chunks) {
+    return absl::FailedPreconditionError("index '" + retriever.index_dir() +
+                                         "' has unindexed chunks (a live add not yet checkpointed); open it "
+                                         "writable once or restart its server to catch up");
+  }
+  const std::string emb_path = (std::filesystem::path(retriever.index_dir()) / retriever::kEmbeddingsFile).string();
+  RAG_ASSIGN_OR_RETURN(std::string emb, ReadFile(emb_path));
+  if (dim <= 0 || emb.size() != static_cast<size_t>(n) * static_cast<size_t>(dim) * sizeof(float)) {
+    return absl::DataLossError("'" + emb_path + "' holds " + std::to_string(emb.size()) + " bytes, not " +
+                               std::to_string(n) + " rows of dim " + std::to_string(dim));
+  }
+  const float* rows = reinterpret_cast<const float*>(emb.data());
+
+  RetroNeighbourTable t;
+  t.chunks = n;
+  t.k = o.k;
+  t.tokens = o.tokens;
+  t.fingerprint = IndexFingerprint(manifest);
+  t.ids.assign(static_cast<size_t>(n * o.k), -1);
+  t.token_ids.assign(static_cast<size_t>(n * o.k * o.tokens), pad_token);
+
+  // Chunks of a document are consecutive ids, so a document is one batch
+  // whose queries all exclude that document.
+  std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> docs;  // doc id -> [first, end)
+  RAG_RETURN_IF_ERROR(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
+    if (docs.empty() || docs.back().first != c.doc_id) docs.push_back({c.doc_id, {c.id, c.id}});
+    docs.back().second.second = c.id + 1;
+    return true;
+  }));
+  Progress progress("retro: neighbours", n, "chunks");
+  for (const auto& [doc_id, range] : docs) {
+    retriever::SearchOptions so;
+    so.k = o.k;
+    so.nprobe = o.nprobe;
+    so.exclude_doc_ids = {doc_id};
+    const int64_t first = range.first, count = range.second - range.first;
+    RAG_ASSIGN_OR_RETURN(auto found, retriever.SearchEmbeddings(rows + first * dim, count, so));
+    for (int64_t q = 0; q < count; ++q) {
+      for (size_t j = 0; j < found[q].size() && static_cast<int>(j) < o.k; ++j) {
+        const retriever::Neighbour& nb = found[q][j];
+        const int64_t slot = (first + q) * o.k + static_cast<int64_t>(j);
+        t.ids[static_cast<size_t>(slot)] = nb.chunk_id;
+        int32_t* out = t.token_ids.data() + slot * o.tokens;
+        int r = 0;
+        for (const auto* part : {&nb.tokens, &nb.continuation}) {
+          for (size_t i = 0; i < part->size() && r < o.tokens; ++i) out[r++] = static_cast<int32_t>((*part)[i]);
+        }
+      }
+    }
+    if (o.show_progress) progress.Update(range.second);
+  }
+  if (o.show_progress) progress.Finish();
+  return t;
+}
+
+absl::Status SaveRetroNeighbours(const RetroNeighbourTable& t, const std::string& path) {
+  const size_t ids_bytes = t.ids.size() * sizeof(int64_t);
+  const size_t tok_bytes = t.token_ids.size() * sizeof(int32_t);
+  if (t.ids.size() != static_cast<size_t>(t.chunks * t.k) ||
+      t.token_ids.size() != static_cast<size_t>(t.chunks * t.k * t.tokens)) {
+    return absl::InvalidArgumentError("RETRO neighbour table has inconsistent sizes");
+  }
+  std::string out(kHeaderBytes + ids_bytes + tok_bytes, '\0');
+  std::memcpy(out.data(), kMagic, sizeof(kMagic));
+  Put<uint32_t>(&out, 8, kFormatVersion);
+  Put<uint32_t>(&out, 12, static_cast<uint32_t>(t.k));
+  Put<uint32_t>(&out, 16, static_cast<uint32_t>(t.tokens));
+  Put<uint64_t>(&out, 24, static_cast<uint64_t>(t.chunks));
+  Put<uint64_t>(&out, 32, XXH3_64bits(t.fingerprint.data(), t.fingerprint.size()));
+  std::memcpy(out.data() + kHeaderBytes, t.ids.data(), ids_bytes);
+  std::memcpy(out.data() + kHeaderBytes + ids_bytes, t.token_ids.data(), tok_bytes);
+  Put<uint64_t>(&out, 40, XXH3_64bits(out.data() + kHeaderBytes, out.size() - kHeaderBytes));
+  return WriteFileAtomic(path, out);
+}
+
+absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,
+                                                         const std::string& expected_fingerprint, int k,
+                                                         int tokens) {
+  if (!std::filesystem::exists(path)) return absl::NotFoundError("no RETRO neighbour cache at '" + path + "'");
+  RAG_ASSIGN_OR_RETURN(std::string in, ReadFile(path));
+  if (in.size() < kHeaderBytes || std::memcmp(in.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::DataLossError("'" + path + "' is not a RETRO neighbour cache (bad magic or truncated header)");
+  }
+  if (Get<uint32_t>(in, 8) != kFormatVersion) {
+    return absl::FailedPreconditionError("'" + path + "' has format version " + std::to_string(Get<uint32_t>(in, 8)) +
+                                         "; this binary reads " + std::to_string(kFormatVersion));
+  }
+  RetroNeighbourTable t;
+  t.k = static_cast<int>(Get<uint32_t>(in, 12));
+  t.tokens = static_cast<int>(Get<uint32_t>(in, 16));
+  t.chunks = static_cast<int64_t>(Get<uint64_t>(in, 24));
+  const size_t ids = static_cast<size_t>(t.chunks) * static_cast<size_t>(t.k);
+  const size_t toks = ids * static_cast<size_t>(t.tokens);
+  if (t.chunks < 0 || in.size() != kHeaderBytes + ids * 8 + toks * 4) {
+    return absl::DataLossError("'" + path + "' is truncated or has trailing bytes");
+  }
+  if (Get<uint64_t>(in, 40) != XXH3_64bits(in.data() + kHeaderBytes, in.size() - kHeaderBytes)) {
+    return absl::DataLossError("'" + path + "' is corrupt (payload checksum mismatch)");
+  }
+  if (Get<uint64_t>(in, 32) != XXH3_64bits(expected_fingerprint.data(), expected_fingerprint.size())) {
+    return absl::FailedPreconditionError("'" + path +
+                                         "' was computed from another index (or this one before it changed)");
+  }
+  if (t.k != k || t.tokens != tokens) {
+    return absl::FailedPreconditionError("'" + path + "' holds " + std::to_string(t.k) + " neighbours of " +
+                                         std::to_string(t.tokens) + " tokens; " + std::to_string(k) + " of " +
+                                         std::to_string(tokens) + " are wanted");
+  }
+  t.fingerprint = expected_fingerprint;
+  t.ids.resize(ids);
+  t.token_ids.resize(toks);
+  std::memcpy(t.ids.data(), in.data() + kHeaderBytes, ids * 8);
+  std::memcpy(t.token_ids.data(), in.data() + kHeaderBytes + ids * 8, toks * 4);
+  return t;
+}
+
+absl::StatusOr<RetroNeighbourTable> LoadOrComputeRetroNeighbours(const retriever::Retriever& retriever,
+                                                                  int32_t pad_token,
+                                                                  const RetroNeighbourOptions& options,
+                                                                  const std::string& path) {
+  auto cached = LoadRetroNeighbours(path, IndexFingerprint(retriever.manifest()), options.k, options.tokens);
+  if (cached.ok()) {
+    if (options.show_progress) std::fprintf(stderr, "retro: neighbours from the cache %s\n", path.c_str());
+    return cached;
+  }
+  if (!absl::IsNotFound(cached.status())) {
+    std::fprintf(stderr, "retro: not using the neighbour cache: %s\n", cached.status().ToString().c_str());
+  }
+  RAG_ASSIGN_OR_RETURN(RetroNeighbourTable t, ComputeRetroNeighbours(retriever, pad_token, options));
+  RAG_RETURN_IF_ERROR(SaveRetroNeighbours(t, path));
+  return t;
+}
+
+}  // namespace rag::index_builder

@@ -1,0 +1,51 @@
+// `rag train --arch retro` as a library call: open the base LM and the index
+// it built, precompute (or reuse the cached) neighbours of every indexed
+// chunk with its own document excluded, split the index's documents by the
+// base LM's split, train the RetroLM (retrofitting: the base LM's decoder
+// frozen, encoder + CCA trained; or all weights), and save a RETRO model
+// directory (lm/retro_model.h). Resumable from the checkpoint in the output
+// directory.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <unordered_set>
+
+#include "absl/status/statusor.h"
+#include "lm/retro_trainer.h"
+
+namespace rag::index_builder {
+
+struct RetroTrainJob {
+  std::string out_dir;
+  std::string index_dir;              // built with the base LM's embedder
+  std::string base_dir;               // the trained LM (`--init`); its tokenizer, split and embedder
+  std::string config_overrides_json;  // JSON object applied over the RETRO defaults; "" = none
+  lm::RetroTrainerOptions trainer;    // freeze_decoder = retrofitting
+  int nprobe = 16;                    // IVF lists when precomputing neighbours
+  // Ids of the index's documents to use (split by the base LM's split); empty = all.
+  std::unordered_set<std::string> only_documents;
+  bool resume = false;                // continue from out_dir/checkpoint.pt
+  bool overwrite = false;             // start over even if out_dir holds a run
+};
+
+struct RetroTrainSummary {
+  int64_t steps = 0;
+  size_t train_documents = 0;
+  size_t validation_documents = 0;
+  int64_t train_chunks = 0;
+  double validation_loss = 0;          // nats/token, neighbours on
+  double validation_loss_no_retrieval = 0;  // the same windows, neighbours off
+  double seconds = 0;
+};
+
+// The trainer defaults for retrofitting a `preset`-sized LM (steps, batch,
+// learning rate).
+lm::RetroTrainerOptions RetroPresetOptions(const std::string& preset);
+
+// Runs the job. Cancelled when `*stop` was raised (a checkpoint is saved);
+// FailedPrecondition when the index was built by another model, or out_dir
+// already holds a run and neither resume nor overwrite is set.
+absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std::atomic<bool>* stop = nullptr);
+
+}  // namespace rag::index_builder

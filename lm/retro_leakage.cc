@@ -1,0 +1,42 @@
+#include "lm/retro_leakage.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+namespace rag::lm {
+
+bool SharesTokenRun(const TokenId* a, int64_t na, const TokenId* b, int64_t nb, int64_t run) {
+  if (run < 1 || na < run || nb < run) return false;
+  // Rolling polynomial hash of each window of `run` tokens (mod 2^64).
+  constexpr uint64_t kBase = 1000003;
+  uint64_t top = 1;  // kBase^(run - 1)
+  for (int64_t i = 1; i < run; ++i) top *= kBase;
+  auto hashes = [&](const TokenId* s, int64_t n) {
+    std::vector<uint64_t> out;
+    out.reserve(static_cast<size_t>(n - run + 1));
+    uint64_t h = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i >= run) h -= top * static_cast<uint64_t>(s[i - run]);
+      h = h * kBase + static_cast<uint64_t>(s[i]);
+      if (i >= run - 1) out.push_back(h);
+    }
+    return out;
+  };
+  std::unordered_multimap<uint64_t, int64_t> starts;  // hash -> start in a
+  const std::vector<uint64_t> ha = hashes(a, na);
+  for (size_t i = 0; i < ha.size(); ++i) starts.emplace(ha[i], static_cast<int64_t>(i));
+  const std::vector<uint64_t> hb = hashes(b, nb);
+  for (size_t j = 0; j < hb.size(); ++j) {
+    auto [lo, hi] = starts.equal_range(hb[j]);
+    for (auto it = lo; it != hi; ++it) {
+      if (std::equal(a + it->second, a + it->second + run, b + j)) return true;
+    }
+  }
+  return false;
+}
+
+bool SharesTokenRun(const std::vector<TokenId>& a, const std::vector<TokenId>& b, int64_t run) {
+  return SharesTokenRun(a.data(), static_cast<int64_t>(a.size()), b.data(), static_cast<int64_t>(b.size()), run);
+}
+
+}  // namespace rag::lm

@@ -1,0 +1,20 @@
+// RETRO's leakage filter (Borgeaud et al. 2022, section 2.6 / appendix):
+// a retrieved neighbour that shares a long run of tokens with the chunk it
+// helps predict is the evaluation text itself (or a copy of it) rather than
+// knowledge, so evaluations report perplexity with such neighbours dropped.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lm/tokenizer.h"
+
+namespace rag::lm {
+
+// True when `a` and `b` share a run of at least `run` consecutive equal
+// tokens (run >= 1). O(|a| + |b|) expected: hashes of every run-gram of `a`
+// are looked up for every run-gram of `b`, and hits are verified.
+bool SharesTokenRun(const std::vector<TokenId>& a, const std::vector<TokenId>& b, int64_t run);
+bool SharesTokenRun(const TokenId* a, int64_t na, const TokenId* b, int64_t nb, int64_t run);
+
+}  // namespace rag::lm

@@ -1,0 +1,405 @@
+#include "lm/retro_trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <sstream>
+
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "common/status.h"
+
+namespace rag::lm {
+
+namespace F = torch::nn::functional;
+
+namespace {
+
+// Targets beyond a document's end.
+constexpr int64_t kIgnore = -1;
+
+// Chains the hash of one vector (its length included, so documents cannot
+// shift between each other) into `seed`.
+template <typename T>
+uint64_t HashVector(const std::vector<T>& v, uint64_t seed) {
+  const uint64_t size = v.size();
+  seed = XXH3_64bits_withSeed(&size, sizeof(size), seed);
+  return XXH3_64bits_withSeed(v.data(), v.size() * sizeof(T), seed);
+}
+
+uint64_t HashDocuments(const RetroDocuments& docs) {
+  uint64_t h = docs.tokens.size();
+  for (size_t d = 0; d < docs.tokens.size(); ++d) {
+    h = HashVector(docs.tokens[d], h);
+    h = HashVector(docs.neighbours[d], h);
+    h = HashVector(docs.present[d], h);
+  }
+  return h;
+}
+
+}  // namespace
+
+int64_t RetroChunkCount(size_t tokens, int64_t chunk_size) {
+  return (static_cast<int64_t>(tokens) + chunk_size - 1) / chunk_size;
+}
+
+RetroBatch MakeRetroWindows(const RetroDocuments& docs, const std::vector<RetroWindow>& starts,
+                            const RetroConfig& config, TokenId eot) {
+  const int64_t t = config.decoder.context, m = config.chunk_size;
+  const int64_t nk = config.neighbours, nr = config.neighbour_tokens;
+  const int64_t c_max = t / m, b = static_cast<int64_t>(starts.size());
+  RetroBatch batch;
+  batch.tokens = torch::full({b, t}, static_cast<int64_t>(eot), torch::kLong);  // [B, T]
+  batch.targets = torch::full({b, t}, kIgnore, torch::kLong);                   // [B, T]
+  batch.neighbours = torch::zeros({b, c_max, nk, nr}, torch::kLong);            // [B, C, K, R]
+  batch.mask = torch::zeros({b, c_max, nk}, torch::kBool);                      // [B, C, K]
+  auto tokens = batch.tokens.accessor<int64_t, 2>();
+  auto targets = batch.targets.accessor<int64_t, 2>();
+  auto neighbours = batch.neighbours.accessor<int64_t, 4>();
+  auto mask = batch.mask.accessor<bool, 3>();
+  for (int64_t i = 0; i < b; ++i) {
+    const auto [d, c] = starts[static_cast<size_t>(i)];
+    TORCH_CHECK(d < docs.tokens.size(), "MakeRetroWindows: document ", d, " of ", docs.tokens.size());
+    const std::vector<TokenId>& doc = docs.tokens[d];
+    const int64_t n = static_cast<int64_t>(doc.size()), chunks = RetroChunkCount(doc.size(), m);
+    TORCH_CHECK(c >= 0 && c < chunks, "MakeRetroWindows: document ", d, " has ", chunks, " chunks, start chunk ", c);
+    const int64_t first = c * m;
+    if (c > 0) tokens[i][0] = doc[static_cast<size_t>(first - 1)];
+    for (int64_t p = 0; p < t && first + p < n; ++p) {
+      const TokenId id = doc[static_cast<size_t>(first + p)];
+      targets[i][p] = id;
+      if (p + 1 < t) tokens[i][p + 1] = id;
+    }
+    if (d >= docs.neighbours.size() || d >= docs.present.size()) continue;
+    const std::vector<int32_t>& sets = docs.neighbours[d];
+    const std::vector<uint8_t>& present = docs.present[d];
+    // Input chunk v attends the set retrieved with document chunk c + v - 1,
+    // whose last token is the input at position v*m. Chunk 0's retrieving
+    // chunk lies before the window, so it stays masked as in RETRO.
+    for (int64_t v = 1; v < c_max; ++v) {
+      const int64_t j = c + v - 1;
+      if (j >= chunks || static_cast<int64_t>(sets.size()) < (j + 1) * nk * nr ||
+          static_cast<int64_t>(present.size()) < (j + 1) * nk) {
+        continue;
+      }
+      for (int64_t k = 0; k < nk; ++k) {
+        if (present[static_cast<size_t>(j * nk + k)] == 0) continue;
+        mask[i][v][k] = true;
+        const int32_t* from = sets.data() + (j * nk + k) * nr;
+        for (int64_t r = 0; r < nr; ++r) neighbours[i][v][k][r] = from[r];
+      }
+    }
+  }
+  return batch;
+}
+
+absl::Status ValidateRetroDocuments(const RetroDocuments& docs, const RetroConfig& config, const std::string& what) {
+  const int64_t m = config.chunk_size, nk = config.neighbours, nr = config.neighbour_tokens;
+  const int64_t vocab = config.decoder.vocab_size;
+  if (docs.neighbours.size() != docs.tokens.size() || docs.present.size() != docs.tokens.size()) {
+    return absl::InvalidArgumentError(what + " data: " + std::to_string(docs.tokens.size()) + " documents but " +
+                                      std::to_string(docs.neighbours.size()) + " neighbour and " +
+                                      std::to_string(docs.present.size()) + " presence lists");
+  }
+  for (size_t d = 0; d < docs.tokens.size(); ++d) {
+    const std::string where = what + " document " + std::to_string(d);
+    const int64_t chunks = RetroChunkCount(docs.tokens[d].size(), m);
+    const auto& sets = docs.neighbours[d];
+    const auto& present = docs.present[d];
+    if (static_cast<int64_t>(sets.size()) != chunks * nk * nr) {
+      return absl::InvalidArgumentError(where + ": expected " + std::to_string(chunks) +
+                                        " chunks x K=" + std::to_string(nk) + " x R=" + std::to_string(nr) + " = " +
+                                        std::to_string(chunks * nk * nr) + " neighbour tokens, got " +
+                                        std::to_string(sets.size()));
+    }
+    if (static_cast<int64_t>(present.size()) != chunks * nk) {
+      return absl::InvalidArgumentError(where + ": expected " + std::to_string(chunks) +
+                                        " chunks x K=" + std::to_string(nk) + " = " + std::to_string(chunks * nk) +
+                                        " presence flags, got " + std::to_string(present.size()));
+    }
+    for (TokenId id : docs.tokens[d]) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(where + ": token id " + std::to_string(id) + " outside the vocabulary");
+      }
+    }
+    // Missing neighbours are never embedded, so only present ones must be valid ids.
+    for (int64_t s = 0; s < chunks * nk; ++s) {
+      if (present[static_cast<size_t>(s)] == 0) continue;
+      for (int64_t r = 0; r < nr; ++r) {
+        const int32_t id = sets[static_cast<size_t>(s * nr + r)];
+        if (id < 0 || id >= vocab) {
+          return absl::InvalidArgumentError(where + ": neighbour token id " + std::to_string(id) +
+                                            " outside the vocabulary");
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+RetroTrainer::RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data,
+                           TokenId eot, std::string checkpoint_path)
+    : config_(config),
+      options_(options),
+      data_(std::move(data)),
+      eot_(eot),
+      checkpoint_path_(std::move(checkpoint_path)) {}
+
+absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroConfig& config,
+                                                                   const RetroTrainerOptions& options,
+                                                                   RetroTrainingData data, TokenId eot,
+                                                                   std::string checkpoint_path, bool resume,
+                                                                   TransformerLM* init) {
+  RAG_RETURN_IF_ERROR(config.Validate());
+  if (options.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
+  if (options.batch_size < 1) return absl::InvalidArgumentError("batch_size must be >= 1");
+  if (!(options.lr > 0)) return absl::InvalidArgumentError("lr must be > 0");
+  if (options.freeze_decoder && init == nullptr) {
+    return absl::InvalidArgumentError(
+        "freeze_decoder: retrofitting needs a trained LM to start from (no init model given)");
+  }
+  if (eot < 0 || eot >= config.decoder.vocab_size) {
+    return absl::InvalidArgumentError("end-of-text id " + std::to_string(eot) + " outside the vocabulary");
+  }
+  RAG_RETURN_IF_ERROR(ValidateRetroDocuments(data.train, config, "train"));
+  RAG_RETURN_IF_ERROR(ValidateRetroDocuments(data.validation, config, "validation"));
+  std::unique_ptr<RetroTrainer> t(new RetroTrainer(config, options, std::move(data), eot, std::move(checkpoint_path)));
+
+  const int64_t m = config.chunk_size, stride = config.decoder.context / m;
+  t->chunk_offsets_.push_back(0);
+  for (const auto& doc : t->data_.train.tokens) {
+    t->chunk_offsets_.push_back(t->chunk_offsets_.back() + RetroChunkCount(doc.size(), m));
+  }
+  if (t->chunk_offsets_.back() == 0) {
+    return absl::InvalidArgumentError("no training window: the " + std::to_string(t->data_.train.tokens.size()) +
+                                      " training documents hold no token");
+  }
+  std::vector<RetroWindow> all;
+  for (size_t d = 0; d < t->data_.validation.tokens.size(); ++d) {
+    const int64_t chunks = RetroChunkCount(t->data_.validation.tokens[d].size(), m);
+    for (int64_t c = 0; c < chunks; c += stride) all.emplace_back(d, c);
+  }
+  const size_t cap = static_cast<size_t>(std::max<int64_t>(1, options.eval_batches * options.batch_size));
+  if (all.size() <= cap) {
+    t->validation_windows_ = std::move(all);
+  } else {
+    for (size_t i = 0; i < cap; ++i) t->validation_windows_.push_back(all[i * all.size() / cap]);
+  }
+
+  torch::manual_seed(options.seed);
+  try {
+    t->model_ = RetroLM(config);
+    if (init != nullptr) t->model_->LoadDecoderFrom(*init);
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(std::string("init: the language model does not fit the RETRO decoder: ") +
+                                      e.what_without_backtrace());
+  }
+  t->model_->train();
+  if (options.freeze_decoder) {
+    for (auto& p : t->model_->decoder->parameters()) p.set_requires_grad(false);
+    t->trained_ = t->model_->RetrievalParameters();
+  } else {
+    t->trained_ = t->model_->parameters();
+  }
+  // Weight decay on matrices only: decaying norms and biases hurts small models.
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : t->trained_) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto opts = torch::optim::AdamWOptions(options.lr).betas({options.beta1, options.beta2});
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                                 torch::optim::AdamWOptions(opts).weight_decay(options.weight_decay)));
+  groups.emplace_back(no_decay,
+                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
+  t->optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+  if (resume) RAG_RETURN_IF_ERROR(t->LoadCheckpoint());
+  return t;
+}
+
+double RetroTrainer::LearningRate(int64_t step) const {
+  if (options_.warmup_steps > 0 && step < options_.warmup_steps) {
+    return options_.lr * static_cast<double>(step + 1) / static_cast<double>(options_.warmup_steps);
+  }
+  const double span = std::max<int64_t>(1, options_.steps - options_.warmup_steps);
+  const double progress = std::min(1.0, static_cast<double>(step - options_.warmup_steps) / span);
+  const double min_lr = options_.lr * options_.min_lr_ratio;
+  return min_lr + 0.5 * (options_.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+std::vector<RetroWindow> RetroTrainer::WindowsForStep(int64_t step) const {
+  // Drawn from an RNG seeded by (seed, step) alone: resuming at step s
+  // replays exactly the batches an uninterrupted run would see. Uniform over
+  // global chunk indices, so documents are sampled in proportion to length.
+  std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step));
+  std::uniform_int_distribution<int64_t> pick(0, chunk_offsets_.back() - 1);
+  std::vector<RetroWindow> windows;
+  windows.reserve(static_cast<size_t>(options_.batch_size));
+  for (int64_t i = 0; i < options_.batch_size; ++i) {
+    const int64_t g = pick(rng);
+    // The last document whose first chunk is <= g: never an empty one, as its successor starts after g.
+    const auto it = std::upper_bound(chunk_offsets_.begin(), chunk_offsets_.end(), g) - 1;
+    windows.emplace_back(static_cast<size_t>(it - chunk_offsets_.begin()), g - *it);
+  }
+  return windows;
+}
+
+RetroBatch RetroTrainer::BatchForStep(int64_t step) const {
+  return MakeRetroWindows(data_.train, WindowsForStep(step), config_, eot_);
+}
+
+double RetroTrainer::Step() {
+  const double lr = LearningRate(step_);
+  for (auto& group : optimizer_->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+  RetroBatch batch = BatchForStep(step_);
+  optimizer_->zero_grad();
+  auto logits = model_->forward(batch.tokens, batch.neighbours, batch.mask);  // [B, T, V]
+  // Mean over the targets inside the documents; every window has at least one.
+  auto loss = F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}),
+                               F::CrossEntropyFuncOptions().ignore_index(kIgnore));
+  loss.backward();
+  if (options_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trained_, options_.grad_clip);
+  optimizer_->step();
+  const double value = loss.item<double>();
+  history_.push_back({step_, value, lr});
+  ++step_;
+  return value;
+}
+
+double RetroTrainer::ValidationLoss(bool retrieval) {
+  if (validation_windows_.empty()) return std::nan("");
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  double total = 0;
+  int64_t count = 0;
+  for (size_t first = 0; first < validation_windows_.size(); first += static_cast<size_t>(options_.batch_size)) {
+    const size_t last = std::min(validation_windows_.size(), first + static_cast<size_t>(options_.batch_size));
+    const std::vector<RetroWindow> windows(validation_windows_.begin() + first, validation_windows_.begin() + last);
+    RetroBatch batch = MakeRetroWindows(data_.validation, windows, config_, eot_);
+    auto logits = retrieval ? model_->forward(batch.tokens, batch.neighbours, batch.mask)  // [B, T, V]
+                            : model_->forward(batch.tokens, torch::Tensor(), torch::Tensor());
+    auto loss = F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}),
+                                 F::CrossEntropyFuncOptions().ignore_index(kIgnore).reduction(torch::kSum));
+    total += loss.item<double>();
+    count += batch.targets.ge(0).sum().item<int64_t>();
+  }
+  model_->train();
+  return total / static_cast<double>(count);
+}
+
+std::string RetroTrainer::Fingerprint() const {
+  std::ostringstream s;
+  s << config_.ToJson() << "|batch=" << options_.batch_size << "|seed=" << options_.seed << "|lr=" << options_.lr
+    << "|warmup=" << options_.warmup_steps << "|min_lr=" << options_.min_lr_ratio << "|wd=" << options_.weight_decay
+    << "|betas=" << options_.beta1 << "," << options_.beta2 << "|clip=" << options_.grad_clip
+    << "|freeze=" << options_.freeze_decoder << "|eot=" << eot_ << "|data=" << HashDocuments(data_.train);
+  return s.str();
+}
+
+absl::Status RetroTrainer::SaveCheckpoint() {
+  const std::string tmp = checkpoint_path_ + ".tmp." + std::to_string(::getpid());
+  try {
+    torch::serialize::OutputArchive archive;
+    torch::serialize::OutputArchive model_archive, optim_archive;
+    model_->save(model_archive);
+    optimizer_->save(optim_archive);
+    archive.write("model", model_archive);
+    archive.write("optimizer", optim_archive);
+    archive.write("step", torch::tensor(step_, torch::kLong));
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      archive.write("rng", gen.get_state());  // dropout's RNG
+    }
+    std::vector<double> losses, lrs;
+    for (const auto& r : history_) {
+      losses.push_back(r.loss);
+      lrs.push_back(r.lr);
+    }
+    archive.write("losses", torch::tensor(losses, torch::kDouble));
+    archive.write("lrs", torch::tensor(lrs, torch::kDouble));
+    const std::string fp = Fingerprint();
+    archive.write("fingerprint", torch::tensor(static_cast<int64_t>(XXH3_64bits(fp.data(), fp.size()) >> 1)));
+    archive.save_to(tmp);
+  } catch (const c10::Error& e) {
+    return absl::InternalError("writing checkpoint '" + tmp + "': " + e.what_without_backtrace());
+  }
+  return DurableRename(tmp, checkpoint_path_);
+}
+
+absl::Status RetroTrainer::LoadCheckpoint() {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(checkpoint_path_);
+    torch::Tensor fingerprint;
+    archive.read("fingerprint", fingerprint);
+    const std::string fp = Fingerprint();
+    if (fingerprint.item<int64_t>() != static_cast<int64_t>(XXH3_64bits(fp.data(), fp.size()) >> 1)) {
+      return absl::FailedPreconditionError(
+          "checkpoint '" + checkpoint_path_ +
+          "' was written with a different RETRO config, training options or corpus; resume with the same arguments");
+    }
+    torch::serialize::InputArchive model_archive, optim_archive;
+    archive.read("model", model_archive);
+    archive.read("optimizer", optim_archive);
+    model_->load(model_archive);
+    optimizer_->load(optim_archive);
+    torch::Tensor step, rng, losses, lrs;
+    archive.read("step", step);
+    archive.read("rng", rng);
+    archive.read("losses", losses);
+    archive.read("lrs", lrs);
+    step_ = step.item<int64_t>();
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rng);
+    }
+    history_.clear();
+    auto l = losses.accessor<double, 1>();
+    auto r = lrs.accessor<double, 1>();
+    for (int64_t i = 0; i < losses.size(0); ++i) history_.push_back({i, l[i], r[i]});
+  } catch (const c10::Error& e) {
+    return absl::DataLossError("reading checkpoint '" + checkpoint_path_ + "': " + e.what_without_backtrace());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) {
+  std::unique_ptr<Progress> progress;
+  if (options_.show_progress) progress = std::make_unique<Progress>("retro train", options_.steps, "steps");
+  double last_val = std::nan(""), last_plain = std::nan("");
+  while (step_ < options_.steps) {
+    if (stop != nullptr && stop->load()) {
+      if (progress) progress->Finish("interrupted");
+      RAG_RETURN_IF_ERROR(SaveCheckpoint());
+      return absl::CancelledError("training interrupted at step " + std::to_string(step_) +
+                                  "; checkpoint saved, continue with --resume");
+    }
+    const double loss = Step();
+    if (options_.eval_every > 0 && step_ % options_.eval_every == 0) {
+      last_val = ValidationLoss(true);
+      // What retrieval buys: the same model without neighbours.
+      last_plain = ValidationLoss(false);
+    }
+    if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0 && step_ < options_.steps) {
+      RAG_RETURN_IF_ERROR(SaveCheckpoint());
+    }
+    if (progress) {
+      char extra[160];
+      std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", loss, last_val,
+                    last_plain, history_.back().lr);
+      progress->Update(step_, extra);
+      if (step_ == options_.steps) progress->Finish(extra);
+    }
+  }
+  return SaveCheckpoint();
+}
+
+}  // namespace rag::lm

@@ -1,0 +1,167 @@
+// Trains a RetroLM on tokenised documents whose chunks come with
+// precomputed neighbours: from scratch, or retrofitting a trained
+// TransformerLM with its decoder frozen. AdamW with linear warm-up and cosine
+// decay, gradient clipping, periodic validation, checkpoints that resume
+// exactly. Batches are a pure function of (seed, step), so a resumed run
+// sees the same data as an uninterrupted one. Not thread-safe.
+//
+// Tensor legend as lm/retro_lm.h: B batch, T tokens (= decoder.context),
+// m chunk size, C input chunks (T / m), K neighbours, R neighbour tokens,
+// V vocabulary.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "lm/retro_lm.h"
+#include "lm/tokenizer.h"
+#include "lm/trainer.h"
+#include "lm/transformer_lm.h"
+
+namespace rag::lm {
+
+// Documents tokenised; chunk j of document d is tokens[d][j*m, (j+1)*m) (the
+// last may be shorter). neighbours[d] holds, for every chunk j of document
+// d, the K*R token ids of the K neighbours retrieved WITH that chunk
+// ([chunks, K, R] flattened), present[d] their presence flags ([chunks, K],
+// 0 = missing neighbour).
+struct RetroDocuments {
+  std::vector<std::vector<TokenId>> tokens;
+  std::vector<std::vector<int32_t>> neighbours;
+  std::vector<std::vector<uint8_t>> present;
+};
+
+struct RetroTrainingData {
+  RetroDocuments train;
+  RetroDocuments validation;
+};
+
+// (document index, start chunk c): the window starting at token c*m.
+using RetroWindow = std::pair<size_t, int64_t>;
+
+// The tensors of B windows of T tokens.
+struct RetroBatch {
+  torch::Tensor tokens;      // [B, T] int64 inputs
+  torch::Tensor targets;     // [B, T] int64, -1 beyond the document (ignored by the loss)
+  torch::Tensor neighbours;  // [B, C, K, R] int64, entry v the set attended by input chunk v
+  torch::Tensor mask;        // [B, C, K] bool, false = missing neighbour
+};
+
+// Chunks of a document of `tokens` tokens: ceil(tokens / m).
+int64_t RetroChunkCount(size_t tokens, int64_t chunk_size);
+
+// Builds the windows `starts` in RetroLM's sequence convention, T =
+// config.decoder.context: input = [prev, t_{cm}, ..., t_{cm+T-2}] with prev
+// = `eot` when c == 0 else t_{cm-1}; targets = t_{cm} .. t_{cm+T-1}. Beyond
+// the document's end inputs are `eot` and targets -1. Input chunk v >= 1
+// attends the set retrieved with document chunk c+v-1 (the chunk whose last
+// token sits at input position v*m); input chunk 0's set, sets beyond the
+// document and sets the document has no entries for (its neighbours or
+// present vectors are shorter, e.g. empty) are missing: mask false, tokens 0.
+// Throws c10::Error when a start names no document or no chunk of it.
+RetroBatch MakeRetroWindows(const RetroDocuments& docs, const std::vector<RetroWindow>& starts,
+                            const RetroConfig& config, TokenId eot);
+
+// OK when every document has exactly chunks*K*R neighbour tokens and
+// chunks*K flags and every token id is in [0, V); else InvalidArgument
+// naming `what` ("train", "validation"), the document and the mismatch.
+absl::Status ValidateRetroDocuments(const RetroDocuments& docs, const RetroConfig& config, const std::string& what);
+
+// As TrainerOptions, without seq_len: a window is always the decoder's
+// context, starting at a chunk boundary.
+struct RetroTrainerOptions {
+  int64_t steps = 1000;            // optimizer steps in total. Default: 1000
+  int64_t batch_size = 16;         // windows per step. Default: 16
+  double lr = 1e-3;                // peak learning rate. Default: 1e-3
+  double min_lr_ratio = 0.1;       // cosine decays to lr * min_lr_ratio. Default: 0.1
+  int64_t warmup_steps = 100;      // linear warm-up. Default: 100
+  double weight_decay = 0.1;       // on matrices only, not on norms/biases. Default: 0.1
+  double beta1 = 0.9;              // Default: 0.9
+  double beta2 = 0.95;             // Default: 0.95
+  double grad_clip = 1.0;          // max global gradient norm; 0 = off. Default: 1.0
+  int64_t checkpoint_every = 200;  // steps between checkpoints; 0 = only at the end/interrupt. Default: 200
+  int64_t eval_every = 100;        // steps between validation losses; 0 = never. Default: 100
+  int64_t eval_batches = 4;        // validation batches per evaluation. Default: 4
+  uint64_t seed = 1234;            // weights init, batches and dropout. Default: 1234
+  bool show_progress = true;       // progress line on stderr. Default: true
+  // Retrofitting: the decoder (loaded from the trained LM) stays fixed and
+  // only the encoder and CCA layers train. Needs an LM to start from. Default: true
+  bool freeze_decoder = true;
+};
+
+class RetroTrainer {
+ public:
+  // Builds a model from `config` (seeded by options.seed); when `init` is
+  // given its weights are copied into the decoder (retrofitting), and with
+  // options.freeze_decoder only RetrievalParameters() train. When `resume`
+  // is set, restores the state saved at `checkpoint_path`. `eot` is the
+  // end-of-text id that pads windows.
+  // InvalidArgument for bad options, freeze_decoder without `init`, an
+  // `init` whose architecture differs from config.decoder, documents whose
+  // neighbours/present sizes do not match their chunk counts x K (x R), and
+  // when no training document has a token; DataLoss for an unreadable
+  // checkpoint, FailedPrecondition when the checkpoint was written for
+  // another config, other options or other data.
+  static absl::StatusOr<std::unique_ptr<RetroTrainer>> Create(const RetroConfig& config,
+                                                              const RetroTrainerOptions& options,
+                                                              RetroTrainingData data, TokenId eot,
+                                                              std::string checkpoint_path, bool resume,
+                                                              TransformerLM* init);
+
+  // One optimizer step on the batch of the current step. Returns its loss
+  // (mean cross-entropy over the targets inside the documents).
+  double Step();
+
+  // Runs until options.steps with a progress line on stderr, validating and
+  // saving checkpoints on schedule. When `*stop` becomes true (SIGINT),
+  // saves a checkpoint and returns Cancelled.
+  absl::Status Run(const std::atomic<bool>* stop = nullptr);
+
+  // Mean cross-entropy (nats/token) over validation_windows(); with
+  // `retrieval` false the model runs without neighbours (its decoder's
+  // function). NaN when there is no validation window.
+  double ValidationLoss(bool retrieval = true);
+
+  absl::Status SaveCheckpoint();
+
+  // The (document, start chunk) pairs of `step`: uniform over all chunk
+  // starts of all training documents, drawn from (seed, step) alone.
+  std::vector<RetroWindow> WindowsForStep(int64_t step) const;
+  // MakeRetroWindows(train, WindowsForStep(step)).
+  RetroBatch BatchForStep(int64_t step) const;
+  // Fixed validation windows: the chunk-aligned windows with stride T of
+  // every validation document, evenly thinned to eval_batches * batch_size.
+  const std::vector<RetroWindow>& validation_windows() const { return validation_windows_; }
+
+  RetroLM& model() { return model_; }
+  int64_t step() const { return step_; }
+  const std::vector<TrainingRecord>& history() const { return history_; }
+  double LearningRate(int64_t step) const;
+
+ private:
+  RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data, TokenId eot,
+               std::string checkpoint_path);
+  absl::Status LoadCheckpoint();
+  std::string Fingerprint() const;  // config + options that must match on resume + data hash
+
+  RetroConfig config_;
+  RetroTrainerOptions options_;
+  RetroTrainingData data_;
+  TokenId eot_;
+  std::string checkpoint_path_;
+  std::vector<int64_t> chunk_offsets_;  // [documents + 1]: first global chunk index of each train document
+  std::vector<RetroWindow> validation_windows_;
+  RetroLM model_{nullptr};
+  std::vector<torch::Tensor> trained_;  // the parameters the optimizer updates
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t step_ = 0;
+  std::vector<TrainingRecord> history_;
+};
+
+}  // namespace rag::lm

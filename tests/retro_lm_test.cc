@@ -1,0 +1,448 @@
+#include "lm/retro_lm.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/status_matchers.h"
+
+namespace rag::lm {
+namespace {
+
+constexpr int64_t kVocab = 64;
+constexpr int64_t kContext = 32;
+constexpr int64_t kChunk = 8;  // m: 4 chunks fill the context
+constexpr int64_t kChunks = kContext / kChunk;
+constexpr int64_t kNeighbours = 2;        // K
+constexpr int64_t kNeighbourTokens = 12;  // R
+
+RetroConfig TinyRetroConfig(const std::string& positions = "rotary") {
+  RetroConfig c;
+  c.decoder.vocab_size = kVocab;
+  c.decoder.context = kContext;
+  c.decoder.d_model = 32;
+  c.decoder.n_layers = 2;
+  c.decoder.n_heads = 2;
+  c.decoder.d_ff = 64;
+  c.decoder.positions = positions;
+  c.chunk_size = kChunk;
+  c.neighbours = kNeighbours;
+  c.neighbour_tokens = kNeighbourTokens;
+  c.encoder_layers = 1;
+  c.cca_layers = {0, 1};
+  return c;
+}
+
+struct Inputs {
+  torch::Tensor tokens;      // [B, T]
+  torch::Tensor neighbours;  // [B, C, K, R]
+  torch::Tensor mask;        // [B, C, K], all present
+};
+
+Inputs MakeInputs(int64_t batch, int64_t length, uint64_t seed) {
+  torch::manual_seed(seed);
+  Inputs in;
+  in.tokens = torch::randint(0, kVocab, {batch, length}, torch::kLong);
+  in.neighbours = torch::randint(0, kVocab, {batch, kChunks, kNeighbours, kNeighbourTokens}, torch::kLong);
+  in.mask = torch::ones({batch, kChunks, kNeighbours}, torch::kBool);
+  return in;
+}
+
+// Gives the CCA output projections (zero at construction) weights large
+// enough that the neighbours visibly change the outputs.
+void RandomiseCca(RetroLM& model, double std = 0.5) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < model->cca->size(); ++i) {
+    auto& layer = model->cca->at<ChunkedCrossAttentionImpl>(i);
+    layer.proj->weight.normal_(0.0, std);
+    layer.proj->bias.normal_(0.0, std);
+  }
+}
+
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+// ---------------------------------------------------------------------------
+// Config
+
+TEST(RetroConfigTest, ValidateNamesTheBadField) {
+  RAG_EXPECT_OK(TinyRetroConfig().Validate());
+  RAG_EXPECT_OK(RetroConfig().Validate());  // the defaults
+  struct Case {
+    std::function<void(RetroConfig&)> mutate;
+    std::string field;
+  };
+  // clang-format off
+  const std::vector<Case> cases = {
+      {[](RetroConfig& c) { c.chunk_size = 0; }, "chunk_size"},
+      {[](RetroConfig& c) { c.chunk_size = 7; }, "chunk_size"},  // 32 % 7 != 0
+      {[](RetroConfig& c) { c.chunk_size = 64; }, "chunk_size"},
+      {[](RetroConfig& c) { c.neighbours = 0; }, "neighbours"},
+      {[](RetroConfig& c) { c.neighbour_tokens = 0; }, "neighbour_tokens"},
+      {[](RetroConfig& c) { c.neighbour_tokens = kContext + 1; }, "neighbour_tokens"},
+      {[](RetroConfig& c) { c.encoder_layers = 0; }, "encoder_layers"},
+      {[](RetroConfig& c) { c.cca_layers = {}; }, "cca_layers"},
+      {[](RetroConfig& c) { c.cca_layers = {1, 0}; }, "cca_layers"},
+      {[](RetroConfig& c) { c.cca_layers = {1, 1}; }, "cca_layers"},
+      {[](RetroConfig& c) { c.cca_layers = {0, 2}; }, "cca_layers"},  // 2 layers only
+      {[](RetroConfig& c) { c.cca_layers = {-1}; }, "cca_layers"},
+      {[](RetroConfig& c) { c.decoder.n_heads = 3; }, "decoder"},  // 32 % 3 != 0
+      // Head size 3 passes the decoder's own checks with learned positions,
+      // but the encoder's rotary positions need an even one.
+      {[](RetroConfig& c) {
+         c.decoder.positions = "learned";
+         c.decoder.d_model = 6;
+       },
+       "decoder"},
+  };
+  // clang-format on
+  for (const Case& test : cases) {
+    RetroConfig c = TinyRetroConfig();
+    test.mutate(c);
+    const absl::Status status = c.Validate();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << test.field;
+    EXPECT_NE(status.message().find(test.field), std::string::npos) << status.ToString();
+    EXPECT_THROW(RetroLM model(c), c10::Error) << test.field;
+  }
+}
+
+TEST(RetroConfigTest, JsonRoundTripAndRejections) {
+  RetroConfig c = TinyRetroConfig("learned");
+  c.cca_layers = {1};
+  c.encoder_layers = 3;
+  auto back = RetroConfig::FromJson(c.ToJson());
+  RAG_ASSERT_OK(back);
+  EXPECT_EQ(back->ToJson(), c.ToJson());
+  EXPECT_EQ(back->cca_layers, std::vector<int64_t>{1});
+  EXPECT_EQ(back->encoder_layers, 3);
+  EXPECT_EQ(back->chunk_size, kChunk);
+  EXPECT_EQ(back->decoder.positions, "learned");
+  EXPECT_EQ(back->decoder.context, kContext);
+
+  // Absent keys keep their defaults.
+  auto partial = RetroConfig::FromJson(R"({"chunk_size": 32, "cca_layers": [0, 2]})");
+  RAG_ASSERT_OK(partial);
+  EXPECT_EQ(partial->chunk_size, 32);
+  EXPECT_EQ(partial->neighbours, RetroConfig().neighbours);
+
+  auto unknown = RetroConfig::FromJson(R"({"chunk_sise": 8})");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("chunk_sise"), std::string::npos) << unknown.status();
+  auto nested = RetroConfig::FromJson(R"({"decoder": {"d_modle": 32}})");
+  EXPECT_EQ(nested.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(nested.status().message().find("decoder"), std::string::npos) << nested.status();
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_layers": 1})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_layers": [0.5]})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"neighbours": "two"})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"arch": "transformer_lm"})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"chunk_size": 7})").ok());  // 256 % 7 != 0
+  EXPECT_FALSE(RetroConfig::FromJson("{not json").ok());
+  EXPECT_FALSE(RetroConfig::FromJson("[1, 2]").ok());
+}
+
+// ---------------------------------------------------------------------------
+// Model
+
+class RetroLMTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RetroLMTest, FreshModelComputesItsDecodersFunction) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  for (int64_t length : {int64_t{32}, int64_t{19}}) {
+    Inputs in = MakeInputs(2, length, 1);
+    auto expect = model->decoder->ForwardHidden(in.tokens);
+    auto hidden = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+    EXPECT_EQ(hidden.sizes(), (std::vector<int64_t>{2, length, 32}));
+    EXPECT_TRUE(torch::equal(hidden, expect)) << "max diff " << MaxAbsDiff(hidden, expect);
+    EXPECT_TRUE(torch::equal(model->ForwardHidden(in.tokens, torch::Tensor(), torch::Tensor()), expect));
+    auto logits = model->forward(in.tokens, in.neighbours, in.mask);
+    EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, length, kVocab}));
+    EXPECT_TRUE(torch::equal(logits, model->decoder->forward(in.tokens)));
+  }
+}
+
+TEST_P(RetroLMTest, NeighboursChangeTheOutputUnlessAllMissing) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(2);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(2, kContext, 3);
+  auto plain = model->decoder->ForwardHidden(in.tokens);
+  auto hidden = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  EXPECT_GT(MaxAbsDiff(hidden.narrow(1, kChunk, kContext - kChunk), plain.narrow(1, kChunk, kContext - kChunk)), 1e-3);
+  // Chunk 0 attends to nothing.
+  EXPECT_TRUE(torch::equal(hidden.narrow(1, 0, kChunk), plain.narrow(1, 0, kChunk)));
+  // An undefined mask means all present.
+  EXPECT_TRUE(torch::equal(model->ForwardHidden(in.tokens, in.neighbours, torch::Tensor()), hidden));
+  // All neighbours missing: every CCA output is exactly zero (bias included, no NaN).
+  auto none = torch::zeros_like(in.mask);
+  auto masked = model->ForwardHidden(in.tokens, in.neighbours, none);
+  EXPECT_FALSE(torch::isnan(masked).any().item<bool>());
+  EXPECT_TRUE(torch::equal(masked, plain)) << "max diff " << MaxAbsDiff(masked, plain);
+}
+
+TEST_P(RetroLMTest, ChunkNeverSeesLaterNeighbourSets) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(4);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(2, kContext, 5);
+  auto base = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  for (int64_t i = 0; i < kChunks; ++i) {
+    // Variant 1: other tokens for the sets >= i. Variant 2: neighbour 0 of
+    // those sets missing.
+    auto other_tokens = in.neighbours.clone();
+    other_tokens.narrow(1, i, kChunks - i).random_(0, kVocab);
+    auto other_mask = in.mask.clone();
+    other_mask.narrow(1, i, kChunks - i).select(2, 0).fill_(false);
+    const std::vector<std::pair<torch::Tensor, torch::Tensor>> variants = {{other_tokens, in.mask},
+                                                                           {in.neighbours, other_mask}};
+    for (size_t variant = 0; variant < variants.size(); ++variant) {
+      auto out = model->ForwardHidden(in.tokens, variants[variant].first, variants[variant].second);
+      const int64_t prefix = i * kChunk;
+      if (prefix > 0) {
+        EXPECT_LE(MaxAbsDiff(out.narrow(1, 0, prefix), base.narrow(1, 0, prefix)), 1e-6)
+            << "i=" << i << " variant " << variant;
+      }
+      EXPECT_GT(MaxAbsDiff(out.narrow(1, prefix, kContext - prefix), base.narrow(1, prefix, kContext - prefix)), 1e-4)
+          << "i=" << i << " variant " << variant;
+    }
+  }
+  // Entry 0 is ignored altogether.
+  auto other = in.neighbours.clone();
+  other.select(1, 0).random_(0, kVocab);
+  auto other_mask = in.mask.clone();
+  other_mask.select(1, 0).fill_(false);
+  EXPECT_TRUE(torch::equal(model->ForwardHidden(in.tokens, other, other_mask), base));
+}
+
+TEST_P(RetroLMTest, PositionNeverSeesLaterTokens) {
+  // Through self-attention and through the activations that condition the
+  // neighbour encoder: changing token p leaves positions < p unchanged.
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(6);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(1, kContext, 7);
+  auto base = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  for (int64_t p : {3, 7, 8, 15, 24, 31}) {
+    auto changed = in.tokens.clone();
+    changed[0][p] = (changed[0][p].item<int64_t>() + 1) % kVocab;
+    auto out = model->ForwardHidden(changed, in.neighbours, in.mask);
+    EXPECT_LE(MaxAbsDiff(out.narrow(1, 0, p), base.narrow(1, 0, p)), 1e-6) << "p=" << p;
+    EXPECT_GT(MaxAbsDiff(out.narrow(1, p, 1), base.narrow(1, p, 1)), 1e-4) << "p=" << p;
+  }
+}
+
+TEST_P(RetroLMTest, MaskedNeighboursContributeNothing) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(8);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(2, kContext, 9);
+  // Batch 0: neighbour 1 of chunk 1 and neighbour 0 of chunk 2 missing;
+  // batch 1: both neighbours of chunk 3 missing.
+  in.mask[0][1][1] = false;
+  in.mask[0][2][0] = false;
+  in.mask[1][3][0] = false;
+  in.mask[1][3][1] = false;
+  auto base = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  auto changed = in.neighbours.clone();
+  auto random = torch::randint_like(changed, 0, kVocab);
+  auto missing = in.mask.logical_not().unsqueeze(-1).expand_as(changed);
+  changed = torch::where(missing, random, changed);
+  ASSERT_FALSE(torch::equal(changed, in.neighbours));
+  auto out = model->ForwardHidden(in.tokens, changed, in.mask);
+  EXPECT_LE(MaxAbsDiff(out, base), 1e-6);
+  // Control: the same change on a present neighbour does show.
+  auto present = in.neighbours.clone();
+  present[0][1][0].random_(0, kVocab);
+  EXPECT_GT(MaxAbsDiff(model->ForwardHidden(in.tokens, present, in.mask), base), 1e-4);
+}
+
+TEST_P(RetroLMTest, CacheMatchesFullRecompute) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(10);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(2, kContext, 11);
+  in.mask[0][2][1] = false;  // one neighbour missing
+  in.mask[1][1][0] = false;  // a chunk with none
+  in.mask[1][1][1] = false;
+  auto full = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  ASSERT_GT(MaxAbsDiff(full, model->decoder->ForwardHidden(in.tokens)), 1e-3);
+
+  // Steps of new tokens: a prefill, then one at a time with a step of 3
+  // across the boundary at 16; boundary-aligned steps; all one at a time.
+  std::vector<int64_t> mixed = {5};
+  for (int64_t p = 5; p < 14; ++p) mixed.push_back(1);
+  mixed.push_back(3);
+  for (int64_t p = 17; p < kContext; ++p) mixed.push_back(1);
+  const std::vector<std::vector<int64_t>> schedules = {
+      mixed, {8, 8, 3, 5, 8}, {16, 16}, {1, 9, 2, 13, 7}, std::vector<int64_t>(kContext, 1)};
+  for (size_t s = 0; s < schedules.size(); ++s) {
+    RetroCache cache;
+    std::vector<torch::Tensor> parts;
+    int64_t past = 0;
+    for (int64_t step : schedules[s]) {
+      // Odd schedules pass exactly the chunks needed so far, even ones all.
+      const int64_t needed = (past + step + kChunk - 1) / kChunk;
+      auto neighbours = s % 2 == 1 ? in.neighbours.narrow(1, 0, needed) : in.neighbours;
+      auto mask = s % 2 == 1 ? in.mask.narrow(1, 0, needed) : in.mask;
+      parts.push_back(model->ForwardHidden(in.tokens.narrow(1, past, step), neighbours, mask, &cache));
+      past += step;
+      EXPECT_EQ(cache.length(), past);
+    }
+    ASSERT_EQ(past, kContext);
+    auto cached = torch::cat(parts, 1);
+    EXPECT_TRUE(torch::allclose(cached, full, /*rtol=*/0, /*atol=*/1e-4))
+        << "schedule " << s << ": max diff " << MaxAbsDiff(cached, full);
+  }
+
+  // Without neighbours the cache follows the decoder's own cached path.
+  RetroCache cache;
+  KVCache decoder_cache;
+  for (int64_t past = 0; past < 12; past += 4) {
+    auto step = in.tokens.narrow(1, past, 4);
+    EXPECT_TRUE(torch::allclose(model->ForwardHidden(step, torch::Tensor(), torch::Tensor(), &cache),
+                                model->decoder->ForwardHidden(step, &decoder_cache), 0, 1e-6));
+  }
+}
+
+TEST_P(RetroLMTest, ShapeErrorsThrow) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(12);
+  RetroLM model(TinyRetroConfig(GetParam()));
+  Inputs in = MakeInputs(2, kContext, 13);
+  auto run = [&](const torch::Tensor& tokens, const torch::Tensor& neighbours, const torch::Tensor& mask) {
+    model->ForwardHidden(tokens, neighbours, mask);
+  };
+  EXPECT_THROW(run(in.tokens.flatten(), in.neighbours, in.mask), c10::Error);
+  EXPECT_THROW(run(torch::zeros({2, kContext + 1}, torch::kLong), torch::Tensor(), torch::Tensor()), c10::Error);
+  EXPECT_THROW(run(in.tokens, in.neighbours.narrow(1, 0, kChunks - 1), in.mask), c10::Error);  // too few chunks
+  EXPECT_THROW(run(in.tokens, in.neighbours.narrow(3, 0, 5), in.mask), c10::Error);            // R
+  EXPECT_THROW(run(in.tokens, in.neighbours.narrow(2, 0, 1), in.mask), c10::Error);            // K
+  EXPECT_THROW(run(in.tokens, in.neighbours.narrow(0, 0, 1), in.mask), c10::Error);            // B
+  EXPECT_THROW(run(in.tokens, in.neighbours.to(torch::kInt), in.mask), c10::Error);
+  EXPECT_THROW(run(in.tokens, in.neighbours, in.mask.narrow(2, 0, 1)), c10::Error);
+  EXPECT_THROW(run(in.tokens, in.neighbours, in.mask.to(torch::kLong)), c10::Error);
+  try {
+    run(in.tokens, in.neighbours.narrow(3, 0, 5), in.mask);
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("neighbours: expected [B, C, K, R]"), std::string::npos) << e.what();
+  }
+  // The cache counts towards the context.
+  RetroCache cache;
+  model->ForwardHidden(in.tokens.narrow(1, 0, 30), in.neighbours, in.mask, &cache);
+  EXPECT_THROW(model->ForwardHidden(in.tokens.narrow(1, 0, 3), in.neighbours, in.mask, &cache), c10::Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Positions, RetroLMTest, ::testing::Values("rotary", "learned"));
+
+TEST(RetroLMRetrofitTest, LoadDecoderFromCopiesTheLanguageModel) {
+  torch::NoGradGuard no_grad;
+  const RetroConfig config = TinyRetroConfig();
+  torch::manual_seed(14);
+  TransformerLM lm(config.decoder);
+  lm->eval();
+  torch::manual_seed(15);
+  RetroLM model(config);
+  model->eval();
+  Inputs in = MakeInputs(2, kContext, 16);
+  auto expect = lm->ForwardHidden(in.tokens);
+  ASSERT_GT(MaxAbsDiff(model->ForwardHidden(in.tokens, in.neighbours, in.mask), expect), 1e-3);
+  model->LoadDecoderFrom(lm);
+  EXPECT_TRUE(torch::equal(model->ForwardHidden(in.tokens, in.neighbours, in.mask), expect));
+  EXPECT_TRUE(torch::equal(model->forward(in.tokens, in.neighbours, in.mask), lm->forward(in.tokens)));
+
+  // Other architectures are refused.
+  for (const auto& mutate : std::vector<std::function<void(TransformerConfig&)>>{
+           [](TransformerConfig& c) { c.d_ff = 128; }, [](TransformerConfig& c) { c.n_layers = 3; },
+           [](TransformerConfig& c) { c.positions = "learned"; },
+           [](TransformerConfig& c) { c.n_heads = 4; },  // same shapes, other function
+       }) {
+    TransformerConfig other = config.decoder;
+    mutate(other);
+    TransformerLM other_lm(other);
+    EXPECT_THROW(model->LoadDecoderFrom(other_lm), c10::Error) << other.ToJson();
+  }
+}
+
+TEST(RetroLMRetrofitTest, RetrievalParametersAreEverythingButTheDecoder) {
+  torch::manual_seed(17);
+  RetroLM model(TinyRetroConfig());
+  auto retrieval = model->RetrievalParameters();
+  std::set<const void*> decoder_params, retrieval_params;
+  for (const auto& p : model->decoder->parameters()) decoder_params.insert(p.unsafeGetTensorImpl());
+  int64_t retrieval_numel = 0;
+  for (const auto& p : retrieval) {
+    EXPECT_EQ(decoder_params.count(p.unsafeGetTensorImpl()), 0u);
+    retrieval_params.insert(p.unsafeGetTensorImpl());
+    retrieval_numel += p.numel();
+  }
+  EXPECT_EQ(retrieval_params.size(), retrieval.size());  // no duplicates
+  EXPECT_EQ(retrieval.size() + model->decoder->parameters().size(), model->parameters().size());
+  EXPECT_EQ(retrieval_numel + model->decoder->NumParameters(), model->NumParameters());
+  size_t new_params = 0;
+  for (const auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    if (name.rfind("decoder.", 0) == 0) continue;
+    ++new_params;
+    EXPECT_TRUE(name.rfind("encoder_blocks.", 0) == 0 || name.rfind("encoder_ln.", 0) == 0 ||
+                name.rfind("cca.", 0) == 0)
+        << name;
+    EXPECT_EQ(retrieval_params.count(item.value().unsafeGetTensorImpl()), 1u) << name;
+  }
+  EXPECT_EQ(new_params, retrieval.size());
+  EXPECT_GT(retrieval_numel, 0);
+}
+
+TEST(RetroLMTrainingTest, GradientsReachTheEncoderAndCca) {
+  const RetroConfig config = TinyRetroConfig();
+  Inputs in = MakeInputs(2, kContext, 18);
+  auto loss_of = [&](RetroLM& model) {
+    auto logits = model->forward(in.tokens, in.neighbours, in.mask);  // [B, T, V]
+    return torch::nn::functional::cross_entropy(logits.narrow(1, 0, kContext - 1).reshape({-1, kVocab}),
+                                                in.tokens.narrow(1, 1, kContext - 1).reshape({-1}));
+  };
+  {
+    // Freshly built, the zero CCA projections still get a gradient, so
+    // retrofitting can start from the decoder's function.
+    torch::manual_seed(19);
+    RetroLM model(config);
+    loss_of(model).backward();
+    for (size_t i = 0; i < model->cca->size(); ++i) {
+      auto& layer = model->cca->at<ChunkedCrossAttentionImpl>(i);
+      ASSERT_TRUE(layer.proj->weight.grad().defined());
+      EXPECT_GT(layer.proj->weight.grad().abs().sum().item<double>(), 0.0) << "cca " << i;
+    }
+  }
+  torch::manual_seed(20);
+  RetroLM model(config);
+  RandomiseCca(model, 0.1);
+  loss_of(model).backward();
+  for (const auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    if (name.rfind("decoder.", 0) == 0) continue;
+    const torch::Tensor& grad = item.value().grad();
+    ASSERT_TRUE(grad.defined()) << name;
+    EXPECT_FALSE(torch::isnan(grad).any().item<bool>()) << name;
+    // Biases of attention keys get no gradient (softmax is shift-invariant);
+    // every weight must.
+    if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) {
+      EXPECT_GT(grad.abs().sum().item<double>(), 0.0) << name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace rag::lm

@@ -1,0 +1,175 @@
+// RETRO's precomputed training neighbours over a real (Flat, so exact)
+// index: never from the chunk's own document, the true nearest otherwise,
+// tokens = chunk + continuation padded; the cache file round-trips and is
+// refused when the index changes, when corrupt, or for another K or R.
+#include "index_builder/retro_neighbours.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "common/file_util.h"
+#include "index_builder/index_builder.h"
+#include "lm/embedder.h"
+#include "tests/lm_test_util.h"
+#include "tests/status_matchers.h"
+#include "tests/test_util.h"
+
+namespace rag::index_builder {
+namespace {
+
+namespace fs = std::filesystem;
+
+class RetroNeighboursTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    docs_ = testing::MakeCorpus(5, 21, 6);
+    model_ = testing::MakeTinyLanguageModelFor(docs_, 5);
+    embedder_ = lm::MakeLmEmbedder(model_.get());
+    BuildOptions o;
+    o.out_dir = Path("index");
+    o.index_factory = "Flat";
+    o.chunk_tokens = 16;
+    o.continuation_tokens = 16;
+    o.show_progress = false;
+    RAG_ASSERT_OK(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o).status());
+  }
+  std::string Path(const std::string& name) const { return (fs::path(dir_.path()) / name).string(); }
+  std::unique_ptr<retriever::Retriever> Open(bool writable = false) {
+    auto r = retriever::Retriever::Open(Path("index"), embedder_.get(), model_->content_hash(),
+                                        model_->tokenizer().Hash(), writable);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? std::move(*r) : nullptr;
+  }
+  RetroNeighbourOptions Options() const {
+    RetroNeighbourOptions o;
+    o.k = 2;
+    o.tokens = 24;
+    o.show_progress = false;
+    return o;
+  }
+
+  testing::TempDir dir_;
+  std::vector<Document> docs_;
+  std::unique_ptr<lm::LanguageModel> model_;
+  std::unique_ptr<lm::Embedder> embedder_;
+};
+
+TEST_F(RetroNeighboursTest, NearestChunksOfOtherDocumentsWithTheirContinuations) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const int32_t pad = static_cast<int32_t>(model_->tokenizer().eot_id());
+  auto t = ComputeRetroNeighbours(*r, pad, Options());
+  RAG_ASSERT_OK(t.status());
+  const auto& store = r->chunk_store();
+  ASSERT_EQ(t->chunks, store.num_chunks());
+  ASSERT_GT(t->chunks, 10);
+
+  // Brute force over embeddings.f32: the nearest chunk of another document.
+  auto emb = ReadFile(Path("index") + "/embeddings.f32");
+  RAG_ASSERT_OK(emb.status());
+  const int dim = r->manifest().dim;
+  const float* rows = reinterpret_cast<const float*>(emb->data());
+  std::vector<retriever::ChunkRecord> chunks;
+  RAG_ASSERT_OK(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
+    chunks.push_back(c);
+    return true;
+  }));
+  for (int64_t c = 0; c < t->chunks; ++c) {
+    double best_d = std::numeric_limits<double>::infinity();
+    for (int64_t o = 0; o < t->chunks; ++o) {
+      if (chunks[o].doc_id == chunks[c].doc_id) continue;
+      double d = 0;
+      for (int i = 0; i < dim; ++i) {
+        const double x = rows[c * dim + i] - rows[o * dim + i];
+        d += x * x;
+      }
+      best_d = std::min(best_d, d);
+    }
+    for (int j = 0; j < t->k; ++j) {
+      ASSERT_TRUE(t->has(c, j)) << "chunk " << c;
+      const int64_t id = t->ids[c * t->k + j];
+      EXPECT_NE(chunks[id].doc_id, chunks[c].doc_id) << "chunk " << c << " retrieved its own document";
+      // Tokens: the neighbour chunk, its continuation, then padding.
+      std::vector<int32_t> want(chunks[id].tokens.begin(), chunks[id].tokens.end());
+      want.insert(want.end(), chunks[id].continuation.begin(), chunks[id].continuation.end());
+      want.resize(static_cast<size_t>(t->tokens), pad);
+      EXPECT_EQ(std::vector<int32_t>(t->tokens_of(c, j), t->tokens_of(c, j) + t->tokens), want);
+    }
+    // Ties aside, the first neighbour is the brute-force nearest.
+    const int64_t first = t->ids[c * t->k];
+    double d_first = 0;
+    for (int i = 0; i < dim; ++i) {
+      const double x = rows[c * dim + i] - rows[first * dim + i];
+      d_first += x * x;
+    }
+    EXPECT_NEAR(d_first, best_d, 1e-4) << "chunk " << c;
+  }
+}
+
+TEST_F(RetroNeighboursTest, CacheRoundTripsAndIsRefusedWhenWrong) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  auto t = ComputeRetroNeighbours(*r, 0, Options());
+  RAG_ASSERT_OK(t.status());
+  const std::string file = Path(kRetroNeighboursFile);
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 2, 24).status().code(), absl::StatusCode::kNotFound);
+  RAG_ASSERT_OK(SaveRetroNeighbours(*t, file));
+  auto back = LoadRetroNeighbours(file, t->fingerprint, 2, 24);
+  RAG_ASSERT_OK(back.status());
+  EXPECT_EQ(back->ids, t->ids);
+  EXPECT_EQ(back->token_ids, t->token_ids);
+
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint + "x", 2, 24).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 3, 24).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 2, 32).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  auto bytes = ReadFile(file);
+  RAG_ASSERT_OK(bytes.status());
+  std::string flipped = *bytes;
+  flipped[flipped.size() - 3] ^= 0x10;
+  RAG_ASSERT_OK(WriteFileAtomic(file, flipped));
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 2, 24).status().code(), absl::StatusCode::kDataLoss);
+  RAG_ASSERT_OK(WriteFileAtomic(file, bytes->substr(0, bytes->size() - 8)));
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 2, 24).status().code(), absl::StatusCode::kDataLoss);
+  RAG_ASSERT_OK(WriteFileAtomic(file, bytes->substr(0, 20)));
+  EXPECT_EQ(LoadRetroNeighbours(file, t->fingerprint, 2, 24).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(RetroNeighboursTest, CachedNeighboursAreRecomputedWhenTheIndexChanges) {
+  const std::string file = Path(kRetroNeighboursFile);
+  int64_t before = 0;
+  {
+    auto r = Open();
+    ASSERT_NE(r, nullptr);
+    auto t = LoadOrComputeRetroNeighbours(*r, 0, Options(), file);
+    RAG_ASSERT_OK(t.status());
+    before = t->chunks;
+    // Unchanged index: the cache is used as is.
+    auto again = LoadRetroNeighbours(file, IndexFingerprint(r->manifest()), 2, 24);
+    RAG_ASSERT_OK(again.status());
+  }
+  {
+    auto w = Open(/*writable=*/true);
+    ASSERT_NE(w, nullptr);
+    const auto extra = testing::MakeCorpus(1, 77, 4)[0];
+    RAG_ASSERT_OK(w->AddDocument("added", model_->tokenizer().Encode(extra.text)).status());
+    RAG_ASSERT_OK(w->Checkpoint());
+  }
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const std::string fingerprint = IndexFingerprint(r->manifest());
+  EXPECT_EQ(LoadRetroNeighbours(file, fingerprint, 2, 24).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto t = LoadOrComputeRetroNeighbours(*r, 0, Options(), file);
+  RAG_ASSERT_OK(t.status());
+  EXPECT_GT(t->chunks, before);
+  RAG_ASSERT_OK(LoadRetroNeighbours(file, fingerprint, 2, 24).status());
+}
+
+}  // namespace
+}  // namespace rag::index_builder
