@@ -95,10 +95,11 @@ if [ -f "$here/examples/python/rag_client.py" ]; then
 fi
 
 section "7. kNN-LM over gRPC: validation perplexity, LM vs kNN-LM, and generation in both modes"
-# Each validation document is scored once; the sweep interpolates the LM's
-# and the neighbours' log-probabilities at each lambda (lambda 0 = the LM).
+# Each validation document is scored once per temperature of the neighbour
+# distribution; each pass interpolates the LM's and the neighbours'
+# log-probabilities at every lambda (the LM alone is printed too).
 "$rag" eval perplexity --server "$server" --corpus "$corpus" --split validation --mode knnlm \
-  --sweep lambda=0.1,0.25,0.5 --baseline none --output "$model/eval_knnlm_validation.json"
+  --sweep "lambda=0.25,0.5;temperature=1,10" --baseline none --output "$model/eval_knnlm_validation.json"
 echo "(JSON: $model/eval_knnlm_validation.json; the target is at least 13% below the LM at the best lambda)"
 for mode in lm knnlm; do
   printf -- '--- %s, greedy: "The committee said that" ->\nThe committee said that' "$mode"
