@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "lm/internal/checkpoint.h"
 
 namespace rag::lm {
 
@@ -145,72 +146,11 @@ std::string Trainer::Fingerprint() const {
 }
 
 absl::Status Trainer::SaveCheckpoint() {
-  const std::string tmp = checkpoint_path_ + ".tmp." + std::to_string(::getpid());
-  try {
-    torch::serialize::OutputArchive archive;
-    torch::serialize::OutputArchive model_archive, optim_archive;
-    model_->save(model_archive);
-    optimizer_->save(optim_archive);
-    archive.write("model", model_archive);
-    archive.write("optimizer", optim_archive);
-    archive.write("step", torch::tensor(step_, torch::kLong));
-    {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      archive.write("rng", gen.get_state());  // dropout's RNG
-    }
-    std::vector<double> losses, lrs;
-    for (const auto& r : history_) {
-      losses.push_back(r.loss);
-      lrs.push_back(r.lr);
-    }
-    archive.write("losses", torch::tensor(losses, torch::kDouble));
-    archive.write("lrs", torch::tensor(lrs, torch::kDouble));
-    const std::string fp = Fingerprint();
-    archive.write("fingerprint", torch::tensor(static_cast<int64_t>(XXH3_64bits(fp.data(), fp.size()) >> 1)));
-    archive.save_to(tmp);
-  } catch (const c10::Error& e) {
-    return absl::InternalError("writing checkpoint '" + tmp + "': " + e.what_without_backtrace());
-  }
-  return DurableRename(tmp, checkpoint_path_);
+  return internal::SaveCheckpoint(checkpoint_path_, *model_, *optimizer_, step_, history_, Fingerprint());
 }
 
 absl::Status Trainer::LoadCheckpoint() {
-  try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(checkpoint_path_);
-    torch::Tensor fingerprint;
-    archive.read("fingerprint", fingerprint);
-    const std::string fp = Fingerprint();
-    if (fingerprint.item<int64_t>() != static_cast<int64_t>(XXH3_64bits(fp.data(), fp.size()) >> 1)) {
-      return absl::FailedPreconditionError(
-          "checkpoint '" + checkpoint_path_ +
-          "' was written with a different model config, training options or corpus; resume with the same arguments");
-    }
-    torch::serialize::InputArchive model_archive, optim_archive;
-    archive.read("model", model_archive);
-    archive.read("optimizer", optim_archive);
-    model_->load(model_archive);
-    optimizer_->load(optim_archive);
-    torch::Tensor step, rng, losses, lrs;
-    archive.read("step", step);
-    archive.read("rng", rng);
-    archive.read("losses", losses);
-    archive.read("lrs", lrs);
-    step_ = step.item<int64_t>();
-    {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(rng);
-    }
-    history_.clear();
-    auto l = losses.accessor<double, 1>();
-    auto r = lrs.accessor<double, 1>();
-    for (int64_t i = 0; i < losses.size(0); ++i) history_.push_back({i, l[i], r[i]});
-  } catch (const c10::Error& e) {
-    return absl::DataLossError("reading checkpoint '" + checkpoint_path_ + "': " + e.what_without_backtrace());
-  }
-  return absl::OkStatus();
+  return internal::LoadCheckpoint(checkpoint_path_, Fingerprint(), "model config", *model_, *optimizer_, &step_, &history_);
 }
 
 absl::Status Trainer::Run(const std::atomic<bool>* stop) {

@@ -1,0 +1,90 @@
+#include "lm/internal/checkpoint.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <mutex>
+
+#include "common/file_util.h"
+
+namespace rag::lm::internal {
+namespace {
+
+int64_t FingerprintHash(const std::string& fp) {
+  return static_cast<int64_t>(XXH3_64bits(fp.data(), fp.size()) >> 1);
+}
+
+}  // namespace
+
+absl::Status SaveCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                            int64_t step, const std::vector<TrainingRecord>& history,
+                            const std::string& fingerprint) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    torch::serialize::OutputArchive archive;
+    torch::serialize::OutputArchive model_archive, optim_archive;
+    model.save(model_archive);
+    optimizer.save(optim_archive);
+    archive.write("model", model_archive);
+    archive.write("optimizer", optim_archive);
+    archive.write("step", torch::tensor(step, torch::kLong));
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      archive.write("rng", gen.get_state());  // dropout's RNG
+    }
+    std::vector<double> losses, lrs;
+    for (const auto& r : history) {
+      losses.push_back(r.loss);
+      lrs.push_back(r.lr);
+    }
+    archive.write("losses", torch::tensor(losses, torch::kDouble));
+    archive.write("lrs", torch::tensor(lrs, torch::kDouble));
+    archive.write("fingerprint", torch::tensor(FingerprintHash(fingerprint)));
+    archive.save_to(tmp);
+  } catch (const c10::Error& e) {
+    return absl::InternalError("writing checkpoint '" + tmp + "': " + e.what_without_backtrace());
+  }
+  return DurableRename(tmp, path);
+}
+
+absl::Status LoadCheckpoint(const std::string& path, const std::string& fingerprint, const std::string& what,
+                            torch::nn::Module& model, torch::optim::Optimizer& optimizer, int64_t* step,
+                            std::vector<TrainingRecord>* history) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    torch::Tensor fp;
+    archive.read("fingerprint", fp);
+    if (fp.item<int64_t>() != FingerprintHash(fingerprint)) {
+      return absl::FailedPreconditionError("checkpoint '" + path + "' was written with a different " + what +
+                                           ", training options or corpus; resume with the same arguments");
+    }
+    torch::serialize::InputArchive model_archive, optim_archive;
+    archive.read("model", model_archive);
+    archive.read("optimizer", optim_archive);
+    model.load(model_archive);
+    optimizer.load(optim_archive);
+    torch::Tensor step_t, rng, losses, lrs;
+    archive.read("step", step_t);
+    archive.read("rng", rng);
+    archive.read("losses", losses);
+    archive.read("lrs", lrs);
+    *step = step_t.item<int64_t>();
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rng);
+    }
+    history->clear();
+    auto l = losses.accessor<double, 1>();
+    auto r = lrs.accessor<double, 1>();
+    for (int64_t i = 0; i < losses.size(0); ++i) history->push_back({i, l[i], r[i]});
+  } catch (const c10::Error& e) {
+    return absl::DataLossError("reading checkpoint '" + path + "': " + e.what_without_backtrace());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace rag::lm::internal

@@ -1,0 +1,27 @@
+// The checkpoint both trainers (lm::Trainer, lm::RetroTrainer) write: model
+// and optimizer state, step, the CPU RNG (dropout), the loss history and a
+// fingerprint of what must match on resume. One file, replaced atomically.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "lm/trainer.h"
+
+namespace rag::lm::internal {
+
+absl::Status SaveCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                            int64_t step, const std::vector<TrainingRecord>& history,
+                            const std::string& fingerprint);
+
+// DataLoss for an unreadable file; FailedPrecondition (naming `what`, e.g.
+// "model config") when the fingerprint differs.
+absl::Status LoadCheckpoint(const std::string& path, const std::string& fingerprint, const std::string& what,
+                            torch::nn::Module& model, torch::optim::Optimizer& optimizer, int64_t* step,
+                            std::vector<TrainingRecord>* history);
+
+}  // namespace rag::lm::internal
