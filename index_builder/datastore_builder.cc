@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <numeric>
+#include <random>
 
 #include "common/file_util.h"
 #include "common/progress.h"
@@ -52,10 +54,24 @@ absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Docume
     std::fprintf(stderr, "build: datastore: resuming at key %lld of %lld\n", static_cast<long long>(durable),
                  static_cast<long long>(total));
   }
+  // The FAISS index is built while keys are computed (DatastoreWriter::
+  // IndexInBackground), trained on a sample of the first keys written. So
+  // documents go in a seeded random order: corpora are often sorted (Brown
+  // by genre), and the first quarter of the keys should look like the whole.
+  std::vector<size_t> order(selected.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::mt19937_64 rng(o.seed);  // Fisher-Yates by hand: std::shuffle's order differs between libraries
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  retriever::DatastoreFinishOptions finish;
+  finish.factory = o.index_factory;
+  finish.seed = o.seed;
+  finish.show_progress = o.show_progress;
+  RAG_RETURN_IF_ERROR(writer->IndexInBackground(finish, total));
+
   Progress progress("build: datastore", total, "keys");
   int64_t done = 0, since_sync = 0;
   model.module()->eval();
-  for (size_t i = 0; i < selected.size(); ++i) {
+  for (size_t i : order) {
     const int64_t n = static_cast<int64_t>(tokens[i].size());
     if (done + n <= durable || n == 0) {
       done += n;
@@ -75,11 +91,11 @@ absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Docume
       RAG_RETURN_IF_ERROR(writer->Sync());
       since_sync = 0;
     }
-    if (o.show_progress) progress.Update(done);
+    if (o.show_progress) progress.Update(done, writer->IndexingStatus());
   }
   RAG_RETURN_IF_ERROR(writer->Sync());
-  if (o.show_progress) progress.Finish();
-  return writer->Finish(o.index_factory, o.seed, o.show_progress);
+  if (o.show_progress) progress.Finish(writer->IndexingStatus());
+  return writer->Finish(finish);
 }
 
 }  // namespace rag::index_builder

@@ -22,14 +22,17 @@ namespace rag::index_builder {
 struct DatastoreBuildOptions {
   std::string dir;              // the datastore directory (created)
   std::string index_factory;    // FAISS factory over the keys; "" = chosen from the key count
-  uint64_t seed = 1234;         // FAISS training sample. Default: 1234
+  uint64_t seed = 1234;         // document order and FAISS training sample. Default: 1234
   int64_t sync_every_tokens = 1 << 16;  // rows between durable checkpoints. Default: 65536
   bool show_progress = true;
 };
 
 // Builds the datastore over the documents `selected` indexes into
-// `documents` (in that order); doc_index[i] is the chunk-store index of
-// documents[selected[i]]. Cancelled when `*stop` is raised (rerun to resume).
+// `documents`; doc_index[i] is the chunk-store index of
+// documents[selected[i]]. Keys are written document by document in a
+// random order seeded by options.seed (docs.i32 says which key is whose),
+// and the FAISS index is trained and filled in the background meanwhile.
+// Cancelled when `*stop` is raised (rerun to resume).
 absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Document>& documents,
                                                         const std::vector<size_t>& selected,
                                                         const std::vector<int32_t>& doc_index,

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -12,11 +14,15 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <random>
+#include <string>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 
@@ -198,12 +204,6 @@ absl::StatusOr<HashState> NewHashState() {
   return s;
 }
 
-std::string Hex(uint64_t h) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
-
 // Every half as a float: bulk conversion is a table lookup.
 const float* HalfTable() {
   static const float* table = [] {
@@ -354,7 +354,7 @@ absl::Status HashPayload(int fd, int64_t len, XXH3_state_t* state, const std::st
 DatastoreWriter::DatastoreWriter(std::string dir, int dim, std::unique_ptr<Files> files, int64_t rows)
     : dir_(std::move(dir)), dim_(dim), files_(std::move(files)), rows_(rows) {}
 
-DatastoreWriter::~DatastoreWriter() = default;
+DatastoreWriter::~DatastoreWriter() { StopBackground(); }
 
 absl::StatusOr<std::unique_ptr<DatastoreWriter>> DatastoreWriter::Create(const std::string& dir, int dim, bool resume) {
   const std::string context = "datastore '" + dir + "'";
@@ -517,6 +517,176 @@ absl::Status DatastoreWriter::WriteHeaders(bool with_hashes) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Builds keys.faiss from the rows of keys.f16: the factory is chosen for
+// `total` rows, training uses a seeded sample of the first train_from()
+// rows, and rows are then added in order, a batch at a time, hashing the
+// payload as it is read so the caller can check the file still holds what
+// was appended. Not thread-safe, except added(), which may be polled.
+class KeyIndexer {
+ public:
+  // `prefix_sample`: sample the training rows from a prefix of the rows
+  // (background indexing, which cannot wait for all of them) instead of
+  // from all `total`.
+  static absl::StatusOr<std::unique_ptr<KeyIndexer>> Create(const DatastoreFinishOptions& options, int64_t total,
+                                                            bool prefix_sample, int dim, int keys_fd,
+                                                            std::string keys_path) {
+    auto k = std::unique_ptr<KeyIndexer>(new KeyIndexer(options, dim, keys_fd, std::move(keys_path)));
+    const std::string requested = options.factory.empty() ? VectorIndex::DefaultFactory(total, dim) : options.factory;
+    const int64_t trainable = options.max_train > 0 ? std::min(total, options.max_train) : total;
+    RAG_ASSIGN_OR_RETURN(k->choice_, VectorIndex::AdaptFactory(requested, trainable, dim));
+    RAG_ASSIGN_OR_RETURN(k->index_, VectorIndex::Create(dim, k->choice_.factory));
+    RAG_ASSIGN_OR_RETURN(k->payload_hash_, NewHashState());
+    if (!k->index_->is_trained()) {
+      // 64 keys per IVF list (FAISS wants 39 to 256) and at least 20k, which
+      // also covers PQ's 256 codewords per sub-quantizer: training then
+      // costs a fixed ~20 s instead of growing with nlist, which matters
+      // because the datastore build is measured against the bare forward pass.
+      const int64_t nlist = NlistOfFactory(k->choice_.factory);
+      const int64_t cap = options.max_train > 0 ? options.max_train : std::max(64 * nlist, kDefaultMaxTrain);
+      k->sample_ = std::min(total, cap);
+      k->train_from_ = prefix_sample ? std::min(total, std::max(4 * k->sample_, total / 4)) : total;
+    }
+    const int64_t batch =
+        options.batch_rows > 0 ? options.batch_rows : std::max<int64_t>(1, kAddBatchBytes / (4 * int64_t{dim}));
+    k->batch_ = batch;
+    k->index_->Reserve(total);
+    return k;
+  }
+
+  bool trained() const { return index_->is_trained(); }
+  // Rows that must be written before Train can run.
+  int64_t train_from() const { return train_from_; }
+  int64_t train_rows() const { return trained_rows_; }
+  int64_t added() const { return added_.load(); }
+  const FactoryChoice& choice() const { return choice_; }
+  uint64_t payload_hash() const { return XXH3_64bits_digest(payload_hash_.get()); }
+  const VectorIndex& index() const { return *index_; }
+
+  // Trains on the sample, from the first min(train_from(), rows) rows.
+  absl::Status Train(int64_t rows) {
+    if (trained()) return absl::OkStatus();
+    const int64_t from = std::min(train_from_, rows);
+    const int64_t m = std::min(sample_, from);
+    const size_t d = static_cast<size_t>(dim_);
+    std::vector<float> sample(static_cast<size_t>(m) * d);
+    std::vector<uint16_t> row(d);
+    const std::vector<int64_t> picked = VectorIndex::SampleRows(from, m, options_.seed);
+    for (size_t i = 0; i < picked.size(); ++i) {
+      RAG_RETURN_IF_ERROR(PreadAll(keys_fd_, row.data(), d * 2, RowOffset(picked[i]), keys_path_));
+      HalvesToFloats(row.data(), d, sample.data() + i * d);
+    }
+    absl::Status s = index_->Train(sample.data(), m, options_.seed, m);
+    if (!s.ok()) {
+      // An interrupted FAISS training can leave a half-trained coarse
+      // quantizer that a retry would keep: start the next try afresh.
+      auto fresh = VectorIndex::Create(dim_, choice_.factory);
+      if (fresh.ok()) index_ = std::move(fresh).value();
+      return s;
+    }
+    trained_rows_ = m;
+    return absl::OkStatus();
+  }
+
+  // Adds rows [added(), rows), a batch at a time; stops between batches
+  // (Cancelled) once `*cancel` is true.
+  absl::Status AddUpTo(int64_t rows, const std::atomic<bool>* cancel = nullptr) {
+    const size_t d = static_cast<size_t>(dim_);
+    while (added_.load() < rows) {
+      if (cancel != nullptr && cancel->load()) return absl::CancelledError("indexing keys: cancelled");
+      const int64_t r = added_.load();
+      const int64_t m = std::min(batch_, rows - r);
+      const size_t count = static_cast<size_t>(m) * d;
+      halves_.resize(count);
+      floats_.resize(count);
+      RAG_RETURN_IF_ERROR(PreadAll(keys_fd_, halves_.data(), count * 2, RowOffset(r), keys_path_));
+      HalvesToFloats(halves_.data(), count, floats_.data());
+      RAG_RETURN_IF_ERROR(index_->Add(floats_.data(), m));
+      XXH3_64bits_update(payload_hash_.get(), halves_.data(), count * 2);
+      added_.store(r + m);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  KeyIndexer(const DatastoreFinishOptions& options, int dim, int keys_fd, std::string keys_path)
+      : options_(options), dim_(dim), keys_fd_(keys_fd), keys_path_(std::move(keys_path)) {}
+  int64_t RowOffset(int64_t row) const { return kDatastoreHeaderBytes + row * int64_t{dim_} * 2; }
+
+  DatastoreFinishOptions options_;
+  int dim_;
+  int keys_fd_;
+  std::string keys_path_;
+  FactoryChoice choice_;
+  std::unique_ptr<VectorIndex> index_;
+  HashState payload_hash_{nullptr, &XXH3_freeState};
+  int64_t sample_ = 0, train_from_ = 0, trained_rows_ = 0, batch_ = 1;
+  std::atomic<int64_t> added_{0};
+  std::vector<uint16_t> halves_;
+  std::vector<float> floats_;
+};
+
+bool SameFinishOptions(const DatastoreFinishOptions& a, const DatastoreFinishOptions& b) {
+  return a.factory == b.factory && a.seed == b.seed && a.max_train == b.max_train && a.batch_rows == b.batch_rows;
+}
+
+// The calling thread gives way to every other runnable thread of normal
+// priority (Linux nice values are per thread). Best effort.
+void LowestThreadPriority() { ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 19); }
+
+}  // namespace
+
+// The indexer and the thread that runs it while rows are appended.
+struct DatastoreWriter::Background {
+  DatastoreFinishOptions options;
+  std::unique_ptr<KeyIndexer> indexer;
+  std::thread thread;
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> training{false};
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  int64_t synced = 0;   // rows durable (written and fsynced) so far; guarded by mu
+  absl::Status status;  // the thread's error; guarded by mu
+
+  void Run() {
+    LowestThreadPriority();
+    absl::Status s = [&]() -> absl::Status {
+      // Wait for `rows` synced rows; false once cancelled.
+      auto wait_for = [&](int64_t rows, int64_t* available) {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return cancel.load() || synced >= rows; });
+        *available = synced;
+        return !cancel.load();
+      };
+      int64_t available = 0;
+      if (!indexer->trained()) {
+        if (!wait_for(indexer->train_from(), &available)) return absl::OkStatus();
+        training = true;
+        absl::Status trained;
+        {
+          // Only training is interrupted inside FAISS (KeyIndexer::Train
+          // then starts over); adds stop between batches, so none is half done.
+          VectorIndex::CancelScope scope(&cancel);
+          trained = indexer->Train(available);
+        }
+        training = false;
+        if (!trained.ok()) return trained;
+      }
+      while (wait_for(indexer->added() + 1, &available)) {
+        absl::Status added = indexer->AddUpTo(available, &cancel);
+        if (!added.ok()) return added;
+      }
+      return absl::OkStatus();
+    }();
+    // Cancelled work is simply picked up again by Finish.
+    if (!s.ok() && !absl::IsCancelled(s)) {
+      std::lock_guard<std::mutex> lock(mu);
+      status = s;
+    }
+  }
+};
+
 absl::Status DatastoreWriter::Sync() {
   const std::string context = "syncing datastore '" + dir_ + "'";
   if (finished_) return absl::FailedPreconditionError(context + ": the writer is finished");
@@ -530,7 +700,58 @@ absl::Status DatastoreWriter::Sync() {
     broken_ = s;
     return Annotate(s, context);
   }
+  if (background_ != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(background_->mu);
+      background_->synced = rows_;
+    }
+    background_->cv.notify_all();
+  }
   return absl::OkStatus();
+}
+
+absl::Status DatastoreWriter::IndexInBackground(const DatastoreFinishOptions& options, int64_t total_rows) {
+  const std::string context = "indexing datastore '" + dir_ + "' in the background";
+  if (finished_) return absl::FailedPreconditionError(context + ": the writer is finished");
+  if (!broken_.ok())
+    return absl::FailedPreconditionError(context + ": the writer failed earlier: " + broken_.ToString());
+  if (background_ != nullptr) return absl::FailedPreconditionError(context + ": already started");
+  if (options.max_train < 0 || options.batch_rows < 0) {
+    return absl::InvalidArgumentError(context + ": negative max_train or batch_rows");
+  }
+  if (total_rows < rows_) {
+    return absl::InvalidArgumentError(context + ": total_rows " + std::to_string(total_rows) + " is below the " +
+                                      std::to_string(rows_) + " rows already written");
+  }
+  auto bg = std::make_unique<Background>();
+  bg->options = options;
+  auto indexer = KeyIndexer::Create(options, total_rows, /*prefix_sample=*/true, dim_, files_->fd[0].get(),
+                                    files_->path[0]);
+  if (!indexer.ok()) return Annotate(indexer.status(), context);
+  bg->indexer = std::move(indexer).value();
+  bg->synced = rows_;  // a resumed writer's rows are durable
+  Background* raw = bg.get();
+  bg->thread = std::thread([raw] { raw->Run(); });
+  background_ = std::move(bg);
+  return absl::OkStatus();
+}
+
+std::string DatastoreWriter::IndexingStatus() const {
+  if (background_ == nullptr) return "";
+  const KeyIndexer& k = *background_->indexer;
+  if (background_->training.load()) return "training the index";
+  if (!k.trained()) return "index trains after " + HumanCount(static_cast<double>(k.train_from())) + " keys";
+  return HumanCount(static_cast<double>(k.added())) + " keys indexed";
+}
+
+void DatastoreWriter::StopBackground() {
+  if (background_ == nullptr || !background_->thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(background_->mu);
+    background_->cancel = true;
+  }
+  background_->cv.notify_all();
+  background_->thread.join();
 }
 
 absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptions& options) {
@@ -541,10 +762,12 @@ absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptio
   if (options.max_train < 0 || options.batch_rows < 0) {
     return absl::InvalidArgumentError(context + ": negative max_train or batch_rows");
   }
+  if (background_ != nullptr && !SameFinishOptions(options, background_->options)) {
+    return absl::InvalidArgumentError(context + ": the options differ from those given to IndexInBackground");
+  }
   finished_ = true;
   const auto started = std::chrono::steady_clock::now();
   const int64_t n = rows_;
-  const size_t d = static_cast<size_t>(dim_);
 
   // 1. Checksums into the headers.
   {
@@ -555,95 +778,61 @@ absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptio
   }
   const uint64_t keys_payload_hash = XXH3_64bits_digest(files_->hash[0].get());
 
-  // 2. The index factory.
+  // 2. The indexer: the background one, stopped where it got to, or a new one.
+  std::unique_ptr<KeyIndexer> indexer;
+  if (background_ != nullptr) {
+    StopBackground();
+    {
+      std::lock_guard<std::mutex> lock(background_->mu);
+      RAG_RETURN_IF_ERROR(Annotate(background_->status, context + " (background indexing)"));
+    }
+    indexer = std::move(background_->indexer);
+  } else {
+    auto created =
+        KeyIndexer::Create(options, n, /*prefix_sample=*/false, dim_, files_->fd[0].get(), files_->path[0]);
+    if (!created.ok()) return Annotate(created.status(), context);
+    indexer = std::move(created).value();
+  }
   DatastoreInfo info;
   info.rows = n;
   info.dim = dim_;
   info.requested_factory = options.factory;
-  const std::string requested = options.factory.empty() ? VectorIndex::DefaultFactory(n, dim_) : options.factory;
-  const int64_t trainable = options.max_train > 0 ? std::min(n, options.max_train) : n;
-  auto adapted = VectorIndex::AdaptFactory(requested, trainable, dim_);
-  if (!adapted.ok()) return Annotate(adapted.status(), context);
-  const FactoryChoice choice = std::move(adapted).value();
-  info.index_factory = choice.factory;
-  info.factory_note = choice.note;
-  auto created = VectorIndex::Create(dim_, choice.factory);
-  if (!created.ok()) return Annotate(created.status(), context);
-  std::unique_ptr<VectorIndex> index = std::move(created).value();
+  info.index_factory = indexer->choice().factory;
+  info.factory_note = indexer->choice().note;
 
-  const int keys_fd = files_->fd[0].get();
-  const std::string& keys_path = files_->path[0];
-  const int64_t row_bytes = static_cast<int64_t>(d) * 2;
-
-  // 3. Training on a seeded sample, read row by row from keys.f16.
-  if (!index->is_trained()) {
-    const int64_t nlist = NlistOfFactory(choice.factory);
-    // 64 keys per IVF list (FAISS wants 39 to 256) and at least 20k, which
-    // also covers PQ's 256 codewords per sub-quantizer: training then costs
-    // a fixed ~20 s instead of growing with nlist, which matters because
-    // the datastore build is measured against the bare forward pass.
-    const int64_t cap = options.max_train > 0 ? options.max_train : std::max(64 * nlist, kDefaultMaxTrain);
-    const int64_t m = std::min(n, cap);
-    Progress progress("datastore: training '" + choice.factory + "'", m, "keys");
+  // 3. Training on a seeded sample, unless done in the background.
+  if (!indexer->trained()) {
+    Progress progress("datastore: training '" + info.index_factory + "'", 1, "runs");
     if (options.show_progress) progress.Update(0);
-    std::vector<float> sample(static_cast<size_t>(m) * d);
-    {
-      std::vector<uint16_t> row(d);
-      const std::vector<int64_t> rows = VectorIndex::SampleRows(n, m, options.seed);
-      for (size_t i = 0; i < rows.size(); ++i) {
-        RAG_RETURN_IF_ERROR(Annotate(PreadAll(keys_fd, row.data(), static_cast<size_t>(row_bytes),
-                                              kDatastoreHeaderBytes + rows[i] * row_bytes, keys_path),
-                                     context));
-        HalvesToFloats(row.data(), d, sample.data() + i * d);
-      }
-    }
-    RAG_RETURN_IF_ERROR(Annotate(index->Train(sample.data(), m, options.seed, m), context));
-    info.train_rows = m;
+    RAG_RETURN_IF_ERROR(Annotate(indexer->Train(n), context));
     if (options.show_progress) {
-      progress.Update(m);
-      progress.Finish();
+      progress.Update(1, "on " + HumanCount(static_cast<double>(indexer->train_rows())) + " keys");
+      progress.Finish("on " + HumanCount(static_cast<double>(indexer->train_rows())) + " keys");
     }
   }
+  info.train_rows = indexer->train_rows();
 
-  // 4. Adding every key, a batch at a time, re-reading keys.f16 from its
-  // first byte: the same pass checks the payload and hashes the whole file.
+  // 4. Adding the keys not yet added, a batch at a time, re-reading
+  // keys.f16: the reads also re-check the payload against its checksum.
   {
-    RAG_ASSIGN_OR_RETURN(HashState file_hash, NewHashState());
-    RAG_ASSIGN_OR_RETURN(HashState payload_hash, NewHashState());
-    unsigned char header[kHeaderBytes];
-    RAG_RETURN_IF_ERROR(Annotate(PreadAll(keys_fd, header, kHeaderBytes, 0, keys_path), context));
-    XXH3_64bits_update(file_hash.get(), header, kHeaderBytes);
-
-    const int64_t batch =
-        options.batch_rows > 0 ? options.batch_rows : std::max<int64_t>(1, kAddBatchBytes / (4 * dim_));
-    index->Reserve(n);
-    std::vector<uint16_t> halves(static_cast<size_t>(std::min(batch, n)) * d);
-    std::vector<float> floats(halves.size());
     Progress progress("datastore: indexing keys", n, "keys");
-    if (options.show_progress) progress.Update(0);
-    for (int64_t r = 0; r < n; r += batch) {
-      const int64_t m = std::min(batch, n - r);
-      const size_t count = static_cast<size_t>(m) * d;
-      RAG_RETURN_IF_ERROR(Annotate(
-          PreadAll(keys_fd, halves.data(), count * 2, kDatastoreHeaderBytes + r * row_bytes, keys_path), context));
-      XXH3_64bits_update(file_hash.get(), halves.data(), count * 2);
-      XXH3_64bits_update(payload_hash.get(), halves.data(), count * 2);
-      HalvesToFloats(halves.data(), count, floats.data());
-      RAG_RETURN_IF_ERROR(Annotate(index->Add(floats.data(), m), context));
-      if (options.show_progress) progress.Update(r + m);
+    if (options.show_progress) progress.Update(indexer->added());
+    for (int64_t r = indexer->added(); r < n;) {
+      r = std::min(n, r + std::max<int64_t>(1, n / 100));
+      RAG_RETURN_IF_ERROR(Annotate(indexer->AddUpTo(r), context));
+      if (options.show_progress) progress.Update(r);
     }
     if (options.show_progress) progress.Finish();
-    if (XXH3_64bits_digest(payload_hash.get()) != keys_payload_hash) {
-      return absl::DataLossError(context + ": '" + keys_path +
+    if (indexer->payload_hash() != keys_payload_hash) {
+      return absl::DataLossError(context + ": '" + files_->path[0] +
                                  "' changed on disk while it was written (checksum mismatch on re-reading)");
     }
-    info.checksums[kDatastoreKeysFile] = Hex(XXH3_64bits_digest(file_hash.get()));
   }
 
   // 5. keys.faiss last: its presence marks the datastore finished.
   const std::string index_path = PathIn(dir_, kDatastoreIndexFile);
-  RAG_RETURN_IF_ERROR(Annotate(index->Save(index_path), context));
-  for (const char* name : {kDatastoreValuesFile, kDatastoreDocsFile, kDatastoreIndexFile}) {
+  RAG_RETURN_IF_ERROR(Annotate(indexer->index().Save(index_path), context));
+  for (const char* name : {kDatastoreKeysFile, kDatastoreValuesFile, kDatastoreDocsFile, kDatastoreIndexFile}) {
     auto hex = HashFileHex(PathIn(dir_, name));
     if (!hex.ok()) return Annotate(hex.status(), context);
     info.checksums[name] = *hex;

@@ -141,6 +141,25 @@ class DatastoreWriter {
   int dim() const { return dim_; }
   const std::string& dir() const { return dir_; }
 
+  // Overlaps building keys.faiss with the appending: a background thread,
+  // at the lowest CPU priority so it only takes what the caller leaves idle,
+  // trains the index once Sync has made the first rows durable and then adds
+  // every synced row. `total_rows` is the row count the datastore will have
+  // at Finish. The training sample is drawn (seeded) from the first
+  // max(4 * sample, total_rows / 4) rows rather than from all of them, so
+  // append in an order whose beginning represents the whole (e.g. documents
+  // shuffled). Finish must then get the same options; it stops the thread
+  // and completes whatever is left itself. The index is a pure function of
+  // the rows, the options and total_rows, however the work was split, so an
+  // interrupted and resumed build ends identical. FailedPrecondition after
+  // Finish, after an error, or when already called; InvalidArgument for
+  // bad options or total_rows < rows().
+  absl::Status IndexInBackground(const DatastoreFinishOptions& options, int64_t total_rows);
+
+  // One phrase on what the background indexing is doing ("training the
+  // index", "1.2M keys indexed"); "" without IndexInBackground. Thread-safe.
+  std::string IndexingStatus() const;
+
   // Completes the datastore: writes the payload checksums into the headers,
   // trains the index on a seeded sample of the stored keys (read back from
   // keys.f16, at most options.max_train of them), adds all keys in batches of
@@ -149,14 +168,17 @@ class DatastoreWriter {
   // and DataLoss is returned if they no longer match the checksum. After
   // Finish (even a failed one) only a new writer can be used; a failed
   // Finish can be retried by resuming. InvalidArgument for a factory FAISS
-  // cannot build for dim.
+  // cannot build for dim, or for options other than IndexInBackground's.
   absl::StatusOr<DatastoreInfo> Finish(const DatastoreFinishOptions& options = {});
   // Shorthand for Finish with those three options and the other defaults.
   absl::StatusOr<DatastoreInfo> Finish(const std::string& factory, uint64_t seed, bool show_progress);
 
  private:
   struct Files;
+  struct Background;
   DatastoreWriter(std::string dir, int dim, std::unique_ptr<Files> files, int64_t rows);
+  // Stops the background indexing thread, if any, and waits for it.
+  void StopBackground();
   // Writes the three headers with rows_ and the given payload hashes.
   absl::Status WriteHeaders(bool with_hashes);
   absl::Status FsyncAll();
@@ -167,6 +189,7 @@ class DatastoreWriter {
   int64_t rows_;
   bool finished_ = false;
   absl::Status broken_;  // the I/O error that made the writer unusable
+  std::unique_ptr<Background> background_;
 };
 
 struct DatastoreOpenOptions {

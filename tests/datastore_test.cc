@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "common/progress.h"
 #include "retriever/vector_index.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
@@ -663,6 +665,87 @@ TEST(DatastoreWriterTest, ResumeGivesTheSameDatastoreAsAStraightWrite) {
   auto ds = Datastore::Open(resumed_dir.path());
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ((*ds)->size(), 3000);
+}
+
+// IndexInBackground: the index is the same whether the background thread
+// got far or nowhere before Finish, and after the writer was dropped part-way
+// (a killed build) and resumed.
+TEST(DatastoreWriterTest, BackgroundIndexingGivesTheSameIndexHoweverFarItGot) {
+  const int d = 16;
+  const int64_t n = 48000, batch = 4000;
+  Rows r = MakeRows(LatentKeys(n, d, 41), d);
+  DatastoreFinishOptions o = Factory("IVF16,PQ4");
+  o.max_train = 10000;  // trains on the first max(4 * 10000, n / 4) rows, before the last is written
+  o.batch_rows = 3000;
+
+  // Appends [begin, end) in synced batches; with `patient`, waits after
+  // each batch until the background thread has indexed it (or cannot train yet).
+  auto append = [&](DatastoreWriter* w, int64_t begin, int64_t end, bool patient) {
+    for (int64_t b = begin; b < end; b += batch) {
+      const int64_t e = std::min(end, b + batch);
+      RAG_ASSERT_OK(AppendRange(w, r, b, e));
+      RAG_ASSERT_OK(w->Sync());
+      const std::string caught_up = HumanCount(static_cast<double>(e)) + " keys indexed";
+      for (int i = 0; patient && i < 3000; ++i) {
+        const std::string status = w->IndexingStatus();
+        if (status == caught_up || status.find("trains after") != std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  };
+  testing::TempDir straight_dir, patient_dir, resumed_dir;
+  // Finish as soon as the last row is written.
+  {
+    auto w = DatastoreWriter::Create(straight_dir.path(), d, false);
+    ASSERT_TRUE(w.ok()) << w.status();
+    RAG_ASSERT_OK((*w)->IndexInBackground(o, n));
+    EXPECT_EQ((*w)->IndexInBackground(o, n).code(), absl::StatusCode::kFailedPrecondition);
+    append(w->get(), 0, n, false);
+    EXPECT_EQ((*w)->Finish(Factory("IVF16,PQ4")).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  auto w2 = DatastoreWriter::Create(straight_dir.path(), d, true);  // the failed Finish left it resumable
+  ASSERT_TRUE(w2.ok()) << w2.status();
+  RAG_ASSERT_OK((*w2)->IndexInBackground(o, n));
+  auto straight = (*w2)->Finish(o);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  EXPECT_EQ(straight->index_factory, "IVF16,PQ4");
+  EXPECT_EQ(straight->train_rows, 10000);
+
+  // Let the thread train and index every batch before the next one.
+  auto p = DatastoreWriter::Create(patient_dir.path(), d, false);
+  ASSERT_TRUE(p.ok()) << p.status();
+  RAG_ASSERT_OK((*p)->IndexInBackground(o, n));
+  EXPECT_NE((*p)->IndexingStatus().find("trains after 40.0k"), std::string::npos) << (*p)->IndexingStatus();
+  append(p->get(), 0, n, true);
+  EXPECT_EQ((*p)->IndexingStatus(), "48.0k keys indexed");
+  auto patient = (*p)->Finish(o);
+  ASSERT_TRUE(patient.ok()) << patient.status();
+  EXPECT_EQ(patient->checksums, straight->checksums);
+
+  // Dropped (cancelled) while indexing, then resumed.
+  {
+    auto k = DatastoreWriter::Create(resumed_dir.path(), d, false);
+    ASSERT_TRUE(k.ok()) << k.status();
+    RAG_ASSERT_OK((*k)->IndexInBackground(o, n));
+    append(k->get(), 0, 44000, true);
+  }
+  auto resumed_writer = DatastoreWriter::Create(resumed_dir.path(), d, true);
+  ASSERT_TRUE(resumed_writer.ok()) << resumed_writer.status();
+  EXPECT_EQ((*resumed_writer)->rows(), 44000);
+  EXPECT_EQ((*resumed_writer)->IndexInBackground(o, 43999).code(), absl::StatusCode::kInvalidArgument);
+  RAG_ASSERT_OK((*resumed_writer)->IndexInBackground(o, n));
+  append(resumed_writer->get(), 44000, n, false);
+  auto resumed = (*resumed_writer)->Finish(o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->checksums, straight->checksums);
+
+  // The index finds stored keys.
+  auto ds = Datastore::Open(resumed_dir.path());
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  std::vector<std::vector<DatastoreNeighbour>> res;
+  RAG_ASSERT_OK((*ds)->Search(r.keys.data() + 123 * d, 1, 5, 16, {}, /*exact=*/true, &res));
+  ASSERT_FALSE(res[0].empty());
+  EXPECT_EQ(res[0][0].key_id, 123);
 }
 
 TEST(DatastoreWriterTest, ResumeWithNothingThereStartsAfresh) {
