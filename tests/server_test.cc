@@ -73,20 +73,36 @@ class ServerTest : public ::testing::Test {
   }
 
   // Starts a server on an ephemeral loopback port and connects a client.
-  void Serve(Engine* engine) {
+  // The fixture owns the engine so that it outlives the server: a handler
+  // still running when the test body ends (a Generate whose client left)
+  // must not find its model freed.
+  Engine* Serve(std::unique_ptr<Engine> engine) {
+    engine_ = std::move(engine);
+    if (engine_ == nullptr) return nullptr;
     ServerOptions so;
     so.listen = "127.0.0.1:0";
-    auto server = Server::Start(engine, so);
-    ASSERT_TRUE(server.ok()) << server.status();
+    auto server = Server::Start(engine_.get(), so);
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return nullptr;
     server_ = std::move(*server);
-    ASSERT_GT(server_->port(), 0);
+    EXPECT_GT(server_->port(), 0);
     auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string(server_->port()), 10);
-    ASSERT_TRUE(client.ok()) << client.status();
+    EXPECT_TRUE(client.ok()) << client.status();
+    if (!client.ok()) return nullptr;
     client_ = std::move(*client);
+    return engine_.get();
+  }
+
+  // Stops the server (waiting for its handlers) before closing the engine.
+  void StopServing() {
+    client_.reset();
+    server_.reset();
+    engine_.reset();
   }
 
   static testing::TempDir* dir_;
   static std::vector<Document>* docs_;
+  std::unique_ptr<Engine> engine_;  // declared first: destroyed after the server
   std::unique_ptr<Server> server_;
   std::unique_ptr<GrpcBackend> client_;
 };
@@ -100,9 +116,8 @@ void ExpectSameMessage(const M& a, const M& b) {
 }
 
 TEST_F(ServerTest, GrpcAnswersEqualInProcessAnswers) {
-  auto engine = OpenEngine(IndexDir(), false);
+  Engine* engine = Serve(OpenEngine(IndexDir(), false));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
 
   v1::SearchRequest search;
   search.add_texts((*docs_)[0].text.substr(0, 80));
@@ -172,9 +187,8 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   EngineLimits limits;
   limits.max_batch = 4;
   limits.max_text_bytes = 1000;
-  auto engine = OpenEngine(IndexDir(), false, limits);
+  Engine* engine = Serve(OpenEngine(IndexDir(), false, limits));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
   auto expect = [](const absl::Status& s, absl::StatusCode code, const std::string& needle) {
     EXPECT_EQ(s.code(), code) << s;
     EXPECT_NE(s.message().find(needle), std::string::npos) << s;
@@ -227,9 +241,8 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
 }
 
 TEST_F(ServerTest, ModelOnlyServerRefusesIndexRpcs) {
-  auto engine = OpenEngine("", false);
+  Engine* engine = Serve(OpenEngine("", false));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
   v1::SearchRequest search;
   search.add_texts("the");
   EXPECT_EQ(client_->Search(search).status().code(), absl::StatusCode::kFailedPrecondition);
@@ -244,9 +257,8 @@ TEST_F(ServerTest, AddedDocumentsAreSearchableAtOnceAndSurviveRestart) {
   const std::string text = "zebra quartz zebra quartz violet harbour lantern " + (*docs_)[2].text.substr(0, 60);
   int64_t chunks_before = 0;
   {
-    auto engine = OpenEngine(index, true);
+    Engine* engine = Serve(OpenEngine(index, true));
     ASSERT_NE(engine, nullptr);
-    Serve(engine.get());
     chunks_before = client_->Stats()->chunks();
     v1::Document d;
     d.set_id("added-1");
@@ -280,7 +292,7 @@ TEST_F(ServerTest, AddedDocumentsAreSearchableAtOnceAndSurviveRestart) {
     RAG_ASSERT_OK(again.status());
     EXPECT_EQ(again->documents_skipped(), 2);
     EXPECT_EQ(again->documents_added(), 0);
-    server_->Shutdown();
+    StopServing();
   }
   // Restart: both documents are there, and the manifest on disk agrees.
   auto manifest = retriever::Manifest::Load(index);
@@ -338,9 +350,8 @@ TEST_F(ServerTest, DocumentsAckedBeforeACrashAreIndexedOnReopen) {
 }
 
 TEST_F(ServerTest, HealthCheckReportsServing) {
-  auto engine = OpenEngine(IndexDir(), false);
+  Engine* engine = Serve(OpenEngine(IndexDir(), false));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
   // grpc.health.v1.Health/Check with an empty HealthCheckRequest; the reply
   // HealthCheckResponse{status: SERVING (1)} encodes as 08 01.
   auto channel =
@@ -372,9 +383,8 @@ TEST_F(ServerTest, HealthCheckReportsServing) {
 }
 
 TEST_F(ServerTest, ReflectionListsTheRagServices) {
-  auto engine = OpenEngine(IndexDir(), false);
+  Engine* engine = Serve(OpenEngine(IndexDir(), false));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
   // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with
   // ServerReflectionRequest{list_services: ""} (field 7: 3a 00), over the
   // generic async API, since the reflection client is not an installed
@@ -417,9 +427,8 @@ TEST_F(ServerTest, ReflectionListsTheRagServices) {
 }
 
 TEST_F(ServerTest, ClientThatGoesAwayStopsGeneration) {
-  auto engine = OpenEngine(IndexDir(), false);
+  Engine* engine = Serve(OpenEngine(IndexDir(), false));
   ASSERT_NE(engine, nullptr);
-  Serve(engine.get());
   v1::GenerateRequest gen;
   gen.set_prompt("the");
   gen.set_max_tokens(1000);
