@@ -20,6 +20,7 @@
 #include "common/progress.h"
 #include "common/status.h"
 #include "eval/perplexity.h"
+#include "eval/probes.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
 #include "index_builder/retro_training.h"
@@ -623,6 +624,91 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   return 0;
 }
 
+struct EvalProbesArgs {
+  TargetArgs target;
+  KnnArgs knn;
+  std::string probes, mode = "lm", output;
+  bool json_out = false, quiet = false;
+};
+
+json ProbeMetricsJson(const rag::eval::ProbeMetrics& m) {
+  return {{"probes", m.probes},
+          {"p_at_1", m.p_at_1},
+          {"p_at_10", m.p_at_10},
+          {"mrr", m.mrr},
+          {"first_token", {{"p_at_1", m.first_token_p_at_1}, {"p_at_10", m.first_token_p_at_10}, {"mrr", m.first_token_mrr}}}};
+}
+
+int RunEvalProbes(const EvalProbesArgs& a) {
+  auto probes = rag::eval::ReadProbes(a.probes);
+  if (!probes.ok()) return Fail(probes.status());
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  auto info = (*backend)->Info();
+  if (!info.ok()) return Fail(info.status());
+  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
+  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
+  rag::eval::TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+    rag::v1::ScoreRequest req;
+    req.set_text(text);
+    req.set_mode(a.mode);
+    req.set_per_token(true);
+    SetKnn(a.knn, &req);
+    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
+    std::vector<float> logprobs;
+    for (const auto& t : r.token_scores()) logprobs.push_back(t.logprob());
+    return logprobs;
+  };
+  int64_t sentences = 0;
+  for (const auto& p : *probes) sentences += static_cast<int64_t>(p.sentences.size() * p.candidates.size());
+  std::unique_ptr<rag::Progress> progress;
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("probes", static_cast<int64_t>(probes->size()), "probes");
+  auto report = rag::eval::EvaluateProbes(*probes, *tok, scorer, [&](size_t done) {
+    if (progress) progress->Update(static_cast<int64_t>(done));
+  });
+  if (!report.ok()) return Fail(report.status());
+  if (progress) progress->Finish();
+  json j = ProbeMetricsJson(report->overall);
+  j["mode"] = a.mode;
+  j["file"] = a.probes;
+  j["sentences_scored"] = sentences;
+  if (a.mode == "retro") j["retrieval"] = a.knn.retrieval.empty() ? "on" : a.knn.retrieval;
+  json by_relation = json::object();
+  for (const auto& [relation, m] : report->by_relation) by_relation[relation] = ProbeMetricsJson(m);
+  j["by_relation"] = by_relation;
+  json results = json::array();
+  for (const auto& r : report->results) {
+    results.push_back({{"line", r.probe->line},
+                       {"relation", r.probe->relation},
+                       {"subject", r.probe->subject},
+                       {"object", r.probe->object},
+                       {"candidates", r.probe->candidates.size()},
+                       {"rank", r.rank},
+                       {"first_token_rank", r.first_token_rank},
+                       {"top", r.top}});
+  }
+  j["results"] = results;
+  if (!a.output.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
+  if (a.json_out) {
+    PrintJson(j);
+    return 0;
+  }
+  std::printf("mode %s%s: %lld probes, %lld sentences scored\n", a.mode.c_str(),
+              a.mode == "retro" ? (", retrieval " + j["retrieval"].get<std::string>()).c_str() : "",
+              static_cast<long long>(report->overall.probes), static_cast<long long>(sentences));
+  std::printf("%-24s %7s %7s %7s %7s   %s\n", "relation", "probes", "P@1", "P@10", "MRR",
+              "first token: P@1  P@10   MRR");
+  auto row = [](const std::string& name, const rag::eval::ProbeMetrics& m) {
+    std::printf("%-24s %7lld %7.3f %7.3f %7.3f   %17.3f %5.3f %5.3f\n", name.c_str(), static_cast<long long>(m.probes),
+                m.p_at_1, m.p_at_10, m.mrr, m.first_token_p_at_1, m.first_token_p_at_10, m.first_token_mrr);
+  };
+  for (const auto& [relation, m] : report->by_relation) row(relation, m);
+  row("all", report->overall);
+  return 0;
+}
+
 // The embedding function of an index: the model's own (mean-pooled hidden
 // states) unless the user brings a TorchScript encoder.
 absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::LanguageModel* model,
@@ -1065,6 +1151,16 @@ int main(int argc, char** argv) {
   ppl_cmd->add_option("--sweep", ppl.sweep, "knnlm: several lambdas in one pass (lambda=0.1,0.25,0.5), optionally times temperatures, one pass each (;temperature=1,10)");
   ppl_cmd->add_flag("--exclude-own-doc", ppl.exclude_own, "knnlm: never use keys of, retro: never retrieve chunks of, the document being scored");
 
+  EvalProbesArgs probes;
+  auto* probes_cmd = eval_cmd->add_subcommand("probes", "knowledge probes (LAMA JSONL): P@1, P@10, MRR by relation");
+  AddTargetOptions(probes_cmd, &probes.target, true);
+  probes_cmd->add_option("--probes", probes.probes, "probe file: LAMA-compatible JSONL")->required();
+  probes_cmd->add_option("--mode", probes.mode, "lm, knnlm or retro")->capture_default_str();
+  probes_cmd->add_flag("--json", probes.json_out, "print JSON");
+  probes_cmd->add_option("--output", probes.output, "also write the JSON result to this file");
+  probes_cmd->add_flag("--quiet", probes.quiet, "no progress lines");
+  AddKnnOptions(probes_cmd, &probes.knn, "--temperature");
+
   CLI11_PARSE(app, argc, argv);
   if (threads < 0) {
     std::fprintf(stderr, "rag: error: --threads must be >= 0\n");
@@ -1081,6 +1177,7 @@ int main(int argc, char** argv) {
     if (stats_cmd->parsed()) return RunStats(stats_target);
     if (gen_cmd->parsed()) return RunGenerate(gen);
     if (ppl_cmd->parsed()) return RunEvalPerplexity(ppl);
+    if (probes_cmd->parsed()) return RunEvalProbes(probes);
     if (build_cmd->parsed()) return RunBuild(build);
     if (query_cmd->parsed()) return RunQuery(query);
     if (validate_cmd->parsed()) return RunValidate(validate_dir, validate_sample, validate_nprobe, validate_json);
