@@ -21,8 +21,10 @@
 #include <limits>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -860,6 +862,27 @@ struct Datastore::Mapping {
   const unsigned char* bytes() const { return static_cast<const unsigned char*>(addr); }
 };
 
+// added.log: one record per document, each
+//   "RAGADD01" | u32 dim | u32 id bytes | i64 n | i32 doc | u32 0 | id |
+//   n*dim fp16 keys | n int32 values | u64 XXH3 of the record's bytes before it
+// written with one pwrite and an fsync before AddDocumentKeys returns. A
+// record cut short by a crash fails its length or checksum: Open stops
+// there, and the next append overwrites it.
+constexpr char kAddedMagic[8] = {'R', 'A', 'G', 'A', 'D', 'D', '0', '1'};
+constexpr size_t kAddedHeaderBytes = 32;
+constexpr uint32_t kMaxAddedIdBytes = 1 << 20;
+
+struct Datastore::Added {
+  mutable std::shared_mutex mu;  // guards the vectors and doc_ids
+  std::vector<float> keys;       // [n, dim], fp16-rounded
+  std::vector<int32_t> values, docs;
+  std::unordered_set<std::string> doc_ids;
+  std::mutex write_mu;     // serializes appends to added.log
+  std::string path;
+  int64_t valid_bytes = 0;  // whole records at the start of added.log
+  Fd fd;                    // opened by the first durable add
+};
+
 Datastore::Datastore(std::string dir, int dim, int64_t rows, std::unique_ptr<Mapping> keys,
                      std::unique_ptr<Mapping> values, std::unique_ptr<Mapping> docs, std::unique_ptr<VectorIndex> index,
                      uint64_t total_bytes)
@@ -874,6 +897,8 @@ Datastore::Datastore(std::string dir, int dim, int64_t rows, std::unique_ptr<Map
   key_data_ = reinterpret_cast<const uint16_t*>(keys_->bytes() + kHeaderBytes);
   value_data_ = reinterpret_cast<const int32_t*>(values_->bytes() + kHeaderBytes);
   doc_data_ = reinterpret_cast<const int32_t*>(docs_->bytes() + kHeaderBytes);
+  added_ = std::make_unique<Added>();
+  added_->path = PathIn(dir_, kDatastoreAddedFile);
 }
 
 Datastore::~Datastore() = default;
@@ -949,8 +974,175 @@ absl::StatusOr<std::unique_ptr<Datastore>> Datastore::Open(const std::string& di
                                std::to_string(headers[0].rows) + " keys of dim " + std::to_string(dim));
   }
   total_bytes += static_cast<uint64_t>(fs::file_size(index_path, ec));
-  return std::unique_ptr<Datastore>(new Datastore(dir, dim, headers[0].rows, std::move(maps[0]), std::move(maps[1]),
-                                                  std::move(maps[2]), std::move(index).value(), total_bytes));
+  std::unique_ptr<Datastore> ds(new Datastore(dir, dim, headers[0].rows, std::move(maps[0]), std::move(maps[1]),
+                                              std::move(maps[2]), std::move(index).value(), total_bytes));
+  RAG_RETURN_IF_ERROR(Annotate(ds->LoadAdded(options.keep_added), context));
+  return ds;
+}
+
+absl::Status Datastore::LoadAdded(const std::function<bool(const std::string&)>& keep) {
+  std::error_code ec;
+  if (!fs::exists(added_->path, ec)) return absl::OkStatus();
+  RAG_ASSIGN_OR_RETURN(std::string log, ReadFile(added_->path));
+  struct Record {
+    std::string id;
+    int64_t n;
+    int32_t doc;
+    size_t keys_at;
+  };
+  std::vector<Record> records;
+  size_t at = 0;
+  const size_t d = static_cast<size_t>(dim_);
+  while (log.size() - at >= kAddedHeaderBytes) {
+    const char* h = log.data() + at;
+    uint32_t dim = 0, id_bytes = 0;
+    int64_t n = 0;
+    int32_t doc = 0;
+    std::memcpy(&dim, h + 8, 4);
+    std::memcpy(&id_bytes, h + 12, 4);
+    std::memcpy(&n, h + 16, 8);
+    std::memcpy(&doc, h + 24, 4);
+    if (std::memcmp(h, kAddedMagic, 8) != 0 || dim != static_cast<uint32_t>(dim_) || id_bytes == 0 ||
+        id_bytes > kMaxAddedIdBytes || n < 0 || n > (int64_t{1} << 32) || doc < 0) {
+      break;
+    }
+    const size_t body = id_bytes + static_cast<size_t>(n) * (d * 2 + 4);
+    if (log.size() - at - kAddedHeaderBytes < body + 8) break;
+    uint64_t sum = 0;
+    std::memcpy(&sum, h + kAddedHeaderBytes + body, 8);
+    if (XXH3_64bits(h, kAddedHeaderBytes + body) != sum) break;
+    records.push_back({std::string(h + kAddedHeaderBytes, id_bytes), n, doc, at + kAddedHeaderBytes + id_bytes});
+    at += kAddedHeaderBytes + body + 8;
+  }
+  if (at < log.size()) {
+    std::fprintf(stderr, "datastore: ignoring %zu bytes at the end of %s (an append cut short)\n", log.size() - at,
+                 added_->path.c_str());
+  }
+  added_->valid_bytes = static_cast<int64_t>(at);
+  std::unordered_map<std::string, size_t> last;
+  for (size_t i = 0; i < records.size(); ++i) last[records[i].id] = i;
+  const float* table = HalfTable();
+  for (size_t i = 0; i < records.size(); ++i) {
+    const Record& r = records[i];
+    if (last[r.id] != i || (keep && !keep(r.id))) continue;
+    const auto* halves = reinterpret_cast<const unsigned char*>(log.data() + r.keys_at);
+    const size_t n = static_cast<size_t>(r.n);
+    for (size_t j = 0; j < n * d; ++j) {
+      uint16_t half;
+      std::memcpy(&half, halves + 2 * j, 2);
+      added_->keys.push_back(table[half]);
+    }
+    for (size_t j = 0; j < n; ++j) {
+      int32_t v;
+      std::memcpy(&v, halves + 2 * n * d + 4 * j, 4);
+      added_->values.push_back(v);
+      added_->docs.push_back(r.doc);
+    }
+    added_->doc_ids.insert(r.id);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Datastore::AddDocumentKeys(const std::string& doc_id, const float* keys, const int32_t* values,
+                                        int32_t doc, int64_t n, bool durable) {
+  const std::string context = "adding the keys of document '" + doc_id + "' to datastore '" + dir_ + "'";
+  if (doc_id.empty() || doc_id.size() > kMaxAddedIdBytes) {
+    return absl::InvalidArgumentError(context + ": the document id must have 1 to 1 MiB bytes");
+  }
+  if (n < 0 || (n > 0 && (keys == nullptr || values == nullptr))) {
+    return absl::InvalidArgumentError(context + ": bad key count or null data");
+  }
+  if (doc < 0) return absl::InvalidArgumentError(context + ": negative document index");
+  const size_t d = static_cast<size_t>(dim_);
+  std::vector<uint16_t> halves(static_cast<size_t>(n) * d);
+  for (size_t i = 0; i < halves.size(); ++i) {
+    if (!std::isfinite(keys[i]) || std::fabs(keys[i]) >= 65520.0f) {
+      return absl::InvalidArgumentError(context + ": key component " + std::to_string(i) +
+                                        " is not finite or too large for fp16");
+    }
+    halves[i] = FloatToHalf(keys[i]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (values[i] < 0) return absl::InvalidArgumentError(context + ": negative value");
+  }
+  std::lock_guard<std::mutex> write_lock(added_->write_mu);
+  if (HasAddedDocument(doc_id)) return absl::InvalidArgumentError(context + ": its keys were added already");
+  if (durable) {
+    std::string record(kAddedHeaderBytes, '\0');
+    const uint32_t dim = static_cast<uint32_t>(dim_), id_bytes = static_cast<uint32_t>(doc_id.size());
+    std::memcpy(record.data(), kAddedMagic, 8);
+    std::memcpy(record.data() + 8, &dim, 4);
+    std::memcpy(record.data() + 12, &id_bytes, 4);
+    std::memcpy(record.data() + 16, &n, 8);
+    std::memcpy(record.data() + 24, &doc, 4);
+    record += doc_id;
+    record.append(reinterpret_cast<const char*>(halves.data()), halves.size() * 2);
+    record.append(reinterpret_cast<const char*>(values), static_cast<size_t>(n) * 4);
+    const uint64_t sum = XXH3_64bits(record.data(), record.size());
+    record.append(reinterpret_cast<const char*>(&sum), 8);
+    if (added_->fd.get() < 0) {
+      std::error_code ec;
+      const bool existed = fs::exists(added_->path, ec);
+      RAG_ASSIGN_OR_RETURN(added_->fd, OpenFile(added_->path, O_WRONLY | O_CREAT));
+      if (!existed) {
+        // The new file's name must survive a crash too.
+        RAG_ASSIGN_OR_RETURN(Fd dir_fd, OpenFile(dir_, O_RDONLY | O_DIRECTORY));
+        RAG_RETURN_IF_ERROR(Annotate(FsyncFd(dir_fd.get(), dir_), context));
+      }
+    }
+    const int fd = added_->fd.get();
+    // Overwrites whatever a torn append left after the last whole record.
+    absl::Status s = PwriteAll(fd, record.data(), record.size(), added_->valid_bytes, added_->path);
+    if (s.ok()) s = FsyncFd(fd, added_->path);
+    if (!s.ok()) {
+      (void)::ftruncate(fd, static_cast<off_t>(added_->valid_bytes));
+      return Annotate(s, context);
+    }
+    added_->valid_bytes += static_cast<int64_t>(record.size());
+  }
+  const float* table = HalfTable();
+  std::unique_lock<std::shared_mutex> lock(added_->mu);
+  for (uint16_t h : halves) added_->keys.push_back(table[h]);
+  added_->values.insert(added_->values.end(), values, values + n);
+  added_->docs.insert(added_->docs.end(), static_cast<size_t>(n), doc);
+  added_->doc_ids.insert(doc_id);
+  return absl::OkStatus();
+}
+
+bool Datastore::HasAddedDocument(const std::string& doc_id) const {
+  std::shared_lock<std::shared_mutex> lock(added_->mu);
+  return added_->doc_ids.count(doc_id) > 0;
+}
+
+int64_t Datastore::size() const { return rows_ + added_size(); }
+
+int64_t Datastore::added_size() const {
+  std::shared_lock<std::shared_mutex> lock(added_->mu);
+  return static_cast<int64_t>(added_->values.size());
+}
+
+void Datastore::MergeAdded(const float* query, int k, int32_t excluded, std::vector<DatastoreNeighbour>* kept) const {
+  const size_t d = static_cast<size_t>(dim_);
+  const size_t n = added_->values.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (excluded >= 0 && added_->docs[i] == excluded) continue;
+    const float* key = added_->keys.data() + i * d;
+    double sum = 0;
+    for (size_t j = 0; j < d; ++j) {
+      const double diff = static_cast<double>(query[j]) - static_cast<double>(key[j]);
+      sum += diff * diff;
+    }
+    kept->push_back({rows_ + static_cast<int64_t>(i), added_->values[i], added_->docs[i], static_cast<float>(sum)});
+  }
+  const auto nearer = [](const DatastoreNeighbour& a, const DatastoreNeighbour& b) {
+    return a.distance < b.distance || (a.distance == b.distance && a.key_id < b.key_id);
+  };
+  if (static_cast<int>(kept->size()) > k) {
+    std::partial_sort(kept->begin(), kept->begin() + k, kept->end(), nearer);
+    kept->resize(static_cast<size_t>(k));
+  } else {
+    std::sort(kept->begin(), kept->end(), nearer);
+  }
 }
 
 std::string Datastore::factory() const { return index_->factory(); }
@@ -960,17 +1152,31 @@ double Datastore::bytes_per_key() const {
 }
 
 void Datastore::Key(int64_t id, float* out) const {
-  assert(id >= 0 && id < rows_);
-  HalvesToFloats(key_data_ + static_cast<size_t>(id) * static_cast<size_t>(dim_), static_cast<size_t>(dim_), out);
+  assert(id >= 0 && id < size());
+  const size_t d = static_cast<size_t>(dim_);
+  if (id >= rows_) {
+    std::shared_lock<std::shared_mutex> lock(added_->mu);
+    std::memcpy(out, added_->keys.data() + static_cast<size_t>(id - rows_) * d, d * sizeof(float));
+    return;
+  }
+  HalvesToFloats(key_data_ + static_cast<size_t>(id) * d, d, out);
 }
 
 int32_t Datastore::value(int64_t id) const {
-  assert(id >= 0 && id < rows_);
+  assert(id >= 0 && id < size());
+  if (id >= rows_) {
+    std::shared_lock<std::shared_mutex> lock(added_->mu);
+    return added_->values[static_cast<size_t>(id - rows_)];
+  }
   return value_data_[id];
 }
 
 int32_t Datastore::doc(int64_t id) const {
-  assert(id >= 0 && id < rows_);
+  assert(id >= 0 && id < size());
+  if (id >= rows_) {
+    std::shared_lock<std::shared_mutex> lock(added_->mu);
+    return added_->docs[static_cast<size_t>(id - rows_)];
+  }
   return doc_data_[id];
 }
 
@@ -1001,7 +1207,9 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
   }
   out->assign(static_cast<size_t>(nq), {});
   const int64_t limit = std::min<int64_t>(rows_, VectorIndex::kMaxK);
-  if (nq == 0 || limit == 0) return absl::OkStatus();
+  std::shared_lock<std::shared_mutex> added_lock(added_->mu);
+  const bool has_added = !added_->values.empty();
+  if (nq == 0 || (limit == 0 && !has_added)) return absl::OkStatus();
   const size_t d = static_cast<size_t>(dim_);
   auto excluded_doc = [&](int64_t q) { return exclude_doc.empty() ? -1 : exclude_doc[static_cast<size_t>(q)]; };
   bool any_exclusion = false;
@@ -1010,8 +1218,8 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
   // Over-retrieve when excluding: 2k, 4k, ... until each query has k
   // eligible keys, the index has no more for it, or kMaxK is reached. Only
   // the queries still short are searched again.
-  std::vector<int64_t> pending(static_cast<size_t>(nq));
-  for (int64_t q = 0; q < nq; ++q) pending[static_cast<size_t>(q)] = q;
+  std::vector<int64_t> pending(limit > 0 ? static_cast<size_t>(nq) : 0);
+  for (size_t q = 0; q < pending.size(); ++q) pending[q] = static_cast<int64_t>(q);
   int64_t fetch = any_exclusion ? 2 * static_cast<int64_t>(k) : k;
   std::vector<float> batch_queries;
   std::vector<float> distances;
@@ -1065,6 +1273,12 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
     }
     pending = std::move(still_pending);
     fetch = 2 * f;
+  }
+  // Keys added after the build: few, so searched exactly, and merged in.
+  if (has_added) {
+    for (int64_t q = 0; q < nq; ++q) {
+      MergeAdded(queries + static_cast<size_t>(q) * d, k, excluded_doc(q), &(*out)[static_cast<size_t>(q)]);
+    }
   }
   return absl::OkStatus();
 }

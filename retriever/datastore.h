@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +50,10 @@ inline constexpr char kDatastoreKeysFile[] = "keys.f16";
 inline constexpr char kDatastoreValuesFile[] = "values.i32";
 inline constexpr char kDatastoreDocsFile[] = "docs.i32";
 inline constexpr char kDatastoreIndexFile[] = "keys.faiss";
+// Keys of documents added to a live index, one checksummed record per
+// document (Datastore::AddDocumentKeys). Not in the manifest's checksums: it
+// grows while the index is served.
+inline constexpr char kDatastoreAddedFile[] = "added.log";
 // Bytes before the payload in keys.f16, values.i32 and docs.i32.
 inline constexpr int64_t kDatastoreHeaderBytes = 64;
 // Largest key dimension accepted (a hidden state is at most a few thousand).
@@ -200,10 +205,16 @@ struct DatastoreOpenOptions {
   // Map keys.faiss's IVF lists instead of reading them (VectorIndex::Open's
   // mmap). Default: false
   bool mmap_index = false;
+  // Which documents of added.log to load: records of a document it rejects
+  // (one the index does not hold) are skipped. Null loads all. A later
+  // record for the same document replaces an earlier one.
+  std::function<bool(const std::string& doc_id)> keep_added;
 };
 
-// A finished datastore, open read-only. keys.f16, values.i32 and docs.i32 are
-// memory-mapped; keys.faiss is loaded. Thread-safe.
+// A finished datastore. keys.f16, values.i32 and docs.i32 are memory-mapped
+// read-only; keys.faiss is loaded. Keys of documents added after the build
+// (AddDocumentKeys) are held in memory, searched exactly next to keys.faiss,
+// and kept durable in added.log. Thread-safe.
 class Datastore {
  public:
   // Opens the datastore in `dir`. NotFound if there is none; FailedPrecondition
@@ -233,8 +244,23 @@ class Datastore {
   absl::Status Search(const float* queries, int64_t nq, int k, int nprobe, const std::vector<int32_t>& exclude_doc,
                       bool exact, std::vector<std::vector<DatastoreNeighbour>>* out) const;
 
-  // Number of keys, N.
-  int64_t size() const { return rows_; }
+  // Adds the n keys of one document added to the index after the build:
+  // keys [n, dim] float32 (rounded to fp16, as the built keys), values [n],
+  // `doc` its document index. Searchable once this returns; with `durable`,
+  // first appended to added.log and fsynced, so that Open brings them back
+  // (without it they last as long as this object: a read-only server). The
+  // new keys' ids follow the existing ones. InvalidArgument for input
+  // DatastoreWriter::Append would refuse or a document already added; an
+  // I/O error adds nothing.
+  absl::Status AddDocumentKeys(const std::string& doc_id, const float* keys, const int32_t* values, int32_t doc,
+                               int64_t n, bool durable);
+  // Whether keys of `doc_id` were added (AddDocumentKeys or added.log).
+  bool HasAddedDocument(const std::string& doc_id) const;
+
+  // Number of keys, N: the built ones and the added ones.
+  int64_t size() const;
+  // Of which added after the build.
+  int64_t added_size() const;
   int dim() const { return dim_; }
   // The factory keys.faiss was built with.
   std::string factory() const;
@@ -256,6 +282,15 @@ class Datastore {
             std::unique_ptr<Mapping> docs, std::unique_ptr<VectorIndex> index, uint64_t total_bytes);
   // Squared L2 between `query` and key `id`, from the fp16 key.
   float ExactDistance(const float* query, int64_t id) const;
+  // Reads added.log: loads the records `keep` accepts, stops at the first
+  // torn or corrupt record (a crash mid-append: never acknowledged).
+  absl::Status LoadAdded(const std::function<bool(const std::string&)>& keep);
+  // Merges the k nearest added keys not of document `excluded` into `kept`
+  // (sorted by distance), keeping the k nearest. Caller holds added_mu_.
+  void MergeAdded(const float* query, int k, int32_t excluded, std::vector<DatastoreNeighbour>* kept) const;
+
+  struct Added;
+  std::unique_ptr<Added> added_;
 
   std::string dir_;
   int dim_;

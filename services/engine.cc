@@ -192,7 +192,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
                                                "); rebuild it with `rag build --datastore` for this model");
         }
       }
-      auto ds = retriever::Datastore::Open(ds_dir.string());
+      retriever::DatastoreOpenOptions dso;
+      const retriever::ChunkStore* store = &e->retriever_->chunk_store();
+      dso.keep_added = [store](const std::string& doc_id) { return store->HasDocument(doc_id); };
+      auto ds = retriever::Datastore::Open(ds_dir.string(), dso);
       if (!ds.ok()) return Annotate(ds.status(), "opening the datastore of '" + options.index_dir + "'");
       if ((*ds)->dim() != e->model_->config().d_model) {
         return absl::FailedPreconditionError("the datastore of '" + options.index_dir + "' has keys of dim " +
@@ -200,6 +203,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
                                              std::to_string(e->model_->config().d_model));
       }
       e->datastore_ = std::move(*ds);
+      RAG_RETURN_IF_ERROR(Annotate(e->CatchUpDatastore(), "adding the keys of added documents to the datastore"));
     }
     return e;
   });
@@ -214,6 +218,57 @@ absl::Status Engine::CheckText(const std::string& text, const char* field, bool 
   if (static_cast<int64_t>(text.size()) > options_.limits.max_text_bytes) {
     return absl::ResourceExhaustedError(std::string(field) + " has " + std::to_string(text.size()) +
                                         " bytes; the limit is " + std::to_string(options_.limits.max_text_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::AddDatastoreKeys(const std::string& doc_id) {
+  if (datastore_ == nullptr || datastore_->HasAddedDocument(doc_id)) return absl::OkStatus();
+  RAG_ASSIGN_OR_RETURN(retriever::DocumentRecord rec, retriever_->chunk_store().GetDocument(doc_id));
+  if (rec.tokens.empty()) return absl::OkStatus();
+  const std::vector<lm::TokenId> ids(rec.tokens.begin(), rec.tokens.end());
+  // One key per token, as the builder: the hidden state that predicts it.
+  torch::Tensor keys;
+  {
+    torch::NoGradGuard no_grad;
+    keys = lm::HiddenStates(model_->module(), ids, model_->tokenizer().eot_id()).to(torch::kFloat32).contiguous();
+  }
+  return datastore_->AddDocumentKeys(doc_id, keys.data_ptr<float>(), rec.tokens.data(), static_cast<int32_t>(rec.index),
+                                     static_cast<int64_t>(ids.size()), retriever_->writable());
+}
+
+absl::Status Engine::CatchUpDatastore() {
+  const retriever::Manifest m = retriever_->manifest();
+  const auto& store = retriever_->chunk_store();
+  const int64_t built = m.documents - m.documents_added;
+  const int64_t chunks = store.num_chunks();
+  if (store.num_documents() <= built || chunks == 0) return absl::OkStatus();
+  // Chunk ids follow document order: the first chunk of a document added
+  // after the build, by bisection.
+  int64_t lo = 0, hi = chunks;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    RAG_ASSIGN_OR_RETURN(retriever::ChunkRecord rec, store.GetChunk(mid));
+    if (rec.doc_index >= built) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  std::vector<std::string> docs;
+  RAG_RETURN_IF_ERROR(store.ForEachChunk(lo, [&](const retriever::ChunkRecord& rec) {
+    if (docs.empty() || docs.back() != rec.doc_id) docs.push_back(rec.doc_id);
+    return true;
+  }));
+  int64_t added = 0;
+  for (const std::string& id : docs) {
+    if (datastore_->HasAddedDocument(id)) continue;
+    RAG_RETURN_IF_ERROR(AddDatastoreKeys(id));
+    ++added;
+  }
+  if (added > 0) {
+    std::fprintf(stderr, "datastore: computed the keys of %lld added documents it lacked\n",
+                 static_cast<long long>(added));
   }
   return absl::OkStatus();
 }
@@ -731,7 +786,7 @@ absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse
     RAG_RETURN_IF_ERROR(CheckText(d.text(), field.c_str(), false));
     if (d.skip_if_exists() && retriever_->chunk_store().HasDocument(d.id())) {
       totals->set_documents_skipped(totals->documents_skipped() + 1);
-      return absl::OkStatus();
+      return AddDatastoreKeys(d.id());  // in case an earlier add stopped between the two
     }
     auto ids = retriever_->AddDocument(d.id(), model_->tokenizer().Encode(d.text()),
                                        d.metadata_json().empty() ? "{}" : d.metadata_json());
@@ -748,6 +803,9 @@ absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse
       }
       return ids.status();
     }
+    // Stored (durable) first: the chunk store is the record of what was
+    // added, and Open gives the datastore any keys a crash here cost it.
+    RAG_RETURN_IF_ERROR(Annotate(AddDatastoreKeys(d.id()), "adding its keys to the datastore"));
     totals->set_documents_added(totals->documents_added() + 1);
     totals->set_chunks_added(totals->chunks_added() + static_cast<int64_t>(ids->size()));
     return absl::OkStatus();

@@ -83,6 +83,14 @@ class Engine : public Backend {
   Engine() = default;
   absl::Status CheckText(const std::string& text, const char* field, bool allow_empty) const;
   absl::Status CheckMode(const std::string& mode) const;
+  // kNN-LM over documents added to the live index: gives the datastore the
+  // keys of stored document `doc_id` unless it has them (durable when the
+  // index is writable).
+  absl::Status AddDatastoreKeys(const std::string& doc_id);
+  // At open: the keys of every document added after the build that the
+  // datastore lacks (a crash between the two appends, or a read-only
+  // server, which keeps them in memory only).
+  absl::Status CatchUpDatastore();
   // Validated kNN-LM parameters of a request (defaults filled in).
   struct KnnParams {
     lm::KnnOptions knn;

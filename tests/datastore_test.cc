@@ -862,3 +862,107 @@ TEST(DatastoreFileTest, CorruptOrTruncatedFilesGiveDataLoss) {
 
 }  // namespace
 }  // namespace rag::retriever
+
+namespace rag::retriever {
+namespace {
+
+// Keys of documents added after the build: searchable at once, exact, merged
+// with the built keys, durable in added.log (a torn last record is dropped and
+// overwritten), filtered at open by the documents the index holds.
+TEST(DatastoreAddedTest, AddedKeysAreSearchableDurableAndSurviveATornAppend) {
+  testing::TempDir dir;
+  const Rows built = MakeRows(GaussianKeys(500, kDim, /*seed=*/4), kDim);
+  RAG_ASSERT_OK(WriteDatastore(dir.path(), built, 100, Factory("Flat")).status());
+  const Rows extra = MakeRows(GaussianKeys(20, kDim, /*seed=*/5), kDim, /*rows_per_doc=*/10);
+  {
+    auto ds = Datastore::Open(dir.path());
+    RAG_ASSERT_OK(ds.status());
+    EXPECT_EQ((*ds)->size(), 500);
+    RAG_ASSERT_OK((*ds)->AddDocumentKeys("new-a", extra.keys.data(), extra.values.data(), 40, 10, true));
+    RAG_ASSERT_OK((*ds)->AddDocumentKeys("new-b", extra.keys.data() + 10 * kDim, extra.values.data() + 10, 41, 10,
+                                         /*durable=*/false));
+    EXPECT_EQ((*ds)->size(), 520);
+    EXPECT_EQ((*ds)->added_size(), 20);
+    EXPECT_TRUE((*ds)->HasAddedDocument("new-a"));
+    EXPECT_EQ((*ds)->AddDocumentKeys("new-a", extra.keys.data(), extra.values.data(), 40, 1, true).code(),
+              absl::StatusCode::kInvalidArgument);
+    std::vector<float> bad(kDim, std::nanf(""));
+    EXPECT_EQ((*ds)->AddDocumentKeys("bad", bad.data(), extra.values.data(), 42, 1, true).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_FALSE((*ds)->HasAddedDocument("bad"));
+    // An added key is its own nearest neighbour (fp16 rounding only), with
+    // its value and document; excluding its document skips all ten.
+    std::vector<std::vector<DatastoreNeighbour>> res;
+    RAG_ASSERT_OK((*ds)->Search(extra.keys.data() + 3 * kDim, 1, 5, 0, {}, false, &res));
+    ASSERT_EQ(res[0].size(), 5u);
+    EXPECT_EQ(res[0][0].key_id, 503);
+    EXPECT_EQ(res[0][0].value, extra.values[3]);
+    EXPECT_EQ(res[0][0].doc, 40);
+    EXPECT_LT(res[0][0].distance, 1e-3);
+    for (size_t j = 1; j < res[0].size(); ++j) EXPECT_GE(res[0][j].distance, res[0][j - 1].distance);
+    RAG_ASSERT_OK((*ds)->Search(extra.keys.data() + 3 * kDim, 1, 5, 0, {40}, false, &res));
+    for (const auto& nb : res[0]) EXPECT_NE(nb.doc, 40);
+    // Merged with the built keys: the same top-k as a brute force over both.
+    Rows both = built;
+    for (int64_t i = 0; i < 20; ++i) {
+      std::vector<float> key(extra.keys.begin() + i * kDim, extra.keys.begin() + (i + 1) * kDim);
+      for (float& x : key) x = HalfToFloat(FloatToHalf(x));
+      both.keys.insert(both.keys.end(), key.begin(), key.end());
+      both.values.push_back(extra.values[static_cast<size_t>(i)]);
+      both.docs.push_back(i < 10 ? 40 : 41);
+    }
+    const std::vector<float> queries = GaussianKeys(8, kDim, /*seed=*/6);
+    RAG_ASSERT_OK((*ds)->Search(queries.data(), 8, 10, 0, {}, false, &res));
+    EXPECT_EQ(Ids(res, 10), BruteForce(both, queries, 10));
+    float key[kDim];
+    (*ds)->Key(515, key);
+    EXPECT_EQ(key[0], both.keys[515 * kDim]);
+    EXPECT_EQ((*ds)->value(515), extra.values[15]);
+    EXPECT_EQ((*ds)->doc(515), 41);
+  }
+  // Reopened: the durable document is back, the other was memory only.
+  const std::string log = dir.path() + "/" + kDatastoreAddedFile;
+  const std::string one_record = ReadBytes(log);
+  {
+    auto ds = Datastore::Open(dir.path());
+    RAG_ASSERT_OK(ds.status());
+    EXPECT_EQ((*ds)->added_size(), 10);
+    EXPECT_TRUE((*ds)->HasAddedDocument("new-a"));
+    EXPECT_FALSE((*ds)->HasAddedDocument("new-b"));
+    RAG_ASSERT_OK((*ds)->AddDocumentKeys("new-c", extra.keys.data() + 10 * kDim, extra.values.data() + 10, 41, 10, true));
+  }
+  // A crash in the middle of the second record: it is ignored, and the next
+  // append overwrites it.
+  const std::string two_records = ReadBytes(log);
+  ASSERT_GT(two_records.size(), one_record.size());
+  WriteBytes(log, two_records.substr(0, two_records.size() - 37));
+  {
+    auto ds = Datastore::Open(dir.path());
+    RAG_ASSERT_OK(ds.status());
+    EXPECT_EQ((*ds)->added_size(), 10);
+    EXPECT_FALSE((*ds)->HasAddedDocument("new-c"));
+    RAG_ASSERT_OK((*ds)->AddDocumentKeys("new-c", extra.keys.data() + 10 * kDim, extra.values.data() + 10, 41, 10, true));
+  }
+  EXPECT_EQ(ReadBytes(log), two_records);
+  // A flipped bit in a record's keys fails its checksum: it and what follows are dropped.
+  std::string flipped = two_records;
+  flipped[one_record.size() + 100] ^= 0x10;
+  WriteBytes(log, flipped);
+  {
+    auto ds = Datastore::Open(dir.path());
+    RAG_ASSERT_OK(ds.status());
+    EXPECT_EQ((*ds)->added_size(), 10);
+  }
+  // Documents the index does not hold are not loaded.
+  WriteBytes(log, two_records);
+  DatastoreOpenOptions o;
+  o.keep_added = [](const std::string& id) { return id != "new-a"; };
+  auto ds = Datastore::Open(dir.path(), o);
+  RAG_ASSERT_OK(ds.status());
+  EXPECT_FALSE((*ds)->HasAddedDocument("new-a"));
+  EXPECT_TRUE((*ds)->HasAddedDocument("new-c"));
+  EXPECT_EQ((*ds)->size(), 510);
+}
+
+}  // namespace
+}  // namespace rag::retriever

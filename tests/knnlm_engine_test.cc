@@ -5,6 +5,8 @@
 
 #include <filesystem>
 
+#include "common/status.h"
+#include "eval/probes.h"
 #include "index_builder/index_builder.h"
 #include "lm/embedder.h"
 #include "services/client.h"
@@ -190,6 +192,80 @@ TEST_F(KnnLmEngineTest, KnnModeWithoutDatastoreIsAFailedPrecondition) {
   v1::ScoreRequest bad = Knn("the cat", 1.5f);
   auto engine = Open(Path("index"));
   EXPECT_EQ(engine->Score(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+
+// Knowledge update without retraining: a fact added to a live server
+// through AddDocuments flips its probe in knnlm (its keys join the
+// datastore) while lm stays wrong; excluding the fact's document flips it
+// back; it survives a restart, and a datastore that lost the keys (a crash
+// between the two appends) gets them back at open.
+TEST_F(KnnLmEngineTest, AFactAddedToALiveServerFlipsItsProbeInKnnLmOnly) {
+  const std::string index = Path("live");
+  fs::remove_all(index);
+  fs::copy(Path("index"), index, fs::copy_options::recursive);
+  auto probes = eval::ParseProbes(
+      R"({"sub_label": "Zorblax", "obj_label": "Quenvia", "predicate_id": "capital", "template": "The capital of [X] is [Y].", "candidates": ["Paris", "Lima", "Oslo", "Quito", "Rome"]})");
+  RAG_ASSERT_OK(probes.status());
+  auto rank = [&](Backend& backend, const std::string& mode, const std::string& exclude = "") {
+    eval::TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+      v1::ScoreRequest r = Knn(text, 0.5f);
+      r.set_mode(mode);
+      r.set_per_token(true);
+      r.set_exclude_doc_id(exclude);
+      RAG_ASSIGN_OR_RETURN(v1::ScoreResponse resp, backend.Score(r));
+      std::vector<float> lp;
+      for (const auto& t : resp.token_scores()) lp.push_back(t.logprob());
+      return lp;
+    };
+    auto report = eval::EvaluateProbes(*probes, model_->tokenizer(), scorer);
+    EXPECT_TRUE(report.ok()) << report.status();
+    return report.ok() ? report->results[0].rank : -1;
+  };
+  const std::string fact_text = "The capital of Zorblax is Quenvia.";
+  const int64_t fact_tokens = static_cast<int64_t>(model_->tokenizer().Encode(fact_text).size());
+  EngineOptions o;
+  o.model_dir = Path("model");
+  o.index_dir = index;
+  o.writable_index = true;
+  {
+    auto engine = Engine::Open(o);
+    RAG_ASSERT_OK(engine.status());
+    ServerOptions so;
+    so.listen = "127.0.0.1:0";
+    auto server = Server::Start(engine->get(), so);
+    RAG_ASSERT_OK(server.status());
+    auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string((*server)->port()));
+    RAG_ASSERT_OK(client.status());
+    const int64_t keys_before = (*client)->Stats()->datastore_keys();
+    EXPECT_GT(rank(**client, "lm"), 1);
+    EXPECT_GT(rank(**client, "knnlm"), 1);
+
+    v1::Document fact;
+    fact.set_id("zorblax");
+    fact.set_text(fact_text);
+    RAG_ASSERT_OK((*client)->AddDocuments({fact}, nullptr).status());
+    EXPECT_EQ((*client)->Stats()->datastore_keys(), keys_before + fact_tokens);
+    EXPECT_EQ(rank(**client, "knnlm"), 1);
+    EXPECT_GT(rank(**client, "lm"), 1);
+    EXPECT_GT(rank(**client, "knnlm", "zorblax"), 1);
+  }
+  {
+    // Restarted read-only: the keys came back from added.log.
+    auto engine = Open(index);
+    ASSERT_NE(engine, nullptr);
+    EXPECT_EQ(rank(*engine, "knnlm"), 1);
+  }
+  // The keys lost (the document stored, the server killed before they were
+  // appended): recomputed at open.
+  fs::remove(fs::path(index) / "datastore" / retriever::kDatastoreAddedFile);
+  {
+    auto engine = Engine::Open(o);
+    RAG_ASSERT_OK(engine.status());
+    EXPECT_EQ((*engine)->Stats()->datastore_keys(), (*engine)->Stats()->tokens());
+    EXPECT_EQ(rank(**engine, "knnlm"), 1);
+  }
+  EXPECT_TRUE(fs::exists(fs::path(index) / "datastore" / retriever::kDatastoreAddedFile));
 }
 
 }  // namespace
