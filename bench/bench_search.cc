@@ -41,7 +41,7 @@ Latency Summarise(std::vector<double> ms, int64_t queries_per_call) {
 int main(int argc, char** argv) {
   std::string model, index, corpus = "data/brown/brown.jsonl";
   int queries = 200, k = 10;
-  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  int threads = rag::lm::kDefaultThreads;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     if (f == "--model")

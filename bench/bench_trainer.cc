@@ -25,7 +25,7 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 int main(int argc, char** argv) {
   std::string preset = "small";
   int64_t batch = 16, seq = 128, steps = 8, rounds = 3, vocab = 4096;
-  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  int threads = rag::lm::kDefaultThreads;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--preset") preset = argv[i + 1];

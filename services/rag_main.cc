@@ -628,7 +628,7 @@ struct EvalProbesArgs {
   TargetArgs target;
   KnnArgs knn;
   std::string probes, mode = "lm", output;
-  bool json_out = false, quiet = false;
+  bool json_out = false, quiet = false, exclude_evidence = false;
 };
 
 json ProbeMetricsJson(const rag::eval::ProbeMetrics& m) {
@@ -648,10 +648,12 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   if (!info.ok()) return Fail(info.status());
   auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
   if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
-  rag::eval::TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+  rag::eval::TokenScorer scorer = [&](const std::string& text,
+                                      const rag::eval::Probe& probe) -> absl::StatusOr<std::vector<float>> {
     rag::v1::ScoreRequest req;
     req.set_text(text);
     req.set_mode(a.mode);
+    if (a.exclude_evidence) req.set_exclude_doc_id(probe.evidence_doc_id);
     req.set_per_token(true);
     SetKnn(a.knn, &req);
     RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
@@ -672,6 +674,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   j["mode"] = a.mode;
   j["file"] = a.probes;
   j["sentences_scored"] = sentences;
+  j["exclude_evidence"] = a.exclude_evidence;
   if (a.mode == "retro") j["retrieval"] = a.knn.retrieval.empty() ? "on" : a.knn.retrieval;
   json by_relation = json::object();
   for (const auto& [relation, m] : report->by_relation) by_relation[relation] = ProbeMetricsJson(m);
@@ -695,8 +698,9 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     PrintJson(j);
     return 0;
   }
-  std::printf("mode %s%s: %lld probes, %lld sentences scored\n", a.mode.c_str(),
+  std::printf("mode %s%s%s: %lld probes, %lld sentences scored\n", a.mode.c_str(),
               a.mode == "retro" ? (", retrieval " + j["retrieval"].get<std::string>()).c_str() : "",
+              a.exclude_evidence ? ", evidence documents excluded" : "",
               static_cast<long long>(report->overall.probes), static_cast<long long>(sentences));
   std::printf("%-24s %7s %7s %7s %7s   %s\n", "relation", "probes", "P@1", "P@10", "MRR",
               "first token: P@1  P@10   MRR");
@@ -1001,7 +1005,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads) may follow the subcommand
   int threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)");
+  app.add_option("--threads", threads, "LibTorch intra-op threads (default 1: OpenBLAS uses every core itself)");
 
   TrainArgs train;
   auto* train_cmd = app.add_subcommand("train", "train a language model (and its tokenizer)");
@@ -1159,6 +1163,8 @@ int main(int argc, char** argv) {
   probes_cmd->add_flag("--json", probes.json_out, "print JSON");
   probes_cmd->add_option("--output", probes.output, "also write the JSON result to this file");
   probes_cmd->add_flag("--quiet", probes.quiet, "no progress lines");
+  probes_cmd->add_flag("--exclude-evidence", probes.exclude_evidence,
+                       "knnlm, retro: never retrieve from a probe's evidence_doc_id (what the model knows without it)");
   AddKnnOptions(probes_cmd, &probes.knn, "--temperature");
 
   CLI11_PARSE(app, argc, argv);
