@@ -200,19 +200,26 @@ torch::Tensor ChunkedCrossAttentionImpl::forward(const torch::Tensor& x, int64_t
               " do not fit in ", c, " chunks of ", m);
   TORCH_CHECK(mask.sizes() == torch::IntArrayRef({b, c, n}), "ChunkedCrossAttention mask: expected [B, C, K*R] = [", b,
               ", ", c, ", ", n, "], got ", mask.sizes());
-  // Queries of the touched chunks, padded to whole chunks: [B, T, D] -> [B, C*m, D] -> [B, C, H, m, E]
+  // Queries of the touched chunks, padded to whole chunks: [B, T, D] -> [B, C*m, D] -> [B, C, H, m, E].
+  // Within one chunk (every decoding step) no padding is needed: [B, 1, H, T, E].
   auto queries = q->forward(ln->forward(x));
-  queries = F::pad(queries, F::PadFuncOptions({0, 0, offset, c * m - offset - t}));
-  queries = queries.view({b, c, m, h, e}).permute({0, 1, 3, 2, 4});
-  // scores: [B, C, H, m, K*R]. A chunk without any neighbour attends to all
+  const int64_t rows = c == 1 ? t : m;
+  if (c == 1) {
+    queries = queries.view({b, 1, t, h, e}).permute({0, 1, 3, 2, 4});
+  } else {
+    queries = F::pad(queries, F::PadFuncOptions({0, 0, offset, c * m - offset - t}));
+    queries = queries.view({b, c, m, h, e}).permute({0, 1, 3, 2, 4});
+  }
+  // scores: [B, C, H, rows, K*R]. A chunk without any neighbour attends to all
   // its (meaningless) keys instead of none, which would give NaN, and its
   // output is zeroed below.
   auto has_neighbours = mask.any(-1);  // [B, C]
   auto visible = mask.logical_or(has_neighbours.logical_not().unsqueeze(-1)).view({b, c, 1, 1, n});
   auto scores = torch::matmul(queries, keys.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(e)));
   scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-  auto y = torch::matmul(torch::softmax(scores, -1), values);                  // [B, C, H, m, E]
-  y = y.permute({0, 1, 3, 2, 4}).reshape({b, c * m, d}).narrow(1, offset, t);  // [B, T, D]
+  auto y = torch::matmul(torch::softmax(scores, -1), values);  // [B, C, H, rows, E]
+  y = y.permute({0, 1, 3, 2, 4}).reshape({b, c * rows, d});    // [B, C*rows, D]
+  if (c > 1) y = y.narrow(1, offset, t);                        // [B, T, D]
   auto out = dropout->forward(proj->forward(y));
   // Missing neighbours contribute nothing, not even the projection's bias.
   auto keep = has_neighbours.unsqueeze(-1).expand({b, c, m}).reshape({b, c * m}).narrow(1, offset, t);  // [B, T]
@@ -395,15 +402,18 @@ torch::Tensor RetroLMImpl::ForwardHidden(const torch::Tensor& tokens, const torc
         key_parts.push_back(keys);
         value_parts.push_back(values);
       }
-      layer_keys[next_cca] = torch::cat(key_parts, 1);
-      layer_values[next_cca] = torch::cat(value_parts, 1);
+      // One part (a decoding step inside a chunk): no copy.
+      layer_keys[next_cca] = key_parts.size() == 1 ? key_parts[0] : torch::cat(key_parts, 1);
+      layer_values[next_cca] = value_parts.size() == 1 ? value_parts[0] : torch::cat(value_parts, 1);
       x = x + layer.forward(x, past - first_chunk * m, layer_keys[next_cca], layer_values[next_cca], cca_mask);
     }
     ++next_cca;
   }
 
   if (cache != nullptr) {
-    if (retrieve && last_chunk >= 1) {
+    if (retrieve && last_chunk >= 1 && reuse_cached && first_chunk == last_chunk) {
+      // The cache already holds the current chunk's set.
+    } else if (retrieve && last_chunk >= 1) {
       // The set of the current chunk, for the next tokens of that chunk.
       const int64_t c = last_chunk - first_chunk + 1;
       cache->encoded_chunk = last_chunk;
