@@ -75,6 +75,9 @@ absl::StatusOr<Probe> ParseLine(std::string_view line) {
     if (Count(t, kMask) > 0) return absl::InvalidArgumentError("a template marks the object with [Y], not [MASK]");
     p.sentences.push_back(ReplaceAll(ReplaceAll(t, "[X]", p.subject), "[Y]", kMask));
   }
+  if (j.contains("evidence_doc_id")) {
+    RAG_ASSIGN_OR_RETURN(p.evidence_doc_id, NonEmptyString(j, "evidence_doc_id"));
+  }
   if (j.contains("candidates")) {
     const json& list = j["candidates"];
     if (!list.is_array() || list.empty()) {
@@ -179,7 +182,7 @@ absl::StatusOr<ProbeReport> EvaluateProbes(const std::vector<Probe>& probes, con
       const std::vector<lm::TokenId> left_ids = tokenizer.Encode(left);
       for (CandidateScore& cs : r.scores) {
         const std::string text = left + cs.object + right;
-        absl::StatusOr<std::vector<float>> scored = score(text);
+        absl::StatusOr<std::vector<float>> scored = score(text, p);
         if (!scored.ok()) return Annotate(scored.status(), where + ", candidate \"" + cs.object + "\"");
         const std::vector<float>& logprobs = *scored;
         const std::vector<lm::TokenId> ids = tokenizer.Encode(text);

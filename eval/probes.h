@@ -38,6 +38,10 @@ struct Probe {
   std::vector<std::string> sentences;
   // The objects to rank; always holds `object`, never twice the same.
   std::vector<std::string> candidates;
+  // Optional "evidence_doc_id": the indexed document that states the fact,
+  // which a retrieval mode can be told to ignore (what the model knows
+  // without that document).
+  std::string evidence_doc_id;
 };
 
 // Parses probe JSONL. Blank lines are skipped; any other malformed line is
@@ -46,8 +50,9 @@ absl::StatusOr<std::vector<Probe>> ParseProbes(std::string_view jsonl, const std
 absl::StatusOr<std::vector<Probe>> ReadProbes(const std::string& path);
 
 // The log-probability of every token of `text` (as the model tokenizes it,
-// after an end-of-text token), in order. In-process or over gRPC alike.
-using TokenScorer = std::function<absl::StatusOr<std::vector<float>>(const std::string& text)>;
+// after an end-of-text token), in order, for a sentence of `probe`.
+// In-process or over gRPC alike.
+using TokenScorer = std::function<absl::StatusOr<std::vector<float>>(const std::string& text, const Probe& probe)>;
 
 // A candidate's scores for one probe, summed over its sentences.
 struct CandidateScore {

@@ -107,6 +107,57 @@ for mode in lm knnlm; do
     --temperature 0 --max-tokens 40
 done
 
+section "8. Knowledge probes: WordNet facts added to the live index (never to the LM's training data)"
+# scripts/wordnet_probes.py renders facts from WordNet 3.0 (Debian's
+# wordnet-base): national capitals (instances of national_capital, the
+# country from their part holonym) and people's occupations (instances of
+# composer, painter, ...). Each fact becomes one document ("Honiara is the
+# capital of Solomon Islands." plus WordNet's gloss), added over gRPC to the
+# running server: the chunk index and the kNN-LM datastore take it at once.
+# The probes ask the facts in the documents' words (capital-of, occupation)
+# and the other way round (capital-is: "The capital of [X] is [Y]."), which
+# no document says. --exclude-evidence scores each probe without its own
+# document: what the system knows without the injected fact.
+probes_dir="$data/probes/wordnet"
+/usr/bin/python3 "$here/scripts/wordnet_probes.py" --out "$probes_dir" --capitals 30 --per-occupation 4
+"$rag" add --server "$server" --corpus "$probes_dir/facts.jsonl" --skip-existing --quiet
+for run in "lm|--mode lm" "knnlm_without_evidence|--mode knnlm --exclude-evidence" "knnlm|--mode knnlm"; do
+  echo
+  name="${run%%|*}"
+  args="${run#*|}"
+  "$rag" eval probes --server "$server" --probes "$probes_dir/probes.jsonl" $args --quiet \
+    --output "$model/probes_$name.json"
+done
+echo "(JSON: $model/probes_*.json)"
+
 kill -TERM "$server_pid" && wait "$server_pid"
 server_pid=""
 echo "server stopped cleanly"
+
+section "9. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, off and random"
+# The decoder stays frozen; a 2-layer neighbour encoder and CCA at decoder
+# layers 1 and 3 learn to read 2 neighbours (chunk + continuation) of every
+# 64-token chunk, retrieved from the index above with the chunk's own
+# document excluded. RAG_DEMO_RETRO_STEPS sets the steps (default 200, about
+# 4 s each on 2 cores); rerunning resumes from the checkpoint.
+retro="$model-retro"
+retro_steps="${RAG_DEMO_RETRO_STEPS:-200}"
+if [ -f "$retro/model_info.json" ]; then
+  echo "already trained: $retro (delete it to train again)"
+elif [ -f "$retro/checkpoint.pt" ]; then
+  "$rag" train --arch retro --index "$index" --init "$model" --out "$retro" --steps "$retro_steps" --resume
+else
+  "$rag" train --arch retro --index "$index" --init "$model" --out "$retro" --steps "$retro_steps"
+fi
+# Validation perplexity with the neighbours of each chunk (own document
+# excluded, as in training), with none (the ablation: the frozen LM) and
+# with random chunks (the control).
+for retrieval in on off random; do
+  echo
+  "$rag" eval perplexity --model "$retro" --index "$index" --corpus "$corpus" --split validation --mode retro \
+    --retrieval "$retrieval" --exclude-own-doc --quiet --output "$retro/eval_retro_$retrieval.json"
+done
+echo "(JSON: $retro/eval_retro_*.json; see docs/results.md for why Brown's neighbours help this little)"
+printf -- '--- retro, greedy, with the neighbours of each chunk: "The committee said that" ->\n'
+"$rag" generate --model "$retro" --index "$index" --mode retro --prompt "The committee said that" \
+  --temperature 0 --max-tokens 80 --show-neighbours

@@ -208,7 +208,7 @@ TEST_F(KnnLmEngineTest, AFactAddedToALiveServerFlipsItsProbeInKnnLmOnly) {
       R"({"sub_label": "Zorblax", "obj_label": "Quenvia", "predicate_id": "capital", "template": "The capital of [X] is [Y].", "candidates": ["Paris", "Lima", "Oslo", "Quito", "Rome"]})");
   RAG_ASSERT_OK(probes.status());
   auto rank = [&](Backend& backend, const std::string& mode, const std::string& exclude = "") {
-    eval::TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+    eval::TokenScorer scorer = [&](const std::string& text, const eval::Probe&) -> absl::StatusOr<std::vector<float>> {
       v1::ScoreRequest r = Knn(text, 0.5f);
       r.set_mode(mode);
       r.set_per_token(true);

@@ -14,7 +14,7 @@ namespace {
 
 TEST(ProbeParsingTest, BothShapesAndCandidates) {
   const std::string jsonl =
-      R"({"sub_label": "gold", "obj_label": "Au", "predicate_id": "symbol", "masked_sentences": ["The chemical symbol of gold is [MASK]."]})"
+      R"({"sub_label": "gold", "obj_label": "Au", "predicate_id": "symbol", "masked_sentences": ["The chemical symbol of gold is [MASK]."], "evidence_doc_id": "doc-7"})"
       "\n\n"
       R"({"sub_label": "iron", "obj_label": "Fe", "predicate_id": "symbol", "template": "The chemical symbol of [X] is [Y]."})"
       "\n"
@@ -33,6 +33,7 @@ TEST(ProbeParsingTest, BothShapesAndCandidates) {
   EXPECT_EQ(a.sentences, std::vector<std::string>{"The chemical symbol of gold is [MASK]."});
   // Without candidates: the relation's distinct objects, in order.
   EXPECT_EQ(a.candidates, (std::vector<std::string>{"Au", "Fe"}));
+  EXPECT_EQ(a.evidence_doc_id, "doc-7");
   const Probe& b = (*probes)[1];
   EXPECT_EQ(b.line, 3);  // the blank line still counts
   EXPECT_EQ(b.sentences, std::vector<std::string>{"The chemical symbol of iron is [MASK]."});
@@ -65,6 +66,8 @@ TEST(ProbeParsingTest, MalformedLinesNameTheLine) {
   expect_error(R"({"obj_label": "b", "template": "[X] is [Y]."})", "sub_label");
   expect_error(R"({"sub_label": "a", "obj_label": "b", "template": "[X] is [Y].", "candidates": [3]})",
                "candidates");
+  expect_error(R"({"sub_label": "a", "obj_label": "b", "template": "[X] is [Y].", "evidence_doc_id": 5})",
+               "evidence_doc_id");
   auto empty = ParseProbes("\n  \n", "e.jsonl");
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(empty.status().message().find("no probes"), std::string::npos);
@@ -91,7 +94,7 @@ TEST(ProbeMetricsTest, RanksAndMetricsOnAHandComputedExample) {
       {"gold is Au.", -9},         {"gold is Fe.", -1},         {"gold is Cu.", -2}};
   auto model = testing::MakeTinyLanguageModel();
   const lm::Tokenizer& tok = model->tokenizer();
-  TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+  TokenScorer scorer = [&](const std::string& text, const Probe&) -> absl::StatusOr<std::vector<float>> {
     std::vector<float> lp(tok.Encode(text).size(), 0.0f);
     lp.back() = total.at(text);
     return lp;
@@ -113,7 +116,7 @@ TEST(ProbeMetricsTest, RanksAndMetricsOnAHandComputedExample) {
   EXPECT_NEAR(report->by_relation["symbol"].mrr, 1.0 / 3, 1e-12);
 
   // A scorer error names the probe and the candidate.
-  TokenScorer failing = [](const std::string&) -> absl::StatusOr<std::vector<float>> {
+  TokenScorer failing = [](const std::string&, const Probe&) -> absl::StatusOr<std::vector<float>> {
     return absl::UnavailableError("server gone");
   };
   auto bad = EvaluateProbes(*probes, tok, failing);
@@ -130,7 +133,7 @@ TEST(ProbeScoringTest, ScoresAreTheModelsLogProbabilities) {
   auto probes = ParseProbes(
       R"({"sub_label": "the cat", "obj_label": "mat", "predicate_id": "on", "template": "[X] sat on the [Y] today.", "candidates": ["dog", "tree house"]})");
   RAG_ASSERT_OK(probes.status());
-  TokenScorer scorer = [&](const std::string& text) -> absl::StatusOr<std::vector<float>> {
+  TokenScorer scorer = [&](const std::string& text, const Probe&) -> absl::StatusOr<std::vector<float>> {
     return lm::ScoreTokens(model->module(), tok.Encode(text), tok.eot_id());
   };
   auto report = EvaluateProbes(*probes, tok, scorer);
