@@ -1244,6 +1244,15 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
       std::vector<DatastoreNeighbour> kept;
       kept.reserve(static_cast<size_t>(k));
       int64_t found = 0;
+      // The k values and docs sit at random rows of two mapped files: ask
+      // for all their cache lines first, then read them (a cache miss each
+      // otherwise, a sixth of kNN-LM scoring time at k = 1024).
+      for (int64_t j = 0; j < f; ++j) {
+        const int64_t id = ids[static_cast<size_t>(i * f + j)];
+        if (id < 0 || id >= rows_) continue;
+        __builtin_prefetch(value_data_ + id);
+        __builtin_prefetch(doc_data_ + id);
+      }
       for (int64_t j = 0; j < f; ++j) {
         const int64_t id = ids[static_cast<size_t>(i * f + j)];
         if (id < 0) continue;

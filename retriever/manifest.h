@@ -25,6 +25,8 @@ inline constexpr char kManifestFile[] = "manifest.json";
 inline constexpr char kChunkStoreDir[] = "chunks.rocksdb";
 inline constexpr char kChunkIndexFile[] = "chunks.faiss";
 inline constexpr char kEmbeddingsFile[] = "embeddings.f32";
+// A copy of the model's tokenizer.json: what `rag count` encodes text with.
+inline constexpr char kIndexTokenizerFile[] = "tokenizer.json";
 // kNN-LM datastore (rag build --datastore): keys.f16, values.i32, docs.i32,
 // keys.faiss (retriever/datastore.h).
 inline constexpr char kDatastoreDir[] = "datastore";

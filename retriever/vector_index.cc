@@ -13,6 +13,7 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -35,6 +36,22 @@
 
 namespace rag::retriever {
 namespace {
+
+// FAISS parallelizes with OpenMP, whose thread count belongs to the calling
+// thread: LibTorch's set_num_threads(1) (lm/runtime.h) makes it 1 on the
+// main thread, which cost kNN-LM scoring half its speed. FAISS's parallel
+// loops are coarse (a query or an inverted list each), so it gets every
+// core back for the call.
+class AllCoresForFaiss {
+ public:
+  AllCoresForFaiss() : saved_(omp_get_max_threads()) { omp_set_num_threads(omp_get_num_procs()); }
+  ~AllCoresForFaiss() { omp_set_num_threads(saved_); }
+  AllCoresForFaiss(const AllCoresForFaiss&) = delete;
+  AllCoresForFaiss& operator=(const AllCoresForFaiss&) = delete;
+
+ private:
+  int saved_;
+};
 
 constexpr char kMagic[8] = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
 constexpr uint32_t kFormatVersion = 1;
@@ -353,6 +370,7 @@ absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_
   if (max_train == 0) max_train = std::max(256 * nlist, kDefaultMaxTrain);
   const int64_t m = std::min(n, max_train);
   const size_t d = static_cast<size_t>(index_->d);
+  AllCoresForFaiss cores;
   try {
     ConfigurePqTraining(index_.get());
     if (m == n) {
@@ -379,6 +397,7 @@ absl::Status VectorIndex::Add(const float* x, int64_t n) {
   if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
   if (!index_->is_trained) return absl::FailedPreconditionError(context + ": index is not trained; call Train first");
   if (n == 0) return absl::OkStatus();
+  AllCoresForFaiss cores;
   try {
     index_->add(n, x);
   } catch (...) {
@@ -415,6 +434,7 @@ absl::Status VectorIndex::Search(const float* queries, int64_t nq, int k, int np
 
   static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t), "FAISS ids must be 64-bit");
   auto* out_ids = reinterpret_cast<faiss::Index::idx_t*>(ids->data());
+  AllCoresForFaiss cores;
   try {
     // nprobe goes in through SearchParameters so that concurrent searches
     // never write to the shared index. FAISS 1.7.3 forwards parameters

@@ -655,12 +655,33 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     so.seed = s.seed();
     so.stop_at_eot = !request.ignore_eot();
     const auto& tok = model_->tokenizer();
+    std::vector<lm::TokenId> prompt;
+    if (request.prompt_token_ids_size() > 0) {
+      if (!request.prompt().empty()) {
+        return absl::InvalidArgumentError("give the prompt as text or as prompt_token_ids, not both");
+      }
+      if (request.prompt_token_ids_size() > options_.limits.max_text_bytes) {
+        return absl::ResourceExhaustedError("prompt_token_ids has " + std::to_string(request.prompt_token_ids_size()) +
+                                            " tokens; the limit is " + std::to_string(options_.limits.max_text_bytes));
+      }
+      for (int i = 0; i < request.prompt_token_ids_size(); ++i) {
+        const int32_t id = request.prompt_token_ids(i);
+        if (id < 0 || id >= tok.vocab_size()) {
+          return absl::InvalidArgumentError("prompt_token_ids[" + std::to_string(i) + "] = " + std::to_string(id) +
+                                            " is not a token id (vocabulary of " + std::to_string(tok.vocab_size()) +
+                                            ")");
+        }
+      }
+      prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+    } else {
+      prompt = tok.Encode(request.prompt());
+    }
     lm::LogitsHook hook;
     absl::Status hook_status;
     if (request.mode() == "knnlm") {
       RAG_ASSIGN_OR_RETURN(KnnParams p, ParseKnn(request.has_lambda(), request.lambda(),
                                                  request.has_knn_temperature(), request.knn_temperature(),
-                                                 request.k(), request.nprobe(), false, ""));
+                                                 request.k(), request.nprobe(), false, request.exclude_doc_id()));
       // Sampling from log p_knnlm is sampling from p_knnlm: softmax is
       // shift-invariant, so temperature, top-k and top-p apply unchanged.
       hook = [this, p, &hook_status](const torch::Tensor& hidden, const torch::Tensor& logits) {
@@ -688,7 +709,7 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     v1::GenerateResponse done;
     absl::StatusOr<std::vector<lm::TokenId>> generated;
     if (request.mode() == "retro") {
-      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, ""));
+      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, request.exclude_doc_id()));
       lm::RetrieveFn retrieve;
       if (p.retrieval != "off") {
         // Neighbours of each completed chunk: retrieved (or drawn at random)
@@ -714,10 +735,9 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
           nb->mutable_token_ids()->Add(t.begin(), t.end());
         }
       };
-      generated = lm::GenerateRetro(retro_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, retrieve, emit,
-                                    on_retrieve);
+      generated = lm::GenerateRetro(retro_->module(), prompt, tok.eot_id(), so, retrieve, emit, on_retrieve);
     } else {
-      generated = lm::Generate(model_->module(), tok.Encode(request.prompt()), tok.eot_id(), so, emit, hook);
+      generated = lm::Generate(model_->module(), prompt, tok.eot_id(), so, emit, hook);
     }
     if (!generated.ok()) return generated.status();
     RAG_RETURN_IF_ERROR(hook_status);

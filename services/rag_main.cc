@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <cmath>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -19,6 +20,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "eval/memorization.h"
 #include "eval/perplexity.h"
 #include "eval/probes.h"
 #include "index_builder/corpus_reader.h"
@@ -31,7 +33,9 @@
 #include "lm/runtime.h"
 #include "lm/scorer.h"
 #include "lm/train_pipeline.h"
+#include "retriever/chunk_store.h"
 #include "retriever/retriever.h"
+#include "retriever/token_counts.h"
 #include "retriever/vector_index.h"
 #include "services/client.h"
 #include "services/engine.h"
@@ -281,7 +285,7 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
   cmd->add_option("--lambda", k->lambda, "knnlm: weight of p_knn in [0, 1] (default 0.25)");
   cmd->add_option(temperature_flag, k->temperature, "knnlm: temperature of the neighbour distribution (default 1)");
   cmd->add_option("--k", k->k, "knnlm: neighbours per token (default 1024)");
-  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 8)");
+  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 4)");
   cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
 }
@@ -710,6 +714,236 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   };
   for (const auto& [relation, m] : report->by_relation) row(relation, m);
   row("all", report->overall);
+  return 0;
+}
+
+struct CountArgs {
+  std::string index, model, text, text_file;
+  int64_t show_documents = 10;
+  bool json_out = false;
+};
+
+// Exact occurrences of a text's tokens in an index's documents.
+int RunCount(const CountArgs& a) {
+  namespace fs = std::filesystem;
+  auto text = TextArg(a.text, a.text_file, "--text");
+  if (!text.ok()) return Fail(text.status());
+  if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to count"));
+  auto manifest = rag::retriever::Manifest::Load(a.index);
+  if (!manifest.ok()) return Fail(manifest.status());
+  // The index's own copy of the tokenizer, or the model's for indexes built
+  // before there was one.
+  const std::string tok_path = a.model.empty() ? (fs::path(a.index) / rag::retriever::kIndexTokenizerFile).string()
+                                               : (fs::path(a.model) / "tokenizer.json").string();
+  auto tok_json = rag::ReadFile(tok_path);
+  if (!tok_json.ok()) {
+    return Fail(rag::Annotate(tok_json.status(), "this index has no tokenizer.json (built before rag count "
+                                                 "existed): pass --model MODEL_DIR"));
+  }
+  auto tok = rag::lm::Tokenizer::FromJson(*tok_json);
+  if (!tok.ok()) return Fail(tok.status());
+  if (tok->Hash() != manifest->tokenizer_hash) {
+    return Fail(absl::FailedPreconditionError("the tokenizer in '" + tok_path + "' is not the index's (hash " +
+                                              tok->Hash() + ", the manifest says " + manifest->tokenizer_hash + ")"));
+  }
+  rag::retriever::ChunkStoreOptions so;
+  so.chunk_tokens = manifest->chunk_tokens;
+  so.continuation_tokens = manifest->continuation_tokens;
+  so.create_if_missing = false;
+  so.read_only = true;
+  auto store = rag::retriever::ChunkStore::Open((fs::path(a.index) / rag::retriever::kChunkStoreDir).string(), so);
+  if (!store.ok()) return Fail(store.status());
+  // counts.sa covers the documents of the build; with documents added since
+  // (or none there), the suffix array is built afresh over all of them.
+  std::optional<rag::retriever::TokenCounts> counts;
+  const std::string counts_path = (fs::path(a.index) / rag::retriever::kTokenCountsFile).string();
+  if (fs::exists(counts_path)) {
+    auto loaded = rag::retriever::TokenCounts::Load(counts_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    if (loaded->documents() == (*store)->num_documents()) counts = std::move(*loaded);
+  }
+  if (!counts) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto docs = rag::retriever::DocumentTokens(**store);
+    if (!docs.ok()) return Fail(docs.status());
+    auto built = rag::retriever::TokenCounts::Build(*docs);
+    if (!built.ok()) return Fail(built.status());
+    std::fprintf(stderr, "count: suffix array over all %lld documents built in %.1f s\n",
+                 static_cast<long long>(built->documents()),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    counts = std::move(*built);
+  }
+  const std::vector<int32_t> ids = tok->Encode(*text);
+  auto n = counts->Count(ids);
+  if (!n.ok()) return Fail(n.status());
+  // Byte-level BPE folds a word's leading space into its first token: inside
+  // a text the phrase is " of the", not "of the". Both are counted.
+  int64_t spaced = 0;
+  const bool add_space = !std::isspace(static_cast<unsigned char>((*text)[0]));
+  if (add_space) {
+    auto m = counts->Count(tok->Encode(" " + *text));
+    if (!m.ok()) return Fail(m.status());
+    spaced = *m;
+  }
+  auto where = counts->Documents(ids, a.show_documents);  // of the exact token sequence
+  if (!where.ok()) return Fail(where.status());
+  // Document ids: the first chunk of each listed document names it.
+  json doc_ids = json::array();
+  std::vector<int64_t> wanted(where->begin(), where->end());
+  size_t next = 0;
+  if (!wanted.empty()) {
+    auto s = (*store)->ForEachChunk(0, [&](const rag::retriever::ChunkRecord& rec) {
+      while (next < wanted.size() && wanted[next] < rec.doc_index) ++next;
+      if (next < wanted.size() && wanted[next] == rec.doc_index) {
+        doc_ids.push_back(rec.doc_id);
+        ++next;
+      }
+      return next < wanted.size();
+    });
+    if (!s.ok()) return Fail(s);
+  }
+  if (a.json_out) {
+    json j = {{"tokens", ids.size()}, {"count", *n}, {"documents", doc_ids}, {"indexed_documents", counts->documents()}};
+    if (add_space) j["count_after_a_space"] = spaced;
+    PrintJson(j);
+  } else {
+    std::printf("%lld occurrences of these %zu tokens", static_cast<long long>(*n), ids.size());
+    if (add_space) std::printf(", %lld more after a space (inside a text)", static_cast<long long>(spaced));
+    std::printf(", in %lld documents", static_cast<long long>(counts->documents()));
+    if (!doc_ids.empty()) {
+      std::printf("; in:");
+      for (const auto& id : doc_ids) std::printf(" %s", id.get<std::string>().c_str());
+      if (static_cast<int64_t>(doc_ids.size()) == a.show_documents) std::printf(" ...");
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
+struct EvalMemArgs {
+  TargetArgs target;
+  KnnArgs knn;
+  std::string corpus, split = "train", mode = "lm", prefix_lengths = "16,32,64", output;
+  int suffix_tokens = 50, samples = 100;
+  uint64_t seed = 1;
+  bool json_out = false, quiet = false, exclude_own = false;
+};
+
+int RunEvalMemorization(const EvalMemArgs& a) {
+  rag::eval::MemorizationOptions mo;
+  mo.prefix_lengths.clear();
+  {
+    std::stringstream ss(a.prefix_lengths);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      try {
+        size_t used = 0;
+        const int v = std::stoi(item, &used);
+        if (used != item.size()) throw std::invalid_argument(item);
+        mo.prefix_lengths.push_back(v);
+      } catch (const std::exception&) {
+        return Fail(absl::InvalidArgumentError("--prefix-lengths must be integers like 16,32,64, got '" +
+                                               a.prefix_lengths + "'"));
+      }
+    }
+  }
+  mo.suffix_tokens = a.suffix_tokens;
+  mo.samples = a.samples;
+  mo.seed = a.seed;
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  auto info = (*backend)->Info();
+  if (!info.ok()) return Fail(info.status());
+  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
+  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
+  auto docs = rag::index_builder::ReadCorpus(a.corpus);
+  if (!docs.ok()) return Fail(docs.status());
+  // Counts over the whole corpus; samples from the chosen split.
+  std::vector<std::vector<int32_t>> all_tokens;
+  for (const auto& d : *docs) all_tokens.push_back(tok->Encode(d.text));
+  auto counts = rag::retriever::TokenCounts::Build(all_tokens);
+  if (!counts.ok()) return Fail(counts.status());
+  std::vector<rag::eval::TokenizedDocument> sampled;
+  if (a.split == "all") {
+    for (size_t i = 0; i < docs->size(); ++i) sampled.push_back({(*docs)[i].id, all_tokens[i]});
+  } else {
+    if (info->split_json().empty()) {
+      return Fail(absl::FailedPreconditionError("the model has no split.json: use --split all"));
+    }
+    auto sel = rag::lm::SelectSplit(*docs, info->split_json(), a.split);
+    if (!sel.ok()) return Fail(sel.status());
+    std::set<std::string> ids;
+    for (const auto& d : *sel) ids.insert(d.id);
+    for (size_t i = 0; i < docs->size(); ++i) {
+      if (ids.count((*docs)[i].id)) sampled.push_back({(*docs)[i].id, all_tokens[i]});
+    }
+  }
+  rag::eval::GreedyGenerator generate = [&](const std::vector<int32_t>& prompt, int max_tokens,
+                                             const std::string& exclude) -> absl::StatusOr<std::vector<int32_t>> {
+    rag::v1::GenerateRequest req;
+    req.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+    req.set_mode(a.mode);
+    req.set_max_tokens(max_tokens);
+    req.set_ignore_eot(true);
+    req.mutable_sampling()->set_temperature(0);
+    req.set_exclude_doc_id(exclude);
+    if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
+    if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
+    req.set_k(a.knn.k);
+    req.set_nprobe(a.knn.nprobe);
+    req.set_retrieval(a.knn.retrieval);
+    std::vector<int32_t> out;
+    RAG_RETURN_IF_ERROR((*backend)
+                            ->Generate(req,
+                                       [&](const rag::v1::GenerateResponse& t) {
+                                         out.push_back(t.token_id());
+                                         return true;
+                                       })
+                            .status());
+    return out;
+  };
+  std::unique_ptr<rag::Progress> progress;
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("memorization", a.samples, "samples");
+  auto report = rag::eval::EvaluateMemorization(sampled, *counts, generate, mo, a.exclude_own, [&](int64_t done) {
+    if (progress) progress->Update(done);
+  });
+  if (!report.ok()) return Fail(report.status());
+  if (progress) progress->Finish();
+  json by_prefix = json::object();
+  for (const auto& [l, t] : report->by_prefix) {
+    json buckets = json::object();
+    for (const auto& [b, bt] : report->by_prefix_and_duplicates[l]) {
+      buckets[b] = {{"samples", bt.samples}, {"exact", bt.exact_rate()}, {"token_match", bt.token_match()}};
+    }
+    by_prefix[std::to_string(l)] = {
+        {"samples", t.samples}, {"exact", t.exact_rate()}, {"token_match", t.token_match()}, {"by_duplicates", buckets}};
+  }
+  json j = {{"mode", a.mode},
+            {"split", a.split},
+            {"samples", report->samples},
+            {"suffix_tokens", a.suffix_tokens},
+            {"seed", a.seed},
+            {"exclude_own_document", a.exclude_own},
+            {"by_prefix", by_prefix}};
+  if (!a.output.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
+  if (a.json_out) {
+    PrintJson(j);
+    return 0;
+  }
+  std::printf("mode %s%s: %lld sequences of the %s split, greedy %d-token suffixes\n", a.mode.c_str(),
+              a.exclude_own ? ", own document excluded" : "", static_cast<long long>(report->samples),
+              a.split.c_str(), a.suffix_tokens);
+  std::printf("%-8s %8s %8s %12s   exact by occurrences of prefix+suffix in the corpus\n", "prefix", "samples",
+              "exact", "token match");
+  for (const auto& [l, t] : report->by_prefix) {
+    std::printf("%-8d %8lld %8.3f %12.3f  ", l, static_cast<long long>(t.samples), t.exact_rate(), t.token_match());
+    for (const auto& [b, bt] : report->by_prefix_and_duplicates[l]) {
+      std::printf(" %s: %.2f (%lld)", b.c_str(), bt.exact_rate(), static_cast<long long>(bt.samples));
+    }
+    std::printf("\n");
+  }
   return 0;
 }
 
@@ -1167,6 +1401,33 @@ int main(int argc, char** argv) {
                        "knnlm, retro: never retrieve from a probe's evidence_doc_id (what the model knows without it)");
   AddKnnOptions(probes_cmd, &probes.knn, "--temperature");
 
+  EvalMemArgs mem;
+  auto* mem_cmd = eval_cmd->add_subcommand("memorization",
+                                           "verbatim memorization (Carlini et al. 2023) by prefix length and repetition");
+  AddTargetOptions(mem_cmd, &mem.target, true);
+  mem_cmd->add_option("--corpus", mem.corpus, "corpus: .txt, .jsonl or directory")->required();
+  mem_cmd->add_option("--split", mem.split, "documents to sample: train, validation or all")->capture_default_str();
+  mem_cmd->add_option("--prefix-lengths", mem.prefix_lengths, "prompt lengths in tokens")->capture_default_str();
+  mem_cmd->add_option("--suffix-tokens", mem.suffix_tokens, "greedy tokens compared")->capture_default_str();
+  mem_cmd->add_option("--samples", mem.samples, "sequences drawn")->capture_default_str();
+  mem_cmd->add_option("--seed", mem.seed, "seed of the draw")->capture_default_str();
+  mem_cmd->add_option("--mode", mem.mode, "lm, knnlm or retro")->capture_default_str();
+  mem_cmd->add_flag("--exclude-own-doc", mem.exclude_own,
+                    "knnlm, retro: never retrieve from the sampled document (what the weights alone reproduce)");
+  mem_cmd->add_flag("--json", mem.json_out, "print JSON");
+  mem_cmd->add_option("--output", mem.output, "also write the JSON result to this file");
+  mem_cmd->add_flag("--quiet", mem.quiet, "no progress lines");
+  AddKnnOptions(mem_cmd, &mem.knn, "--temperature");
+
+  CountArgs count;
+  auto* count_cmd = app.add_subcommand("count", "exact occurrences of a text's tokens in an index's documents");
+  count_cmd->add_option("--index", count.index, "index directory")->required();
+  count_cmd->add_option("--text", count.text, "the text to count");
+  count_cmd->add_option("--text-file", count.text_file, "read the text from this file");
+  count_cmd->add_option("--model", count.model, "tokenize with this model's tokenizer (indexes without tokenizer.json)");
+  count_cmd->add_option("--show-documents", count.show_documents, "list at most this many documents")->capture_default_str();
+  count_cmd->add_flag("--json", count.json_out, "print JSON");
+
   CLI11_PARSE(app, argc, argv);
   if (threads < 0) {
     std::fprintf(stderr, "rag: error: --threads must be >= 0\n");
@@ -1184,6 +1445,8 @@ int main(int argc, char** argv) {
     if (gen_cmd->parsed()) return RunGenerate(gen);
     if (ppl_cmd->parsed()) return RunEvalPerplexity(ppl);
     if (probes_cmd->parsed()) return RunEvalProbes(probes);
+    if (mem_cmd->parsed()) return RunEvalMemorization(mem);
+    if (count_cmd->parsed()) return RunCount(count);
     if (build_cmd->parsed()) return RunBuild(build);
     if (query_cmd->parsed()) return RunQuery(query);
     if (validate_cmd->parsed()) return RunValidate(validate_dir, validate_sample, validate_nprobe, validate_json);

@@ -183,6 +183,19 @@ TEST_F(RagCliTest, BuildQueryValidate) {
   json v = json::parse(r.out);
   EXPECT_TRUE(v["valid"].get<bool>());
   EXPECT_DOUBLE_EQ(v["recall_at_10"].get<double>(), 1.0);  // Flat is exact
+  // Exact counts from the index's suffix array: the start of doc0 occurs
+  // there (and maybe elsewhere); a made-up phrase nowhere.
+  const std::string start = rag::testing::MakeCorpus(12, 21)[0].text.substr(0, 24);
+  r = Run({"count", "--index", dir_ / "idx", "--text", start, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json c = json::parse(r.out);
+  EXPECT_GE(c["count"].get<int64_t>(), 1);
+  EXPECT_EQ(c["documents"][0], "doc0");
+  EXPECT_EQ(c["indexed_documents"], 12);
+  r = Run({"count", "--index", dir_ / "idx", "--text", "zebra quartz violin", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["count"], 0);
+  EXPECT_EQ(json::parse(r.out)["count_after_a_space"], 0);
   // A flipped byte in the index file is caught by validate.
   {
     std::fstream f(dir_ / "idx/chunks.faiss", std::ios::in | std::ios::out | std::ios::binary);
