@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <torch/torch.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -1121,27 +1122,43 @@ int64_t Datastore::added_size() const {
   return static_cast<int64_t>(added_->values.size());
 }
 
-void Datastore::MergeAdded(const float* query, int k, int32_t excluded, std::vector<DatastoreNeighbour>* kept) const {
-  const size_t d = static_cast<size_t>(dim_);
-  const size_t n = added_->values.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (excluded >= 0 && added_->docs[i] == excluded) continue;
-    const float* key = added_->keys.data() + i * d;
-    double sum = 0;
-    for (size_t j = 0; j < d; ++j) {
-      const double diff = static_cast<double>(query[j]) - static_cast<double>(key[j]);
-      sum += diff * diff;
-    }
-    kept->push_back({rows_ + static_cast<int64_t>(i), added_->values[i], added_->docs[i], static_cast<float>(sum)});
+void Datastore::MergeAdded(const float* queries, int64_t nq, int k, const std::vector<int32_t>& exclude_doc,
+                           std::vector<std::vector<DatastoreNeighbour>>* out) const {
+  const int64_t n = static_cast<int64_t>(added_->values.size());
+  if (n == 0 || nq == 0) return;
+  // Squared L2 of every query to every added key as |q|^2 + |k|^2 - 2 q.k:
+  // one matrix product (a scalar loop cost 50 ms per probe sentence with a
+  // few thousand added keys).
+  torch::NoGradGuard no_grad;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto q = torch::from_blob(const_cast<float*>(queries), {nq, dim_}, f32);
+  auto keys = torch::from_blob(const_cast<float*>(added_->keys.data()), {n, dim_}, f32);
+  auto d2 = (q * q).sum(1, true) + (keys * keys).sum(1).unsqueeze(0) - 2 * torch::mm(q, keys.t());  // [nq, n]
+  d2 = d2.clamp_min(0);
+  if (!exclude_doc.empty()) {
+    auto docs = torch::from_blob(const_cast<int32_t*>(added_->docs.data()), {1, n}, torch::kInt32);
+    auto excluded = torch::from_blob(const_cast<int32_t*>(exclude_doc.data()), {nq, 1}, torch::kInt32);
+    d2 = d2.masked_fill(docs.eq(excluded), std::numeric_limits<float>::infinity());
   }
+  const int64_t take = std::min<int64_t>(k, n);
+  auto [dist, idx] = d2.topk(take, /*dim=*/1, /*largest=*/false, /*sorted=*/true);
+  dist = dist.contiguous();
+  idx = idx.contiguous();
+  const float* dp = dist.data_ptr<float>();
+  const int64_t* ip = idx.data_ptr<int64_t>();
   const auto nearer = [](const DatastoreNeighbour& a, const DatastoreNeighbour& b) {
     return a.distance < b.distance || (a.distance == b.distance && a.key_id < b.key_id);
   };
-  if (static_cast<int>(kept->size()) > k) {
-    std::partial_sort(kept->begin(), kept->begin() + k, kept->end(), nearer);
-    kept->resize(static_cast<size_t>(k));
-  } else {
-    std::sort(kept->begin(), kept->end(), nearer);
+  for (int64_t qi = 0; qi < nq; ++qi) {
+    std::vector<DatastoreNeighbour>& kept = (*out)[static_cast<size_t>(qi)];
+    for (int64_t j = 0; j < take; ++j) {
+      const float d = dp[qi * take + j];
+      if (!std::isfinite(d)) break;
+      const size_t i = static_cast<size_t>(ip[qi * take + j]);
+      kept.push_back({rows_ + static_cast<int64_t>(i), added_->values[i], added_->docs[i], d});
+    }
+    std::sort(kept.begin(), kept.end(), nearer);
+    if (static_cast<int>(kept.size()) > k) kept.resize(static_cast<size_t>(k));
   }
 }
 
@@ -1284,11 +1301,7 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
     fetch = 2 * f;
   }
   // Keys added after the build: few, so searched exactly, and merged in.
-  if (has_added) {
-    for (int64_t q = 0; q < nq; ++q) {
-      MergeAdded(queries + static_cast<size_t>(q) * d, k, excluded_doc(q), &(*out)[static_cast<size_t>(q)]);
-    }
-  }
+  if (has_added) MergeAdded(queries, nq, k, exclude_doc, out);
   return absl::OkStatus();
 }
 

@@ -285,9 +285,11 @@ class Datastore {
   // Reads added.log: loads the records `keep` accepts, stops at the first
   // torn or corrupt record (a crash mid-append: never acknowledged).
   absl::Status LoadAdded(const std::function<bool(const std::string&)>& keep);
-  // Merges the k nearest added keys not of document `excluded` into `kept`
-  // (sorted by distance), keeping the k nearest. Caller holds added_mu_.
-  void MergeAdded(const float* query, int k, int32_t excluded, std::vector<DatastoreNeighbour>* kept) const;
+  // Merges into each (*out)[q] the k nearest added keys not of document
+  // exclude_doc[q] (exact distances), keeping the k nearest, sorted.
+  // Caller holds the added keys' lock.
+  void MergeAdded(const float* queries, int64_t nq, int k, const std::vector<int32_t>& exclude_doc,
+                  std::vector<std::vector<DatastoreNeighbour>>* out) const;
 
   struct Added;
   std::unique_ptr<Added> added_;
