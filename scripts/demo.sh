@@ -130,11 +130,29 @@ for run in "lm|--mode lm" "knnlm_without_evidence|--mode knnlm --exclude-evidenc
 done
 echo "(JSON: $model/probes_*.json)"
 
+section "9. Memorization: does the model, or the datastore, reproduce its training text?"
+# Carlini et al. 2023: sequences drawn (seeded) from the training split,
+# greedy continuation of 16, 32 and 64 tokens of true prefix, compared with
+# the true 32-token suffix; columns bucket the samples by how often
+# prefix + suffix occurs in the corpus (exact counts, suffix array). The
+# kNN-LM is run with the sampled document's keys in its datastore and
+# without them (--exclude-own-doc): the difference is what retrieval adds.
+for run in "lm|--mode lm" "knnlm|--mode knnlm" "knnlm_own_doc_excluded|--mode knnlm --exclude-own-doc"; do
+  echo
+  name="${run%%|*}"
+  args="${run#*|}"
+  "$rag" eval memorization --server "$server" --corpus "$corpus" --split train --samples 30 \
+    --prefix-lengths 16,32,64 --suffix-tokens 32 $args --quiet --output "$model/memorization_$name.json"
+done
+echo "(JSON: $model/memorization_*.json)"
+printf -- '\n--- exact counts from the index (rag count):\n'
+"$rag" count --index "$index" --model "$model" --text "the United States"
+
 kill -TERM "$server_pid" && wait "$server_pid"
 server_pid=""
 echo "server stopped cleanly"
 
-section "9. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, off and random"
+section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, off and random"
 # The decoder stays frozen; a 2-layer neighbour encoder and CCA at decoder
 # layers 1 and 3 learn to read 2 neighbours (chunk + continuation) of every
 # 64-token chunk, retrieved from the index above with the chunk's own
