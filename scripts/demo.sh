@@ -99,7 +99,8 @@ section "7. kNN-LM over gRPC: validation perplexity, LM vs kNN-LM, and generatio
 # distribution; each pass interpolates the LM's and the neighbours'
 # log-probabilities at every lambda (the LM alone is printed too).
 "$rag" eval perplexity --server "$server" --corpus "$corpus" --split validation --mode knnlm \
-  --sweep "lambda=0.25,0.5;temperature=1,10" --baseline none --output "$model/eval_knnlm_validation.json"
+  --sweep "lambda=0.25,0.5;temperature=1,10" --baseline none --output "$model/eval_knnlm_validation.json" \
+  --report "$model/report"
 echo "(JSON: $model/eval_knnlm_validation.json; the target is at least 13% below the LM at the best lambda)"
 for mode in lm knnlm; do
   printf -- '--- %s, greedy: "The committee said that" ->\nThe committee said that' "$mode"
@@ -126,7 +127,7 @@ for run in "lm|--mode lm" "knnlm_without_evidence|--mode knnlm --exclude-evidenc
   name="${run%%|*}"
   args="${run#*|}"
   "$rag" eval probes --server "$server" --probes "$probes_dir/probes.jsonl" $args --quiet \
-    --output "$model/probes_$name.json"
+    --output "$model/probes_$name.json" --report "$model/report"
 done
 echo "(JSON: $model/probes_*.json)"
 
@@ -142,9 +143,10 @@ for run in "lm|--mode lm" "knnlm|--mode knnlm" "knnlm_own_doc_excluded|--mode kn
   name="${run%%|*}"
   args="${run#*|}"
   "$rag" eval memorization --server "$server" --corpus "$corpus" --split train --samples 30 \
-    --prefix-lengths 16,32,64 --suffix-tokens 32 $args --quiet --output "$model/memorization_$name.json"
+    --prefix-lengths 16,32,64 --suffix-tokens 32 $args --quiet --output "$model/memorization_$name.json" \
+    --report "$model/report"
 done
-echo "(JSON: $model/memorization_*.json)"
+echo "(JSON: $model/memorization_*.json; plots and summary: $model/report/summary.md)"
 printf -- '\n--- exact counts from the index (rag count):\n'
 "$rag" count --index "$index" --model "$model" --text "the United States"
 

@@ -23,6 +23,7 @@
 #include "eval/memorization.h"
 #include "eval/perplexity.h"
 #include "eval/probes.h"
+#include "eval/report.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
 #include "index_builder/retro_training.h"
@@ -435,7 +436,7 @@ int RunNextToken(const NextTokenArgs& a) {
 struct EvalPplArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output, sweep;
+  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output, sweep, report, report_name;
   int64_t stride = 0;
   bool json_out = false, quiet = false, exclude_own = false;
 };
@@ -600,6 +601,14 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
   }
+  if (!a.report.empty()) {
+    std::string name = a.report_name;
+    if (name.empty()) {
+      name = a.mode + "-" + a.split + (a.mode == "retro" ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
+             (a.exclude_own ? "-own-doc-excluded" : "");
+    }
+    if (auto s = rag::eval::WriteReport(a.report, "perplexity", name, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
   if (a.json_out) {
     PrintJson(j);
   } else {
@@ -631,7 +640,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
 struct EvalProbesArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string probes, mode = "lm", output;
+  std::string probes, mode = "lm", output, report, report_name;
   bool json_out = false, quiet = false, exclude_evidence = false;
 };
 
@@ -697,6 +706,14 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   j["results"] = results;
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
+  if (!a.report.empty()) {
+    std::string name = a.report_name;
+    if (name.empty()) {
+      name = a.mode + (a.mode == "retro" ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
+             (a.exclude_evidence ? "-without-evidence" : "");
+    }
+    if (auto s = rag::eval::WriteReport(a.report, "probes", name, j.dump(2) + "\n"); !s.ok()) return Fail(s);
   }
   if (a.json_out) {
     PrintJson(j);
@@ -823,7 +840,7 @@ int RunCount(const CountArgs& a) {
 struct EvalMemArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string corpus, split = "train", mode = "lm", prefix_lengths = "16,32,64", output;
+  std::string corpus, split = "train", mode = "lm", prefix_lengths = "16,32,64", output, report, report_name;
   int suffix_tokens = 50, samples = 100;
   uint64_t seed = 1;
   bool json_out = false, quiet = false, exclude_own = false;
@@ -927,6 +944,11 @@ int RunEvalMemorization(const EvalMemArgs& a) {
             {"by_prefix", by_prefix}};
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
+  if (!a.report.empty()) {
+    const std::string name =
+        a.report_name.empty() ? a.mode + (a.exclude_own ? "-own-doc-excluded" : "") : a.report_name;
+    if (auto s = rag::eval::WriteReport(a.report, "memorization", name, j.dump(2) + "\n"); !s.ok()) return Fail(s);
   }
   if (a.json_out) {
     PrintJson(j);
@@ -1387,6 +1409,8 @@ int main(int argc, char** argv) {
   AddLeakageOption(ppl_cmd, &ppl.knn);
   AddKnnOptions(ppl_cmd, &ppl.knn, "--temperature");
   ppl_cmd->add_option("--sweep", ppl.sweep, "knnlm: several lambdas in one pass (lambda=0.1,0.25,0.5), optionally times temperatures, one pass each (;temperature=1,10)");
+  ppl_cmd->add_option("--report", ppl.report, "add this run to the report in DIR (PNG plots, summary.md)");
+  ppl_cmd->add_option("--report-name", ppl.report_name, "the run's name in the report (default: from the options)");
   ppl_cmd->add_flag("--exclude-own-doc", ppl.exclude_own, "knnlm: never use keys of, retro: never retrieve chunks of, the document being scored");
 
   EvalProbesArgs probes;
@@ -1397,6 +1421,8 @@ int main(int argc, char** argv) {
   probes_cmd->add_flag("--json", probes.json_out, "print JSON");
   probes_cmd->add_option("--output", probes.output, "also write the JSON result to this file");
   probes_cmd->add_flag("--quiet", probes.quiet, "no progress lines");
+  probes_cmd->add_option("--report", probes.report, "add this run to the report in DIR (PNG plots, summary.md)");
+  probes_cmd->add_option("--report-name", probes.report_name, "the run's name in the report (default: from the options)");
   probes_cmd->add_flag("--exclude-evidence", probes.exclude_evidence,
                        "knnlm, retro: never retrieve from a probe's evidence_doc_id (what the model knows without it)");
   AddKnnOptions(probes_cmd, &probes.knn, "--temperature");
@@ -1417,6 +1443,8 @@ int main(int argc, char** argv) {
   mem_cmd->add_flag("--json", mem.json_out, "print JSON");
   mem_cmd->add_option("--output", mem.output, "also write the JSON result to this file");
   mem_cmd->add_flag("--quiet", mem.quiet, "no progress lines");
+  mem_cmd->add_option("--report", mem.report, "add this run to the report in DIR (PNG plots, summary.md)");
+  mem_cmd->add_option("--report-name", mem.report_name, "the run's name in the report (default: from the options)");
   AddKnnOptions(mem_cmd, &mem.knn, "--temperature");
 
   CountArgs count;
