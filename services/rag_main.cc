@@ -20,6 +20,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "eval/extraction.h"
 #include "eval/memorization.h"
 #include "eval/perplexity.h"
 #include "eval/probes.h"
@@ -969,6 +970,106 @@ int RunEvalMemorization(const EvalMemArgs& a) {
   return 0;
 }
 
+struct EvalExtractionArgs {
+  TargetArgs target;
+  KnnArgs knn;
+  std::string corpus, mode = "lm", output;
+  int samples = 200, tokens = 128, match_tokens = 50, top = 100, top_k = 40;
+  double temperature = 1.0;
+  uint64_t seed = 1;
+  bool json_out = false, quiet = false;
+};
+
+int RunEvalExtraction(const EvalExtractionArgs& a) {
+  auto backend = OpenTarget(a.target, false);
+  if (!backend.ok()) return Fail(backend.status());
+  auto info = (*backend)->Info();
+  if (!info.ok()) return Fail(info.status());
+  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
+  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
+  auto docs = rag::index_builder::ReadCorpus(a.corpus);
+  if (!docs.ok()) return Fail(docs.status());
+  std::vector<std::vector<int32_t>> all_tokens;
+  for (const auto& d : *docs) all_tokens.push_back(tok->Encode(d.text));
+  auto counts = rag::retriever::TokenCounts::Build(all_tokens);
+  if (!counts.ok()) return Fail(counts.status());
+  rag::eval::Sampler sampler = [&](int64_t i, int n)
+      -> absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> {
+    rag::v1::GenerateRequest req;
+    req.set_mode(a.mode);
+    req.set_max_tokens(n);
+    req.set_ignore_eot(true);
+    req.mutable_sampling()->set_temperature(static_cast<float>(a.temperature));
+    req.mutable_sampling()->set_top_k(a.top_k);
+    req.mutable_sampling()->set_seed(a.seed * 1000003ULL + static_cast<uint64_t>(i));
+    if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
+    if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
+    req.set_k(a.knn.k);
+    req.set_nprobe(a.knn.nprobe);
+    req.set_retrieval(a.knn.retrieval);
+    std::vector<int32_t> ids;
+    RAG_ASSIGN_OR_RETURN(rag::v1::GenerateResponse done, (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& t) {
+      ids.push_back(t.token_id());
+      return true;
+    }));
+    return std::make_pair(ids, done.text());
+  };
+  rag::eval::Perplexity ppl = [&](const std::string& text) -> absl::StatusOr<double> {
+    rag::v1::ScoreRequest req;
+    req.set_text(text);
+    req.set_mode(a.mode);
+    SetKnn(a.knn, &req);
+    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
+    return r.perplexity();
+  };
+  rag::eval::ExtractionOptions o;
+  o.samples = a.samples;
+  o.tokens = a.tokens;
+  o.match_tokens = a.match_tokens;
+  o.top = a.top;
+  std::unique_ptr<rag::Progress> progress;
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("extraction", a.samples, "samples");
+  auto report = rag::eval::EvaluateExtraction(*counts, sampler, ppl, o, [&](int64_t done) {
+    if (progress) progress->Update(done);
+  });
+  if (!report.ok()) return Fail(report.status());
+  if (progress) progress->Finish();
+  json rankings = json::object();
+  for (const auto& r : report->rankings) {
+    rankings[r.metric] = {{"top", r.top}, {"extracted", r.extracted_in_top}, {"precision", r.precision()}};
+  }
+  std::vector<const rag::eval::ExtractionSample*> longest;
+  for (const auto& s : report->samples) longest.push_back(&s);
+  std::sort(longest.begin(), longest.end(), [](auto* x, auto* y) { return x->longest_match > y->longest_match; });
+  json examples = json::array();
+  for (size_t i = 0; i < std::min<size_t>(5, longest.size()); ++i) {
+    examples.push_back({{"sample", longest[i]->index},
+                        {"longest_match", longest[i]->longest_match},
+                        {"perplexity", longest[i]->perplexity},
+                        {"text", rag::services::ToValidUtf8(longest[i]->text)}});
+  }
+  int64_t max_run = longest.empty() ? 0 : longest[0]->longest_match;
+  json j = {{"mode", a.mode},           {"samples", a.samples},   {"tokens", a.tokens},
+            {"match_tokens", a.match_tokens}, {"extracted", report->extracted}, {"longest_match", max_run},
+            {"rankings", rankings},     {"longest_examples", examples}};
+  if (!a.output.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
+  }
+  if (a.json_out) {
+    PrintJson(j);
+    return 0;
+  }
+  std::printf("mode %s: %d samples of %d tokens (top-k %d, T %g); %lld hold a verbatim run of >= %d corpus tokens "
+              "(longest: %lld)\n",
+              a.mode.c_str(), a.samples, a.tokens, a.top_k, a.temperature, static_cast<long long>(report->extracted),
+              a.match_tokens, static_cast<long long>(max_run));
+  for (const auto& r : report->rankings) {
+    std::printf("  top %lld by %-11s: %lld extracted, precision %.3f\n", static_cast<long long>(r.top),
+                r.metric.c_str(), static_cast<long long>(r.extracted_in_top), r.precision());
+  }
+  return 0;
+}
+
 // The embedding function of an index: the model's own (mean-pooled hidden
 // states) unless the user brings a TorchScript encoder.
 absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::LanguageModel* model,
@@ -1447,6 +1548,24 @@ int main(int argc, char** argv) {
   mem_cmd->add_option("--report-name", mem.report_name, "the run's name in the report (default: from the options)");
   AddKnnOptions(mem_cmd, &mem.knn, "--temperature");
 
+  EvalExtractionArgs ext;
+  auto* ext_cmd = eval_cmd->add_subcommand(
+      "extraction", "training-data extraction (Carlini et al. 2021): sample, rank, count verbatim corpus runs");
+  AddTargetOptions(ext_cmd, &ext.target, true);
+  ext_cmd->add_option("--corpus", ext.corpus, "the corpus to find verbatim runs in")->required();
+  ext_cmd->add_option("--samples", ext.samples, "texts generated")->capture_default_str();
+  ext_cmd->add_option("--tokens", ext.tokens, "tokens per text")->capture_default_str();
+  ext_cmd->add_option("--match-tokens", ext.match_tokens, "a verbatim run this long counts as extracted")->capture_default_str();
+  ext_cmd->add_option("--top", ext.top, "precision over the top N of each ranking")->capture_default_str();
+  ext_cmd->add_option("--top-k", ext.top_k, "sampling: top-k (Carlini et al.: 40)")->capture_default_str();
+  ext_cmd->add_option("--sampling-temperature", ext.temperature, "sampling temperature")->capture_default_str();
+  ext_cmd->add_option("--seed", ext.seed, "seed of the samples")->capture_default_str();
+  ext_cmd->add_option("--mode", ext.mode, "lm, knnlm or retro")->capture_default_str();
+  ext_cmd->add_flag("--json", ext.json_out, "print JSON");
+  ext_cmd->add_option("--output", ext.output, "also write the JSON result to this file");
+  ext_cmd->add_flag("--quiet", ext.quiet, "no progress lines");
+  AddKnnOptions(ext_cmd, &ext.knn, "--temperature");
+
   CountArgs count;
   auto* count_cmd = app.add_subcommand("count", "exact occurrences of a text's tokens in an index's documents");
   count_cmd->add_option("--index", count.index, "index directory")->required();
@@ -1474,6 +1593,7 @@ int main(int argc, char** argv) {
     if (ppl_cmd->parsed()) return RunEvalPerplexity(ppl);
     if (probes_cmd->parsed()) return RunEvalProbes(probes);
     if (mem_cmd->parsed()) return RunEvalMemorization(mem);
+    if (ext_cmd->parsed()) return RunEvalExtraction(ext);
     if (count_cmd->parsed()) return RunCount(count);
     if (build_cmd->parsed()) return RunBuild(build);
     if (query_cmd->parsed()) return RunQuery(query);

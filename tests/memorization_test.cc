@@ -4,6 +4,8 @@
 // as repeated; gRPC and in-process evaluations agree.
 #include "eval/memorization.h"
 
+#include "eval/extraction.h"
+
 #include <gtest/gtest.h>
 
 #include "common/status.h"
@@ -108,6 +110,44 @@ TEST(MemorizationTest, ARepeatedTrainingTextIsReproducedAndANewOneIsNot) {
   for (int l : o.prefix_lengths) {
     EXPECT_EQ(remote->by_prefix[l].exact, seen->by_prefix[l].exact);
     EXPECT_EQ(remote->by_prefix[l].token_matches, seen->by_prefix[l].token_matches);
+  }
+
+  // Extraction (Carlini et al. 2021): texts sampled from the model contain
+  // the canary verbatim, and ranking by perplexity puts them first.
+  Sampler sampler = [&](int64_t i, int n) -> absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> {
+    v1::GenerateRequest req;
+    req.set_max_tokens(n);
+    req.set_ignore_eot(true);
+    req.mutable_sampling()->set_temperature(1.0f);
+    req.mutable_sampling()->set_top_k(40);
+    req.mutable_sampling()->set_seed(static_cast<uint64_t>(100 + i));
+    std::vector<int32_t> ids;
+    RAG_ASSIGN_OR_RETURN(v1::GenerateResponse done, (*engine)->Generate(req, [&](const v1::GenerateResponse& t) {
+      ids.push_back(t.token_id());
+      return true;
+    }));
+    return std::make_pair(ids, done.text());
+  };
+  Perplexity perplexity = [&](const std::string& text) -> absl::StatusOr<double> {
+    v1::ScoreRequest req;
+    req.set_text(text);
+    RAG_ASSIGN_OR_RETURN(v1::ScoreResponse r, (*engine)->Score(req));
+    return r.perplexity();
+  };
+  ExtractionOptions eo_ext;
+  eo_ext.samples = 12;
+  eo_ext.tokens = 40;
+  eo_ext.match_tokens = 20;
+  eo_ext.top = 4;
+  auto extraction = EvaluateExtraction(*counts, sampler, perplexity, eo_ext);
+  RAG_ASSERT_OK(extraction.status());
+  EXPECT_GE(extraction->extracted, 3);
+  ASSERT_EQ(extraction->rankings.size(), 2u);
+  EXPECT_EQ(extraction->rankings[0].metric, "perplexity");
+  EXPECT_GE(extraction->rankings[0].precision(), 0.75);
+  for (const auto& smp : extraction->samples) {
+    // The longest run really occurs, and one token more does not.
+    EXPECT_EQ(smp.extracted, smp.longest_match >= 20);
   }
 
   // Bad options and documents too short are clear errors.

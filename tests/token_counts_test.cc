@@ -117,3 +117,39 @@ TEST(TokenCountsTest, SaveLoadRoundTripsAndCorruptionIsDataLoss) {
 
 }  // namespace
 }  // namespace rag::retriever
+
+#include "eval/extraction.h"
+
+namespace rag::eval {
+namespace {
+
+TEST(ExtractionTest, LongestVerbatimRunEqualsABruteForceSearch) {
+  const std::vector<std::vector<int32_t>> docs = {{1, 2, 3, 4, 5, 6}, {7, 8, 9}, {2, 3, 4, 9, 9}};
+  auto counts = retriever::TokenCounts::Build(docs);
+  RAG_ASSERT_OK(counts.status());
+  auto brute = [&](const std::vector<int32_t>& t) {
+    int64_t best = 0;
+    for (size_t i = 0; i < t.size(); ++i) {
+      for (size_t j = i + 1; j <= t.size(); ++j) {
+        std::vector<int32_t> q(t.begin() + static_cast<int64_t>(i), t.begin() + static_cast<int64_t>(j));
+        if (*counts->Count(q) > 0) best = std::max<int64_t>(best, static_cast<int64_t>(j - i));
+      }
+    }
+    return best;
+  };
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<int32_t> t(1 + rng() % 12);
+    for (auto& x : t) x = static_cast<int32_t>(1 + rng() % 9);
+    auto run = LongestVerbatimRun(t, *counts);
+    RAG_ASSERT_OK(run.status());
+    ASSERT_EQ(*run, brute(t));
+  }
+  EXPECT_EQ(*LongestVerbatimRun({0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, *counts), 6);  // never across documents
+  EXPECT_EQ(*LongestVerbatimRun({}, *counts), 0);
+  // zlib: repetitive text compresses far better than varied text.
+  EXPECT_LT(ZlibBits(std::string(400, 'a')), ZlibBits("the quick brown fox jumps over the lazy dog, then sleeps") );
+}
+
+}  // namespace
+}  // namespace rag::eval
