@@ -333,8 +333,12 @@ absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) {
     }
     if (progress) {
       char extra[160];
-      std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", loss, last_val,
-                    last_plain, history_.back().lr);
+      if (std::isnan(last_val)) {  // no validation pass yet
+        std::snprintf(extra, sizeof(extra), "loss %.3f, lr %.2e", loss, history_.back().lr);
+      } else {
+        std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", loss, last_val,
+                      last_plain, history_.back().lr);
+      }
       progress->Update(step_, extra);
       if (step_ == options_.steps) progress->Finish(extra);
     }
