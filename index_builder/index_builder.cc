@@ -400,21 +400,21 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
                        HashFileHex((work / retriever::kChunkIndexFile).string()));
   timings.index_s = SecondsSince(index_t0);
 
-  // The stages after the first read the chunk store back.
-  auto open_store_read_only = [&]() {
+  // The stages below read the chunk store back.
+  std::unique_ptr<ChunkStore> store;
+  {
     ChunkStoreOptions so;
     so.chunk_tokens = o.chunk_tokens;
     so.continuation_tokens = o.continuation_tokens;
     so.create_if_missing = false;
     so.read_only = true;
-    return ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so);
-  };
+    RAG_ASSIGN_OR_RETURN(store, ChunkStore::Open((work / retriever::kChunkStoreDir).string(), so));
+  }
 
   // Exact occurrence counts of token sequences (`rag count`, memorization
   // studies), and the tokenizer that makes the index usable without the model.
   {
     const auto counts_t0 = std::chrono::steady_clock::now();
-    RAG_ASSIGN_OR_RETURN(auto store, open_store_read_only());
     RAG_ASSIGN_OR_RETURN(auto doc_tokens, retriever::DocumentTokens(*store));
     RAG_ASSIGN_OR_RETURN(auto counts, retriever::TokenCounts::Build(doc_tokens));
     RAG_RETURN_IF_ERROR(counts.Save((work / retriever::kTokenCountsFile).string()));
@@ -429,13 +429,14 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     }
   }
 
+  if (!o.datastore) store.reset();  // closed before the directory is renamed
+
   // Stage 4: the kNN-LM datastore, resumable on its own (datastore/).
   if (o.datastore) {
     if (o.model == nullptr) return absl::InvalidArgumentError("a datastore needs the model that computes its keys");
     std::vector<size_t> selected;  // into documents: the corpus text is not copied
     std::vector<int32_t> doc_index;
     {
-      RAG_ASSIGN_OR_RETURN(auto store, open_store_read_only());
       const std::set<std::string> wanted(o.datastore_doc_ids.begin(), o.datastore_doc_ids.end());
       for (size_t i = 0; i < documents.size(); ++i) {
         const Document& d = documents[i];
@@ -445,6 +446,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
         doc_index.push_back(static_cast<int32_t>(rec.index));
       }
     }
+    store.reset();
     if (selected.empty()) return absl::InvalidArgumentError("no document of the corpus is selected for the datastore");
     DatastoreBuildOptions dso;
     dso.dir = (work / retriever::kDatastoreDir).string();

@@ -300,14 +300,52 @@ void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
 template <typename Request>
 void SetKnn(const KnnArgs& k, Request* req) {
   if (!std::isnan(k.lambda)) req->set_lambda(static_cast<float>(k.lambda));
-  if (!std::isnan(k.temperature)) req->set_temperature(static_cast<float>(k.temperature));
   req->set_k(k.k);
   req->set_nprobe(k.nprobe);
-  req->set_exact_distances(k.exact);
   req->set_retrieval(k.retrieval);
+  if constexpr (std::is_same_v<Request, rag::v1::GenerateRequest>) {
+    // Generate's own `temperature` is the sampling one.
+    if (!std::isnan(k.temperature)) req->set_knn_temperature(static_cast<float>(k.temperature));
+  } else {
+    if (!std::isnan(k.temperature)) req->set_temperature(static_cast<float>(k.temperature));
+    req->set_exact_distances(k.exact);
+  }
   if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {
     if (k.leakage_filter >= 0) req->set_leakage_filter(k.leakage_filter);
   }
+}
+
+// The tokenizer of the model a target serves (evaluations tokenize as it does).
+absl::StatusOr<rag::lm::Tokenizer> ServedTokenizer(const rag::v1::InfoResponse& info) {
+  auto tok = rag::lm::Tokenizer::FromJson(info.tokenizer_json());
+  if (!tok.ok()) return rag::Annotate(tok.status(), "the served tokenizer");
+  return tok;
+}
+
+// A corpus tokenized with `tok`, and the exact counts over all of it.
+struct CountedCorpus {
+  std::vector<rag::Document> docs;
+  std::vector<std::vector<int32_t>> tokens;  // per document
+  rag::retriever::TokenCounts counts;
+};
+
+absl::StatusOr<CountedCorpus> CountCorpus(const std::string& path, const rag::lm::Tokenizer& tok) {
+  RAG_ASSIGN_OR_RETURN(std::vector<rag::Document> docs, rag::index_builder::ReadCorpus(path));
+  std::vector<std::vector<int32_t>> tokens;
+  for (const auto& d : docs) tokens.push_back(tok.Encode(d.text));
+  RAG_ASSIGN_OR_RETURN(rag::retriever::TokenCounts counts, rag::retriever::TokenCounts::Build(tokens));
+  return CountedCorpus{std::move(docs), std::move(tokens), std::move(counts)};
+}
+
+// Runs a generation and collects the generated token ids.
+absl::StatusOr<std::pair<std::vector<int32_t>, rag::v1::GenerateResponse>> GenerateIds(
+    rag::services::Backend& backend, const rag::v1::GenerateRequest& req) {
+  std::vector<int32_t> ids;
+  RAG_ASSIGN_OR_RETURN(rag::v1::GenerateResponse done, backend.Generate(req, [&](const rag::v1::GenerateResponse& t) {
+    ids.push_back(t.token_id());
+    return true;
+  }));
+  return std::make_pair(std::move(ids), std::move(done));
 }
 
 int RunScore(const TargetArgs& target, const std::string& text_arg, const std::string& text_file,
@@ -362,11 +400,7 @@ int RunGenerate(GenerateArgs a) {
   req.mutable_sampling()->set_top_k(static_cast<int32_t>(a.sampling.top_k));
   req.mutable_sampling()->set_top_p(static_cast<float>(a.sampling.top_p));
   req.mutable_sampling()->set_seed(a.sampling.seed);
-  if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
-  if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
-  req.set_k(a.knn.k);
-  req.set_nprobe(a.knn.nprobe);
-  req.set_retrieval(a.knn.retrieval);
+  SetKnn(a.knn, &req);
   auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
     if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
     return g_stop.load() == false;
@@ -660,8 +694,8 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   if (!backend.ok()) return Fail(backend.status());
   auto info = (*backend)->Info();
   if (!info.ok()) return Fail(info.status());
-  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
-  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
+  auto tok = ServedTokenizer(*info);
+  if (!tok.ok()) return Fail(tok.status());
   rag::eval::TokenScorer scorer = [&](const std::string& text,
                                       const rag::eval::Probe& probe) -> absl::StatusOr<std::vector<float>> {
     rag::v1::ScoreRequest req;
@@ -872,29 +906,24 @@ int RunEvalMemorization(const EvalMemArgs& a) {
   if (!backend.ok()) return Fail(backend.status());
   auto info = (*backend)->Info();
   if (!info.ok()) return Fail(info.status());
-  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
-  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
-  auto docs = rag::index_builder::ReadCorpus(a.corpus);
-  if (!docs.ok()) return Fail(docs.status());
+  auto tok = ServedTokenizer(*info);
+  if (!tok.ok()) return Fail(tok.status());
   // Counts over the whole corpus; samples from the chosen split.
-  std::vector<std::vector<int32_t>> all_tokens;
-  for (const auto& d : *docs) all_tokens.push_back(tok->Encode(d.text));
-  auto counts = rag::retriever::TokenCounts::Build(all_tokens);
-  if (!counts.ok()) return Fail(counts.status());
-  std::vector<rag::eval::TokenizedDocument> sampled;
-  if (a.split == "all") {
-    for (size_t i = 0; i < docs->size(); ++i) sampled.push_back({(*docs)[i].id, all_tokens[i]});
-  } else {
+  auto corpus = CountCorpus(a.corpus, *tok);
+  if (!corpus.ok()) return Fail(corpus.status());
+  const std::vector<rag::Document>& docs = corpus->docs;
+  std::set<std::string> in_split;
+  if (a.split != "all") {
     if (info->split_json().empty()) {
       return Fail(absl::FailedPreconditionError("the model has no split.json: use --split all"));
     }
-    auto sel = rag::lm::SelectSplit(*docs, info->split_json(), a.split);
+    auto sel = rag::lm::SelectSplit(docs, info->split_json(), a.split);
     if (!sel.ok()) return Fail(sel.status());
-    std::set<std::string> ids;
-    for (const auto& d : *sel) ids.insert(d.id);
-    for (size_t i = 0; i < docs->size(); ++i) {
-      if (ids.count((*docs)[i].id)) sampled.push_back({(*docs)[i].id, all_tokens[i]});
-    }
+    for (const auto& d : *sel) in_split.insert(d.id);
+  }
+  std::vector<rag::eval::TokenizedDocument> sampled;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (a.split == "all" || in_split.count(docs[i].id)) sampled.push_back({docs[i].id, corpus->tokens[i]});
   }
   rag::eval::GreedyGenerator generate = [&](const std::vector<int32_t>& prompt, int max_tokens,
                                              const std::string& exclude) -> absl::StatusOr<std::vector<int32_t>> {
@@ -905,24 +934,13 @@ int RunEvalMemorization(const EvalMemArgs& a) {
     req.set_ignore_eot(true);
     req.mutable_sampling()->set_temperature(0);
     req.set_exclude_doc_id(exclude);
-    if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
-    if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
-    req.set_k(a.knn.k);
-    req.set_nprobe(a.knn.nprobe);
-    req.set_retrieval(a.knn.retrieval);
-    std::vector<int32_t> out;
-    RAG_RETURN_IF_ERROR((*backend)
-                            ->Generate(req,
-                                       [&](const rag::v1::GenerateResponse& t) {
-                                         out.push_back(t.token_id());
-                                         return true;
-                                       })
-                            .status());
-    return out;
+    SetKnn(a.knn, &req);
+    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(**backend, req));
+    return std::move(generated.first);
   };
   std::unique_ptr<rag::Progress> progress;
   if (!a.quiet) progress = std::make_unique<rag::Progress>("memorization", a.samples, "samples");
-  auto report = rag::eval::EvaluateMemorization(sampled, *counts, generate, mo, a.exclude_own, [&](int64_t done) {
+  auto report = rag::eval::EvaluateMemorization(sampled, corpus->counts, generate, mo, a.exclude_own, [&](int64_t done) {
     if (progress) progress->Update(done);
   });
   if (!report.ok()) return Fail(report.status());
@@ -985,14 +1003,10 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
   if (!backend.ok()) return Fail(backend.status());
   auto info = (*backend)->Info();
   if (!info.ok()) return Fail(info.status());
-  auto tok = rag::lm::Tokenizer::FromJson(info->tokenizer_json());
-  if (!tok.ok()) return Fail(rag::Annotate(tok.status(), "the served tokenizer"));
-  auto docs = rag::index_builder::ReadCorpus(a.corpus);
-  if (!docs.ok()) return Fail(docs.status());
-  std::vector<std::vector<int32_t>> all_tokens;
-  for (const auto& d : *docs) all_tokens.push_back(tok->Encode(d.text));
-  auto counts = rag::retriever::TokenCounts::Build(all_tokens);
-  if (!counts.ok()) return Fail(counts.status());
+  auto tok = ServedTokenizer(*info);
+  if (!tok.ok()) return Fail(tok.status());
+  auto corpus = CountCorpus(a.corpus, *tok);
+  if (!corpus.ok()) return Fail(corpus.status());
   rag::eval::Sampler sampler = [&](int64_t i, int n)
       -> absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> {
     rag::v1::GenerateRequest req;
@@ -1002,17 +1016,9 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
     req.mutable_sampling()->set_temperature(static_cast<float>(a.temperature));
     req.mutable_sampling()->set_top_k(a.top_k);
     req.mutable_sampling()->set_seed(a.seed * 1000003ULL + static_cast<uint64_t>(i));
-    if (!std::isnan(a.knn.lambda)) req.set_lambda(static_cast<float>(a.knn.lambda));
-    if (!std::isnan(a.knn.temperature)) req.set_knn_temperature(static_cast<float>(a.knn.temperature));
-    req.set_k(a.knn.k);
-    req.set_nprobe(a.knn.nprobe);
-    req.set_retrieval(a.knn.retrieval);
-    std::vector<int32_t> ids;
-    RAG_ASSIGN_OR_RETURN(rag::v1::GenerateResponse done, (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& t) {
-      ids.push_back(t.token_id());
-      return true;
-    }));
-    return std::make_pair(ids, done.text());
+    SetKnn(a.knn, &req);
+    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(**backend, req));
+    return std::make_pair(std::move(generated.first), generated.second.text());
   };
   rag::eval::Perplexity ppl = [&](const std::string& text) -> absl::StatusOr<double> {
     rag::v1::ScoreRequest req;
@@ -1029,7 +1035,7 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
   o.top = a.top;
   std::unique_ptr<rag::Progress> progress;
   if (!a.quiet) progress = std::make_unique<rag::Progress>("extraction", a.samples, "samples");
-  auto report = rag::eval::EvaluateExtraction(*counts, sampler, ppl, o, [&](int64_t done) {
+  auto report = rag::eval::EvaluateExtraction(corpus->counts, sampler, ppl, o, [&](int64_t done) {
     if (progress) progress->Update(done);
   });
   if (!report.ok()) return Fail(report.status());
