@@ -152,6 +152,33 @@ absl::Status MemorizationPlots(const fs::path& dir, const std::vector<Run>& runs
                                ".dat' using 1:i with linespoints lw 2 pt 7 title columnheader(i)\n";
     RAG_RETURN_IF_ERROR(Plot(dir, name, data, script));
   }
+  // Token match by duplicate bucket (Carlini 2023's second axis): one series
+  // per run and prefix length; a bucket a run has no samples in is missing.
+  const std::vector<std::string> buckets = {"1", "2-4", "5-15", "16+"};
+  std::string dup = "duplicates";
+  std::vector<std::pair<const Run*, int>> series;
+  for (const auto& r : runs) {
+    for (int l : lengths) {
+      if (!r.result.value("by_prefix", json::object()).contains(std::to_string(l))) continue;
+      series.emplace_back(&r, l);
+      dup += " " + Safe(r.name) + "/" + std::to_string(l);
+    }
+  }
+  dup += "\n";
+  for (const auto& b : buckets) {
+    dup += b;
+    for (const auto& [r, l] : series) {
+      dup += " " + Cell(r->result["by_prefix"][std::to_string(l)].value("by_duplicates", json::object())
+                            .value(b, json::object()).value("token_match", json()));
+    }
+    dup += "\n";
+  }
+  RAG_RETURN_IF_ERROR(Plot(dir, "memorization_duplicates", dup,
+                           "set title 'Memorization by how often prefix + suffix occur in the corpus (run/prefix)'\n"
+                           "set xlabel 'occurrences in the corpus'\nset ylabel 'fraction of suffix tokens reproduced'\n"
+                           "set yrange [0:*]\nset xrange [-0.5:3.5]\nplot for [i=2:" + std::to_string(series.size() + 1) +
+                               "] 'memorization_duplicates.dat' using 0:i:xtic(1) with linespoints lw 2 pt 7 "
+                               "title columnheader(i)\n"));
   *md += "## Memorization\n\n| run | mode | own document excluded | samples | suffix | prefix: exact / token match |\n"
          "|---|---|---|---|---|---|\n";
   for (const auto& r : runs) {
@@ -170,7 +197,8 @@ absl::Status MemorizationPlots(const fs::path& dir, const std::vector<Run>& runs
                   cells.c_str());
     *md += line;
   }
-  *md += "\n![token match](memorization_match.png)\n![exact match](memorization_exact.png)\n\n";
+  *md += "\n![token match](memorization_match.png)\n![exact match](memorization_exact.png)\n"
+         "![by duplicates](memorization_duplicates.png)\n\n";
   return absl::OkStatus();
 }
 

@@ -31,14 +31,16 @@ TEST(ReportTest, RunsAccumulateIntoPlotsAndASummary) {
                                 "by_relation": {"capital-of": {"p_at_1": 1.0}, "capital-is": {"p_at_1": 0.5}}})"));
   RAG_ASSERT_OK(WriteReport(dir.path(), "memorization", "lm",
                             R"({"mode": "lm", "samples": 4, "suffix_tokens": 8,
-                                "by_prefix": {"16": {"exact": 0.0, "token_match": 0.1}, "64": {"exact": 0.25, "token_match": 0.5}}})"));
+                                "by_prefix": {"16": {"exact": 0.0, "token_match": 0.1, "by_duplicates": {"1": {"token_match": 0.05}}},
+                                              "64": {"exact": 0.25, "token_match": 0.5,
+                                                     "by_duplicates": {"1": {"token_match": 0.4}, "5-15": {"token_match": 0.9}}}}})"));
   RAG_ASSERT_OK(WriteReport(dir.path(), "perplexity", "knnlm-validation",
                             R"({"mode": "knnlm", "split": "validation", "tokens": 10, "perplexity": 12.5,
                                 "sweep": [{"temperature": 1, "lambda": 0.25, "perplexity": 12.5},
                                           {"temperature": 1, "lambda": 0.5, "perplexity": 13.0}]})"));
   const fs::path d(dir.path());
   for (const char* png : {"probes_p_at_1.png", "memorization_match.png", "memorization_exact.png",
-                          "perplexity_lambda.png"}) {
+                          "memorization_duplicates.png", "perplexity_lambda.png"}) {
     EXPECT_TRUE(IsPng(d / png)) << png;
   }
   // Both probe runs in one table, a relation missing from a run marked missing.
@@ -48,6 +50,8 @@ TEST(ReportTest, RunsAccumulateIntoPlotsAndASummary) {
             "relation knnlm lm\ncapital-is 0.5 ?\ncapital-of 1 0.5\noccupation ? 0\nall 0.75 0.25\n");
   auto mem = ReadFile((d / "memorization_match.dat").string());
   EXPECT_EQ(*mem, "prefix lm\n16 0.1\n64 0.5\n");
+  auto dup = ReadFile((d / "memorization_duplicates.dat").string());
+  EXPECT_EQ(*dup, "duplicates lm/16 lm/64\n1 0.05 0.4\n2-4 ? ?\n5-15 ? 0.9\n16+ ? ?\n");
   auto summary = ReadFile((d / "summary.md").string());
   RAG_ASSERT_OK(summary.status());
   for (const char* needle : {"| knnlm | knnlm | 3 | 0.750", "| lm | lm | 3 | 0.250", "probes_p_at_1.png",
