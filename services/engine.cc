@@ -19,6 +19,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A request over one of the server's configurable limits: RESOURCE_EXHAUSTED
+// naming the field, the limit and the `rag serve` flag that sets it.
+absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, const char* flag) {
+  return absl::ResourceExhaustedError(what + " is " + std::to_string(value) + "; the limit is " +
+                                      std::to_string(limit) + " (rag serve " + flag + ")");
+}
+
 // RETRO's log-distribution [V] of the token after `ids` (preceded by `eot`):
 // one forward over the last chunk-aligned window that holds position n,
 // whose input chunk v >= 1 attends the set retrieved with document chunk
@@ -216,8 +223,8 @@ Engine::~Engine() { retriever_.reset(); }
 absl::Status Engine::CheckText(const std::string& text, const char* field, bool allow_empty) const {
   if (!allow_empty && text.empty()) return absl::InvalidArgumentError(std::string(field) + " is empty");
   if (static_cast<int64_t>(text.size()) > options_.limits.max_text_bytes) {
-    return absl::ResourceExhaustedError(std::string(field) + " has " + std::to_string(text.size()) +
-                                        " bytes; the limit is " + std::to_string(options_.limits.max_text_bytes));
+    return OverLimit(std::string(field) + " in bytes", static_cast<int64_t>(text.size()),
+                     options_.limits.max_text_bytes, "--max-text-bytes");
   }
   return absl::OkStatus();
 }
@@ -303,7 +310,8 @@ absl::StatusOr<Engine::KnnParams> Engine::ParseKnn(bool has_lambda, float lambda
     p.knn.temperature = temperature;
   }
   p.knn.k = k == 0 ? 1024 : k;
-  if (p.knn.k < 1 || p.knn.k > options_.limits.max_k) {
+  if (p.knn.k > options_.limits.max_k) return OverLimit("k", p.knn.k, options_.limits.max_k, "--max-k");
+  if (p.knn.k < 1) {
     return absl::InvalidArgumentError("k must be in [1, " + std::to_string(options_.limits.max_k) + "], got " +
                                       std::to_string(k));
   }
@@ -463,11 +471,11 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
     const auto& limits = options_.limits;
     if (request.texts().empty()) return absl::InvalidArgumentError("texts is empty: give at least one query");
     if (request.texts_size() > limits.max_batch) {
-      return absl::ResourceExhaustedError("texts has " + std::to_string(request.texts_size()) +
-                                          " queries; the limit is " + std::to_string(limits.max_batch));
+      return OverLimit("the number of texts", request.texts_size(), limits.max_batch, "--max-batch");
     }
     const int k = request.k() == 0 ? 10 : request.k();
-    if (k < 1 || k > limits.max_k) {
+    if (k > limits.max_k) return OverLimit("k", k, limits.max_k, "--max-k");
+    if (k < 1) {
       return absl::InvalidArgumentError("k must be in [1, " + std::to_string(limits.max_k) + "], got " +
                                         std::to_string(request.k()));
     }
@@ -585,7 +593,8 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
     RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
     RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", true));
     const int top_n = request.top_n() == 0 ? 10 : request.top_n();
-    if (top_n < 1 || top_n > options_.limits.max_top_n) {
+    if (top_n > options_.limits.max_top_n) return OverLimit("top_n", top_n, options_.limits.max_top_n, "--max-top-n");
+    if (top_n < 1) {
       return absl::InvalidArgumentError("top_n must be in [1, " + std::to_string(options_.limits.max_top_n) +
                                         "], got " + std::to_string(request.top_n()));
     }
@@ -636,7 +645,10 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
     RAG_RETURN_IF_ERROR(CheckText(request.prompt(), "prompt", true));
     const int max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
-    if (max_tokens < 1 || max_tokens > options_.limits.max_generate_tokens) {
+    if (max_tokens > options_.limits.max_generate_tokens) {
+      return OverLimit("max_tokens", max_tokens, options_.limits.max_generate_tokens, "--max-generate-tokens");
+    }
+    if (max_tokens < 1) {
       return absl::InvalidArgumentError("max_tokens must be in [1, " +
                                         std::to_string(options_.limits.max_generate_tokens) + "], got " +
                                         std::to_string(request.max_tokens()));
@@ -661,8 +673,8 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
         return absl::InvalidArgumentError("give the prompt as text or as prompt_token_ids, not both");
       }
       if (request.prompt_token_ids_size() > options_.limits.max_text_bytes) {
-        return absl::ResourceExhaustedError("prompt_token_ids has " + std::to_string(request.prompt_token_ids_size()) +
-                                            " tokens; the limit is " + std::to_string(options_.limits.max_text_bytes));
+        return OverLimit("the number of prompt_token_ids", request.prompt_token_ids_size(),
+                         options_.limits.max_text_bytes, "--max-text-bytes");
       }
       for (int i = 0; i < request.prompt_token_ids_size(); ++i) {
         const int32_t id = request.prompt_token_ids(i);
@@ -799,8 +811,8 @@ absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse
     }
     if (d.id().empty()) return absl::InvalidArgumentError("id is empty: every document needs a unique id");
     if (static_cast<int64_t>(d.id().size()) > options_.limits.max_id_bytes) {
-      return absl::InvalidArgumentError("id has " + std::to_string(d.id().size()) + " bytes; the limit is " +
-                                        std::to_string(options_.limits.max_id_bytes));
+      return OverLimit("id in bytes", static_cast<int64_t>(d.id().size()), options_.limits.max_id_bytes,
+                       "--max-id-bytes");
     }
     const std::string field = "text of document '" + d.id() + "'";
     RAG_RETURN_IF_ERROR(CheckText(d.text(), field.c_str(), false));

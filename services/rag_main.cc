@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "absl/strings/ascii.h"
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
@@ -236,6 +237,8 @@ absl::StatusOr<std::unique_ptr<rag::lm::LanguageModel>> OpenModel(const std::str
 struct TargetArgs {
   std::string server, model, index, embedder;
   double connect_timeout = 10;
+  std::string auth_token_file, tls_ca, tls_server_name;
+  bool tls = false;
 };
 
 void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
@@ -246,6 +249,11 @@ void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
     cmd->add_option("--embedder", t->embedder, "the TorchScript encoder the index was built with (in-process)");
   }
   cmd->add_option("--connect-timeout", t->connect_timeout, "seconds to wait for --server")->capture_default_str();
+  cmd->add_option("--auth-token-file", t->auth_token_file, "file with the bearer token the --server expects");
+  cmd->add_flag("--tls", t->tls, "connect to --server over TLS (verified with the system's roots or --tls-ca)");
+  cmd->add_option("--tls-ca", t->tls_ca, "PEM root certificate(s) that verify the --server (implies --tls)");
+  cmd->add_option("--tls-server-name", t->tls_server_name,
+                  "name the server's certificate carries, when not the --server host");
 }
 
 absl::StatusOr<std::unique_ptr<rag::services::Backend>> OpenTarget(const TargetArgs& t, bool need_index,
@@ -254,7 +262,17 @@ absl::StatusOr<std::unique_ptr<rag::services::Backend>> OpenTarget(const TargetA
     return absl::InvalidArgumentError("give either --server ADDR or --model MODEL_DIR [--index INDEX_DIR], not both");
   }
   if (!t.server.empty()) {
-    RAG_ASSIGN_OR_RETURN(auto client, rag::services::GrpcBackend::Connect(t.server, t.connect_timeout));
+    rag::services::ClientSecurity security;
+    if (!t.auth_token_file.empty()) {
+      RAG_ASSIGN_OR_RETURN(std::string token, rag::ReadFile(t.auth_token_file));
+      security.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    }
+    security.tls = t.tls || !t.tls_ca.empty();
+    if (!t.tls_ca.empty()) {
+      RAG_ASSIGN_OR_RETURN(security.tls_ca_pem, rag::ReadFile(t.tls_ca));
+    }
+    security.tls_server_name = t.tls_server_name;
+    RAG_ASSIGN_OR_RETURN(auto client, rag::services::GrpcBackend::Connect(t.server, t.connect_timeout, security));
     return std::unique_ptr<rag::services::Backend>(std::move(client));
   }
   if (t.model.empty()) return absl::InvalidArgumentError("give --server ADDR or --model MODEL_DIR");
@@ -1253,7 +1271,9 @@ int RunAdd(const AddArgs& a) {
 
 struct ServeArgs {
   std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
+  std::string tls_cert, tls_key, auth_token_file;
   rag::services::EngineLimits limits;
+  int max_message_bytes = 64 << 20;
   bool read_only = false;
 };
 
@@ -1272,6 +1292,17 @@ int RunServe(const ServeArgs& a) {
   rag::services::ServerOptions so;
   so.listen = a.listen;
   so.log_requests = a.log_level == "debug";
+  so.max_message_bytes = a.max_message_bytes;
+  so.tls_cert_file = a.tls_cert;
+  so.tls_key_file = a.tls_key;
+  so.auth_token_file = a.auth_token_file;
+  if (!rag::services::IsLoopback(a.listen) && a.tls_cert.empty()) {
+    std::fprintf(stderr,
+                 "serve: WARNING: listening on %s without TLS: anyone who can reach the port can read the index%s, "
+                 "and tokens and texts cross the network in the clear (use --tls-cert/--tls-key and "
+                 "--auth-token-file)\n",
+                 a.listen.c_str(), a.read_only ? "" : " and add documents to it (--read-only refuses adds)");
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   auto server = rag::services::Server::Start(engine->get(), so);
@@ -1476,6 +1507,16 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--max-text-bytes", serve.limits.max_text_bytes, "largest text in a request")->capture_default_str();
   serve_cmd->add_option("--max-batch", serve.limits.max_batch, "most texts in one Search")->capture_default_str();
   serve_cmd->add_option("--max-generate-tokens", serve.limits.max_generate_tokens, "most tokens one Generate may ask for")->capture_default_str();
+  serve_cmd->add_option("--max-k", serve.limits.max_k, "most neighbours one query may ask for")->capture_default_str();
+  serve_cmd->add_option("--max-top-n", serve.limits.max_top_n, "most tokens NextToken may list")->capture_default_str();
+  serve_cmd->add_option("--max-id-bytes", serve.limits.max_id_bytes, "longest document id")->capture_default_str();
+  serve_cmd->add_option("--max-message-bytes", serve.max_message_bytes, "largest gRPC message, either way")
+      ->capture_default_str()
+      ->check(CLI::Range(1024, 1 << 30));
+  serve_cmd->add_option("--tls-cert", serve.tls_cert, "PEM certificate chain: serve over TLS (with --tls-key)");
+  serve_cmd->add_option("--tls-key", serve.tls_key, "PEM private key of --tls-cert");
+  serve_cmd->add_option("--auth-token-file", serve.auth_token_file,
+                        "file with a bearer token every rpc must carry (`authorization: Bearer <token>`)");
 
   AddArgs add;
   auto* add_cmd = app.add_subcommand("add", "add documents to a live index");

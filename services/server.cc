@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cstdio>
 
+#include "absl/strings/ascii.h"
+#include "common/file_util.h"
+#include "common/status.h"
 #include "proto/rag.grpc.pb.h"
 
 namespace rag::services {
@@ -52,11 +55,41 @@ class RequestLog {
   std::chrono::steady_clock::time_point start_;
 };
 
-// A unary rpc: calls the engine, logs, converts the status.
+// What every handler needs: the engine, whether to log, the bearer token.
+struct Shared {
+  Engine* engine = nullptr;
+  bool log = false;
+  std::string token;  // "" = no check
+
+  // UNAUTHENTICATED unless the call carries `authorization: Bearer <token>`.
+  // The comparison takes the same time wherever the first difference is.
+  grpc::Status Authorize(const grpc::ServerContext* context) const {
+    if (token.empty()) return grpc::Status::OK;
+    const auto& metadata = context->client_metadata();
+    const auto it = metadata.find("authorization");
+    if (it == metadata.end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "this server needs a bearer token: send `authorization: Bearer <token>` metadata "
+                          "(rag commands: --auth-token-file)");
+    }
+    const std::string_view value(it->second.data(), it->second.size());
+    constexpr std::string_view kBearer = "Bearer ";
+    const std::string_view given = value.substr(0, kBearer.size()) == kBearer ? value.substr(kBearer.size()) : "";
+    unsigned char diff = given.size() == token.size() ? 0 : 1;
+    for (size_t i = 0; i < token.size(); ++i) {
+      diff |= static_cast<unsigned char>(token[i] ^ (i < given.size() ? given[i] : 0));
+    }
+    if (diff != 0) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong bearer token");
+    return grpc::Status::OK;
+  }
+};
+
+// A unary rpc: checks the token, calls the engine, logs, converts the status.
 template <typename Response, typename Call>
-grpc::Status Answer(bool log_enabled, const char* rpc, grpc::ServerContext* context, const std::string& detail,
+grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, const std::string& detail,
                     Call&& call, Response* response) {
-  RequestLog log(log_enabled, rpc, context);
+  RequestLog log(shared.log, rpc, context);
+  if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a, detail);
   absl::StatusOr<Response> r = call();
   if (!r.ok()) return log.Finish(ToGrpc(r.status()), detail);
   *response = std::move(*r);
@@ -65,43 +98,44 @@ grpc::Status Answer(bool log_enabled, const char* rpc, grpc::ServerContext* cont
 
 class RetrievalService final : public v1::Retrieval::Service {
  public:
-  RetrievalService(Engine* engine, bool log) : engine_(engine), log_(log) {}
+  explicit RetrievalService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
 
   grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* request,
                       v1::SearchResponse* response) override {
     return Answer(
-        log_, "Search", context,
+        s_, "Search", context,
         "texts=" + std::to_string(request->texts_size()) + " k=" + std::to_string(request->k()),
         [&] { return engine_->Search(*request); }, response);
   }
 
  private:
+  const Shared& s_;
   Engine* engine_;
-  bool log_;
 };
 
 class LanguageModelService final : public v1::LanguageModel::Service {
  public:
-  LanguageModelService(Engine* engine, bool log) : engine_(engine), log_(log) {}
+  explicit LanguageModelService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
 
   grpc::Status Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                      v1::ScoreResponse* response) override {
     return Answer(
-        log_, "Score", context, "bytes=" + std::to_string(request->text().size()),
+        s_, "Score", context, "bytes=" + std::to_string(request->text().size()),
         [&] { return engine_->Score(*request); }, response);
   }
 
   grpc::Status NextToken(grpc::ServerContext* context, const v1::NextTokenRequest* request,
                          v1::NextTokenResponse* response) override {
     return Answer(
-        log_, "NextToken", context, "bytes=" + std::to_string(request->text().size()),
+        s_, "NextToken", context, "bytes=" + std::to_string(request->text().size()),
         [&] { return engine_->NextToken(*request); }, response);
   }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    RequestLog log(log_, "Generate", context);
+    RequestLog log(s_.log, "Generate", context);
     const std::string detail = "max_tokens=" + std::to_string(request->max_tokens());
+    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, detail);
     // A failed Write or a cancelled call means the client is gone: stop
     // generating rather than compute tokens nobody reads.
     auto done = engine_->Generate(
@@ -113,26 +147,27 @@ class LanguageModelService final : public v1::LanguageModel::Service {
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::InfoResponse* response) override {
     return Answer(
-        log_, "Info", context, "", [&] { return engine_->Info(); }, response);
+        s_, "Info", context, "", [&] { return engine_->Info(); }, response);
   }
 
  private:
+  const Shared& s_;
   Engine* engine_;
-  bool log_;
 };
 
 class IndexService final : public v1::Index::Service {
  public:
-  IndexService(Engine* engine, bool log) : engine_(engine), log_(log) {}
+  explicit IndexService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
 
   grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest*, v1::StatsResponse* response) override {
     return Answer(
-        log_, "Stats", context, "", [&] { return engine_->Stats(); }, response);
+        s_, "Stats", context, "", [&] { return engine_->Stats(); }, response);
   }
 
   grpc::Status AddDocuments(grpc::ServerContext* context, grpc::ServerReader<v1::Document>* reader,
                             v1::AddDocumentsResponse* response) override {
-    RequestLog log(log_, "AddDocuments", context);
+    RequestLog log(s_.log, "AddDocuments", context);
+    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, "");
     v1::AddDocumentsResponse totals;
     v1::Document doc;
     absl::Status status;
@@ -159,14 +194,21 @@ class IndexService final : public v1::Index::Service {
   }
 
  private:
+  const Shared& s_;
   Engine* engine_;
-  bool log_;
 };
 
 }  // namespace
 
+bool IsLoopback(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
 struct Server::Services {
-  Services(Engine* engine, bool log) : retrieval(engine, log), lm(engine, log), index(engine, log) {}
+  explicit Services(Shared s) : shared(std::move(s)), retrieval(&shared), lm(&shared), index(&shared) {}
+  Shared shared;  // before the services, which keep a reference to it
   RetrievalService retrieval;
   LanguageModelService lm;
   IndexService index;
@@ -174,11 +216,42 @@ struct Server::Services {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const ServerOptions& options) {
   std::unique_ptr<Server> s(new Server());
-  s->services_ = std::make_unique<Services>(engine, options.log_requests);
+  Shared shared{engine, options.log_requests, ""};
+  if (!options.auth_token_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(std::string token, ReadFile(options.auth_token_file));
+    shared.token = std::string(absl::StripAsciiWhitespace(token));
+    if (shared.token.empty()) {
+      return absl::InvalidArgumentError("the token file '" + options.auth_token_file + "' is empty");
+    }
+    for (char c : shared.token) {
+      if (c < 0x21 || c > 0x7e) {
+        return absl::InvalidArgumentError("the token in '" + options.auth_token_file +
+                                          "' must be printable ASCII without spaces (it travels as an HTTP/2 header)");
+      }
+    }
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)");
+  }
+  if (!options.tls_cert_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(std::string cert, ReadFile(options.tls_cert_file));
+    RAG_ASSIGN_OR_RETURN(std::string key, ReadFile(options.tls_key_file));
+    if (cert.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError("'" + options.tls_cert_file + "' holds no PEM certificate");
+    }
+    if (key.find("PRIVATE KEY-----") == std::string::npos) {
+      return absl::InvalidArgumentError("'" + options.tls_key_file + "' holds no PEM private key");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  s->services_ = std::make_unique<Services>(std::move(shared));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen, credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(&s->services_->retrieval);
@@ -187,7 +260,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError("cannot listen on '" + options.listen +
-                                  "' (address in use, or not a valid host:port?)");
+                                  "' (address in use, not a valid host:port, or a certificate that does not match "
+                                  "its key?)");
   }
   return s;
 }

@@ -24,12 +24,26 @@ struct ServerOptions {
   bool log_requests = false;
   // Largest request message accepted, bytes. Default: 64 MiB
   int max_message_bytes = 64 << 20;
+  // TLS: PEM certificate chain and private key files; both or neither.
+  // Default: none (plaintext)
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // A file holding the bearer token every rpc of the rag services must carry
+  // as `authorization: Bearer <token>` metadata (surrounding whitespace
+  // ignored); others get UNAUTHENTICATED. Health checking and reflection
+  // stay open: they reveal the schema and the serving state, no data.
+  // Default: none (no check)
+  std::string auth_token_file;
 };
+
+// True when `listen`'s host is a loopback address (127.x.x.x, ::1, localhost).
+bool IsLoopback(const std::string& listen);
 
 class Server {
  public:
   // Starts serving `engine` (not owned; must outlive the server).
-  // Unavailable when the address cannot be bound.
+  // Unavailable when the address cannot be bound; NotFound / InvalidArgument
+  // for a missing or unusable TLS or token file.
   static absl::StatusOr<std::unique_ptr<Server>> Start(Engine* engine, const ServerOptions& options);
   ~Server();
 

@@ -76,22 +76,23 @@ class ServerTest : public ::testing::Test {
   // The fixture owns the engine so that it outlives the server: a handler
   // still running when the test body ends (a Generate whose client left)
   // must not find its model freed.
-  Engine* Serve(std::unique_ptr<Engine> engine) {
+  Engine* Serve(std::unique_ptr<Engine> engine, ServerOptions so = {}, const ClientSecurity& security = {}) {
     engine_ = std::move(engine);
     if (engine_ == nullptr) return nullptr;
-    ServerOptions so;
     so.listen = "127.0.0.1:0";
     auto server = Server::Start(engine_.get(), so);
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return nullptr;
     server_ = std::move(*server);
     EXPECT_GT(server_->port(), 0);
-    auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string(server_->port()), 10);
+    auto client = GrpcBackend::Connect(Address(), 10, security);
     EXPECT_TRUE(client.ok()) << client.status();
     if (!client.ok()) return nullptr;
     client_ = std::move(*client);
     return engine_.get();
   }
+
+  std::string Address() const { return "127.0.0.1:" + std::to_string(server_->port()); }
 
   // Stops the server (waiting for its handlers) before closing the engine.
   void StopServing() {
@@ -199,7 +200,7 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   search.set_k(-1);
   expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "k must be");
   search.set_k(100000);
-  expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "k must be");
+  expect(client_->Search(search).status(), absl::StatusCode::kResourceExhausted, "the limit is 4096 (rag serve --max-k)");
   search.set_k(3);
   search.add_texts("");
   expect(client_->Search(search).status(), absl::StatusCode::kInvalidArgument, "texts[1]");
@@ -207,7 +208,7 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   expect(client_->Search(search).status(), absl::StatusCode::kResourceExhausted, "texts[1]");
   v1::SearchRequest many;
   for (int i = 0; i < 5; ++i) many.add_texts("the");
-  expect(client_->Search(many).status(), absl::StatusCode::kResourceExhausted, "limit is 4");
+  expect(client_->Search(many).status(), absl::StatusCode::kResourceExhausted, "limit is 4 (rag serve --max-batch)");
 
   v1::ScoreRequest score;
   expect(client_->Score(score).status(), absl::StatusCode::kInvalidArgument, "text is empty");
@@ -221,7 +222,9 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
 
   v1::GenerateRequest gen;
   gen.set_max_tokens(5000);
-  expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kInvalidArgument, "max_tokens");
+  expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kResourceExhausted, "--max-generate-tokens");
+  gen.set_max_tokens(-1);
+  expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kInvalidArgument, "max_tokens must be");
   gen.set_max_tokens(3);
   gen.mutable_sampling()->set_top_p(2);
   expect(client_->Generate(gen, nullptr).status(), absl::StatusCode::kInvalidArgument, "top_p");
@@ -229,6 +232,11 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
   v1::NextTokenRequest next;
   next.set_top_n(-3);
   expect(client_->NextToken(next).status(), absl::StatusCode::kInvalidArgument, "top_n");
+  next.set_top_n(5000);
+  expect(client_->NextToken(next).status(), absl::StatusCode::kResourceExhausted, "(rag serve --max-top-n)");
+  next.set_top_n(3);
+  next.set_text(std::string(1001, 'a'));
+  expect(client_->NextToken(next).status(), absl::StatusCode::kResourceExhausted, "(rag serve --max-text-bytes)");
 
   // Served read-only: adds are refused, nothing changes.
   v1::Document d;
@@ -238,6 +246,114 @@ TEST_F(ServerTest, BadRequestsGetClearCodesNamingTheField) {
 
   // The server is still healthy after all that.
   RAG_EXPECT_OK(client_->Stats().status());
+}
+
+TEST_F(ServerTest, MessagesOverTheSizeLimitAreRefusedByGrpc) {
+  ServerOptions so;
+  so.max_message_bytes = 4096;
+  Engine* engine = Serve(OpenEngine(IndexDir(), false), so);
+  ASSERT_NE(engine, nullptr);
+  v1::ScoreRequest score;
+  score.set_text(std::string(8000, 'a'));
+  const absl::Status s = client_->Score(score).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  score.set_text("the cat");
+  RAG_EXPECT_OK(client_->Score(score).status());
+}
+
+// Every rpc of the three services checks the token; health stays open.
+TEST_F(ServerTest, BearerTokenIsCheckedOnEveryRpc) {
+  const std::string token_file = (fs::path(dir_->path()) / "token").string();
+  RAG_ASSERT_OK(WriteFileAtomic(token_file, "s3cret-token-0123456789\n"));
+  ServerOptions so;
+  so.auth_token_file = token_file;
+  ClientSecurity good;
+  good.auth_token = "s3cret-token-0123456789";
+  Engine* engine = Serve(OpenEngine(CopyIndex("auth-index"), true), so, good);
+  ASSERT_NE(engine, nullptr);
+  v1::ScoreRequest score;
+  score.set_text("the cat");
+  RAG_EXPECT_OK(client_->Score(score).status());
+  v1::Document d;
+  d.set_id("auth-doc");
+  d.set_text("the cat sat on the mat");
+  RAG_EXPECT_OK(client_->AddDocuments({d}, nullptr).status());
+
+  for (const std::string& token : {std::string(), std::string("s3cret-token-0123456780"), std::string("s3cret"),
+                                   std::string("s3cret-token-0123456789x")}) {
+    ClientSecurity bad;
+    bad.auth_token = token;
+    auto client = GrpcBackend::Connect(Address(), 10, bad);
+    RAG_ASSERT_OK(client.status());
+    const std::string want = token.empty() ? "needs a bearer token" : "wrong bearer token";
+    v1::SearchRequest search;
+    search.add_texts("the");
+    v1::NextTokenRequest next;
+    v1::GenerateRequest gen;
+    gen.set_max_tokens(2);
+    const absl::Status statuses[] = {(*client)->Score(score).status(),       (*client)->Search(search).status(),
+                                     (*client)->NextToken(next).status(),    (*client)->Generate(gen, nullptr).status(),
+                                     (*client)->Info().status(),             (*client)->Stats().status(),
+                                     (*client)->AddDocuments({d}, nullptr).status()};
+    for (const absl::Status& s : statuses) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << "token '" << token << "': " << s;
+      EXPECT_NE(s.message().find(want), std::string::npos) << s;
+    }
+  }
+  auto stats = client_->Stats();
+  RAG_ASSERT_OK(stats.status());
+  EXPECT_EQ(stats->documents(), static_cast<int64_t>(docs_->size()) + 1);  // the refused add added nothing
+
+  // A token file that is empty, or holds a space, is refused at start.
+  so.listen = "127.0.0.1:0";
+  RAG_ASSERT_OK(WriteFileAtomic(token_file, " \n"));
+  EXPECT_EQ(Server::Start(engine, so).status().code(), absl::StatusCode::kInvalidArgument);
+  RAG_ASSERT_OK(WriteFileAtomic(token_file, "two words"));
+  EXPECT_EQ(Server::Start(engine, so).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServerTest, TlsServerAnswersOnlyTlsClientsThatTrustIt) {
+  const fs::path d(dir_->path());
+  const std::string cert = (d / "cert.pem").string(), key = (d / "key.pem").string();
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+                          "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '" + key + "' -out '" + cert +
+                          "' >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl (Debian package openssl) could not make a test certificate";
+  auto pem = ReadFile(cert);
+  RAG_ASSERT_OK(pem.status());
+  ServerOptions so;
+  so.tls_cert_file = cert;
+  so.tls_key_file = key;
+  ClientSecurity tls;
+  tls.tls = true;
+  tls.tls_ca_pem = *pem;
+  Engine* engine = Serve(OpenEngine(IndexDir(), false), so, tls);
+  ASSERT_NE(engine, nullptr);
+  v1::ScoreRequest score;
+  score.set_text("the cat");
+  RAG_EXPECT_OK(client_->Score(score).status());
+  // Plaintext, and TLS that does not trust the certificate (system roots
+  // only), never get an answer.
+  EXPECT_EQ(GrpcBackend::Connect(Address(), 2).status().code(), absl::StatusCode::kUnavailable);
+  ClientSecurity untrusting;
+  untrusting.tls = true;
+  EXPECT_EQ(GrpcBackend::Connect(Address(), 2, untrusting).status().code(), absl::StatusCode::kUnavailable);
+  // Half a TLS configuration, or a key that is not one, is refused at start.
+  ServerOptions half;
+  half.listen = "127.0.0.1:0";
+  half.tls_cert_file = cert;
+  EXPECT_EQ(Server::Start(engine, half).status().code(), absl::StatusCode::kInvalidArgument);
+  half.tls_key_file = cert;
+  EXPECT_EQ(Server::Start(engine, half).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ServerListenTest, LoopbackAddressesAreRecognised) {
+  for (const char* a : {"127.0.0.1:50051", "127.1.2.3:0", "localhost:80", "[::1]:50051"}) {
+    EXPECT_TRUE(IsLoopback(a)) << a;
+  }
+  for (const char* a : {"0.0.0.0:50051", "[::]:50051", "10.0.0.1:1", "example.com:443"}) {
+    EXPECT_FALSE(IsLoopback(a)) << a;
+  }
 }
 
 TEST_F(ServerTest, ModelOnlyServerRefusesIndexRpcs) {

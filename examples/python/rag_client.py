@@ -22,6 +22,7 @@ and exits with status 1 (2 for a usage error).
 """
 
 import argparse
+import collections
 import atexit
 import codecs
 import importlib
@@ -230,6 +231,48 @@ def cmd_add(args, channel, pb, pb_grpc):
 # ---------------------------------------------------------------------------
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (call credentials
+    would need TLS; a loopback server may run without it)."""
+
+    def __init__(self, token):
+        self._metadata = ("authorization", "Bearer " + token)
+
+    def _details(self, details):
+        metadata = list(details.metadata or []) + [self._metadata]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+def open_channel(args):
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(args.server)
+    if args.auth_token_file:
+        with open(args.auth_token_file) as f:
+            token = f.read().strip()
+        channel = grpc.intercept_channel(channel, _BearerToken(token))
+    return channel
+
+
 def build_parser():
     # Connection options are accepted before or after the subcommand:
     # SUPPRESS keeps a subparser from overwriting a value given before it.
@@ -242,6 +285,10 @@ def build_parser():
                         help="directory holding rag.proto, used without --stubs (default: the repository's)")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                         help="seconds to wait for the server and for each rpc (default: 60)")
+    common.add_argument("--auth-token-file", default=argparse.SUPPRESS,
+                        help="file with the bearer token the server expects (rag serve --auth-token-file)")
+    common.add_argument("--tls-ca", default=argparse.SUPPRESS,
+                        help="PEM root certificate that verifies a TLS server (rag serve --tls-cert)")
 
     parser = argparse.ArgumentParser(description="Example client for `rag serve` (gRPC API rag.v1).",
                                      parents=[common])
@@ -296,7 +343,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     for name, default in (("server", "127.0.0.1:50051"), ("stubs", None), ("proto_dir", DEFAULT_PROTO_DIR),
-                          ("timeout", 60.0)):
+                          ("timeout", 60.0), ("auth_token_file", None), ("tls_ca", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
     try:
@@ -305,7 +352,12 @@ def main(argv=None):
         print("error: %s" % e, file=sys.stderr)
         return 1
 
-    with grpc.insecure_channel(args.server) as channel:
+    try:
+        channel = open_channel(args)
+    except OSError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
         except grpc.FutureTimeoutError:
