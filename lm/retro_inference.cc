@@ -132,6 +132,7 @@ absl::StatusOr<ScoredTokens> ScoreWindows(RetroLM& model, const std::vector<Toke
     std::vector<torch::Tensor> hidden_rows;  // [<= T, D] each
     result.logprobs.reserve(n);
     for (size_t i = 0; i < windows.size();) {
+      if (options.should_stop && options.should_stop()) return absl::CancelledError("scoring stopped by the caller");
       const size_t j = std::min(windows.size(), i + static_cast<size_t>(options.batch_windows));
       const int64_t b = static_cast<int64_t>(j - i);
       int64_t padded = 0;

@@ -50,6 +50,8 @@ struct RetroScoreOptions {
   int64_t stride_chunks = 0;
   // Windows scored per forward pass (padded at the end to equal length). Must be >= 1. Default: 8
   int64_t batch_windows = 8;
+  // Asked before each forward pass; true returns Cancelled. Default: none
+  std::function<bool()> should_stop;
 };
 
 // log p(tokens[i] | eot, tokens[0..i-1], neighbours) for every i, in nats,

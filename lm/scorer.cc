@@ -47,6 +47,7 @@ std::vector<float> ScoreWindows(TransformerLM& model, const std::vector<TokenId>
   auto seq_tensor = torch::tensor(seq, torch::kLong);
   size_t i = 0;
   while (i < windows.size()) {
+    if (options.should_stop && options.should_stop()) break;
     // Batch consecutive windows of equal length (all but possibly the last).
     size_t j = i + 1;
     while (j < windows.size() && j - i < static_cast<size_t>(std::max<int64_t>(1, options.batch_windows)) &&
@@ -78,7 +79,10 @@ std::vector<float> ScoreWindows(TransformerLM& model, const std::vector<TokenId>
     }
     i = j;
   }
-  if (hidden_out != nullptr) *hidden_out = torch::cat(hidden_rows, 0).contiguous();
+  if (hidden_out != nullptr) {
+    *hidden_out = hidden_rows.empty() ? torch::zeros({0, model->config().d_model})
+                                      : torch::cat(hidden_rows, 0).contiguous();
+  }
   return out;
 }
 

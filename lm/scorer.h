@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "lm/tokenizer.h"
@@ -18,6 +19,10 @@ struct ScoreOptions {
   int64_t stride = 0;
   // Windows scored per forward pass. Default: 8
   int64_t batch_windows = 8;
+  // Asked before each forward pass; true stops scoring there and the result
+  // holds only the tokens scored so far (the caller, which knows why it
+  // stopped, discards it). Default: none
+  std::function<bool()> should_stop;
 };
 
 // log p(tokens[i] | bos, tokens[0..i-1]) for every i, in nats. `bos` (the

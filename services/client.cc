@@ -71,6 +71,10 @@ GrpcBackend::~GrpcBackend() = default;
 std::unique_ptr<grpc::ClientContext> GrpcBackend::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   if (!auth_token_.empty()) context->AddMetadata("authorization", "Bearer " + auth_token_);
+  if (rpc_timeout_s_ > 0) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::microseconds(static_cast<int64_t>(rpc_timeout_s_ * 1e6)));
+  }
   return context;
 }
 

@@ -47,14 +47,19 @@ class GrpcBackend : public Backend {
   absl::StatusOr<v1::AddDocumentsResponse> AddDocuments(const std::vector<v1::Document>& documents,
                                                         const AddCallback& on_progress) override;
 
+  // Deadline of every call from now on, seconds; 0 = none. The server stops
+  // working on a call whose deadline passed.
+  void set_rpc_timeout(double seconds) { rpc_timeout_s_ = seconds; }
+
  private:
   struct Stubs;
   GrpcBackend() = default;
-  // A context carrying the bearer token, if any.
+  // A context carrying the bearer token and the deadline, if any.
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 
   std::string address_;
   std::string auth_token_;
+  double rpc_timeout_s_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Stubs> stubs_;
 };

@@ -1,5 +1,7 @@
 #include "services/engine.h"
 
+#include "common/cancellation.h"
+
 #include <torch/torch.h>
 
 #include <xxhash.h>
@@ -8,6 +10,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/cancellation.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "lm/generator.h"
@@ -63,6 +66,12 @@ absl::StatusOr<torch::Tensor> RetroNextTokenLogProbs(lm::RetroLM& model, const s
   torch::Tensor hidden = model->ForwardHidden(tokens, nb, mask);        // [1, T, D]
   torch::Tensor logits = model->Logits(hidden.narrow(1, len - 1, 1));  // [1, 1, V]
   return torch::log_softmax(logits.view({-1}).to(torch::kFloat32), -1);  // [V]
+}
+
+// What a request stopped by rag::Cancelled() returns (the client sees its
+// own CANCELLED or DEADLINE_EXCEEDED; this is for logs and in-process use).
+absl::Status CallCancelled() {
+  return absl::CancelledError("the call was cancelled or its deadline passed; work stopped");
 }
 
 // LibTorch reports misuse by throwing; a request must never take the server
@@ -466,6 +475,7 @@ absl::Status Engine::NeedIndex(const char* rpc) const {
 }
 
 absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& request) {
+  const ActiveCall active(&active_calls_);
   return Guarded("Search", [&]() -> absl::StatusOr<v1::SearchResponse> {
     RAG_RETURN_IF_ERROR(NeedIndex("Search"));
     const auto& limits = options_.limits;
@@ -518,6 +528,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
 }
 
 absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request) {
+  const ActiveCall active(&active_calls_);
   return Guarded("Score", [&]() -> absl::StatusOr<v1::ScoreResponse> {
     RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
     RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", false));
@@ -526,6 +537,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
     const auto ids = tok.Encode(request.text());
     lm::ScoreOptions so;
     so.stride = request.stride();
+    so.should_stop = rag::Cancelled;
     v1::ScoreResponse r;
     std::vector<float> logprobs;
     if (request.mode() == "knnlm") {
@@ -533,6 +545,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
                                                  request.temperature(), request.k(), request.nprobe(),
                                                  request.exact_distances(), request.exclude_doc_id()));
       lm::ScoredTokens scored = lm::ScoreTokensWithHidden(model_->module(), ids, tok.eot_id(), so);
+      if (rag::Cancelled()) return CallCancelled();
       std::vector<std::vector<retriever::DatastoreNeighbour>> neighbours;
       RAG_RETURN_IF_ERROR(SearchDatastore(scored.hidden.data_ptr<float>(), scored.hidden.size(0), p, &neighbours));
       std::vector<int32_t> values;
@@ -561,6 +574,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
         RAG_ASSIGN_OR_RETURN(sets, RetroSets(ids, p, &filtered));
       }
       lm::RetroScoreOptions ro;
+      ro.should_stop = rag::Cancelled;
       ro.stride_chunks = request.stride() / m;
       RAG_ASSIGN_OR_RETURN(logprobs, lm::ScoreRetroTokens(retro_->module(), ids, tok.eot_id(), sets, ro));
       r.set_mode("retro");
@@ -568,6 +582,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
       r.set_neighbours_filtered(filtered);
     } else {
       logprobs = lm::ScoreTokens(model_->module(), ids, tok.eot_id(), so);
+      if (rag::Cancelled()) return CallCancelled();
       r.set_mode("lm");
     }
     double sum = 0;
@@ -589,6 +604,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
 }
 
 absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenRequest& request) {
+  const ActiveCall active(&active_calls_);
   return Guarded("NextToken", [&]() -> absl::StatusOr<v1::NextTokenResponse> {
     RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
     RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", true));
@@ -641,6 +657,7 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
 
 absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest& request,
                                                       const GenerateCallback& on_token) {
+  const ActiveCall active(&active_calls_);
   return Guarded("Generate", [&]() -> absl::StatusOr<v1::GenerateResponse> {
     RAG_RETURN_IF_ERROR(CheckMode(request.mode()));
     RAG_RETURN_IF_ERROR(CheckText(request.prompt(), "prompt", true));
@@ -707,6 +724,10 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     }
     bool cancelled = false;
     auto emit = [&](lm::TokenId id) {
+      if (rag::Cancelled()) {
+        cancelled = true;
+        return false;
+      }
       if (!on_token) return true;
       v1::GenerateResponse msg;
       msg.set_token_id(id);
@@ -782,6 +803,7 @@ absl::StatusOr<v1::StatsResponse> Engine::Stats() {
   const retriever::Manifest m = retriever_->manifest();
   const auto& store = retriever_->chunk_store();
   v1::StatsResponse r;
+  r.set_active_requests(active_calls_.load());
   r.set_documents(store.num_documents());
   r.set_chunks(store.num_chunks());
   r.set_tokens(store.num_tokens());

@@ -81,6 +81,18 @@ class Engine : public Backend {
   bool has_index() const { return retriever_ != nullptr; }
 
  private:
+  // Counts a Search, Score, NextToken or Generate call while it runs.
+  class ActiveCall {
+   public:
+    explicit ActiveCall(std::atomic<int64_t>* n) : n_(n) { ++*n_; }
+    ~ActiveCall() { --*n_; }
+    ActiveCall(const ActiveCall&) = delete;
+    ActiveCall& operator=(const ActiveCall&) = delete;
+
+   private:
+    std::atomic<int64_t>* n_;
+  };
+
   Engine() = default;
   absl::Status CheckText(const std::string& text, const char* field, bool allow_empty) const;
   absl::Status CheckMode(const std::string& mode) const;
@@ -135,6 +147,7 @@ class Engine : public Backend {
   std::unique_ptr<retriever::Retriever> retriever_;
   std::unique_ptr<retriever::Datastore> datastore_;  // INDEX_DIR/datastore, when built
   std::string split_json_;
+  std::atomic<int64_t> active_calls_{0};
 };
 
 // Replaces invalid UTF-8 sequences by U+FFFD: token pieces and chunk texts
@@ -143,3 +156,4 @@ std::string ToValidUtf8(const std::string& bytes);
 bool IsValidUtf8(const std::string& bytes);
 
 }  // namespace rag::services
+

@@ -237,6 +237,7 @@ absl::StatusOr<std::unique_ptr<rag::lm::LanguageModel>> OpenModel(const std::str
 struct TargetArgs {
   std::string server, model, index, embedder;
   double connect_timeout = 10;
+  double rpc_timeout = 0;
   std::string auth_token_file, tls_ca, tls_server_name;
   bool tls = false;
 };
@@ -249,6 +250,8 @@ void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
     cmd->add_option("--embedder", t->embedder, "the TorchScript encoder the index was built with (in-process)");
   }
   cmd->add_option("--connect-timeout", t->connect_timeout, "seconds to wait for --server")->capture_default_str();
+  cmd->add_option("--rpc-timeout", t->rpc_timeout, "deadline of each call to --server, seconds (0: none)")
+      ->capture_default_str();
   cmd->add_option("--auth-token-file", t->auth_token_file, "file with the bearer token the --server expects");
   cmd->add_flag("--tls", t->tls, "connect to --server over TLS (verified with the system's roots or --tls-ca)");
   cmd->add_option("--tls-ca", t->tls_ca, "PEM root certificate(s) that verify the --server (implies --tls)");
@@ -273,6 +276,7 @@ absl::StatusOr<std::unique_ptr<rag::services::Backend>> OpenTarget(const TargetA
     }
     security.tls_server_name = t.tls_server_name;
     RAG_ASSIGN_OR_RETURN(auto client, rag::services::GrpcBackend::Connect(t.server, t.connect_timeout, security));
+    client->set_rpc_timeout(t.rpc_timeout);
     return std::unique_ptr<rag::services::Backend>(std::move(client));
   }
   if (t.model.empty()) return absl::InvalidArgumentError("give --server ADDR or --model MODEL_DIR");

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
+#include "common/cancellation.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "proto/rag.grpc.pb.h"
@@ -17,6 +18,16 @@ namespace {
 
 // absl and gRPC share the canonical status code numbering.
 grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+// As ToGrpc; work stopped because the deadline passed is DEADLINE_EXCEEDED,
+// whichever side notices first.
+grpc::Status ToGrpc(const absl::Status& s, const grpc::ServerContext* context) {
+  if (s.code() == absl::StatusCode::kCancelled && std::chrono::system_clock::now() > context->deadline()) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded; work stopped");
+  }
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
@@ -84,14 +95,21 @@ struct Shared {
   }
 };
 
+// The engine's long loops ask this between units of work: the client went
+// away, or the call's deadline passed.
+std::function<bool()> CancellationOf(const grpc::ServerContext* context) {
+  return [context] { return context->IsCancelled() || std::chrono::system_clock::now() > context->deadline(); };
+}
+
 // A unary rpc: checks the token, calls the engine, logs, converts the status.
 template <typename Response, typename Call>
 grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, const std::string& detail,
                     Call&& call, Response* response) {
   RequestLog log(shared.log, rpc, context);
   if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a, detail);
+  const ScopedCancellation cancellation(CancellationOf(context));
   absl::StatusOr<Response> r = call();
-  if (!r.ok()) return log.Finish(ToGrpc(r.status()), detail);
+  if (!r.ok()) return log.Finish(ToGrpc(r.status(), context), detail);
   *response = std::move(*r);
   return log.Finish(grpc::Status::OK, detail);
 }
@@ -136,11 +154,12 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     RequestLog log(s_.log, "Generate", context);
     const std::string detail = "max_tokens=" + std::to_string(request->max_tokens());
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, detail);
+    const ScopedCancellation cancellation(CancellationOf(context));
     // A failed Write or a cancelled call means the client is gone: stop
     // generating rather than compute tokens nobody reads.
     auto done = engine_->Generate(
         *request, [&](const v1::GenerateResponse& token) { return !context->IsCancelled() && writer->Write(token); });
-    if (!done.ok()) return log.Finish(ToGrpc(done.status()), detail);
+    if (!done.ok()) return log.Finish(ToGrpc(done.status(), context), detail);
     writer->Write(*done);
     return log.Finish(grpc::Status::OK, detail);
   }

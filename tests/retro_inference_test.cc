@@ -186,7 +186,7 @@ TEST(ScoreRetroTokensTest, WithoutSetsEqualsTheLanguageModelScorer) {
   RetroLM model = MakeModel(4);
   const std::vector<TokenId> tokens = RandomTokens(101, 5);
   for (int64_t stride_chunks : {0, 1, 3, 4}) {
-    auto retro = ScoreRetroTokens(model, tokens, kEot, {}, {stride_chunks, 8});
+    auto retro = ScoreRetroTokens(model, tokens, kEot, {}, {stride_chunks, 8, nullptr});
     RAG_ASSERT_OK(retro);
     ScoreOptions lm_options;
     lm_options.stride = stride_chunks * kChunk;  // 0 = context / 2 = 2 chunks, as ours
@@ -218,7 +218,7 @@ TEST(ScoreRetroTokensTest, LongTextScoresEveryTokenOnceInItsWindow) {
     }
     ASSERT_GE(windows.size(), 3u);
     for (int64_t batch : {1, 3, 8}) {
-      auto scored = ScoreRetroTokensWithHidden(model, tokens, kEot, sets, {stride_chunks, batch});
+      auto scored = ScoreRetroTokensWithHidden(model, tokens, kEot, sets, {stride_chunks, batch, nullptr});
       RAG_ASSERT_OK(scored);
       EXPECT_LE(MaxAbsDiff(scored->logprobs, expect_logprobs), 1e-5) << "stride " << s << " batch " << batch;
       EXPECT_TRUE(torch::allclose(scored->hidden, torch::stack(expect_hidden), /*rtol=*/0, /*atol=*/1e-5))
@@ -266,9 +266,9 @@ TEST(ScoreRetroTokensTest, BadInputsAreInvalidArgument) {
     return ScoreRetroTokens(model, t, kEot, s, o).status().code();
   };
   const auto invalid = absl::StatusCode::kInvalidArgument;
-  EXPECT_EQ(code(tokens, sets, {-1, 8}), invalid);
-  EXPECT_EQ(code(tokens, sets, {kWindowChunks + 1, 8}), invalid);
-  EXPECT_EQ(code(tokens, sets, {0, 0}), invalid);
+  EXPECT_EQ(code(tokens, sets, {-1, 8, nullptr}), invalid);
+  EXPECT_EQ(code(tokens, sets, {kWindowChunks + 1, 8, nullptr}), invalid);
+  EXPECT_EQ(code(tokens, sets, {0, 0, nullptr}), invalid);
   EXPECT_EQ(code(tokens, RandomSets(2, 16), {}), invalid);  // too few
   EXPECT_EQ(code(tokens, RandomSets(5, 16), {}), invalid);  // too many
   std::vector<TokenId> bad_tokens = tokens;

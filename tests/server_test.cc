@@ -8,10 +8,12 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "common/file_util.h"
 #include "index_builder/index_builder.h"
@@ -345,6 +347,53 @@ TEST_F(ServerTest, TlsServerAnswersOnlyTlsClientsThatTrustIt) {
   EXPECT_EQ(Server::Start(engine, half).status().code(), absl::StatusCode::kInvalidArgument);
   half.tls_key_file = cert;
   EXPECT_EQ(Server::Start(engine, half).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The server's work for a call ends soon after its deadline passes: the
+// call leaves Stats.active_requests long before the work would have finished.
+TEST_F(ServerTest, DeadlineStopsTheServersWork) {
+  Engine* engine = Serve(OpenEngine(IndexDir(), false));
+  ASSERT_NE(engine, nullptr);
+  std::string text;
+  for (size_t i = 0; text.size() < 80000; ++i) text += (*docs_)[i % docs_->size()].text + " ";
+  v1::ScoreRequest score;
+  score.set_text(text);
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  auto start = std::chrono::steady_clock::now();
+  RAG_ASSERT_OK(engine->Score(score).status());  // in-process, no deadline: the whole work
+  const double full = seconds_since(start);
+  ASSERT_GT(full, 0.3) << "the text is too short to tell stopping from finishing";
+
+  auto wait_idle = [&]() {
+    const auto t = std::chrono::steady_clock::now();
+    while (seconds_since(t) < 30) {
+      auto stats = client_->Stats();
+      if (stats.ok() && stats->active_requests() == 0) return seconds_since(t);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return 30.0;
+  };
+  client_->set_rpc_timeout(full / 10);
+  const absl::Status s = client_->Score(score).status();
+  client_->set_rpc_timeout(0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_LT(wait_idle(), full / 2) << "the full work takes " << full << " s";
+
+  v1::GenerateRequest gen;
+  gen.set_prompt("the");
+  gen.set_max_tokens(1024);
+  gen.set_ignore_eot(true);
+  client_->set_rpc_timeout(0.05);
+  start = std::chrono::steady_clock::now();
+  const absl::Status g = client_->Generate(gen, nullptr).status();
+  client_->set_rpc_timeout(0);
+  EXPECT_EQ(g.code(), absl::StatusCode::kDeadlineExceeded) << g;
+  EXPECT_LT(wait_idle(), 1.0);
+  // Nothing is left broken.
+  score.set_text("the cat");
+  RAG_EXPECT_OK(client_->Score(score).status());
 }
 
 TEST(ServerListenTest, LoopbackAddressesAreRecognised) {

@@ -1,0 +1,42 @@
+// Cooperative cancellation of the request a thread is serving. The gRPC
+// handler installs a check (client gone or deadline passed) for the length
+// of the call; long loops (scoring windows, generation steps) ask
+// Cancelled() between units of work and stop early, so a request nobody
+// waits for no longer keeps a core busy. Per thread: a handler runs its
+// engine call on its own thread.
+#pragma once
+
+#include <functional>
+#include <utility>
+
+namespace rag {
+
+namespace internal {
+inline thread_local const std::function<bool()>* current_cancellation = nullptr;
+}  // namespace internal
+
+// True when the call this thread serves was cancelled; false when none is
+// installed (in-process use).
+inline bool Cancelled() {
+  const auto* check = internal::current_cancellation;
+  return check != nullptr && (*check)();
+}
+
+// Installs `check` as this thread's cancellation test until destroyed
+// (nesting restores the outer one).
+class ScopedCancellation {
+ public:
+  explicit ScopedCancellation(std::function<bool()> check)
+      : check_(std::move(check)), previous_(internal::current_cancellation) {
+    internal::current_cancellation = &check_;
+  }
+  ~ScopedCancellation() { internal::current_cancellation = previous_; }
+  ScopedCancellation(const ScopedCancellation&) = delete;
+  ScopedCancellation& operator=(const ScopedCancellation&) = delete;
+
+ private:
+  std::function<bool()> check_;
+  const std::function<bool()>* previous_;
+};
+
+}  // namespace rag
