@@ -1,6 +1,7 @@
 #include "index_builder/index_builder.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -309,6 +310,22 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   const fs::path out(o.out_dir);
   const fs::path work = o.out_dir + ".partial";
   std::error_code ec;
+  // One build per output at a time: a second one (a double start) would
+  // interleave its writes with the first's in the partial directory. The
+  // kernel drops a flock with its process, so a killed build never leaves
+  // it held; the file itself goes when a build completes.
+  const std::string lock_path = o.out_dir + ".lock";
+  if (out.has_parent_path()) fs::create_directories(out.parent_path(), ec);
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) return absl::InternalError("creating '" + lock_path + "': " + std::strerror(errno));
+  const std::unique_ptr<int, void (*)(int*)> lock_closer(new int(lock_fd), [](int* fd) {
+    ::close(*fd);
+    delete fd;
+  });
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    return absl::FailedPreconditionError("another `rag build` is writing '" + o.out_dir + "' (it holds '" + lock_path +
+                                         "'); wait for it or stop it");
+  }
   if (fs::exists(out)) {
     if (!o.overwrite) {
       return absl::FailedPreconditionError("'" + o.out_dir + "' already exists; pass --overwrite to replace it");
@@ -490,6 +507,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   }
   RAG_RETURN_IF_ERROR(DurableRename(work.string(), out.string()));
   fs::remove_all(old, ec);
+  fs::remove(lock_path, ec);
   return m;
 }
 

@@ -1,6 +1,9 @@
 #include "index_builder/index_builder.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -142,6 +145,23 @@ TEST_F(IndexBuilderTest, InterruptedBuildResumesToTheSameIndex) {
             absl::StatusCode::kFailedPrecondition);
   o.overwrite = true;
   EXPECT_TRUE(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o).ok());
+}
+
+TEST_F(IndexBuilderTest, SecondConcurrentBuildOfTheSameIndexIsRefused) {
+  BuildOptions o = Options("locked");
+  // Another build holds the lock (flock conflicts across open files, so this
+  // stands in for a second process).
+  const std::string lock = dir_ / "locked.lock";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  auto refused = BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("another `rag build`"), std::string::npos) << refused.status();
+  EXPECT_FALSE(fs::exists(dir_ / "locked.partial"));  // nothing was touched
+  ::close(fd);                                        // the other build ends (or dies)
+  RAG_EXPECT_OK(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), o).status());
+  EXPECT_FALSE(fs::exists(lock));  // a completed build leaves no lock file
 }
 
 TEST_F(IndexBuilderTest, IndexFromAnotherModelOrCorruptFilesIsRefused) {
