@@ -9,6 +9,7 @@
 namespace rag::retriever {
 namespace {
 using nlohmann::json;
+constexpr char kSelfChecksumKey[] = "self_checksum";
 }  // namespace
 
 std::string Manifest::ToJson() const {
@@ -28,6 +29,9 @@ std::string Manifest::ToJson() const {
     j["datastore"] = {{"keys", datastore_keys}, {"index_factory", datastore_factory}, {"split", datastore_split}};
   }
   j["checksums"] = checksums;
+  // Over the compact dump of everything else, so any damaged byte (even in a
+  // free-text field, which no other check reads) is caught at load.
+  j[kSelfChecksumKey] = HashHex(j.dump());
   return j.dump(2) + "\n";
 }
 
@@ -43,6 +47,14 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
                                            std::to_string(kManifestFormatVersion) + "); upgrade rag");
     }
     if (m.format_version < 1) return absl::DataLossError("manifest has an invalid format_version");
+    // Older manifests have no self-checksum; a present one must match.
+    if (j.contains(kSelfChecksumKey)) {
+      const json stored = j[kSelfChecksumKey];
+      j.erase(kSelfChecksumKey);
+      if (!stored.is_string() || stored.get<std::string>() != HashHex(j.dump())) {
+        return absl::DataLossError("manifest is corrupt: its self_checksum does not match its content");
+      }
+    }
     m.created_by = j.value("created_by", "");
     m.created_at = j.value("created_at", "");
     m.shard_id = j.value("shard_id", 0);

@@ -1,6 +1,9 @@
 // manifest.json of an index directory: what was built, from what, with
 // which model, and checksums of the files. Written last by the builder, so an
-// index directory without one is not an index. Plain value type.
+// index directory without one is not an index. Its "self_checksum" (XXH3 of
+// the compact JSON of every other field) makes any damaged byte DataLoss at
+// load; manifests written before it existed have none and still load.
+// Plain value type.
 //
 // Index directory layout (format version 1):
 //   manifest.json    this record
