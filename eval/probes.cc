@@ -73,7 +73,15 @@ absl::StatusOr<Probe> ParseLine(std::string_view line) {
       return absl::InvalidArgumentError("template \"" + t + "\" has [X] but the line has no \"sub_label\"");
     }
     if (Count(t, kMask) > 0) return absl::InvalidArgumentError("a template marks the object with [Y], not [MASK]");
-    p.sentences.push_back(ReplaceAll(ReplaceAll(t, "[X]", p.subject), "[Y]", kMask));
+    // Split at [Y] before filling in [X], so a subject holding "[Y]" (found
+    // by fuzzing) cannot become a second slot.
+    const size_t y = t.find("[Y]");
+    std::string sentence =
+        ReplaceAll(t.substr(0, y), "[X]", p.subject) + std::string(kMask) + ReplaceAll(t.substr(y + 3), "[X]", p.subject);
+    if (Count(sentence, kMask) != 1) {
+      return absl::InvalidArgumentError("\"sub_label\" must not hold [MASK] (it would become a second slot)");
+    }
+    p.sentences.push_back(std::move(sentence));
   }
   if (j.contains("evidence_doc_id")) {
     RAG_ASSIGN_OR_RETURN(p.evidence_doc_id, NonEmptyString(j, "evidence_doc_id"));

@@ -68,9 +68,18 @@ TEST(ProbeParsingTest, MalformedLinesNameTheLine) {
                "candidates");
   expect_error(R"({"sub_label": "a", "obj_label": "b", "template": "[X] is [Y].", "evidence_doc_id": 5})",
                "evidence_doc_id");
+  expect_error(R"({"sub_label": "a [MASK]", "obj_label": "b", "template": "[X] is [Y]."})", "must not hold [MASK]");
   auto empty = ParseProbes("\n  \n", "e.jsonl");
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(empty.status().message().find("no probes"), std::string::npos);
+}
+
+// Found by fuzz_probes: a subject holding "[Y]" became a second slot.
+TEST(ProbeParsingTest, SubjectHoldingTheSlotMarkerStaysText) {
+  auto r = ParseProbes(R"({"sub_label": "Par] is [Y] of", "obj_label": "b", "template": "[X] is [Y]."})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ((*r)[0].sentences, std::vector<std::string>{"Par] is [Y] of is [MASK]."});
 }
 
 TEST(ProbeMetricsTest, RanksAndMetricsOnAHandComputedExample) {
