@@ -4,9 +4,12 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <exception>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <utility>
 
@@ -271,6 +274,93 @@ absl::StatusOr<std::unique_ptr<Embedder>> LoadTorchScriptEmbedder(const std::str
   }
   return std::unique_ptr<Embedder>(
       std::make_unique<TorchScriptEmbedder>(std::move(module), path, *std::move(hash), static_cast<int>(dim), max_tokens));
+}
+
+namespace {
+
+class BatchingEmbedder final : public Embedder {
+ public:
+  BatchingEmbedder(Embedder* inner, int64_t max_sequences)
+      : inner_(inner), max_sequences_(std::max<int64_t>(1, max_sequences)) {}
+
+  int dim() const override { return inner_->dim(); }
+  int64_t max_tokens() const override { return inner_->max_tokens(); }
+  std::string hash() const override { return inner_->hash(); }
+  std::string description() const override { return inner_->description(); }
+
+  absl::Status Embed(const std::vector<std::vector<TokenId>>& sequences, std::vector<float>* out) override {
+    if (static_cast<int64_t>(sequences.size()) >= max_sequences_) return inner_->Embed(sequences, out);
+    Pending me{&sequences, out, absl::OkStatus(), false};
+    std::unique_lock<std::mutex> lock(mu_);
+    queue_.push_back(&me);
+    // Wait until a running batch served us, or nobody runs one: then we do.
+    cv_.wait(lock, [&] { return me.done || !running_; });
+    if (me.done) return me.status;
+    running_ = true;
+    while (!me.done) {
+      std::vector<Pending*> batch;
+      int64_t n = 0;
+      while (!queue_.empty() && (batch.empty() || n + static_cast<int64_t>(queue_.front()->sequences->size()) <=
+                                                      max_sequences_)) {
+        n += static_cast<int64_t>(queue_.front()->sequences->size());
+        batch.push_back(queue_.front());
+        queue_.pop_front();
+      }
+      lock.unlock();
+      Run(batch);
+      lock.lock();
+      for (Pending* p : batch) p->done = true;
+      cv_.notify_all();
+    }
+    running_ = false;
+    cv_.notify_all();  // a caller queued meanwhile takes over
+    return me.status;
+  }
+
+ private:
+  struct Pending {
+    const std::vector<std::vector<TokenId>>* sequences;
+    std::vector<float>* out;
+    absl::Status status;
+    bool done = false;
+  };
+
+  void Run(const std::vector<Pending*>& batch) {
+    if (batch.size() == 1) {
+      batch[0]->status = inner_->Embed(*batch[0]->sequences, batch[0]->out);
+      return;
+    }
+    std::vector<std::vector<TokenId>> all;
+    for (const Pending* p : batch) all.insert(all.end(), p->sequences->begin(), p->sequences->end());
+    std::vector<float> vectors;
+    if (!inner_->Embed(all, &vectors).ok()) {
+      // Someone's input is bad: run each alone for its own status.
+      for (Pending* p : batch) p->status = inner_->Embed(*p->sequences, p->out);
+      return;
+    }
+    const size_t d = static_cast<size_t>(inner_->dim());
+    size_t row = 0;
+    for (Pending* p : batch) {
+      const size_t rows = p->sequences->size();
+      p->out->assign(vectors.begin() + static_cast<std::ptrdiff_t>(row * d),
+                     vectors.begin() + static_cast<std::ptrdiff_t>((row + rows) * d));
+      p->status = absl::OkStatus();
+      row += rows;
+    }
+  }
+
+  Embedder* inner_;
+  const int64_t max_sequences_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending*> queue_;
+  bool running_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Embedder> MakeBatchingEmbedder(Embedder* inner, int64_t max_sequences) {
+  return std::make_unique<BatchingEmbedder>(inner, max_sequences);
 }
 
 }  // namespace rag::lm

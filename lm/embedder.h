@@ -57,6 +57,15 @@ class Embedder {
 // FailedPrecondition rather than switching the mode under other users.
 std::unique_ptr<Embedder> MakeLmEmbedder(LanguageModel* model, int64_t batch_size = 32);
 
+// Wraps `inner` (not owned) so that concurrent Embed calls share forward
+// passes: a call that finds another in progress queues its sequences, and
+// the next call to run takes everything queued in one inner->Embed (at most
+// `max_sequences` sequences, never waiting for more, so a lone caller pays
+// nothing). Results equal inner's within float rounding (padding never
+// changes a vector). When a merged call fails, each queued call is run
+// alone so every caller gets its own status. Same dim/hash/description.
+std::unique_ptr<Embedder> MakeBatchingEmbedder(Embedder* inner, int64_t max_sequences = 64);
+
 // Loads a user's TorchScript encoder whose forward(Tensor ids [B, T] int64)
 // returns [B, D] floats; we L2-normalise the output. A foreign encoder takes
 // no padding mask, so Embed calls it with one sequence length per batch and

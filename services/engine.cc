@@ -187,8 +187,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
       if (!emb.ok()) return Annotate(emb.status(), "loading the embedder");
       e->embedder_ = std::move(*emb);
     }
+    lm::Embedder* embedder = e->embedder_.get();
+    if (options.batch_embeddings) {
+      e->batching_embedder_ = lm::MakeBatchingEmbedder(embedder);
+      embedder = e->batching_embedder_.get();
+    }
     RAG_ASSIGN_OR_RETURN(e->retriever_,
-                         retriever::Retriever::Open(options.index_dir, e->embedder_.get(), e->model_->content_hash(),
+                         retriever::Retriever::Open(options.index_dir, embedder, e->model_->content_hash(),
                                                     e->model_->tokenizer().Hash(), options.writable_index));
     // The datastore sits in the index directory, whose manifest (model and
     // tokenizer hashes, checked above) covers it.

@@ -44,6 +44,9 @@ struct EngineOptions {
   std::string index_dir;        // "" serves the model only
   std::string embedder_path;    // TorchScript encoder the index was built with; "" = the LM's
   bool writable_index = false;  // allow AddDocuments. Default: false
+  // Concurrent Search (and AddDocuments) calls share the embedder's forward
+  // passes (lm::MakeBatchingEmbedder). Default: true
+  bool batch_embeddings = true;
   EngineLimits limits;
 };
 
@@ -144,6 +147,7 @@ class Engine : public Backend {
   lm::LanguageModel* model_ = nullptr;  // owned_model_, or retro_'s base
   std::unique_ptr<lm::RetroModel> retro_;
   std::unique_ptr<lm::Embedder> embedder_;
+  std::unique_ptr<lm::Embedder> batching_embedder_;  // over embedder_, when options.batch_embeddings
   std::unique_ptr<retriever::Retriever> retriever_;
   std::unique_ptr<retriever::Datastore> datastore_;  // INDEX_DIR/datastore, when built
   std::string split_json_;

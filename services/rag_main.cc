@@ -1279,6 +1279,7 @@ struct ServeArgs {
   rag::services::EngineLimits limits;
   int max_message_bytes = 64 << 20;
   bool read_only = false;
+  bool no_embed_batching = false;
 };
 
 int RunServe(const ServeArgs& a) {
@@ -1291,6 +1292,7 @@ int RunServe(const ServeArgs& a) {
   eo.embedder_path = a.embedder;
   eo.writable_index = !a.read_only;
   eo.limits = a.limits;
+  eo.batch_embeddings = !a.no_embed_batching;
   auto engine = rag::services::Engine::Open(eo);
   if (!engine.ok()) return Fail(engine.status());
   rag::services::ServerOptions so;
@@ -1508,6 +1510,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--port-file", serve.port_file, "write the bound port to this file once serving");
   serve_cmd->add_option("--log-level", serve.log_level, "info, or debug for one line per request")->capture_default_str();
   serve_cmd->add_flag("--read-only", serve.read_only, "refuse AddDocuments");
+  serve_cmd->add_flag("--no-embed-batching", serve.no_embed_batching,
+                      "embed each Search's queries alone (default: concurrent calls share forward passes)");
   serve_cmd->add_option("--max-text-bytes", serve.limits.max_text_bytes, "largest text in a request")->capture_default_str();
   serve_cmd->add_option("--max-batch", serve.limits.max_batch, "most texts in one Search")->capture_default_str();
   serve_cmd->add_option("--max-generate-tokens", serve.limits.max_generate_tokens, "most tokens one Generate may ask for")->capture_default_str();

@@ -4,6 +4,8 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <thread>
@@ -178,6 +180,80 @@ TEST(LmEmbedderTest, ConcurrentCallsAgree) {
     RAG_EXPECT_OK(status[t]);
     EXPECT_LT(MaxAbsDiff(got[t], want), 1e-6);
   }
+}
+
+// Counts the calls that reach the real embedder, and makes each one slow
+// enough that concurrent callers overlap.
+class CountingEmbedder final : public Embedder {
+ public:
+  explicit CountingEmbedder(Embedder* inner) : inner_(inner) {}
+  int dim() const override { return inner_->dim(); }
+  int64_t max_tokens() const override { return inner_->max_tokens(); }
+  std::string hash() const override { return inner_->hash(); }
+  std::string description() const override { return inner_->description(); }
+  absl::Status Embed(const std::vector<std::vector<TokenId>>& sequences, std::vector<float>* out) override {
+    ++calls;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    return inner_->Embed(sequences, out);
+  }
+  std::atomic<int> calls{0};
+
+ private:
+  Embedder* inner_;
+};
+
+TEST(BatchingEmbedderTest, ConcurrentCallersShareForwardsAndGetTheirOwnResults) {
+  auto model = MakeModel();
+  auto lm = MakeLmEmbedder(model.get(), 64);
+  CountingEmbedder counting(lm.get());
+  auto batching = MakeBatchingEmbedder(&counting, 64);
+  const Tokenizer& tok = model->tokenizer();
+  const auto docs = testing::MakeCorpus(16, 9, 2);
+  // Runs one Embed per input on its own thread, all at once.
+  auto run = [&](const std::vector<std::vector<std::vector<TokenId>>>& inputs, std::vector<std::vector<float>>* got,
+                 std::vector<absl::Status>* status) {
+    got->assign(inputs.size(), {});
+    status->assign(inputs.size(), absl::OkStatus());
+    std::vector<std::thread> threads;
+    for (size_t c = 0; c < inputs.size(); ++c) {
+      threads.emplace_back([&, c] { (*status)[c] = batching->Embed(inputs[c], &(*got)[c]); });
+    }
+    for (auto& t : threads) t.join();
+  };
+  constexpr int kCallers = 12;
+  std::vector<std::vector<std::vector<TokenId>>> inputs(kCallers);
+  for (int c = 0; c < kCallers; ++c) {
+    inputs[c] = {tok.Encode(docs[c % docs.size()].text), tok.Encode(docs[(c + 5) % docs.size()].text)};
+  }
+  std::vector<std::vector<float>> got;
+  std::vector<absl::Status> status;
+  run(inputs, &got, &status);
+  // 12 overlapping callers share forwards: the first runs alone, the rest
+  // queue behind it and go together.
+  EXPECT_LT(counting.calls.load(), kCallers / 2) << counting.calls.load();
+  for (int c = 0; c < kCallers; ++c) {
+    RAG_ASSERT_OK(status[c]);
+    std::vector<float> want;
+    RAG_ASSERT_OK(lm->Embed(inputs[c], &want));
+    EXPECT_LT(MaxAbsDiff(got[c], want), 1e-5) << "caller " << c;
+  }
+  // A bad id fails its own caller only.
+  inputs.resize(4);
+  inputs[2] = {{tok.vocab_size() + 3}};
+  run(inputs, &got, &status);
+  for (int c = 0; c < 4; ++c) {
+    if (c == 2) {
+      EXPECT_EQ(status[c].code(), absl::StatusCode::kInvalidArgument) << status[c];
+    } else {
+      RAG_EXPECT_OK(status[c]);
+      EXPECT_EQ(got[c].size(), 2u * static_cast<size_t>(lm->dim()));
+    }
+  }
+  // A lone caller goes straight through.
+  counting.calls = 0;
+  std::vector<float> alone;
+  RAG_ASSERT_OK(batching->Embed(inputs[0], &alone));
+  EXPECT_EQ(counting.calls.load(), 1);
 }
 
 // A TorchScript encoder: mean of a fixed embedding table over the tokens.
