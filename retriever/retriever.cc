@@ -153,6 +153,12 @@ absl::StatusOr<std::vector<ChunkId>> Retriever::AddDocument(const std::string& d
     if (absl::Status s = index_->Add(x.data(), static_cast<int64_t>(ids.size())); !s.ok()) return unindexed(s);
   }
   pending_rows_.insert(pending_rows_.end(), x.begin(), x.end());
+  {
+    std::unique_lock<std::shared_mutex> bm25_lock(bm25_mu_);
+    if (bm25_ != nullptr) {
+      if (absl::Status s = SyncBm25Locked(); !s.ok()) return unindexed(s);
+    }
+  }
   return ids;
 }
 
@@ -192,6 +198,60 @@ absl::Status Retriever::CheckpointLocked() {
   return absl::OkStatus();
 }
 
+absl::Status Retriever::SyncBm25Locked() const {
+  Bm25Index* bm25 = bm25_.get();
+  absl::Status added;
+  RAG_RETURN_IF_ERROR(store_->ForEachChunk(bm25->num_chunks(), [&](const ChunkRecord& c) {
+    added = bm25->Add(c.id, c.doc_index, c.tokens);
+    return added.ok();
+  }));
+  return added;
+}
+
+absl::Status Retriever::EnsureBm25() const {
+  {
+    std::shared_lock<std::shared_mutex> lock(bm25_mu_);
+    if (bm25_ != nullptr) return absl::OkStatus();
+  }
+  std::unique_lock<std::shared_mutex> lock(bm25_mu_);
+  if (bm25_ != nullptr) return absl::OkStatus();
+  bm25_ = std::make_unique<Bm25Index>();
+  if (absl::Status s = SyncBm25Locked(); !s.ok()) {
+    bm25_.reset();
+    return Annotate(s, "building the BM25 index");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
+    const std::vector<std::vector<Token>>& queries, const SearchOptions& options) const {
+  RAG_RETURN_IF_ERROR(EnsureBm25());
+  std::unordered_set<int64_t> excluded;  // document indexes
+  for (const auto& id : options.exclude_doc_ids) {
+    auto doc = store_->GetDocument(id);
+    if (doc.ok()) excluded.insert(doc->index);
+  }
+  std::vector<std::vector<Neighbour>> results(queries.size());
+  for (size_t q = 0; q < queries.size(); ++q) {
+    std::vector<std::pair<ChunkId, float>> found;
+    {
+      std::shared_lock<std::shared_mutex> lock(bm25_mu_);
+      found = bm25_->Search(queries[q], options.k, [&](ChunkId c) {
+        return !excluded.empty() && excluded.count(bm25_->doc_index(c)) > 0;
+      });
+    }
+    std::vector<ChunkId> ids;
+    for (const auto& f : found) ids.push_back(f.first);
+    RAG_ASSIGN_OR_RETURN(std::vector<ChunkRecord> records, store_->GetChunks(ids));
+    for (size_t j = 0; j < records.size(); ++j) {
+      ChunkRecord& rec = records[j];
+      results[q].push_back({rec.id, std::move(rec.doc_id), rec.offset, std::move(rec.tokens),
+                            std::move(rec.continuation), -found[j].second});
+    }
+  }
+  return results;
+}
+
 absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
     const std::vector<std::vector<Token>>& queries, const SearchOptions& options) const {
   if (options.k < 1 || options.k > VectorIndex::kMaxK) {
@@ -201,7 +261,11 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
   for (size_t i = 0; i < queries.size(); ++i) {
     if (queries[i].empty()) return absl::InvalidArgumentError("query " + std::to_string(i) + " is empty");
   }
+  if (options.method != "dense" && options.method != "bm25") {
+    return absl::InvalidArgumentError("method must be \"dense\" or \"bm25\", got \"" + options.method + "\"");
+  }
   if (queries.empty()) return std::vector<std::vector<Neighbour>>();
+  if (options.method == "bm25") return SearchBm25(queries, options);
   std::vector<float> embeddings;
   RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
   return SearchEmbeddings(embeddings.data(), static_cast<int64_t>(queries.size()), options);

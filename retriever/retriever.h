@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "lm/embedder.h"
 #include "lm/tokenizer.h"
+#include "retriever/bm25.h"
 #include "retriever/chunk_store.h"
 #include "retriever/manifest.h"
 #include "retriever/vector_index.h"
@@ -33,13 +34,19 @@ struct Neighbour {
   int64_t offset = 0;                 // of the chunk in its document, in tokens
   std::vector<Token> tokens;          // the chunk
   std::vector<Token> continuation;    // the tokens after it in the document
-  float distance = 0;                 // squared L2 between unit vectors (0 = same direction)
+  // dense: squared L2 between unit vectors (0 = same direction); bm25: minus
+  // the BM25 score (smaller is still nearer).
+  float distance = 0;
 };
 
 struct SearchOptions {
   int k = 10;                                // neighbours per query. Default: 10
   int nprobe = 16;                           // IVF lists visited; ignored by Flat. Default: 16
   std::vector<std::string> exclude_doc_ids;  // never returned. Default: none
+  // "dense": the embedder and the FAISS index; "bm25": Okapi BM25 over the
+  // chunks' token ids (retriever/bm25.h; built in memory on first use).
+  // Default: "dense"
+  std::string method = "dense";
 };
 
 class Retriever {
@@ -95,6 +102,12 @@ class Retriever {
   // Indexes the chunks the store holds beyond the vector index (left by a
   // crash or a failed add). Caller holds add_mu_.
   absl::Status CatchUpLocked();
+  // The BM25 index, built from the chunk store on first use.
+  absl::Status EnsureBm25() const;
+  // Adds the stored chunks bm25_ lacks. Caller holds bm25_mu_ exclusively.
+  absl::Status SyncBm25Locked() const;
+  absl::StatusOr<std::vector<std::vector<Neighbour>>> SearchBm25(const std::vector<std::vector<Token>>& queries,
+                                                                 const SearchOptions& options) const;
   absl::Status CheckpointLocked();
 
   std::string index_dir_;
@@ -112,6 +125,11 @@ class Retriever {
   // shared, AddDocument exclusive for the FAISS add only.
   mutable std::shared_mutex index_mu_;
   std::unique_ptr<VectorIndex> index_;
+
+  // BM25 is built on first use (a dense-only server pays nothing) and kept
+  // in step with the store by AddDocument. Search holds this shared.
+  mutable std::shared_mutex bm25_mu_;
+  mutable std::unique_ptr<Bm25Index> bm25_;
 };
 
 }  // namespace rag::retriever

@@ -512,6 +512,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
     so.k = k;
     so.nprobe = nprobe;
     so.exclude_doc_ids.assign(request.exclude_doc_ids().begin(), request.exclude_doc_ids().end());
+    if (!request.method().empty()) so.method = request.method();
     RAG_ASSIGN_OR_RETURN(auto results, retriever_->Search(queries, so));
     v1::SearchResponse response;
     for (const auto& list : results) {

@@ -1172,6 +1172,7 @@ struct QueryArgs {
   TargetArgs target;
   std::string text, text_file;
   std::vector<std::string> exclude;
+  std::string method = "dense";
   int k = 5, nprobe = 16;
   bool json_out = false;
 };
@@ -1187,6 +1188,7 @@ int RunQuery(const QueryArgs& a) {
   req.add_texts(*text);
   req.set_k(a.k);
   req.set_nprobe(a.nprobe);
+  req.set_method(a.method);
   for (const auto& id : a.exclude) req.add_exclude_doc_ids(id);
   auto r = (*backend)->Search(req);
   if (!r.ok()) return Fail(r.status());
@@ -1488,6 +1490,9 @@ int main(int argc, char** argv) {
   query_cmd->add_option("--text-file", query.text_file, "file whose bytes are the query");
   query_cmd->add_option("-k,--k", query.k, "neighbours")->capture_default_str();
   query_cmd->add_option("--nprobe", query.nprobe, "IVF lists to visit")->capture_default_str();
+  query_cmd->add_option("--method", query.method, "dense (embeddings + FAISS) or bm25 (lexical)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"dense", "bm25"}));
   query_cmd->add_option("--exclude-doc", query.exclude, "document id never to return (repeatable)");
   query_cmd->add_flag("--json", query.json_out, "print JSON");
 

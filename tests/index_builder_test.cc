@@ -105,6 +105,39 @@ TEST_F(IndexBuilderTest, ExcludedDocumentsAreNeverReturned) {
   EXPECT_EQ((*r)->Search({query}, so).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(IndexBuilderTest, Bm25FindsChunksByTheirTokensExcludesAndFollowsAdds) {
+  ASSERT_TRUE(BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), Options("bm")).ok());
+  auto r = retriever::Retriever::Open(dir_ / "bm", embedder_.get(), model_->content_hash(),
+                                      model_->tokenizer().Hash(), /*writable=*/true);
+  RAG_ASSERT_OK(r.status());
+  retriever::SearchOptions so;
+  so.k = 3;
+  so.method = "bm25";
+  auto doc = (*r)->chunk_store().GetDocument(docs_[5].id);
+  RAG_ASSERT_OK(doc.status());
+  const std::vector<retriever::Token> query(doc->tokens.begin(), doc->tokens.begin() + 16);  // its first chunk
+  auto found = (*r)->Search({query}, so);
+  RAG_ASSERT_OK(found.status());
+  ASSERT_FALSE((*found)[0].empty());
+  EXPECT_EQ((*found)[0][0].doc_id, docs_[5].id);
+  EXPECT_LT((*found)[0][0].distance, 0);  // minus the score
+  so.exclude_doc_ids = {docs_[5].id};
+  found = (*r)->Search({query}, so);
+  RAG_ASSERT_OK(found.status());
+  for (const auto& n : (*found)[0]) EXPECT_NE(n.doc_id, docs_[5].id);
+  so.exclude_doc_ids.clear();
+  // A document added after BM25 was built is found at once.
+  std::vector<retriever::Token> novel;
+  for (int i = 0; i < 20; ++i) novel.push_back(static_cast<retriever::Token>(model_->tokenizer().vocab_size() - 2 - i));
+  RAG_ASSERT_OK((*r)->AddDocument("novel", novel).status());
+  found = (*r)->Search({std::vector<retriever::Token>(novel.begin(), novel.begin() + 5)}, so);
+  RAG_ASSERT_OK(found.status());
+  ASSERT_FALSE((*found)[0].empty());
+  EXPECT_EQ((*found)[0][0].doc_id, "novel");
+  so.method = "sparse";
+  EXPECT_EQ((*r)->Search({query}, so).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Raises the stop flag after a number of embedding batches, as SIGINT would.
 class StoppingEmbedder : public lm::Embedder {
  public:

@@ -95,7 +95,8 @@ def print_json(obj):
 
 def cmd_search(args, channel, pb, pb_grpc):
     stub = pb_grpc.RetrievalStub(channel)
-    request = pb.SearchRequest(texts=[args.text], k=args.k, nprobe=args.nprobe, exclude_doc_ids=args.exclude_doc)
+    request = pb.SearchRequest(texts=[args.text], k=args.k, nprobe=args.nprobe, exclude_doc_ids=args.exclude_doc,
+                               method=args.method)
     response = stub.Search(request, timeout=args.timeout)
     neighbours = [{"rank": rank, "chunk_id": n.chunk_id, "doc_id": n.doc_id, "offset": n.offset,
                    "distance": n.distance, "text": n.text, "continuation": n.continuation}
@@ -305,6 +306,8 @@ def build_parser():
     p.add_argument("-k", "--k", type=int, default=5, help="neighbours (default: 5)")
     p.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (default: 16)")
     p.add_argument("--exclude-doc", action="append", default=[], help="document id never to return (repeatable)")
+    p.add_argument("--method", default="dense", choices=["dense", "bm25"],
+                   help="dense (embeddings + FAISS) or bm25 (lexical) (default: dense)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("score", cmd_score, "log-likelihood and perplexity of a text (LanguageModel.Score)")
