@@ -1,6 +1,7 @@
 #include "retriever/manifest.h"
 
 #include <filesystem>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
@@ -10,6 +11,18 @@ namespace rag::retriever {
 namespace {
 using nlohmann::json;
 constexpr char kSelfChecksumKey[] = "self_checksum";
+
+// nlohmann converts a float to an integer without a range check (undefined
+// behaviour for 1e33, found by fuzz_manifest): counts must be integers.
+int64_t Integer(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) throw std::invalid_argument(std::string("\"") + key + "\" must be an integer");
+  return v.get<int64_t>();
+}
+
+int64_t IntegerOr(const json& j, const char* key, int64_t fallback) {
+  return j.contains(key) ? Integer(j, key) : fallback;
+}
 }  // namespace
 
 std::string Manifest::ToJson() const {
@@ -40,7 +53,7 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
   if (j.is_discarded() || !j.is_object()) return absl::DataLossError("manifest is not a JSON object");
   Manifest m;
   try {
-    m.format_version = j.at("format_version").get<int>();
+    m.format_version = static_cast<int>(Integer(j, "format_version"));
     if (m.format_version > kManifestFormatVersion) {
       return absl::FailedPreconditionError("index format version " + std::to_string(m.format_version) +
                                            " is newer than this rag reads (" +
@@ -57,37 +70,39 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     }
     m.created_by = j.value("created_by", "");
     m.created_at = j.value("created_at", "");
-    m.shard_id = j.value("shard_id", 0);
+    m.shard_id = static_cast<int>(IntegerOr(j, "shard_id", 0));
     const json& c = j.at("corpus");
     m.corpus_path = c.value("path", "");
-    m.documents = c.at("documents").get<int64_t>();
-    m.tokens = c.at("tokens").get<int64_t>();
-    m.bytes = c.value("bytes", int64_t{0});
-    m.documents_added = c.value("documents_added", int64_t{0});
+    m.documents = Integer(c, "documents");
+    m.tokens = Integer(c, "tokens");
+    m.bytes = IntegerOr(c, "bytes", 0);
+    m.documents_added = IntegerOr(c, "documents_added", 0);
     const json& ch = j.at("chunking");
-    m.chunk_tokens = ch.at("chunk_tokens").get<int>();
-    m.continuation_tokens = ch.at("continuation_tokens").get<int>();
-    m.chunks = ch.at("chunks").get<int64_t>();
+    m.chunk_tokens = static_cast<int>(Integer(ch, "chunk_tokens"));
+    m.continuation_tokens = static_cast<int>(Integer(ch, "continuation_tokens"));
+    m.chunks = Integer(ch, "chunks");
     const json& mo = j.at("model");
     m.model_hash = mo.at("content_hash").get<std::string>();
     m.tokenizer_hash = mo.at("tokenizer_hash").get<std::string>();
     m.embedder = mo.value("embedder", "");
     m.embedder_hash = mo.at("embedder_hash").get<std::string>();
-    m.dim = mo.at("dim").get<int>();
+    m.dim = static_cast<int>(Integer(mo, "dim"));
     const json& f = j.at("faiss");
     m.requested_factory = f.value("requested_factory", "");
     m.index_factory = f.at("index_factory").get<std::string>();
     m.factory_note = f.value("note", "");
     m.faiss_version = f.value("version", "");
-    m.vectors = f.at("vectors").get<int64_t>();
+    m.vectors = Integer(f, "vectors");
     m.checksums = j.at("checksums").get<std::map<std::string, std::string>>();
     if (j.contains("datastore")) {
       const json& ds = j.at("datastore");
-      m.datastore_keys = ds.at("keys").get<int64_t>();
+      m.datastore_keys = Integer(ds, "keys");
       m.datastore_factory = ds.value("index_factory", "");
       m.datastore_split = ds.value("split", "all");
     }
   } catch (const json::exception& e) {
+    return absl::DataLossError(std::string("manifest is malformed: ") + e.what());
+  } catch (const std::invalid_argument& e) {
     return absl::DataLossError(std::string("manifest is malformed: ") + e.what());
   }
   if (m.dim < 1 || m.chunks < 0 || m.vectors != m.chunks || m.chunk_tokens < 1) {

@@ -371,8 +371,13 @@ absl::StatusOr<torch::Tensor> Engine::KnnDistribution(const torch::Tensor& hidde
 }
 
 absl::StatusOr<Engine::RetroParams> Engine::ParseRetro(const std::string& retrieval, bool has_leakage, int leakage,
-                                                       const std::string& exclude_doc_id) const {
+                                                       const std::string& exclude_doc_id,
+                                                       const std::string& search_method) const {
   RetroParams p;
+  if (!search_method.empty()) p.search_method = search_method;
+  if (p.search_method != "dense" && p.search_method != "bm25") {
+    return absl::InvalidArgumentError("search_method must be dense or bm25, got '" + search_method + "'");
+  }
   if (!retrieval.empty()) p.retrieval = retrieval;
   if (p.retrieval != "on" && p.retrieval != "off" && p.retrieval != "random") {
     return absl::InvalidArgumentError("retrieval must be on, off or random, got '" + retrieval + "'");
@@ -407,7 +412,8 @@ lm::NeighbourSet Engine::ToNeighbourSet(const std::vector<retriever::Neighbour>&
 }
 
 absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vector<lm::TokenId>& ids,
-                                                                const RetroParams& p, int64_t* filtered) const {
+                                                                const RetroParams& p, int64_t* filtered,
+                                                                int64_t padding) const {
   const auto& c = retro_->config();
   const int64_t m = c.chunk_size, k = c.neighbours, r = c.neighbour_tokens;
   const int64_t n = static_cast<int64_t>(ids.size());
@@ -459,7 +465,12 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vecto
   }
   std::vector<std::vector<lm::TokenId>> query_chunks;
   for (int64_t j = 0; j < queries; ++j) query_chunks.push_back(chunk(j));
+  if (queries > 0 && padding > 0) {
+    query_chunks[0].erase(query_chunks[0].begin(),
+                          query_chunks[0].begin() + std::min<int64_t>(padding, query_chunks[0].size()));
+  }
   retriever::SearchOptions so;
+  so.method = p.search_method;
   so.k = static_cast<int>(p.leakage_filter > 0 ? 4 * k : k);
   if (!p.exclude_doc_id.empty()) so.exclude_doc_ids = {p.exclude_doc_id};
   constexpr int64_t kBatch = 64;
@@ -568,21 +579,40 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
       }
       r.set_mode("knnlm");
     } else if (request.mode() == "retro") {
-      RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), request.has_leakage_filter(),
-                                                     request.leakage_filter(), request.exclude_doc_id()));
+      RAG_ASSIGN_OR_RETURN(RetroParams p,
+                           ParseRetro(request.retrieval(), request.has_leakage_filter(), request.leakage_filter(),
+                                      request.exclude_doc_id(), request.search_method()));
       const int64_t m = retro_->config().chunk_size;
       if (request.stride() % m != 0) {
         return absl::InvalidArgumentError("stride must be a multiple of the RETRO chunk size " + std::to_string(m));
       }
+      if (request.prompt_bytes() < 0 || request.prompt_bytes() > static_cast<int64_t>(request.text().size())) {
+        return absl::InvalidArgumentError("prompt_bytes must be in [0, the text's " +
+                                          std::to_string(request.text().size()) + " bytes]");
+      }
+      // The prompt's tokens: those the text shares with the prompt alone (a
+      // token that merges across the boundary belongs to what follows).
+      int64_t prompt = 0;
+      if (request.prompt_bytes() > 0) {
+        const auto alone = tok.Encode(request.text().substr(0, static_cast<size_t>(request.prompt_bytes())));
+        while (prompt < static_cast<int64_t>(std::min(alone.size(), ids.size())) && alone[prompt] == ids[prompt]) {
+          ++prompt;
+        }
+      }
+      // End-of-text padding before the text so the prompt ends a chunk.
+      const int64_t padding = prompt > 0 ? (m - prompt % m) % m : 0;
+      std::vector<lm::TokenId> laid_out(static_cast<size_t>(padding), tok.eot_id());
+      laid_out.insert(laid_out.end(), ids.begin(), ids.end());
       std::vector<lm::NeighbourSet> sets;
       int64_t filtered = 0;
       if (p.retrieval != "off") {
-        RAG_ASSIGN_OR_RETURN(sets, RetroSets(ids, p, &filtered));
+        RAG_ASSIGN_OR_RETURN(sets, RetroSets(laid_out, p, &filtered, padding));
       }
       lm::RetroScoreOptions ro;
       ro.should_stop = rag::Cancelled;
       ro.stride_chunks = request.stride() / m;
-      RAG_ASSIGN_OR_RETURN(logprobs, lm::ScoreRetroTokens(retro_->module(), ids, tok.eot_id(), sets, ro));
+      RAG_ASSIGN_OR_RETURN(logprobs, lm::ScoreRetroTokens(retro_->module(), laid_out, tok.eot_id(), sets, ro));
+      logprobs.erase(logprobs.begin(), logprobs.begin() + padding);
       r.set_mode("retro");
       r.set_retrievals(sets.empty() ? 0 : static_cast<int64_t>(sets.size()) - 1);
       r.set_neighbours_filtered(filtered);

@@ -130,15 +130,18 @@ class Engine : public Backend {
     std::string retrieval = "on";  // on, off, random
     int leakage_filter = 32;       // tokens; 0 = off
     std::string exclude_doc_id;
+    std::string search_method = "dense";  // dense, bm25
   };
   absl::StatusOr<RetroParams> ParseRetro(const std::string& retrieval, bool has_leakage, int leakage,
-                                         const std::string& exclude_doc_id) const;
+                                         const std::string& exclude_doc_id,
+                                         const std::string& search_method = "") const;
   // The neighbour set of every chunk of `ids` but the last (whose set no
   // token of `ids` attends to): retrieved with the chunk, minus neighbours
   // sharing a leakage_filter-token run with the chunk after it; or random
   // chunks; sets.size() == number of chunks. Adds the filtered count to *filtered.
+  // The first `padding` ids are layout padding, left out of chunk 0's query.
   absl::StatusOr<std::vector<lm::NeighbourSet>> RetroSets(const std::vector<lm::TokenId>& ids, const RetroParams& p,
-                                                          int64_t* filtered) const;
+                                                          int64_t* filtered, int64_t padding = 0) const;
   // The RETRO set of neighbours `list` (chunk + continuation, padded to R).
   lm::NeighbourSet ToNeighbourSet(const std::vector<retriever::Neighbour>& list) const;
 

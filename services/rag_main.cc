@@ -303,6 +303,7 @@ struct KnnArgs {
   // server's default, 32; 0 = off).
   std::string retrieval;
   int leakage_filter = -1;
+  std::string search_method;  // retro: dense or bm25 ("" = dense)
 };
 
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
@@ -312,6 +313,8 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
   cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 4)");
   cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
+  cmd->add_option("--search-method", k->search_method, "retro: how neighbours are found, dense or bm25 (default dense)")
+      ->check(CLI::IsMember({"dense", "bm25"}));
 }
 
 void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
@@ -334,6 +337,7 @@ void SetKnn(const KnnArgs& k, Request* req) {
   }
   if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {
     if (k.leakage_filter >= 0) req->set_leakage_filter(k.leakage_filter);
+    req->set_search_method(k.search_method);
   }
 }
 
@@ -726,6 +730,16 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     if (a.exclude_evidence) req.set_exclude_doc_id(probe.evidence_doc_id);
     req.set_per_token(true);
     SetKnn(a.knn, &req);
+    // RETRO retrieves for the object with the sentence's left context.
+    if (a.mode == "retro") {
+      for (const std::string& s : probe.sentences) {
+        const std::string left = s.substr(0, s.find(rag::eval::kMask));
+        if (text.compare(0, left.size(), left) == 0) {
+          req.set_prompt_bytes(static_cast<int32_t>(left.size()));
+          break;
+        }
+      }
+    }
     RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
     std::vector<float> logprobs;
     for (const auto& t : r.token_scores()) logprobs.push_back(t.logprob());

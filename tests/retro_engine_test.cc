@@ -221,6 +221,59 @@ TEST_F(RetroEngineTest, NextTokenMatchesScoring) {
   ADD_FAILURE() << "the next token is not in the top 1000";
 }
 
+// A short text is one chunk, which RETRO gives no neighbours; with a prompt
+// the text is laid out so the prompt ends a chunk, and the tokens after it
+// attend to the neighbours retrieved with it (the prompt's own tokens,
+// before them, cannot).
+TEST_F(RetroEngineTest, PromptGetsNeighboursForTheTokensAfterIt) {
+  auto engine = Open();
+  ASSERT_NE(engine, nullptr);
+  auto tokenizer = lm::Tokenizer::FromJson(engine->Info()->tokenizer_json());
+  RAG_ASSERT_OK(tokenizer.status());
+  const auto doc = tokenizer->Encode((*docs_)[2].text);
+  // 12 tokens (under one 16-token chunk), the first 6 the prompt.
+  const std::string text = *tokenizer->Decode({doc.begin(), doc.begin() + 12});
+  const std::string prompt = *tokenizer->Decode({doc.begin(), doc.begin() + 6});
+  ASSERT_EQ(text.compare(0, prompt.size(), prompt), 0);
+  auto score = [&](const std::string& retrieval, int prompt_bytes, const std::string& method = "") {
+    v1::ScoreRequest r = Retro(text, retrieval);
+    r.set_per_token(true);
+    r.set_prompt_bytes(prompt_bytes);
+    r.set_search_method(method);
+    return engine->Score(r);
+  };
+  auto plain = score("on", 0);
+  RAG_ASSERT_OK(plain.status());
+  EXPECT_EQ(plain->retrievals(), 0);  // one chunk: nothing attends to a set
+  auto on = score("on", static_cast<int>(prompt.size()));
+  auto off = score("off", static_cast<int>(prompt.size()));
+  auto bm25 = score("on", static_cast<int>(prompt.size()), "bm25");
+  RAG_ASSERT_OK(on.status());
+  RAG_ASSERT_OK(off.status());
+  RAG_ASSERT_OK(bm25.status());
+  EXPECT_GE(on->retrievals(), 1);
+  ASSERT_EQ(on->token_scores_size(), plain->token_scores_size());
+  ASSERT_EQ(off->token_scores_size(), plain->token_scores_size());
+  size_t p = 0;  // the prompt's tokens within the text's
+  const auto ids = tokenizer->Encode(text), alone = tokenizer->Encode(prompt);
+  while (p < alone.size() && alone[p] == ids[p]) ++p;
+  ASSERT_LT(p, static_cast<size_t>(on->token_scores_size()));
+  double after = 0;
+  for (int i = 0; i < on->token_scores_size(); ++i) {
+    const double d = std::abs(on->token_scores(i).logprob() - off->token_scores(i).logprob());
+    if (static_cast<size_t>(i) < p) {
+      EXPECT_LT(d, 1e-5) << "prompt token " << i << " saw the neighbours";
+    } else {
+      after += d;
+    }
+  }
+  EXPECT_GT(after, 1e-3) << "the neighbours changed nothing after the prompt";
+  // Bad values are refused.
+  EXPECT_EQ(score("on", static_cast<int>(text.size()) + 1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(score("on", -1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(score("on", 3, "sparse").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(RetroEngineTest, BadRequestsAndMissingPiecesAreClearErrors) {
   auto engine = Open();
   ASSERT_NE(engine, nullptr);

@@ -1,0 +1,69 @@
+// manifest.json: round trip, self-checksum, version and type checks.
+#include "retriever/manifest.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/status_matchers.h"
+
+namespace rag::retriever {
+namespace {
+
+Manifest Sample() {
+  Manifest m;
+  m.documents = 3;
+  m.tokens = 300;
+  m.chunk_tokens = 64;
+  m.continuation_tokens = 64;
+  m.chunks = 5;
+  m.vectors = 5;
+  m.dim = 16;
+  m.model_hash = "0123456789abcdef";
+  m.tokenizer_hash = "fedcba9876543210";
+  m.embedder_hash = "0123456789abcdef";
+  m.index_factory = "Flat";
+  m.corpus_path = "/data/corpus.jsonl";
+  m.checksums["chunks.faiss"] = "00ff";
+  return m;
+}
+
+TEST(ManifestTest, RoundTripsAndCarriesASelfChecksum) {
+  const std::string json = Sample().ToJson();
+  auto back = Manifest::FromJson(json);
+  RAG_ASSERT_OK(back.status());
+  EXPECT_EQ(back->ToJson(), json);
+  EXPECT_NE(json.find("\"self_checksum\""), std::string::npos);
+  // A changed byte in a field nothing else checks is caught.
+  std::string damaged = json;
+  damaged[damaged.find("/data/") + 1] = 'D';
+  EXPECT_EQ(Manifest::FromJson(damaged).status().code(), absl::StatusCode::kDataLoss);
+  // A manifest written before self-checksums (none) still loads.
+  auto j = nlohmann::json::parse(json);
+  j.erase("self_checksum");
+  j["corpus"]["path"] = "/elsewhere";
+  RAG_EXPECT_OK(Manifest::FromJson(j.dump()).status());
+}
+
+// Found by fuzz_manifest: a float where a count belongs was converted to an
+// integer unchecked (undefined behaviour under UBSan).
+TEST(ManifestTest, NonIntegerCountsAreDataLossNotUndefinedBehaviour) {
+  auto j = nlohmann::json::parse(Sample().ToJson());
+  j.erase("self_checksum");
+  for (const char* where : {"documents", "tokens", "bytes"}) {
+    auto bad = j;
+    bad["corpus"][where] = 1.11111e33;
+    const auto s = Manifest::FromJson(bad.dump()).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << where << ": " << s;
+    EXPECT_NE(s.message().find("must be an integer"), std::string::npos) << s;
+  }
+  auto bad = j;
+  bad["format_version"] = 1.5;
+  EXPECT_EQ(Manifest::FromJson(bad.dump()).status().code(), absl::StatusCode::kDataLoss);
+  bad = j;
+  bad["format_version"] = 99;
+  EXPECT_EQ(Manifest::FromJson(bad.dump()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace rag::retriever
