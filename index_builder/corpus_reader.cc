@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
@@ -15,40 +16,76 @@ namespace {
 
 bool HasExtension(const fs::path& p, const char* ext) { return p.extension() == ext; }
 
-absl::Status ReadJsonl(const fs::path& file, const std::string& display, std::vector<Document>* docs) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return absl::NotFoundError("cannot open '" + file.string() + "'");
+// One JSONL line (not blank) at `where` ("file:line") into *doc.
+absl::Status ParseJsonlLine(const std::string& line, const std::string& where, Document* doc) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(where + ": not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError(where + ": expected a JSON object");
+  auto text = j.find("text");
+  if (text == j.end() || !text->is_string()) {
+    return absl::InvalidArgumentError(where + ": missing string field \"text\"");
+  }
+  auto id = j.find("id");
+  if (id == j.end() || id->is_null()) {
+    doc->id = where;
+  } else if (id->is_string()) {
+    doc->id = id->get<std::string>();
+  } else if (id->is_number_integer()) {
+    doc->id = std::to_string(id->get<int64_t>());
+  } else {
+    return absl::InvalidArgumentError(where + ": \"id\" must be a string or an integer");
+  }
+  if (doc->id.empty()) return absl::InvalidArgumentError(where + ": \"id\" is empty");
+  doc->text = text->get<std::string>();
+  return absl::OkStatus();
+}
+
+// Calls `line_fn(line, line_no)` on every line that is not blank ("\r\n" or "\n").
+template <typename LineFn>
+absl::Status ForEachLine(std::istream& in, LineFn&& line_fn) {
   std::string line;
   size_t line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    const std::string where = display + ":" + std::to_string(line_no);
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) return absl::InvalidArgumentError(where + ": not valid JSON");
-    if (!j.is_object()) return absl::InvalidArgumentError(where + ": expected a JSON object");
-    auto text = j.find("text");
-    if (text == j.end() || !text->is_string()) {
-      return absl::InvalidArgumentError(where + ": missing string field \"text\"");
-    }
-    Document doc;
-    auto id = j.find("id");
-    if (id == j.end() || id->is_null()) {
-      doc.id = where;
-    } else if (id->is_string()) {
-      doc.id = id->get<std::string>();
-    } else if (id->is_number_integer()) {
-      doc.id = std::to_string(id->get<int64_t>());
-    } else {
-      return absl::InvalidArgumentError(where + ": \"id\" must be a string or an integer");
-    }
-    if (doc.id.empty()) return absl::InvalidArgumentError(where + ": \"id\" is empty");
-    doc.text = text->get<std::string>();
-    docs->push_back(std::move(doc));
+    RAG_RETURN_IF_ERROR(line_fn(line, line_no));
   }
+  return absl::OkStatus();
+}
+
+absl::Status ReadJsonl(std::istream& in, const std::string& display, std::vector<Document>* docs) {
+  return ForEachLine(in, [&](const std::string& line, size_t line_no) {
+    Document doc;
+    RAG_RETURN_IF_ERROR(ParseJsonlLine(line, display + ":" + std::to_string(line_no), &doc));
+    docs->push_back(std::move(doc));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status ReadJsonl(const fs::path& file, const std::string& display, std::vector<Document>* docs) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return absl::NotFoundError("cannot open '" + file.string() + "'");
+  RAG_RETURN_IF_ERROR(ReadJsonl(in, display, docs));
   if (in.bad()) return absl::DataLossError("reading '" + file.string() + "' failed");
   return absl::OkStatus();
+}
+
+// Ids unique, empty documents dropped, some text left.
+absl::StatusOr<std::vector<Document>> Finish(std::vector<Document> docs, const std::string& what, size_t files,
+                                             CorpusStats* stats) {
+  std::unordered_set<std::string> ids;
+  std::vector<Document> kept;
+  size_t bytes = 0;
+  for (auto& d : docs) {
+    if (!ids.insert(d.id).second) return absl::InvalidArgumentError("duplicate document id '" + d.id + "' in corpus");
+    if (d.text.empty()) continue;
+    bytes += d.text.size();
+    kept.push_back(std::move(d));
+  }
+  if (kept.empty()) return absl::InvalidArgumentError("corpus '" + what + "' contains no text");
+  if (stats != nullptr) *stats = {kept.size(), bytes, files};
+  return kept;
 }
 
 absl::Status ReadFileInto(const fs::path& file, const std::string& display, std::vector<Document>* docs) {
@@ -91,18 +128,14 @@ absl::StatusOr<std::vector<Document>> ReadCorpus(const std::string& path, Corpus
     RAG_RETURN_IF_ERROR(ReadFileInto(p, p.filename().string(), &docs));
     files = 1;
   }
-  std::unordered_set<std::string> ids;
-  std::vector<Document> kept;
-  size_t bytes = 0;
-  for (auto& d : docs) {
-    if (!ids.insert(d.id).second) return absl::InvalidArgumentError("duplicate document id '" + d.id + "' in corpus");
-    if (d.text.empty()) continue;
-    bytes += d.text.size();
-    kept.push_back(std::move(d));
-  }
-  if (kept.empty()) return absl::InvalidArgumentError("corpus '" + path + "' contains no text");
-  if (stats != nullptr) *stats = {kept.size(), bytes, files};
-  return kept;
+  return Finish(std::move(docs), path, files, stats);
+}
+
+absl::StatusOr<std::vector<Document>> ParseJsonlCorpus(const std::string& content, const std::string& display) {
+  std::istringstream in(content);
+  std::vector<Document> docs;
+  RAG_RETURN_IF_ERROR(ReadJsonl(in, display, &docs));
+  return Finish(std::move(docs), display, 1, nullptr);
 }
 
 }  // namespace rag::index_builder

@@ -25,4 +25,8 @@ struct CorpusStats {
 // Empty documents are skipped.
 absl::StatusOr<std::vector<Document>> ReadCorpus(const std::string& path, CorpusStats* stats = nullptr);
 
+// The documents of JSONL `content` as ReadCorpus reads a .jsonl file named
+// `display` (ids default to "<display>:<line>"; the same errors).
+absl::StatusOr<std::vector<Document>> ParseJsonlCorpus(const std::string& content, const std::string& display);
+
 }  // namespace rag::index_builder

@@ -39,6 +39,24 @@ TEST(CorpusReaderTest, JsonlKeepsIdsAndNumbersMissingOnes) {
   EXPECT_EQ((*docs)[2].text, "three");
 }
 
+TEST(CorpusReaderTest, InMemoryJsonlEqualsTheFileReader) {
+  testing::TempDir dir;
+  const std::string content = "{\"id\": \"x1\", \"text\": \"one\"}\r\n\n{\"text\": \"two\"}\n{\"id\": 7, \"text\": \"\"}\n";
+  Write(dir / "c.jsonl", content);
+  auto from_file = ReadCorpus(dir / "c.jsonl");
+  auto in_memory = ParseJsonlCorpus(content, "c.jsonl");
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  ASSERT_TRUE(in_memory.ok()) << in_memory.status();
+  ASSERT_EQ(in_memory->size(), 2u);  // the empty one is dropped
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ((*in_memory)[i].id, (*from_file)[i].id);
+    EXPECT_EQ((*in_memory)[i].text, (*from_file)[i].text);
+  }
+  auto bad = ParseJsonlCorpus("{\"text\": \"a\"}\n{oops\n", "m.jsonl");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("m.jsonl:2"), std::string::npos) << bad.status();
+}
+
 TEST(CorpusReaderTest, DirectoryIsSearchedRecursivelyInSortedOrder) {
   testing::TempDir dir;
   Write(dir / "b/z.txt", "zed");
