@@ -111,7 +111,11 @@ for trial in $(seq 1 "$TRIALS"); do
     done
   ) &
   client=$!
-  sleep "$(pause 0.5 3)"
+  # Kill at a random moment after this trial's first acknowledged batch (a
+  # slow machine must not turn the test into one with nothing to check).
+  before=$(wc -l <"$acked")
+  for _ in $(seq 1 600); do [ "$(wc -l <"$acked")" -gt "$before" ] && break; sleep 0.1; done
+  sleep "$(pause 0 2)"
   kill -KILL "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
