@@ -193,7 +193,7 @@ class CountingEmbedder final : public Embedder {
   std::string description() const override { return inner_->description(); }
   absl::Status Embed(const std::vector<std::vector<TokenId>>& sequences, std::vector<float>* out) override {
     ++calls;
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
     return inner_->Embed(sequences, out);
   }
   std::atomic<int> calls{0};
