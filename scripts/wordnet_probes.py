@@ -10,6 +10,11 @@ format in wndb(5WN)) and writes, into --out:
   probes.jsonl  LAMA-compatible probes (template shape, ../shared/docs/
                 interfaces.md), candidates = the relation's objects.
 
+and, with --train-out DIR, DIR/train_facts.jsonl: the facts not sampled for
+probes (none mentioning a probe's subject), each as two documents worded
+differently, so that one retrieves the other: training data that rewards
+copying from neighbours (RETRO) without the probe facts.
+
 Relations:
   capital-of    "[X] is the capital of [Y]."  national capitals: instances
                 (@i) of `national_capital`, object = their part holonym (#p).
@@ -78,6 +83,9 @@ def main():
     ap.add_argument("--capitals", type=int, default=60, help="national capitals to sample")
     ap.add_argument("--per-occupation", type=int, default=6, help="people to sample per occupation")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--train-out", help="also write train_facts.jsonl here: the facts NOT sampled for probes, "
+                    "each stated in two documents worded differently (for training a retrieval model to copy "
+                    "from its neighbours without ever seeing the probe facts)")
     a = ap.parse_args()
     path = os.path.join(a.wordnet, "data.noun")
     if not os.path.exists(path):
@@ -97,7 +105,8 @@ def main():
     rng.shuffle(capitals)
     # One capital per country, so every probe has one right answer.
     seen = set()
-    capitals = [c for c in capitals if not (c[1] in seen or seen.add(c[1]))][: a.capitals]
+    all_capitals = [c for c in capitals if not (c[1] in seen or seen.add(c[1]))]
+    capitals, spare_capitals = all_capitals[: a.capitals], all_capitals[a.capitals:]
     countries = [c[1] for c in capitals]
     cities = [c[0] for c in capitals]
     for city, country, gloss in capitals:
@@ -109,6 +118,7 @@ def main():
                        "template": "The capital of [X] is [Y].", "candidates": cities, "evidence_doc_id": evidence})
 
     # Occupations: the person's full name (the longest lemma).
+    spare_people = []
     for occupation in OCCUPATIONS:
         people = []
         for o in instances_of(synsets, find(synsets, occupation)):
@@ -117,20 +127,41 @@ def main():
                 continue
             people.append((words(max(lemmas, key=len)), gloss))
         rng.shuffle(people)
+        spare_people += [(person, occupation, gloss) for person, gloss in people[a.per_occupation:]]
         for person, gloss in people[: a.per_occupation]:
             evidence = f"wordnet-occupation-{person.replace(' ', '_')}"
             facts.append({"id": evidence, "text": f"{person} was a {occupation}. {person}: {gloss}"})
             probes.append({"sub_label": person, "obj_label": occupation, "predicate_id": "occupation",
                            "template": "[X] was a [Y].", "candidates": OCCUPATIONS, "evidence_doc_id": evidence})
 
-    os.makedirs(a.out, exist_ok=True)
-    for name, rows in (("facts.jsonl", facts), ("probes.jsonl", probes)):
-        tmp = os.path.join(a.out, name + ".tmp")
+    outputs = [(a.out, "facts.jsonl", facts), (a.out, "probes.jsonl", probes)]
+    if a.train_out:
+        # Two wordings per fact in separate documents: retrieving with one
+        # finds the other, whose text holds the answer.
+        train = []
+        for city, country, gloss in spare_capitals:
+            train.append({"id": f"wordnet-train-capital-{city}-a", "text": f"{city} is the capital of {country}. {gloss}"})
+            train.append({"id": f"wordnet-train-capital-{city}-b", "text": f"The capital of {country} is {city}."})
+        for person, occupation, gloss in spare_people:
+            key = person.replace(" ", "_")
+            train.append({"id": f"wordnet-train-occupation-{key}-a", "text": f"{person} was a {occupation}. {gloss}"})
+            train.append({"id": f"wordnet-train-occupation-{key}-b", "text": f"The {occupation} {person}."})
+        # Never a probe's subject, never an id twice.
+        probe_subjects = {p["sub_label"] for p in probes}
+        ids = set()
+        train = [t for t in train if not any(s in t["text"] for s in probe_subjects)
+                 and not (t["id"] in ids or ids.add(t["id"]))]
+        outputs.append((a.train_out, "train_facts.jsonl", train))
+    for directory, name, rows in outputs:
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, os.path.join(a.out, name))
+        os.replace(tmp, os.path.join(directory, name))
     print(f"wordnet_probes: {len(facts)} fact documents, {len(probes)} probes in {a.out}", file=sys.stderr)
+    if a.train_out:
+        print(f"wordnet_probes: {len(outputs[-1][2])} training fact documents in {a.train_out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
