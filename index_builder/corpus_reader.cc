@@ -40,27 +40,18 @@ absl::Status ParseJsonlLine(const std::string& line, const std::string& where, D
   return absl::OkStatus();
 }
 
-// Calls `line_fn(line, line_no)` on every line that is not blank ("\r\n" or "\n").
-template <typename LineFn>
-absl::Status ForEachLine(std::istream& in, LineFn&& line_fn) {
+absl::Status ReadJsonl(std::istream& in, const std::string& display, std::vector<Document>* docs) {
   std::string line;
   size_t line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    RAG_RETURN_IF_ERROR(line_fn(line, line_no));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ReadJsonl(std::istream& in, const std::string& display, std::vector<Document>* docs) {
-  return ForEachLine(in, [&](const std::string& line, size_t line_no) {
     Document doc;
     RAG_RETURN_IF_ERROR(ParseJsonlLine(line, display + ":" + std::to_string(line_no), &doc));
     docs->push_back(std::move(doc));
-    return absl::OkStatus();
-  });
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReadJsonl(const fs::path& file, const std::string& display, std::vector<Document>* docs) {

@@ -316,13 +316,14 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   // it held; the file itself goes when a build completes.
   const std::string lock_path = o.out_dir + ".lock";
   if (out.has_parent_path()) fs::create_directories(out.parent_path(), ec);
-  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd < 0) return absl::InternalError("creating '" + lock_path + "': " + std::strerror(errno));
-  const std::unique_ptr<int, void (*)(int*)> lock_closer(new int(lock_fd), [](int* fd) {
-    ::close(*fd);
-    delete fd;
-  });
-  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } lock{::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)};
+  if (lock.fd < 0) return absl::InternalError("creating '" + lock_path + "': " + std::strerror(errno));
+  if (::flock(lock.fd, LOCK_EX | LOCK_NB) != 0) {
     return absl::FailedPreconditionError("another `rag build` is writing '" + o.out_dir + "' (it holds '" + lock_path +
                                          "'); wait for it or stop it");
   }

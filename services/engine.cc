@@ -234,6 +234,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
 // it first.
 Engine::~Engine() { retriever_.reset(); }
 
+absl::Status Engine::CheckK(int k, int given) const {
+  if (k > options_.limits.max_k) return OverLimit("k", k, options_.limits.max_k, "--max-k");
+  if (k < 1) {
+    return absl::InvalidArgumentError("k must be in [1, " + std::to_string(options_.limits.max_k) + "], got " +
+                                      std::to_string(given));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::CheckText(const std::string& text, const char* field, bool allow_empty) const {
   if (!allow_empty && text.empty()) return absl::InvalidArgumentError(std::string(field) + " is empty");
   if (static_cast<int64_t>(text.size()) > options_.limits.max_text_bytes) {
@@ -324,11 +333,7 @@ absl::StatusOr<Engine::KnnParams> Engine::ParseKnn(bool has_lambda, float lambda
     p.knn.temperature = temperature;
   }
   p.knn.k = k == 0 ? 1024 : k;
-  if (p.knn.k > options_.limits.max_k) return OverLimit("k", p.knn.k, options_.limits.max_k, "--max-k");
-  if (p.knn.k < 1) {
-    return absl::InvalidArgumentError("k must be in [1, " + std::to_string(options_.limits.max_k) + "], got " +
-                                      std::to_string(k));
-  }
+  RAG_RETURN_IF_ERROR(CheckK(p.knn.k, k));
   p.nprobe = nprobe == 0 ? kDefaultKnnNprobe : nprobe;
   if (p.nprobe < 1 || p.nprobe > (1 << 16)) {
     return absl::InvalidArgumentError("nprobe must be in [1, 65536], got " + std::to_string(nprobe));
@@ -500,11 +505,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
       return OverLimit("the number of texts", request.texts_size(), limits.max_batch, "--max-batch");
     }
     const int k = request.k() == 0 ? 10 : request.k();
-    if (k > limits.max_k) return OverLimit("k", k, limits.max_k, "--max-k");
-    if (k < 1) {
-      return absl::InvalidArgumentError("k must be in [1, " + std::to_string(limits.max_k) + "], got " +
-                                        std::to_string(request.k()));
-    }
+    RAG_RETURN_IF_ERROR(CheckK(k, request.k()));
     const int nprobe = request.nprobe() == 0 ? 16 : request.nprobe();
     if (nprobe < 1 || nprobe > (1 << 16)) {
       return absl::InvalidArgumentError("nprobe must be in [1, 65536], got " + std::to_string(request.nprobe()));

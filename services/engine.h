@@ -98,6 +98,8 @@ class Engine : public Backend {
 
   Engine() = default;
   absl::Status CheckText(const std::string& text, const char* field, bool allow_empty) const;
+  // `k` (the request's `given`, its default applied) within [1, max_k].
+  absl::Status CheckK(int k, int given) const;
   absl::Status CheckMode(const std::string& mode) const;
   // kNN-LM over documents added to the live index: gives the datastore the
   // keys of stored document `doc_id` unless it has them (durable when the

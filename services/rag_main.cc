@@ -348,6 +348,21 @@ absl::StatusOr<rag::lm::Tokenizer> ServedTokenizer(const rag::v1::InfoResponse& 
   return tok;
 }
 
+// What every evaluation starts from: the target, what it serves, and its
+// tokenizer (evaluations tokenize as the served model does).
+struct Served {
+  std::unique_ptr<rag::services::Backend> backend;
+  rag::v1::InfoResponse info;
+  rag::lm::Tokenizer tokenizer;
+};
+
+absl::StatusOr<Served> OpenServed(const TargetArgs& target) {
+  RAG_ASSIGN_OR_RETURN(auto backend, OpenTarget(target, false));
+  RAG_ASSIGN_OR_RETURN(rag::v1::InfoResponse info, backend->Info());
+  RAG_ASSIGN_OR_RETURN(rag::lm::Tokenizer tok, ServedTokenizer(info));
+  return Served{std::move(backend), std::move(info), std::move(tok)};
+}
+
 // A corpus tokenized with `tok`, and the exact counts over all of it.
 struct CountedCorpus {
   std::vector<rag::Document> docs;
@@ -716,12 +731,10 @@ json ProbeMetricsJson(const rag::eval::ProbeMetrics& m) {
 int RunEvalProbes(const EvalProbesArgs& a) {
   auto probes = rag::eval::ReadProbes(a.probes);
   if (!probes.ok()) return Fail(probes.status());
-  auto backend = OpenTarget(a.target, false);
-  if (!backend.ok()) return Fail(backend.status());
-  auto info = (*backend)->Info();
-  if (!info.ok()) return Fail(info.status());
-  auto tok = ServedTokenizer(*info);
-  if (!tok.ok()) return Fail(tok.status());
+  auto served = OpenServed(a.target);
+  if (!served.ok()) return Fail(served.status());
+  rag::services::Backend& backend = *served->backend;
+  const rag::lm::Tokenizer& tok = served->tokenizer;
   rag::eval::TokenScorer scorer = [&](const std::string& text,
                                       const rag::eval::Probe& probe) -> absl::StatusOr<std::vector<float>> {
     rag::v1::ScoreRequest req;
@@ -740,7 +753,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
         }
       }
     }
-    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
+    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, backend.Score(req));
     std::vector<float> logprobs;
     for (const auto& t : r.token_scores()) logprobs.push_back(t.logprob());
     return logprobs;
@@ -749,7 +762,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   for (const auto& p : *probes) sentences += static_cast<int64_t>(p.sentences.size() * p.candidates.size());
   std::unique_ptr<rag::Progress> progress;
   if (!a.quiet) progress = std::make_unique<rag::Progress>("probes", static_cast<int64_t>(probes->size()), "probes");
-  auto report = rag::eval::EvaluateProbes(*probes, *tok, scorer, [&](size_t done) {
+  auto report = rag::eval::EvaluateProbes(*probes, tok, scorer, [&](size_t done) {
     if (progress) progress->Update(static_cast<int64_t>(done));
   });
   if (!report.ok()) return Fail(report.status());
@@ -938,22 +951,21 @@ int RunEvalMemorization(const EvalMemArgs& a) {
   mo.suffix_tokens = a.suffix_tokens;
   mo.samples = a.samples;
   mo.seed = a.seed;
-  auto backend = OpenTarget(a.target, false);
-  if (!backend.ok()) return Fail(backend.status());
-  auto info = (*backend)->Info();
-  if (!info.ok()) return Fail(info.status());
-  auto tok = ServedTokenizer(*info);
-  if (!tok.ok()) return Fail(tok.status());
+  auto served = OpenServed(a.target);
+  if (!served.ok()) return Fail(served.status());
+  rag::services::Backend& backend = *served->backend;
+  const rag::v1::InfoResponse& info = served->info;
+  const rag::lm::Tokenizer& tok = served->tokenizer;
   // Counts over the whole corpus; samples from the chosen split.
-  auto corpus = CountCorpus(a.corpus, *tok);
+  auto corpus = CountCorpus(a.corpus, tok);
   if (!corpus.ok()) return Fail(corpus.status());
   const std::vector<rag::Document>& docs = corpus->docs;
   std::set<std::string> in_split;
   if (a.split != "all") {
-    if (info->split_json().empty()) {
+    if (info.split_json().empty()) {
       return Fail(absl::FailedPreconditionError("the model has no split.json: use --split all"));
     }
-    auto sel = rag::lm::SelectSplit(docs, info->split_json(), a.split);
+    auto sel = rag::lm::SelectSplit(docs, info.split_json(), a.split);
     if (!sel.ok()) return Fail(sel.status());
     for (const auto& d : *sel) in_split.insert(d.id);
   }
@@ -971,7 +983,7 @@ int RunEvalMemorization(const EvalMemArgs& a) {
     req.mutable_sampling()->set_temperature(0);
     req.set_exclude_doc_id(exclude);
     SetKnn(a.knn, &req);
-    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(**backend, req));
+    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(backend, req));
     return std::move(generated.first);
   };
   std::unique_ptr<rag::Progress> progress;
@@ -1035,13 +1047,11 @@ struct EvalExtractionArgs {
 };
 
 int RunEvalExtraction(const EvalExtractionArgs& a) {
-  auto backend = OpenTarget(a.target, false);
-  if (!backend.ok()) return Fail(backend.status());
-  auto info = (*backend)->Info();
-  if (!info.ok()) return Fail(info.status());
-  auto tok = ServedTokenizer(*info);
-  if (!tok.ok()) return Fail(tok.status());
-  auto corpus = CountCorpus(a.corpus, *tok);
+  auto served = OpenServed(a.target);
+  if (!served.ok()) return Fail(served.status());
+  rag::services::Backend& backend = *served->backend;
+  const rag::lm::Tokenizer& tok = served->tokenizer;
+  auto corpus = CountCorpus(a.corpus, tok);
   if (!corpus.ok()) return Fail(corpus.status());
   rag::eval::Sampler sampler = [&](int64_t i, int n)
       -> absl::StatusOr<std::pair<std::vector<int32_t>, std::string>> {
@@ -1053,7 +1063,7 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
     req.mutable_sampling()->set_top_k(a.top_k);
     req.mutable_sampling()->set_seed(a.seed * 1000003ULL + static_cast<uint64_t>(i));
     SetKnn(a.knn, &req);
-    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(**backend, req));
+    RAG_ASSIGN_OR_RETURN(auto generated, GenerateIds(backend, req));
     return std::make_pair(std::move(generated.first), generated.second.text());
   };
   rag::eval::Perplexity ppl = [&](const std::string& text) -> absl::StatusOr<double> {
@@ -1061,7 +1071,7 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
     req.set_text(text);
     req.set_mode(a.mode);
     SetKnn(a.knn, &req);
-    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, (*backend)->Score(req));
+    RAG_ASSIGN_OR_RETURN(rag::v1::ScoreResponse r, backend.Score(req));
     return r.perplexity();
   };
   rag::eval::ExtractionOptions o;

@@ -28,8 +28,7 @@ grpc::Status ToGrpc(const absl::Status& s, const grpc::ServerContext* context) {
   if (s.code() == absl::StatusCode::kCancelled && std::chrono::system_clock::now() > context->deadline()) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded; work stopped");
   }
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  return ToGrpc(s);
 }
 
 const char* CodeName(grpc::StatusCode code) {
@@ -116,37 +115,36 @@ grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* 
 
 class RetrievalService final : public v1::Retrieval::Service {
  public:
-  explicit RetrievalService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
+  explicit RetrievalService(const Shared* shared) : s_(*shared) {}
 
   grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* request,
                       v1::SearchResponse* response) override {
     return Answer(
         s_, "Search", context,
         "texts=" + std::to_string(request->texts_size()) + " k=" + std::to_string(request->k()),
-        [&] { return engine_->Search(*request); }, response);
+        [&] { return s_.engine->Search(*request); }, response);
   }
 
  private:
   const Shared& s_;
-  Engine* engine_;
 };
 
 class LanguageModelService final : public v1::LanguageModel::Service {
  public:
-  explicit LanguageModelService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
+  explicit LanguageModelService(const Shared* shared) : s_(*shared) {}
 
   grpc::Status Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                      v1::ScoreResponse* response) override {
     return Answer(
         s_, "Score", context, "bytes=" + std::to_string(request->text().size()),
-        [&] { return engine_->Score(*request); }, response);
+        [&] { return s_.engine->Score(*request); }, response);
   }
 
   grpc::Status NextToken(grpc::ServerContext* context, const v1::NextTokenRequest* request,
                          v1::NextTokenResponse* response) override {
     return Answer(
         s_, "NextToken", context, "bytes=" + std::to_string(request->text().size()),
-        [&] { return engine_->NextToken(*request); }, response);
+        [&] { return s_.engine->NextToken(*request); }, response);
   }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
@@ -155,10 +153,10 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     const std::string detail = "max_tokens=" + std::to_string(request->max_tokens());
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, detail);
     const ScopedCancellation cancellation(CancellationOf(context));
-    // A failed Write or a cancelled call means the client is gone: stop
-    // generating rather than compute tokens nobody reads.
-    auto done = engine_->Generate(
-        *request, [&](const v1::GenerateResponse& token) { return !context->IsCancelled() && writer->Write(token); });
+    // A failed Write means the client is gone: stop generating rather than
+    // compute tokens nobody reads (a cancelled call or a passed deadline
+    // stops it through the cancellation check above).
+    auto done = s_.engine->Generate(*request, [&](const v1::GenerateResponse& token) { return writer->Write(token); });
     if (!done.ok()) return log.Finish(ToGrpc(done.status(), context), detail);
     writer->Write(*done);
     return log.Finish(grpc::Status::OK, detail);
@@ -166,21 +164,20 @@ class LanguageModelService final : public v1::LanguageModel::Service {
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::InfoResponse* response) override {
     return Answer(
-        s_, "Info", context, "", [&] { return engine_->Info(); }, response);
+        s_, "Info", context, "", [&] { return s_.engine->Info(); }, response);
   }
 
  private:
   const Shared& s_;
-  Engine* engine_;
 };
 
 class IndexService final : public v1::Index::Service {
  public:
-  explicit IndexService(const Shared* shared) : s_(*shared), engine_(shared->engine) {}
+  explicit IndexService(const Shared* shared) : s_(*shared) {}
 
   grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest*, v1::StatsResponse* response) override {
     return Answer(
-        s_, "Stats", context, "", [&] { return engine_->Stats(); }, response);
+        s_, "Stats", context, "", [&] { return s_.engine->Stats(); }, response);
   }
 
   grpc::Status AddDocuments(grpc::ServerContext* context, grpc::ServerReader<v1::Document>* reader,
@@ -190,9 +187,9 @@ class IndexService final : public v1::Index::Service {
     v1::AddDocumentsResponse totals;
     v1::Document doc;
     absl::Status status;
-    while (status.ok() && reader->Read(&doc)) status = engine_->AddDocument(doc, &totals);
+    while (status.ok() && reader->Read(&doc)) status = s_.engine->AddDocument(doc, &totals);
     // Whatever was added is durable already; save the index either way.
-    absl::Status finished = engine_->FinishAdd(&totals);
+    absl::Status finished = s_.engine->FinishAdd(&totals);
     const std::string detail =
         "added=" + std::to_string(totals.documents_added()) + " skipped=" + std::to_string(totals.documents_skipped());
     if (!status.ok()) {
@@ -214,7 +211,6 @@ class IndexService final : public v1::Index::Service {
 
  private:
   const Shared& s_;
-  Engine* engine_;
 };
 
 }  // namespace

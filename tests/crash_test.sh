@@ -86,17 +86,21 @@ done
 
 step "kills of rag serve during AddDocuments"
 cp -r "$TMP/ref" "$TMP/live"
-batch=0
-acked="$TMP/acked.txt"
-: >"$acked"
-for trial in $(seq 1 "$TRIALS"); do
+# start_server WHAT: rag serve on the live index; sets SERVER_PID and addr.
+start_server() {
   rm -f "$TMP/port"
   "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/live" --listen 127.0.0.1:0 --port-file "$TMP/port" \
     >>"$TMP/serve.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 600); do [ -s "$TMP/port" ] && break; sleep 0.1; done
-  [ -s "$TMP/port" ] || { tail "$TMP/serve.log" >&2; fail "serve trial $trial: no port"; }
+  [ -s "$TMP/port" ] || { tail "$TMP/serve.log" >&2; fail "$1: no port"; }
   addr="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+}
+batch=0
+acked="$TMP/acked.txt"
+: >"$acked"
+for trial in $(seq 1 "$TRIALS"); do
+  start_server "serve trial $trial"
   # A client adds 30-document batches one after another until the server dies.
   (
     while true; do
@@ -122,12 +126,7 @@ for trial in $(seq 1 "$TRIALS"); do
   wait "$client" 2>/dev/null || true
   # Restart (opening recovers: stored chunks the vector index lacks are
   # indexed, the manifest catches up), stop cleanly, then validate.
-  rm -f "$TMP/port"
-  "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/live" --listen 127.0.0.1:0 --port-file "$TMP/port" \
-    >>"$TMP/serve.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 600); do [ -s "$TMP/port" ] && break; sleep 0.1; done
-  [ -s "$TMP/port" ] || { tail "$TMP/serve.log" >&2; fail "serve trial $trial: no restart after the kill"; }
+  start_server "serve trial $trial, restart after the kill"
   kill -TERM "$SERVER_PID"
   wait "$SERVER_PID" || { tail "$TMP/serve.log" >&2; fail "serve trial $trial: the restarted server did not stop cleanly"; }
   SERVER_PID=""
