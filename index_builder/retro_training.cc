@@ -5,9 +5,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <unordered_set>
 
+#include <xxhash.h>
+
 #include "common/file_util.h"
+#include "common/progress.h"
 #include "common/status.h"
 #include "index_builder/retro_neighbours.h"
 #include "lm/embedder.h"
@@ -29,6 +33,7 @@ lm::RetroTrainerOptions RetroPresetOptions(const std::string& preset) {
     o.warmup_steps = 20;
     o.checkpoint_every = 100;
     o.eval_every = 50;
+    o.prompt_windows = 8;
   } else {
     // The `small` LM's budget: its decoder is frozen, so fewer steps than
     // the LM's own training recover most of the gain (RETRO's retrofitting).
@@ -38,6 +43,8 @@ lm::RetroTrainerOptions RetroPresetOptions(const std::string& preset) {
     o.warmup_steps = 40;
     o.checkpoint_every = 100;
     o.eval_every = 100;
+    // Windows of two chunks, mostly padding: cheaper than the 8 above.
+    o.prompt_windows = 16;
   }
   return o;
 }
@@ -65,6 +72,52 @@ absl::StatusOr<lm::RetroConfig> MakeConfig(const lm::TransformerConfig& decoder,
   }
   base.merge_patch(extra);
   return lm::RetroConfig::FromJson(base.dump());
+}
+
+// Adds the prompt windows of one document to `out`: `count` prompts (see
+// RetroTrainJob::prompts_per_document), each with the K neighbours found
+// with it, never from `exclude` (the document itself and the excluded ones).
+absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::vector<lm::TokenId>& doc,
+                              const std::string& doc_id, const std::vector<std::string>& exclude, int count,
+                              const std::string& method, const lm::RetroConfig& config, lm::TokenId eot,
+                              uint64_t seed, lm::RetroPromptWindows* out) {
+  const int64_t n = static_cast<int64_t>(doc.size()), m = config.chunk_size;
+  const int64_t k = config.neighbours, r = config.neighbour_tokens;
+  if (n < 2 || count < 1) return absl::OkStatus();
+  std::mt19937_64 rng(XXH3_64bits_withSeed(doc_id.data(), doc_id.size(), seed));
+  std::vector<std::vector<retriever::Token>> queries;
+  std::vector<std::pair<int64_t, int64_t>> spans;  // (start, prompt tokens)
+  for (int i = 0; i < count; ++i) {
+    // Short documents (facts, abstracts) are asked from their start, as
+    // probes and prompts are; long ones anywhere.
+    const int64_t s = n <= 2 * m ? 0 : std::uniform_int_distribution<int64_t>(0, n - 2)(rng);
+    const int64_t most = std::min(m, n - s - 1), least = std::min<int64_t>(2, most);
+    const int64_t p = std::uniform_int_distribution<int64_t>(least, most)(rng);
+    spans.emplace_back(s, p);
+    queries.emplace_back(doc.begin() + s, doc.begin() + s + p);
+  }
+  retriever::SearchOptions so;
+  so.k = static_cast<int>(k);
+  so.method = method;
+  so.exclude_doc_ids = exclude;
+  RAG_ASSIGN_OR_RETURN(auto found, retriever.Search(queries, so));
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const auto [s, p] = spans[i];
+    out->tokens.emplace_back(doc.begin() + s, doc.begin() + std::min(n, s + p + m));
+    out->prompt_tokens.push_back(p);
+    std::vector<int32_t> set(static_cast<size_t>(k * r), static_cast<int32_t>(eot));
+    std::vector<uint8_t> present(static_cast<size_t>(k), 0);
+    for (size_t j = 0; j < found[i].size() && static_cast<int64_t>(j) < k; ++j) {
+      int64_t at = static_cast<int64_t>(j) * r;
+      for (const auto* part : {&found[i][j].tokens, &found[i][j].continuation}) {
+        for (size_t t = 0; t < part->size() && at < (static_cast<int64_t>(j) + 1) * r; ++t) set[at++] = (*part)[t];
+      }
+      present[j] = 1;
+    }
+    out->neighbours.push_back(std::move(set));
+    out->present.push_back(std::move(present));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -140,8 +193,22 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
     return true;
   }));
   const int64_t set_size = table.k * static_cast<int64_t>(table.tokens);
+  const bool prompts = job.trainer.prompt_windows > 0;
+  if (prompts && job.prompt_search != "dense" && job.prompt_search != "bm25") {
+    return absl::InvalidArgumentError("prompt search must be dense or bm25, got '" + job.prompt_search + "'");
+  }
+  std::vector<std::string> exclude(job.exclude_documents.begin(), job.exclude_documents.end());
+  std::sort(exclude.begin(), exclude.end());
+  exclude.insert(exclude.begin(), "");  // slot for the document itself
+  std::unique_ptr<Progress> progress;
+  if (prompts && job.trainer.show_progress) {
+    progress = std::make_unique<Progress>("retro prompts", static_cast<int64_t>(doc_ids.size()), "docs");
+  }
+  int64_t visited = 0;
   for (const auto& id : doc_ids) {
+    if (progress) progress->Update(visited++);
     if (!job.only_documents.empty() && job.only_documents.count(id) == 0) continue;
+    if (job.exclude_documents.count(id) > 0) continue;
     RAG_ASSIGN_OR_RETURN(retriever::DocumentRecord doc, store.GetDocument(id));
     const bool validation = validation_ids.count(id) > 0;
     lm::RetroDocuments& side = validation ? data.validation : data.train;
@@ -154,6 +221,15 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
       for (int j = 0; j < table.k; ++j) present[static_cast<size_t>(c * table.k + j)] = table.has(first + c, j);
     }
     side.present.push_back(std::move(present));
+    if (prompts) {
+      // Validation documents and 1 in 20 training documents (by id) give the
+      // held-out prompts that show whether the model reads its neighbours.
+      const bool held_out = validation || XXH3_64bits(id.data(), id.size()) % 20 == 0;
+      exclude[0] = id;
+      RAG_RETURN_IF_ERROR(AddPromptWindows(*retriever, side.tokens.back(), id, exclude, job.prompts_per_document,
+                                           job.prompt_search, config, eot, job.trainer.seed,
+                                           held_out ? &data.validation_prompts : &data.train_prompts));
+    }
     if (validation) {
       summary.validation_documents += 1;
     } else {
@@ -161,7 +237,10 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
       summary.train_chunks += n;
     }
   }
+  if (progress) progress->Finish();
   if (summary.train_documents == 0) return absl::InvalidArgumentError("the index holds no training document");
+  summary.train_prompt_windows = data.train_prompts.size();
+  summary.validation_prompt_windows = data.validation_prompts.size();
 
   lm::RetroTrainerOptions options = job.trainer;
   RAG_ASSIGN_OR_RETURN(auto trainer, lm::RetroTrainer::Create(config, options, std::move(data), eot, checkpoint,
@@ -174,12 +253,21 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                static_cast<long long>(trainer->model()->NumParameters()), summary.train_documents,
                static_cast<long long>(summary.train_chunks), summary.validation_documents,
                static_cast<long long>(config.neighbours), static_cast<long long>(config.neighbour_tokens));
+  if (options.prompt_windows > 0) {
+    std::fprintf(stderr,
+                 "train: %lld prompt windows per step from %zu (%zu held out), neighbours by %s; %zu documents "
+                 "excluded\n",
+                 static_cast<long long>(options.prompt_windows), summary.train_prompt_windows,
+                 summary.validation_prompt_windows, job.prompt_search.c_str(), job.exclude_documents.size());
+  }
   RAG_RETURN_IF_ERROR(trainer->Run(stop));
   summary.steps = trainer->step();
   if (summary.validation_documents > 0) {
     summary.validation_loss = trainer->ValidationLoss(true);
     summary.validation_loss_no_retrieval = trainer->ValidationLoss(false);
   }
+  summary.prompt_loss = trainer->PromptValidationLoss(true);
+  summary.prompt_loss_no_retrieval = trainer->PromptValidationLoss(false);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   trainer->model()->eval();
   lm::RetroModel model(config, trainer->model(), std::move(base));
@@ -193,7 +281,14 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                {"validation_documents", summary.validation_documents},
                {"train_chunks", summary.train_chunks},
                {"validation_loss", finite(summary.validation_loss)},
-               {"validation_loss_no_retrieval", finite(summary.validation_loss_no_retrieval)}};
+               {"validation_loss_no_retrieval", finite(summary.validation_loss_no_retrieval)},
+               {"prompt_windows", options.prompt_windows},
+               {"prompt_search", job.prompt_search},
+               {"train_prompt_windows", summary.train_prompt_windows},
+               {"validation_prompt_windows", summary.validation_prompt_windows},
+               {"prompt_loss", finite(summary.prompt_loss)},
+               {"prompt_loss_no_retrieval", finite(summary.prompt_loss_no_retrieval)},
+               {"excluded_documents", job.exclude_documents.size()}};
   RAG_RETURN_IF_ERROR(model.Save(job.out_dir, job.base_dir, info.dump()));
   return summary;
 }

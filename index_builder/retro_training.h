@@ -25,6 +25,16 @@ struct RetroTrainJob {
   int nprobe = 16;                    // IVF lists when precomputing neighbours
   // Ids of the index's documents to use (split by the base LM's split); empty = all.
   std::unordered_set<std::string> only_documents;
+  // Ids of documents never trained on nor retrieved for prompt windows (e.g.
+  // the facts a probe set asks about, so RETRO cannot learn them).
+  std::unordered_set<std::string> exclude_documents;
+  // Prompt windows (lm::RetroPromptWindows) drawn per document: a prompt of
+  // 2..m tokens (from the start of documents of up to 2m tokens, from a
+  // random token of longer ones) and its neighbours, found with the prompt
+  // alone and never from the document itself. Used when
+  // trainer.prompt_windows > 0. Default: 4
+  int prompts_per_document = 4;
+  std::string prompt_search = "bm25";  // how prompt neighbours are found: dense or bm25
   bool resume = false;                // continue from out_dir/checkpoint.pt
   bool overwrite = false;             // start over even if out_dir holds a run
 };
@@ -36,6 +46,10 @@ struct RetroTrainSummary {
   int64_t train_chunks = 0;
   double validation_loss = 0;          // nats/token, neighbours on
   double validation_loss_no_retrieval = 0;  // the same windows, neighbours off
+  size_t train_prompt_windows = 0;
+  size_t validation_prompt_windows = 0;  // of validation documents and 1 in 20 training documents
+  double prompt_loss = 0;                // nats/token over validation prompt continuations, neighbours on
+  double prompt_loss_no_retrieval = 0;   // the same, neighbours off
   double seconds = 0;
 };
 

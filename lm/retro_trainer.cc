@@ -44,6 +44,29 @@ uint64_t HashDocuments(const RetroDocuments& docs) {
   return h;
 }
 
+uint64_t HashPrompts(const RetroPromptWindows& w) {
+  uint64_t h = HashVector(w.prompt_tokens, w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    h = HashVector(w.tokens[i], h);
+    h = HashVector(w.neighbours[i], h);
+    h = HashVector(w.present[i], h);
+  }
+  return h;
+}
+
+// Mean cross-entropy over the targets >= 0 of `batch` (summed with `sum`).
+torch::Tensor BatchLoss(RetroLM& model, const RetroBatch& batch, bool retrieval, bool sum = false) {
+  auto logits = retrieval ? model->forward(batch.tokens, batch.neighbours, batch.mask)  // [B, T, V]
+                          : model->forward(batch.tokens, torch::Tensor(), torch::Tensor());
+  auto options = F::CrossEntropyFuncOptions().ignore_index(kIgnore);
+  if (sum) {
+    options.reduction(torch::kSum);
+  } else {
+    options.reduction(torch::kMean);
+  }
+  return F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}), options);
+}
+
 }  // namespace
 
 int64_t RetroChunkCount(size_t tokens, int64_t chunk_size) {
@@ -98,6 +121,84 @@ RetroBatch MakeRetroWindows(const RetroDocuments& docs, const std::vector<RetroW
     }
   }
   return batch;
+}
+
+RetroBatch MakeRetroPromptWindows(const RetroPromptWindows& windows, const std::vector<size_t>& which,
+                                  const RetroConfig& config, TokenId eot) {
+  const int64_t m = config.chunk_size, t = 2 * m, nk = config.neighbours, nr = config.neighbour_tokens;
+  const int64_t b = static_cast<int64_t>(which.size());
+  RetroBatch batch;
+  batch.tokens = torch::full({b, t}, static_cast<int64_t>(eot), torch::kLong);  // [B, 2m]
+  batch.targets = torch::full({b, t}, kIgnore, torch::kLong);                   // [B, 2m]
+  batch.neighbours = torch::zeros({b, 2, nk, nr}, torch::kLong);                // [B, 2, K, R]
+  batch.mask = torch::zeros({b, 2, nk}, torch::kBool);                          // [B, 2, K]
+  auto tokens = batch.tokens.accessor<int64_t, 2>();
+  auto targets = batch.targets.accessor<int64_t, 2>();
+  auto neighbours = batch.neighbours.accessor<int64_t, 4>();
+  auto mask = batch.mask.accessor<bool, 3>();
+  for (int64_t i = 0; i < b; ++i) {
+    const size_t w = which[static_cast<size_t>(i)];
+    TORCH_CHECK(w < windows.size(), "MakeRetroPromptWindows: window ", w, " of ", windows.size());
+    const std::vector<TokenId>& seq = windows.tokens[w];
+    const int64_t p = windows.prompt_tokens[w], pad = m - p;
+    // laid_out[q] = seq[q - pad] for q >= pad; input position q + 1 holds
+    // laid_out[q], target position q predicts it.
+    for (int64_t q = pad; q < t && q - pad < static_cast<int64_t>(seq.size()); ++q) {
+      const TokenId id = seq[static_cast<size_t>(q - pad)];
+      if (q >= m) targets[i][q] = id;
+      if (q + 1 < t) tokens[i][q + 1] = id;
+    }
+    for (int64_t k = 0; k < nk; ++k) {
+      if (windows.present[w][static_cast<size_t>(k)] == 0) continue;
+      mask[i][1][k] = true;
+      for (int64_t r = 0; r < nr; ++r) neighbours[i][1][k][r] = windows.neighbours[w][static_cast<size_t>(k * nr + r)];
+    }
+  }
+  return batch;
+}
+
+absl::Status ValidateRetroPromptWindows(const RetroPromptWindows& windows, const RetroConfig& config,
+                                        const std::string& what) {
+  const int64_t m = config.chunk_size, nk = config.neighbours, nr = config.neighbour_tokens;
+  const int64_t vocab = config.decoder.vocab_size;
+  const size_t n = windows.size();
+  if (windows.prompt_tokens.size() != n || windows.neighbours.size() != n || windows.present.size() != n) {
+    return absl::InvalidArgumentError(what + " prompt windows: " + std::to_string(n) + " token lists but " +
+                                      std::to_string(windows.prompt_tokens.size()) + " prompt lengths, " +
+                                      std::to_string(windows.neighbours.size()) + " neighbour and " +
+                                      std::to_string(windows.present.size()) + " presence lists");
+  }
+  auto valid = [&](int64_t id) { return id >= 0 && id < vocab; };
+  for (size_t i = 0; i < n; ++i) {
+    const std::string where = what + " prompt window " + std::to_string(i);
+    const int64_t p = windows.prompt_tokens[i], len = static_cast<int64_t>(windows.tokens[i].size());
+    if (p < 1 || p > m || p >= len || len > p + m) {
+      return absl::InvalidArgumentError(where + ": " + std::to_string(len) + " tokens with a prompt of " +
+                                        std::to_string(p) + "; expected a prompt of 1.." + std::to_string(m) +
+                                        " tokens followed by 1.." + std::to_string(m) + " more");
+    }
+    if (static_cast<int64_t>(windows.neighbours[i].size()) != nk * nr ||
+        static_cast<int64_t>(windows.present[i].size()) != nk) {
+      return absl::InvalidArgumentError(where + ": expected K*R = " + std::to_string(nk * nr) +
+                                        " neighbour tokens and K = " + std::to_string(nk) + " flags, got " +
+                                        std::to_string(windows.neighbours[i].size()) + " and " +
+                                        std::to_string(windows.present[i].size()));
+    }
+    for (TokenId id : windows.tokens[i]) {
+      if (!valid(id)) return absl::InvalidArgumentError(where + ": token id " + std::to_string(id) + " outside the vocabulary");
+    }
+    for (int64_t k = 0; k < nk; ++k) {
+      if (windows.present[i][static_cast<size_t>(k)] == 0) continue;
+      for (int64_t r = 0; r < nr; ++r) {
+        const int32_t id = windows.neighbours[i][static_cast<size_t>(k * nr + r)];
+        if (!valid(id)) {
+          return absl::InvalidArgumentError(where + ": neighbour token id " + std::to_string(id) +
+                                            " outside the vocabulary");
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ValidateRetroDocuments(const RetroDocuments& docs, const RetroConfig& config, const std::string& what) {
@@ -170,6 +271,13 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
   }
   RAG_RETURN_IF_ERROR(ValidateRetroDocuments(data.train, config, "train"));
   RAG_RETURN_IF_ERROR(ValidateRetroDocuments(data.validation, config, "validation"));
+  RAG_RETURN_IF_ERROR(ValidateRetroPromptWindows(data.train_prompts, config, "train"));
+  RAG_RETURN_IF_ERROR(ValidateRetroPromptWindows(data.validation_prompts, config, "validation"));
+  if (options.prompt_windows < 0) return absl::InvalidArgumentError("prompt_windows must be >= 0");
+  if (options.prompt_windows > 0 && data.train_prompts.size() == 0) {
+    return absl::InvalidArgumentError("prompt_windows is " + std::to_string(options.prompt_windows) +
+                                      " but there is no training prompt window");
+  }
   std::unique_ptr<RetroTrainer> t(new RetroTrainer(config, options, std::move(data), eot, std::move(checkpoint_path)));
 
   const int64_t m = config.chunk_size, stride = config.decoder.context / m;
@@ -253,6 +361,17 @@ RetroBatch RetroTrainer::BatchForStep(int64_t step) const {
   return MakeRetroWindows(data_.train, WindowsForStep(step), config_, eot_);
 }
 
+std::vector<size_t> RetroTrainer::PromptWindowsForStep(int64_t step) const {
+  std::vector<size_t> which;
+  const size_t n = data_.train_prompts.size();
+  if (options_.prompt_windows == 0 || n == 0) return which;
+  // Its own stream, so the ordinary windows are those of a run without prompts.
+  std::mt19937_64 rng((options_.seed ^ 0x5851F42D4C957F2DULL) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step));
+  std::uniform_int_distribution<size_t> pick(0, n - 1);
+  for (int64_t i = 0; i < options_.prompt_windows; ++i) which.push_back(pick(rng));
+  return which;
+}
+
 double RetroTrainer::Step() {
   const double lr = LearningRate(step_);
   for (auto& group : optimizer_->param_groups()) {
@@ -260,10 +379,11 @@ double RetroTrainer::Step() {
   }
   RetroBatch batch = BatchForStep(step_);
   optimizer_->zero_grad();
-  auto logits = model_->forward(batch.tokens, batch.neighbours, batch.mask);  // [B, T, V]
   // Mean over the targets inside the documents; every window has at least one.
-  auto loss = F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}),
-                               F::CrossEntropyFuncOptions().ignore_index(kIgnore));
+  auto loss = BatchLoss(model_, batch, true);
+  if (const std::vector<size_t> prompts = PromptWindowsForStep(step_); !prompts.empty()) {
+    loss = loss + BatchLoss(model_, MakeRetroPromptWindows(data_.train_prompts, prompts, config_, eot_), true);
+  }
   loss.backward();
   if (options_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trained_, options_.grad_clip);
   optimizer_->step();
@@ -283,11 +403,26 @@ double RetroTrainer::ValidationLoss(bool retrieval) {
     const size_t last = std::min(validation_windows_.size(), first + static_cast<size_t>(options_.batch_size));
     const std::vector<RetroWindow> windows(validation_windows_.begin() + first, validation_windows_.begin() + last);
     RetroBatch batch = MakeRetroWindows(data_.validation, windows, config_, eot_);
-    auto logits = retrieval ? model_->forward(batch.tokens, batch.neighbours, batch.mask)  // [B, T, V]
-                            : model_->forward(batch.tokens, torch::Tensor(), torch::Tensor());
-    auto loss = F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}),
-                                 F::CrossEntropyFuncOptions().ignore_index(kIgnore).reduction(torch::kSum));
-    total += loss.item<double>();
+    total += BatchLoss(model_, batch, retrieval, /*sum=*/true).item<double>();
+    count += batch.targets.ge(0).sum().item<int64_t>();
+  }
+  model_->train();
+  return total / static_cast<double>(count);
+}
+
+double RetroTrainer::PromptValidationLoss(bool retrieval) {
+  const size_t n = data_.validation_prompts.size();
+  if (n == 0) return std::nan("");
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  double total = 0;
+  int64_t count = 0;
+  const size_t batch_size = static_cast<size_t>(std::max<int64_t>(options_.batch_size, 16));
+  for (size_t first = 0; first < n; first += batch_size) {
+    std::vector<size_t> which;
+    for (size_t i = first; i < std::min(n, first + batch_size); ++i) which.push_back(i);
+    RetroBatch batch = MakeRetroPromptWindows(data_.validation_prompts, which, config_, eot_);
+    total += BatchLoss(model_, batch, retrieval, /*sum=*/true).item<double>();
     count += batch.targets.ge(0).sum().item<int64_t>();
   }
   model_->train();
@@ -300,6 +435,10 @@ std::string RetroTrainer::Fingerprint() const {
     << "|warmup=" << options_.warmup_steps << "|min_lr=" << options_.min_lr_ratio << "|wd=" << options_.weight_decay
     << "|betas=" << options_.beta1 << "," << options_.beta2 << "|clip=" << options_.grad_clip
     << "|freeze=" << options_.freeze_decoder << "|eot=" << eot_ << "|data=" << HashDocuments(data_.train);
+  // Only with prompts, so checkpoints of runs without them still resume.
+  if (options_.prompt_windows > 0) {
+    s << "|prompt_windows=" << options_.prompt_windows << "|prompts=" << HashPrompts(data_.train_prompts);
+  }
   return s.str();
 }
 
@@ -315,6 +454,7 @@ absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) {
   std::unique_ptr<Progress> progress;
   if (options_.show_progress) progress = std::make_unique<Progress>("retro train", options_.steps, "steps");
   double last_val = std::nan(""), last_plain = std::nan("");
+  double last_prompt = std::nan(""), last_prompt_plain = std::nan("");
   while (step_ < options_.steps) {
     if (stop != nullptr && stop->load()) {
       if (progress) progress->Finish("interrupted");
@@ -327,17 +467,22 @@ absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) {
       last_val = ValidationLoss(true);
       // What retrieval buys: the same model without neighbours.
       last_plain = ValidationLoss(false);
+      last_prompt = PromptValidationLoss(true);
+      last_prompt_plain = PromptValidationLoss(false);
     }
     if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0 && step_ < options_.steps) {
       RAG_RETURN_IF_ERROR(SaveCheckpoint());
     }
     if (progress) {
-      char extra[160];
-      if (std::isnan(last_val)) {  // no validation pass yet
+      char extra[224];
+      if (std::isnan(last_val) && std::isnan(last_prompt)) {  // no validation pass yet
         std::snprintf(extra, sizeof(extra), "loss %.3f, lr %.2e", loss, history_.back().lr);
-      } else {
+      } else if (std::isnan(last_prompt)) {
         std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", loss, last_val,
                       last_plain, history_.back().lr);
+      } else {
+        std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f w/o retrieval), prompts %.3f (%.3f), lr %.2e",
+                      loss, last_val, last_plain, last_prompt, last_prompt_plain, history_.back().lr);
       }
       progress->Update(step_, extra);
       if (step_ == options_.steps) progress->Finish(extra);

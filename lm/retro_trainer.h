@@ -37,9 +37,28 @@ struct RetroDocuments {
   std::vector<std::vector<uint8_t>> present;
 };
 
+// Prompt windows teach the CCA to read a neighbour set retrieved with a
+// prompt, as `rag eval probes --mode retro` and prompted generation use it:
+// window i is tokens[i] = a prompt of prompt_tokens[i] tokens (1..m) then
+// its continuation (up to m tokens), laid out with end-of-text padding in
+// front so the prompt ends input chunk 0 and the continuation fills input
+// chunk 1, which attends the set retrieved with the prompt alone
+// (neighbours[i]: [K, R] flattened, present[i]: [K]). Only the
+// continuation's tokens are targets: the rest cannot depend on the set.
+struct RetroPromptWindows {
+  std::vector<std::vector<TokenId>> tokens;
+  std::vector<int64_t> prompt_tokens;
+  std::vector<std::vector<int32_t>> neighbours;
+  std::vector<std::vector<uint8_t>> present;
+
+  size_t size() const { return tokens.size(); }
+};
+
 struct RetroTrainingData {
   RetroDocuments train;
   RetroDocuments validation;
+  RetroPromptWindows train_prompts;       // drawn from when options.prompt_windows > 0
+  RetroPromptWindows validation_prompts;  // scored by PromptValidationLoss
 };
 
 // (document index, start chunk c): the window starting at token c*m.
@@ -68,6 +87,18 @@ int64_t RetroChunkCount(size_t tokens, int64_t chunk_size);
 RetroBatch MakeRetroWindows(const RetroDocuments& docs, const std::vector<RetroWindow>& starts,
                             const RetroConfig& config, TokenId eot);
 
+// The prompt windows `which` as a batch of T = 2m tokens (C = 2): input =
+// [eot, pad..., prompt, continuation] (pads are eot), targets -1 except the
+// continuation's; set 1 = the window's set, set 0 masked. Throws c10::Error
+// when an index names no window.
+RetroBatch MakeRetroPromptWindows(const RetroPromptWindows& windows, const std::vector<size_t>& which,
+                                  const RetroConfig& config, TokenId eot);
+
+// OK when every window has 1..m prompt tokens, at most m more, K*R
+// neighbour tokens and K flags, ids in [0, V); else InvalidArgument.
+absl::Status ValidateRetroPromptWindows(const RetroPromptWindows& windows, const RetroConfig& config,
+                                        const std::string& what);
+
 // OK when every document has exactly chunks*K*R neighbour tokens and
 // chunks*K flags and every token id is in [0, V); else InvalidArgument
 // naming `what` ("train", "validation"), the document and the mismatch.
@@ -93,6 +124,9 @@ struct RetroTrainerOptions {
   // Retrofitting: the decoder (loaded from the trained LM) stays fixed and
   // only the encoder and CCA layers train. Needs an LM to start from. Default: true
   bool freeze_decoder = true;
+  // Prompt windows (RetroPromptWindows) added to each step's batch; their
+  // mean loss is added to the windows' mean loss. 0 = none. Default: 0
+  int64_t prompt_windows = 0;
 };
 
 class RetroTrainer {
@@ -127,6 +161,9 @@ class RetroTrainer {
   // `retrieval` false the model runs without neighbours (its decoder's
   // function). NaN when there is no validation window.
   double ValidationLoss(bool retrieval = true);
+  // The same over data.validation_prompts' continuations: whether the
+  // model reads a prompt's neighbours. NaN when there are none.
+  double PromptValidationLoss(bool retrieval = true);
 
   absl::Status SaveCheckpoint();
 
@@ -135,6 +172,9 @@ class RetroTrainer {
   std::vector<RetroWindow> WindowsForStep(int64_t step) const;
   // MakeRetroWindows(train, WindowsForStep(step)).
   RetroBatch BatchForStep(int64_t step) const;
+  // The prompt windows of `step` (options.prompt_windows of them, uniform,
+  // from (seed, step) alone); empty when off or there are none.
+  std::vector<size_t> PromptWindowsForStep(int64_t step) const;
   // Fixed validation windows: the chunk-aligned windows with stride T of
   // every validation document, evenly thinned to eval_batches * batch_size.
   const std::vector<RetroWindow>& validation_windows() const { return validation_windows_; }

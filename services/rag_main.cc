@@ -85,6 +85,9 @@ absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& 
 
 struct TrainArgs {
   std::string corpus, out, arch = "lm", preset = "small", config_file, index, init, gpt2_vocab;
+  std::string exclude_documents, prompt_search = "bm25";
+  int64_t prompt_windows = -1;
+  int prompts_per_document = 4;
   int64_t steps = 0, batch_size = 0, seq_len = 0, checkpoint_every = -1, eval_every = -1, warmup = -1;
   int vocab_size = 4096;
   double lr = 0, validation_fraction = 0.05;
@@ -118,6 +121,13 @@ int RunTrainRetro(const TrainArgs& a) {
     if (!docs.ok()) return Fail(docs.status());
     for (const auto& d : *docs) job.only_documents.insert(d.id);
   }
+  if (!a.exclude_documents.empty()) {
+    auto docs = rag::index_builder::ReadCorpus(a.exclude_documents);
+    if (!docs.ok()) return Fail(rag::Annotate(docs.status(), "--exclude-documents"));
+    for (const auto& d : *docs) job.exclude_documents.insert(d.id);
+  }
+  job.prompts_per_document = a.prompts_per_document;
+  job.prompt_search = a.prompt_search;
   job.out_dir = a.out;
   job.index_dir = a.index;
   job.base_dir = a.init;
@@ -127,6 +137,7 @@ int RunTrainRetro(const TrainArgs& a) {
   job.trainer = rag::index_builder::RetroPresetOptions(a.preset);
   ApplyTrainerFlags(a, &job.trainer);
   job.trainer.freeze_decoder = !a.train_all;
+  if (a.prompt_windows >= 0) job.trainer.prompt_windows = a.prompt_windows;
   if (a.seq_len > 0) return Fail(absl::InvalidArgumentError("--seq-len: RETRO trains on full-context windows"));
   if (!a.config_file.empty()) {
     auto text = rag::ReadFile(a.config_file);
@@ -146,6 +157,9 @@ int RunTrainRetro(const TrainArgs& a) {
             {"validation_documents", summary->validation_documents},
             {"validation_loss", summary->validation_loss},
             {"validation_loss_no_retrieval", summary->validation_loss_no_retrieval},
+            {"train_prompt_windows", summary->train_prompt_windows},
+            {"prompt_loss", summary->prompt_loss},
+            {"prompt_loss_no_retrieval", summary->prompt_loss_no_retrieval},
             {"seconds", summary->seconds}};
   if (a.json_out) {
     PrintJson(j);
@@ -155,6 +169,10 @@ int RunTrainRetro(const TrainArgs& a) {
                 a.out.c_str(), a.train_all ? "all weights" : "retrofitted", static_cast<long long>(summary->steps),
                 summary->seconds, summary->validation_loss, summary->validation_loss_no_retrieval,
                 std::exp(summary->validation_loss), std::exp(summary->validation_loss_no_retrieval));
+    if (summary->validation_prompt_windows > 0) {
+      std::printf("held-out prompt windows: continuation loss %.3f with the prompt's neighbours, %.3f without\n",
+                  summary->prompt_loss, summary->prompt_loss_no_retrieval);
+    }
   }
   return 0;
 }
@@ -164,8 +182,9 @@ int RunTrain(const TrainArgs& a) {
   if (a.corpus.empty()) return Fail(absl::InvalidArgumentError("--corpus is required"));
   if (a.arch != "lm") return Fail(absl::InvalidArgumentError("--arch must be lm or retro, got '" + a.arch + "'"));
   if (a.train_all) return Fail(absl::InvalidArgumentError("--train-all applies to --arch retro only"));
-  if (!a.init.empty() || !a.index.empty()) {
-    return Fail(absl::InvalidArgumentError("--init and --index apply to --arch retro only"));
+  if (!a.init.empty() || !a.index.empty() || !a.exclude_documents.empty() || a.prompt_windows >= 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--init, --index, --exclude-documents and --prompt-windows apply to --arch retro only"));
   }
   auto options = rag::lm::PresetTrainerOptions(a.preset);
   if (!options.ok()) return Fail(options.status());
@@ -1441,6 +1460,17 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--index", train.index, "index directory (--arch retro)");
   train_cmd->add_option("--init", train.init, "retro: the LM the index was built with (its decoder, tokenizer, split)");
   train_cmd->add_flag("--train-all", train.train_all, "retro: train the decoder too (default: retrofit, decoder frozen)");
+  train_cmd->add_option("--exclude-documents", train.exclude_documents,
+                        "retro: a corpus (.jsonl/.txt/dir) whose document ids are never trained on nor retrieved "
+                        "for prompt windows (e.g. the facts a probe set asks)");
+  train_cmd->add_option("--prompt-windows", train.prompt_windows,
+                        "retro: prompt windows per step (a prompt ending a chunk, the next chunk attending its "
+                        "neighbours; default: the preset's, 0 = off)")
+      ->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--prompts-per-document", train.prompts_per_document,
+                        "retro: prompt windows drawn per document")->capture_default_str();
+  train_cmd->add_option("--prompt-search", train.prompt_search, "retro: dense or bm25, how prompt neighbours are found")
+      ->capture_default_str();
   train_cmd->add_option("--nprobe", train.nprobe, "retro: IVF lists visited when precomputing neighbours")->capture_default_str();
   train_cmd->add_option("--preset", train.preset, "tiny, small or base")->capture_default_str();
   train_cmd->add_option("--config", train.config_file, "JSON file of model config overrides");

@@ -451,6 +451,33 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run(again);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
+  // The tiny preset adds prompt windows (neighbours found by BM25 with a
+  // document's first tokens), some held out.
+  EXPECT_GT(t["train_prompt_windows"].get<int>(), 0);
+  EXPECT_TRUE(t["prompt_loss"].is_number());
+
+  // --exclude-documents leaves documents out of training (and out of the
+  // prompts' neighbours); --prompt-windows 0 turns the prompts off.
+  {
+    std::ifstream in(corpus);
+    std::string first;
+    std::getline(in, first);
+    std::ofstream(dir_ / "exclude.jsonl") << first << "\n";
+  }
+  std::vector<std::string> excluded = again;
+  excluded.insert(excluded.end(), {"--exclude-documents", dir_ / "exclude.jsonl", "--prompt-windows", "0"});
+  r = Run(excluded);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json e = json::parse(r.out);
+  EXPECT_EQ(e["train_documents"].get<int>() + e["validation_documents"].get<int>(),
+            t["train_documents"].get<int>() + t["validation_documents"].get<int>() - 1);
+  EXPECT_EQ(e["train_prompt_windows"], 0);
+  excluded.back() = "-1";
+  r = Run(excluded);
+  EXPECT_NE(r.exit_code, 0);
+  r = Run({"train", "--corpus", corpus, "--out", dir_ / "lm2", "--exclude-documents", dir_ / "exclude.jsonl"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("apply to --arch retro only"), std::string::npos) << r.err;
 
   std::map<std::string, double> ppl;
   for (const std::string retrieval : {"on", "off", "random"}) {

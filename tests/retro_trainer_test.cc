@@ -78,7 +78,7 @@ RetroDocuments MakeCopyCorpus(int n_docs, int64_t chunks, uint64_t seed, bool re
 RetroTrainingData MakeCopyData(bool retrieval = true) {
   // Enough training text that 200 steps never repeat a window: a model that
   // memorises documents gains nothing on the validation ones.
-  return {MakeCopyCorpus(2000, 16, 1, retrieval), MakeCopyCorpus(16, 16, 2, retrieval)};
+  return {MakeCopyCorpus(2000, 16, 1, retrieval), MakeCopyCorpus(16, 16, 2, retrieval), {}, {}};
 }
 
 RetroTrainerOptions FastOptions(int64_t steps, bool freeze) {
@@ -411,6 +411,141 @@ TEST(RetroTrainerTest, NeighboursCarryingTheAnswerBeatNoRetrieval) {
       << "with retrieval " << with_retrieval << ", without " << without_retrieval;
   EXPECT_LT(with_retrieval, plain_decoder - 1.0)
       << "with retrieval " << with_retrieval << ", plain decoder " << plain_decoder;
+}
+
+// ---------------------------------------------------------------------------
+// Prompt windows
+
+// Prompt windows whose continuation is random, so only the set retrieved
+// with the prompt can predict it: one neighbour (slot at random) holds the
+// continuation, the other random tokens flagged missing; with `retrieval`
+// false both are missing. Prompts of 1..m random tokens.
+RetroPromptWindows MakePromptCopyWindows(int n, uint64_t seed, bool retrieval = true) {
+  std::mt19937_64 rng(seed);
+  auto token = [&] { return static_cast<TokenId>(1 + rng() % kTokenValues); };
+  RetroPromptWindows w;
+  for (int i = 0; i < n; ++i) {
+    const int64_t p = 1 + static_cast<int64_t>(rng() % kChunk);
+    std::vector<TokenId> tokens(static_cast<size_t>(p + kChunk));
+    for (auto& t : tokens) t = token();
+    const uint64_t slot = rng() % kNeighbours;
+    std::vector<int32_t> set;
+    std::vector<uint8_t> present;
+    for (int64_t k = 0; k < kNeighbours; ++k) {
+      for (int64_t r = 0; r < kNeighbourTokens; ++r) {
+        set.push_back(k == static_cast<int64_t>(slot) ? tokens[static_cast<size_t>(p + r)] : token());
+      }
+      present.push_back(retrieval && k == static_cast<int64_t>(slot) ? 1 : 0);
+    }
+    w.tokens.push_back(std::move(tokens));
+    w.prompt_tokens.push_back(p);
+    w.neighbours.push_back(std::move(set));
+    w.present.push_back(std::move(present));
+  }
+  return w;
+}
+
+TEST(MakeRetroPromptWindowsTest, ThePromptEndsChunkZeroAndTheContinuationAttendsItsSet) {
+  const RetroConfig config = TinyRetroConfig();  // m = 4, K = 2, R = 4
+  const TokenId e = kEot;
+  RetroPromptWindows w;
+  w.tokens = {{10, 11, 12, 13, 14}, {20, 21, 22, 23, 24, 25, 26, 27}};
+  w.prompt_tokens = {2, 4};
+  w.neighbours = {{1, 2, 3, 4, 5, 6, 7, 8}, {9, 9, 9, 9, 30, 31, 32, 33}};
+  w.present = {{1, 0}, {0, 1}};
+  RAG_ASSERT_OK(ValidateRetroPromptWindows(w, config, "test"));
+  RetroBatch b = MakeRetroPromptWindows(w, {0, 1}, config, e);
+  ASSERT_EQ(b.tokens.sizes(), torch::IntArrayRef({2, 2 * kChunk}));
+  ASSERT_EQ(b.neighbours.sizes(), torch::IntArrayRef({2, 2, kNeighbours, kNeighbourTokens}));
+  // Window 0: laid out [e, e, 10, 11 | 12, 13, 14]; the input is shifted by
+  // one, so position 4 (the first of chunk 1) holds the prompt's last token
+  // and predicts the continuation's first.
+  EXPECT_EQ(Values(b.tokens[0]), (std::vector<int64_t>{e, e, e, 10, 11, 12, 13, 14}));
+  EXPECT_EQ(Values(b.targets[0]), (std::vector<int64_t>{-1, -1, -1, -1, 12, 13, 14, -1}));
+  // Window 1: a prompt of a whole chunk, no padding.
+  EXPECT_EQ(Values(b.tokens[1]), (std::vector<int64_t>{e, 20, 21, 22, 23, 24, 25, 26}));
+  EXPECT_EQ(Values(b.targets[1]), (std::vector<int64_t>{-1, -1, -1, -1, 24, 25, 26, 27}));
+  // Only chunk 1 attends, to the window's present neighbours.
+  EXPECT_EQ(Values(b.mask), (std::vector<int64_t>{0, 0, 1, 0, 0, 0, 0, 1}));
+  EXPECT_EQ(Values(b.neighbours[0][1][0]), (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(Values(b.neighbours[1][1][1]), (std::vector<int64_t>{30, 31, 32, 33}));
+  EXPECT_EQ(b.neighbours[0][0].abs().sum().item<int64_t>(), 0);
+  EXPECT_THROW(MakeRetroPromptWindows(w, {2}, config, e), c10::Error);
+
+  // Malformed windows are refused with what is wrong.
+  auto invalid = [&](const RetroPromptWindows& bad, const std::string& needle) {
+    const absl::Status s = ValidateRetroPromptWindows(bad, config, "train");
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(needle), std::string::npos) << s;
+  };
+  RetroPromptWindows bad = w;
+  bad.prompt_tokens[0] = 0;
+  invalid(bad, "prompt window 0");
+  bad = w;
+  bad.prompt_tokens[1] = 5;  // longer than a chunk
+  invalid(bad, "prompt window 1");
+  bad = w;
+  bad.tokens[0].resize(2);  // nothing after the prompt
+  invalid(bad, "prompt window 0");
+  bad = w;
+  bad.tokens[1].push_back(28);  // more than a chunk after the prompt
+  invalid(bad, "prompt window 1");
+  bad = w;
+  bad.neighbours[1].pop_back();
+  invalid(bad, "K*R");
+  bad = w;
+  bad.neighbours[0][1] = static_cast<int32_t>(kVocab);
+  invalid(bad, "neighbour token id");
+  bad.present[0][0] = 0;  // a missing neighbour's tokens are unused
+  RAG_EXPECT_OK(ValidateRetroPromptWindows(bad, config, "train"));
+  bad = w;
+  bad.present.pop_back();
+  invalid(bad, "presence");
+}
+
+TEST(RetroTrainerTest, PromptWindowsTeachReadingThePromptsNeighbours) {
+  // The ordinary windows carry no neighbour at all, so whatever the model
+  // learns about reading sets it learns from the prompt windows, whose
+  // random continuations (log(32) = 3.47 nats/token without retrieval) sit
+  // in the set retrieved with the prompt.
+  const RetroConfig config = TinyRetroConfig();
+  RetroTrainerOptions options = FastOptions(300, false);
+  options.lr = 5e-3;
+  options.warmup_steps = 20;
+  options.weight_decay = 0.0;
+  options.batch_size = 2;
+  options.prompt_windows = 16;
+  RetroTrainingData data{MakeCopyCorpus(200, 16, 1, /*retrieval=*/false), MakeCopyCorpus(4, 16, 2, false),
+                         MakePromptCopyWindows(3000, 3), MakePromptCopyWindows(64, 4)};
+  testing::TempDir dir;
+  auto retro = RetroTrainer::Create(config, options, data, kEot, dir / "retro.pt", false, nullptr);
+  ASSERT_TRUE(retro.ok()) << retro.status();
+
+  // Prompt windows come from their own seeded stream: the ordinary windows
+  // are those of a run without them, and a step's prompts are reproducible.
+  RetroTrainerOptions without = options;
+  without.prompt_windows = 0;
+  auto plain = RetroTrainer::Create(config, without, data, kEot, dir / "plain.pt", false, nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*retro)->WindowsForStep(7), (*plain)->WindowsForStep(7));
+  EXPECT_TRUE((*plain)->PromptWindowsForStep(7).empty());
+  EXPECT_EQ((*retro)->PromptWindowsForStep(7).size(), 16u);
+  EXPECT_EQ((*retro)->PromptWindowsForStep(7), (*retro)->PromptWindowsForStep(7));
+  EXPECT_NE((*retro)->PromptWindowsForStep(7), (*retro)->PromptWindowsForStep(8));
+
+  RAG_ASSERT_OK((*retro)->Run());
+  const double with_retrieval = (*retro)->PromptValidationLoss(true);
+  const double without_retrieval = (*retro)->PromptValidationLoss(false);
+  EXPECT_GT(without_retrieval, std::log(static_cast<double>(kTokenValues)) - 0.2);
+  EXPECT_LT(with_retrieval, without_retrieval - 1.0)
+      << "with the prompt's neighbours " << with_retrieval << ", without " << without_retrieval;
+
+  // Prompts asked for but none given.
+  RetroTrainingData none = data;
+  none.train_prompts = {};
+  const absl::Status s = RetroTrainer::Create(config, options, none, kEot, dir / "x.pt", false, nullptr).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("no training prompt window"), std::string::npos) << s;
 }
 
 // ---------------------------------------------------------------------------
