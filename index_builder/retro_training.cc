@@ -76,18 +76,21 @@ absl::StatusOr<lm::RetroConfig> MakeConfig(const lm::TransformerConfig& decoder,
 
 // Adds the prompt windows of one document to `out`: `count` prompts (see
 // RetroTrainJob::prompts_per_document), each with the K neighbours found
-// with it, never from `exclude` (the document itself and the excluded ones).
+// with it, never from exclude[1..] (the excluded documents) and, except for
+// a fraction `own_rate` of the prompts, not from exclude[0] (the document).
 absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::vector<lm::TokenId>& doc,
                               const std::string& doc_id, const std::vector<std::string>& exclude, int count,
-                              const std::string& method, const lm::RetroConfig& config, lm::TokenId eot,
-                              uint64_t seed, lm::RetroPromptWindows* out) {
+                              const std::string& method, double own_rate, const lm::RetroConfig& config,
+                              lm::TokenId eot, uint64_t seed, lm::RetroPromptWindows* out) {
   const int64_t n = static_cast<int64_t>(doc.size()), m = config.chunk_size;
   const int64_t k = config.neighbours, r = config.neighbour_tokens;
   if (n < 2 || count < 1) return absl::OkStatus();
   std::mt19937_64 rng(XXH3_64bits_withSeed(doc_id.data(), doc_id.size(), seed));
   std::vector<std::vector<retriever::Token>> queries;
   std::vector<std::pair<int64_t, int64_t>> spans;  // (start, prompt tokens)
+  std::vector<bool> own;                           // may retrieve the document itself
   for (int i = 0; i < count; ++i) {
+    own.push_back(std::uniform_real_distribution<double>(0.0, 1.0)(rng) < own_rate);
     // Short documents (facts, abstracts) are asked from their start, as
     // probes and prompts are; long ones anywhere.
     const int64_t s = n <= 2 * m ? 0 : std::uniform_int_distribution<int64_t>(0, n - 2)(rng);
@@ -99,8 +102,12 @@ absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::
   retriever::SearchOptions so;
   so.k = static_cast<int>(k);
   so.method = method;
-  so.exclude_doc_ids = exclude;
-  RAG_ASSIGN_OR_RETURN(auto found, retriever.Search(queries, so));
+  std::vector<std::vector<retriever::Neighbour>> found;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    so.exclude_doc_ids.assign(exclude.begin() + (own[i] ? 1 : 0), exclude.end());
+    RAG_ASSIGN_OR_RETURN(auto one, retriever.Search({queries[i]}, so));
+    found.push_back(std::move(one[0]));
+  }
   for (size_t i = 0; i < spans.size(); ++i) {
     const auto [s, p] = spans[i];
     out->tokens.emplace_back(doc.begin() + s, doc.begin() + std::min(n, s + p + m));
@@ -227,7 +234,8 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
       const bool held_out = validation || XXH3_64bits(id.data(), id.size()) % 20 == 0;
       exclude[0] = id;
       RAG_RETURN_IF_ERROR(AddPromptWindows(*retriever, side.tokens.back(), id, exclude, job.prompts_per_document,
-                                           job.prompt_search, config, eot, job.trainer.seed,
+                                           job.prompt_search, job.prompt_own_document, config, eot,
+                                           job.trainer.seed,
                                            held_out ? &data.validation_prompts : &data.train_prompts));
     }
     if (validation) {
@@ -284,6 +292,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                {"validation_loss_no_retrieval", finite(summary.validation_loss_no_retrieval)},
                {"prompt_windows", options.prompt_windows},
                {"prompt_search", job.prompt_search},
+               {"prompt_own_document", job.prompt_own_document},
                {"train_prompt_windows", summary.train_prompt_windows},
                {"validation_prompt_windows", summary.validation_prompt_windows},
                {"prompt_loss", finite(summary.prompt_loss)},

@@ -31,10 +31,16 @@ struct RetroTrainJob {
   // Prompt windows (lm::RetroPromptWindows) drawn per document: a prompt of
   // 2..m tokens (from the start of documents of up to 2m tokens, from a
   // random token of longer ones) and its neighbours, found with the prompt
-  // alone and never from the document itself. Used when
+  // alone. Used when
   // trainer.prompt_windows > 0. Default: 4
   int prompts_per_document = 4;
   std::string prompt_search = "bm25";  // how prompt neighbours are found: dense or bm25
+  // Fraction of prompts whose neighbours may come from their own document,
+  // where the continuation stands as it will be predicted (the exact repeat
+  // Brown never has across documents): an experiment in teaching the
+  // cross-attention to copy, against RETRO's rule; docs/results.md found no
+  // gain from 0.5 at 300 steps. Default: 0 (RETRO's rule)
+  double prompt_own_document = 0.0;
   bool resume = false;                // continue from out_dir/checkpoint.pt
   bool overwrite = false;             // start over even if out_dir holds a run
 };

@@ -88,6 +88,7 @@ struct TrainArgs {
   std::string exclude_documents, prompt_search = "bm25";
   int64_t prompt_windows = -1;
   int prompts_per_document = 4;
+  double prompt_own_document = 0.0;
   int64_t steps = 0, batch_size = 0, seq_len = 0, checkpoint_every = -1, eval_every = -1, warmup = -1;
   int vocab_size = 4096;
   double lr = 0, validation_fraction = 0.05;
@@ -128,6 +129,7 @@ int RunTrainRetro(const TrainArgs& a) {
   }
   job.prompts_per_document = a.prompts_per_document;
   job.prompt_search = a.prompt_search;
+  job.prompt_own_document = a.prompt_own_document;
   job.out_dir = a.out;
   job.index_dir = a.index;
   job.base_dir = a.init;
@@ -1469,6 +1471,11 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   train_cmd->add_option("--prompts-per-document", train.prompts_per_document,
                         "retro: prompt windows drawn per document")->capture_default_str();
+  train_cmd->add_option("--prompt-own-document", train.prompt_own_document,
+                        "retro: fraction of prompts whose neighbours may come from their own document "
+                        "(an experiment against RETRO's rule; default never)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   train_cmd->add_option("--prompt-search", train.prompt_search, "retro: dense or bm25, how prompt neighbours are found")
       ->capture_default_str();
   train_cmd->add_option("--nprobe", train.nprobe, "retro: IVF lists visited when precomputing neighbours")->capture_default_str();

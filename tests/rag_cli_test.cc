@@ -475,6 +475,10 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   excluded.back() = "-1";
   r = Run(excluded);
   EXPECT_NE(r.exit_code, 0);
+  excluded.back() = "8";
+  excluded.insert(excluded.end(), {"--prompt-own-document", "1.5"});
+  r = Run(excluded);
+  EXPECT_NE(r.exit_code, 0);
   r = Run({"train", "--corpus", corpus, "--out", dir_ / "lm2", "--exclude-documents", dir_ / "exclude.jsonl"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("apply to --arch retro only"), std::string::npos) << r.err;
