@@ -93,11 +93,7 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
         const retriever::Neighbour& nb = found[q][j];
         const int64_t slot = (first + q) * o.k + static_cast<int64_t>(j);
         t.ids[static_cast<size_t>(slot)] = nb.chunk_id;
-        int32_t* out = t.token_ids.data() + slot * o.tokens;
-        int r = 0;
-        for (const auto* part : {&nb.tokens, &nb.continuation}) {
-          for (size_t i = 0; i < part->size() && r < o.tokens; ++i) out[r++] = static_cast<int32_t>((*part)[i]);
-        }
+        retriever::CopyNeighbourTokens(nb, o.tokens, t.token_ids.data() + slot * o.tokens);
       }
     }
     if (o.show_progress) progress.Update(range.second);

@@ -99,14 +99,23 @@ absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::
     spans.emplace_back(s, p);
     queries.emplace_back(doc.begin() + s, doc.begin() + s + p);
   }
-  retriever::SearchOptions so;
-  so.k = static_cast<int>(k);
-  so.method = method;
-  std::vector<std::vector<retriever::Neighbour>> found;
-  for (size_t i = 0; i < queries.size(); ++i) {
-    so.exclude_doc_ids.assign(exclude.begin() + (own[i] ? 1 : 0), exclude.end());
-    RAG_ASSIGN_OR_RETURN(auto one, retriever.Search({queries[i]}, so));
-    found.push_back(std::move(one[0]));
+  // One search for the prompts that may retrieve their document, one for the rest.
+  std::vector<std::vector<retriever::Neighbour>> found(queries.size());
+  for (const bool with_own : {true, false}) {
+    std::vector<size_t> which;
+    std::vector<std::vector<retriever::Token>> group;
+    for (size_t i = 0; i < queries.size(); ++i) {
+      if (own[i] != with_own) continue;
+      which.push_back(i);
+      group.push_back(queries[i]);
+    }
+    if (group.empty()) continue;
+    retriever::SearchOptions so;
+    so.k = static_cast<int>(k);
+    so.method = method;
+    so.exclude_doc_ids.assign(exclude.begin() + (with_own ? 1 : 0), exclude.end());
+    RAG_ASSIGN_OR_RETURN(auto results, retriever.Search(group, so));
+    for (size_t g = 0; g < which.size(); ++g) found[which[g]] = std::move(results[g]);
   }
   for (size_t i = 0; i < spans.size(); ++i) {
     const auto [s, p] = spans[i];
@@ -115,10 +124,7 @@ absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::
     std::vector<int32_t> set(static_cast<size_t>(k * r), static_cast<int32_t>(eot));
     std::vector<uint8_t> present(static_cast<size_t>(k), 0);
     for (size_t j = 0; j < found[i].size() && static_cast<int64_t>(j) < k; ++j) {
-      int64_t at = static_cast<int64_t>(j) * r;
-      for (const auto* part : {&found[i][j].tokens, &found[i][j].continuation}) {
-        for (size_t t = 0; t < part->size() && at < (static_cast<int64_t>(j) + 1) * r; ++t) set[at++] = (*part)[t];
-      }
+      retriever::CopyNeighbourTokens(found[i][j], r, set.data() + j * r);
       present[j] = 1;
     }
     out->neighbours.push_back(std::move(set));

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <sstream>
 
@@ -393,16 +394,15 @@ double RetroTrainer::Step() {
   return value;
 }
 
-double RetroTrainer::ValidationLoss(bool retrieval) {
-  if (validation_windows_.empty()) return std::nan("");
+double RetroTrainer::MeanLoss(size_t n, size_t batch_size,
+                              const std::function<RetroBatch(size_t first, size_t last)>& make, bool retrieval) {
+  if (n == 0) return std::nan("");
   torch::NoGradGuard no_grad;
   model_->eval();
   double total = 0;
   int64_t count = 0;
-  for (size_t first = 0; first < validation_windows_.size(); first += static_cast<size_t>(options_.batch_size)) {
-    const size_t last = std::min(validation_windows_.size(), first + static_cast<size_t>(options_.batch_size));
-    const std::vector<RetroWindow> windows(validation_windows_.begin() + first, validation_windows_.begin() + last);
-    RetroBatch batch = MakeRetroWindows(data_.validation, windows, config_, eot_);
+  for (size_t first = 0; first < n; first += batch_size) {
+    RetroBatch batch = make(first, std::min(n, first + batch_size));
     total += BatchLoss(model_, batch, retrieval, /*sum=*/true).item<double>();
     count += batch.targets.ge(0).sum().item<int64_t>();
   }
@@ -410,23 +410,22 @@ double RetroTrainer::ValidationLoss(bool retrieval) {
   return total / static_cast<double>(count);
 }
 
+double RetroTrainer::ValidationLoss(bool retrieval) {
+  const auto& all = validation_windows_;
+  return MeanLoss(all.size(), static_cast<size_t>(options_.batch_size), [&](size_t first, size_t last) {
+    return MakeRetroWindows(data_.validation, std::vector<RetroWindow>(all.begin() + first, all.begin() + last),
+                            config_, eot_);
+  }, retrieval);
+}
+
 double RetroTrainer::PromptValidationLoss(bool retrieval) {
-  const size_t n = data_.validation_prompts.size();
-  if (n == 0) return std::nan("");
-  torch::NoGradGuard no_grad;
-  model_->eval();
-  double total = 0;
-  int64_t count = 0;
+  // Prompt windows are short (2m tokens): larger batches than the trainer's.
   const size_t batch_size = static_cast<size_t>(std::max<int64_t>(options_.batch_size, 16));
-  for (size_t first = 0; first < n; first += batch_size) {
-    std::vector<size_t> which;
-    for (size_t i = first; i < std::min(n, first + batch_size); ++i) which.push_back(i);
-    RetroBatch batch = MakeRetroPromptWindows(data_.validation_prompts, which, config_, eot_);
-    total += BatchLoss(model_, batch, retrieval, /*sum=*/true).item<double>();
-    count += batch.targets.ge(0).sum().item<int64_t>();
-  }
-  model_->train();
-  return total / static_cast<double>(count);
+  return MeanLoss(data_.validation_prompts.size(), batch_size, [&](size_t first, size_t last) {
+    std::vector<size_t> which(last - first);
+    std::iota(which.begin(), which.end(), first);
+    return MakeRetroPromptWindows(data_.validation_prompts, which, config_, eot_);
+  }, retrieval);
 }
 
 std::string RetroTrainer::Fingerprint() const {

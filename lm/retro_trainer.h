@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -188,6 +189,10 @@ class RetroTrainer {
   RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data, TokenId eot,
                std::string checkpoint_path);
   absl::Status LoadCheckpoint();
+  // Mean cross-entropy over the targets of n items, batched by `make`
+  // (items [first, last)); NaN for none. Runs in eval mode, no gradients.
+  double MeanLoss(size_t n, size_t batch_size, const std::function<RetroBatch(size_t first, size_t last)>& make,
+                  bool retrieval);
   std::string Fingerprint() const;  // config + options that must match on resume + data hash
 
   RetroConfig config_;

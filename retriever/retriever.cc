@@ -223,6 +223,14 @@ absl::Status Retriever::EnsureBm25() const {
   return absl::OkStatus();
 }
 
+int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out) {
+  int64_t written = 0;
+  for (const auto* part : {&neighbour.tokens, &neighbour.continuation}) {
+    for (size_t t = 0; t < part->size() && written < n; ++t) out[written++] = (*part)[t];
+  }
+  return written;
+}
+
 absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
     const std::vector<std::vector<Token>>& queries, const SearchOptions& options) const {
   RAG_RETURN_IF_ERROR(EnsureBm25());

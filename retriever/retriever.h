@@ -39,6 +39,10 @@ struct Neighbour {
   float distance = 0;
 };
 
+// Writes the neighbour's chunk then its continuation, at most `n` tokens, to
+// `out` (RETRO's [N, F] neighbour); returns how many were written.
+int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out);
+
 struct SearchOptions {
   int k = 10;                                // neighbours per query. Default: 10
   int nprobe = 16;                           // IVF lists visited; ignored by Flat. Default: 16

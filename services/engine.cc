@@ -407,10 +407,7 @@ lm::NeighbourSet Engine::ToNeighbourSet(const std::vector<retriever::Neighbour>&
   set.tokens.assign(static_cast<size_t>(k * r), model_->tokenizer().eot_id());
   set.present.assign(static_cast<size_t>(k), 0);
   for (size_t j = 0; j < list.size() && static_cast<int64_t>(j) < k; ++j) {
-    int64_t i = 0;
-    for (const auto* part : {&list[j].tokens, &list[j].continuation}) {
-      for (size_t t = 0; t < part->size() && i < r; ++t) set.tokens[j * r + i++] = (*part)[t];
-    }
+    retriever::CopyNeighbourTokens(list[j], r, set.tokens.data() + j * r);
     set.present[j] = 1;
   }
   return set;
