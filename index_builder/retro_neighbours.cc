@@ -43,8 +43,15 @@ std::string IndexFingerprint(const retriever::Manifest& m) {
   return f;
 }
 
-absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever,
-                                                            int32_t pad_token, const RetroNeighbourOptions& o) {
+std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNeighbourOptions& o) {
+  // Unaligned tables keep the fingerprint they had before alignment existed.
+  std::string f = IndexFingerprint(manifest);
+  if (o.align > 0) f += ";align=" + std::to_string(o.align) + "/" + std::to_string(o.chunk);
+  return f;
+}
+
+absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever, int32_t pad_token,
+                                                           const RetroNeighbourOptions& o) {
   if (o.k < 1 || o.k > 64) return absl::InvalidArgumentError("RETRO neighbours: k must be in [1, 64]");
   if (o.tokens < 1) return absl::InvalidArgumentError("RETRO neighbours: tokens per neighbour must be >= 1");
   const retriever::Manifest manifest = retriever.manifest();
@@ -68,16 +75,18 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
   t.chunks = n;
   t.k = o.k;
   t.tokens = o.tokens;
-  t.fingerprint = IndexFingerprint(manifest);
+  t.fingerprint = TableFingerprint(manifest, o);
   t.ids.assign(static_cast<size_t>(n * o.k), -1);
   t.token_ids.assign(static_cast<size_t>(n * o.k * o.tokens), pad_token);
 
   // Chunks of a document are consecutive ids, so a document is one batch
   // whose queries all exclude that document.
   std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> docs;  // doc id -> [first, end)
+  std::vector<std::vector<retriever::Token>> queries;  // the chunks, when aligning
   RAG_RETURN_IF_ERROR(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
     if (docs.empty() || docs.back().first != c.doc_id) docs.push_back({c.doc_id, {c.id, c.id}});
     docs.back().second.second = c.id + 1;
+    if (o.align > 0) queries.push_back(c.tokens);
     return true;
   }));
   Progress progress("retro: neighbours", n, "chunks");
@@ -93,7 +102,13 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
         const retriever::Neighbour& nb = found[q][j];
         const int64_t slot = (first + q) * o.k + static_cast<int64_t>(j);
         t.ids[static_cast<size_t>(slot)] = nb.chunk_id;
-        retriever::CopyNeighbourTokens(nb, o.tokens, t.token_ids.data() + slot * o.tokens);
+        int32_t* out = t.token_ids.data() + slot * o.tokens;
+        if (o.align > 0) {
+          retriever::AlignNeighbourTokens(nb, queries[static_cast<size_t>(first + q)], o.align, o.chunk, o.tokens,
+                                          pad_token, out);
+        } else {
+          retriever::CopyNeighbourTokens(nb, o.tokens, out);
+        }
       }
     }
     if (o.show_progress) progress.Update(range.second);
@@ -147,8 +162,9 @@ absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,
     return absl::DataLossError("'" + path + "' is corrupt (payload checksum mismatch)");
   }
   if (Get<uint64_t>(in, 32) != XXH3_64bits(expected_fingerprint.data(), expected_fingerprint.size())) {
-    return absl::FailedPreconditionError("'" + path +
-                                         "' was computed from another index (or this one before it changed)");
+    return absl::FailedPreconditionError(
+        "'" + path +
+        "' was computed from another index (or this one before it changed), or with other neighbour alignment");
   }
   if (t.k != k || t.tokens != tokens) {
     return absl::FailedPreconditionError("'" + path + "' holds " + std::to_string(t.k) + " neighbours of " +
@@ -167,7 +183,7 @@ absl::StatusOr<RetroNeighbourTable> LoadOrComputeRetroNeighbours(const retriever
                                                                   int32_t pad_token,
                                                                   const RetroNeighbourOptions& options,
                                                                   const std::string& path) {
-  auto cached = LoadRetroNeighbours(path, IndexFingerprint(retriever.manifest()), options.k, options.tokens);
+  auto cached = LoadRetroNeighbours(path, TableFingerprint(retriever.manifest(), options), options.k, options.tokens);
   if (cached.ok()) {
     if (options.show_progress) std::fprintf(stderr, "retro: neighbours from the cache %s\n", path.c_str());
     return cached;

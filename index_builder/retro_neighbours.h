@@ -37,6 +37,12 @@ struct RetroNeighbourOptions {
   int tokens = 128;          // R: chunk + continuation. Default: 128
   int nprobe = 16;           // IVF lists visited. Default: 16
   bool show_progress = true; // progress with rate and ETA on stderr
+  // Re-cut neighbours on their query chunk (retriever::AlignNeighbourTokens)
+  // when they hold its last `align` tokens or more, with `chunk` tokens
+  // before the match's end; 0 = as stored. Part of the cache's fingerprint.
+  // Default: 0
+  int64_t align = 0;
+  int64_t chunk = 64;
 };
 
 struct RetroNeighbourTable {
@@ -56,10 +62,13 @@ struct RetroNeighbourTable {
 // What a neighbour table depends on: the index's embedder and tokenizer,
 // chunking, chunk count and the checksums of its vectors and FAISS index.
 std::string IndexFingerprint(const retriever::Manifest& manifest);
+// The index's fingerprint and how neighbours were laid out (alignment).
+std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNeighbourOptions& options);
 
 // Searches the index for every chunk's neighbours (from the stored
 // embeddings.f32 rows, so no chunk is embedded again), excluding the
 // chunk's own document. `pad_token` fills neighbours shorter than R.
+// The table's fingerprint is TableFingerprint(index, options).
 absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever,
                                                             int32_t pad_token, const RetroNeighbourOptions& options);
 

@@ -124,7 +124,7 @@ absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::
     std::vector<int32_t> set(static_cast<size_t>(k * r), static_cast<int32_t>(eot));
     std::vector<uint8_t> present(static_cast<size_t>(k), 0);
     for (size_t j = 0; j < found[i].size() && static_cast<int64_t>(j) < k; ++j) {
-      retriever::CopyNeighbourTokens(found[i][j], r, set.data() + j * r);
+      retriever::AlignNeighbourTokens(found[i][j], queries[i], config.align_neighbours, m, r, eot, set.data() + j * r);
       present[j] = 1;
     }
     out->neighbours.push_back(std::move(set));
@@ -188,6 +188,8 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   RetroNeighbourOptions no;
   no.k = static_cast<int>(config.neighbours);
   no.tokens = static_cast<int>(config.neighbour_tokens);
+  no.align = config.align_neighbours;
+  no.chunk = config.chunk_size;
   no.nprobe = job.nprobe;
   no.show_progress = job.trainer.show_progress;
   const lm::TokenId eot = base->tokenizer().eot_id();

@@ -42,6 +42,8 @@ absl::Status RetroConfig::Validate() const {
     return BadConfig("neighbour_tokens must be in [1, decoder.context]");
   }
   if (encoder_layers < 1 || encoder_layers > 256) return BadConfig("encoder_layers must be in [1, 256]");
+  if (cca_positions != "rotary" && cca_positions != "none") return BadConfig("cca_positions must be rotary or none");
+  if (align_neighbours < 0) return BadConfig("align_neighbours must be >= 0 (0 = off)");
   if (cca_layers.empty()) return BadConfig("cca_layers must not be empty");
   for (size_t i = 0; i < cca_layers.size(); ++i) {
     if (cca_layers[i] < 0 || cca_layers[i] >= decoder.n_layers) {
@@ -57,6 +59,9 @@ absl::StatusOr<RetroConfig> RetroConfig::FromJson(const std::string& json_text) 
   if (j.is_discarded()) return BadConfig("not valid JSON");
   if (!j.is_object()) return BadConfig("expected a JSON object");
   RetroConfig c;
+  // What a config written before these options meant.
+  c.cca_positions = "none";
+  c.align_neighbours = 0;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const json& v = it.value();
@@ -78,6 +83,11 @@ absl::StatusOr<RetroConfig> RetroConfig::FromJson(const std::string& json_text) 
       RAG_RETURN_IF_ERROR(want_int(c.neighbour_tokens));
     } else if (key == "encoder_layers") {
       RAG_RETURN_IF_ERROR(want_int(c.encoder_layers));
+    } else if (key == "align_neighbours") {
+      RAG_RETURN_IF_ERROR(want_int(c.align_neighbours));
+    } else if (key == "cca_positions") {
+      if (!v.is_string()) return BadConfig("'cca_positions' must be a string");
+      c.cca_positions = v.get<std::string>();
     } else if (key == "cca_layers") {
       if (!v.is_array()) return BadConfig("'cca_layers' must be an array of integers");
       c.cca_layers.clear();
@@ -106,7 +116,9 @@ std::string RetroConfig::ToJson() const {
             {"neighbours", neighbours},
             {"neighbour_tokens", neighbour_tokens},
             {"encoder_layers", encoder_layers},
-            {"cca_layers", cca_layers}};
+            {"cca_layers", cca_layers},
+            {"cca_positions", cca_positions},
+            {"align_neighbours", align_neighbours}};
   return j.dump(2) + "\n";
 }
 
@@ -170,8 +182,9 @@ torch::Tensor RetroEncoderBlockImpl::forward(const torch::Tensor& x, const torch
 // ---------------------------------------------------------------------------
 // ChunkedCrossAttention
 
-ChunkedCrossAttentionImpl::ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size)
-    : config_(config), chunk_size_(chunk_size) {
+ChunkedCrossAttentionImpl::ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size, bool rotary,
+                                                     int64_t neighbour_tokens)
+    : config_(config), chunk_size_(chunk_size), rotary_(rotary), neighbour_tokens_(neighbour_tokens) {
   reset();
 }
 
@@ -189,7 +202,12 @@ std::pair<torch::Tensor, torch::Tensor> ChunkedCrossAttentionImpl::KeysValues(co
   const int64_t h = config_.n_heads, e = d / h;
   // [B, C, K*R, 2D] -> 2 x [B, C, H, K*R, E]
   auto parts = kv->forward(encoded).view({b, c, n, 2, h, e}).permute({3, 0, 1, 4, 2, 5}).unbind(0);
-  return {parts[0], parts[1]};
+  if (!rotary_) return {parts[0], parts[1]};
+  // Neighbour token i of each of the K neighbours sits at position i.
+  auto positions = torch::arange(neighbour_tokens_, torch::TensorOptions().dtype(torch::kLong).device(encoded.device()))
+                       .repeat({n / neighbour_tokens_});
+  auto keys = ApplyRotary(parts[0].reshape({b * c, h, n, e}), positions, config_.rope_base).view({b, c, h, n, e});
+  return {keys, parts[1]};
 }
 
 torch::Tensor ChunkedCrossAttentionImpl::forward(const torch::Tensor& x, int64_t offset, const torch::Tensor& keys,
@@ -209,6 +227,13 @@ torch::Tensor ChunkedCrossAttentionImpl::forward(const torch::Tensor& x, int64_t
   } else {
     queries = F::pad(queries, F::PadFuncOptions({0, 0, offset, c * m - offset - t}));
     queries = queries.view({b, c, m, h, e}).permute({0, 1, 3, 2, 4});
+  }
+  if (rotary_) {
+    // Row j of a chunk predicts the chunk's token j, which an aligned
+    // neighbour holds at m + j (its F part): the query sits at m + j.
+    auto positions = torch::arange(m + (c == 1 ? offset : 0), m + (c == 1 ? offset : 0) + rows,
+                                   torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+    queries = ApplyRotary(queries.reshape({b * c, h, rows, e}), positions, config_.rope_base).view({b, c, h, rows, e});
   }
   // scores: [B, C, H, rows, K*R]. A chunk without any neighbour attends to all
   // its (meaningless) keys instead of none, which would give NaN, and its
@@ -243,7 +268,9 @@ void RetroLMImpl::reset() {
   encoder_ln = register_module("encoder_ln",
                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({dc.d_model}).eps(dc.layer_norm_eps)));
   cca = register_module("cca", torch::nn::ModuleList());
-  for (size_t i = 0; i < config_.cca_layers.size(); ++i) cca->push_back(ChunkedCrossAttention(dc, config_.chunk_size));
+  for (size_t i = 0; i < config_.cca_layers.size(); ++i)
+    cca->push_back(
+        ChunkedCrossAttention(dc, config_.chunk_size, config_.cca_positions == "rotary", config_.neighbour_tokens));
 
   // GPT-2 initialisation of the new weights (the decoder initialised itself):
   // N(0, 0.02), LayerNorms to identity, biases zero; the encoder's residual

@@ -41,6 +41,18 @@ struct RetroConfig {
   // 0-based decoder blocks after which a CCA layer is applied, strictly
   // increasing. Default: {1, 3}
   std::vector<int64_t> cca_layers = {1, 3};
+  // Positions in the chunked cross-attention. "rotary": RETRO's relative
+  // encoding: the query predicting a chunk's j-th token sits at position
+  // chunk_size + j and neighbour token i at i, so "copy the token of F that
+  // is as far into F as I am into my chunk" is one fixed pattern. "none":
+  // content alone (configs written before the option have no key and read
+  // as "none"). Default: "rotary"
+  std::string cca_positions = "rotary";
+  // Neighbours are re-cut on the query that retrieved them when they contain
+  // its last align_neighbours tokens, or all of a shorter query (a prompt:
+  // retriever::AlignNeighbourTokens), in training and in serving alike; 0 =
+  // as stored (configs written before the option read as 0). Default: 16
+  int64_t align_neighbours = 16;
 
   // InvalidArgument naming the field when a value is out of range or
   // inconsistent (the decoder's own checks included).
@@ -107,7 +119,8 @@ TORCH_MODULE(RetroEncoderBlock);
 // gets exactly zero.
 class ChunkedCrossAttentionImpl : public torch::nn::Module {
  public:
-  ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size);
+  // rotary: RetroConfig::cca_positions == "rotary", over neighbours of R tokens.
+  ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size, bool rotary, int64_t neighbour_tokens);
   void reset();
 
   // encoded: [B, C, K*R, D] -> {keys, values}, each [B, C, H, K*R, E].
@@ -129,6 +142,8 @@ class ChunkedCrossAttentionImpl : public torch::nn::Module {
  private:
   TransformerConfig config_;
   int64_t chunk_size_;
+  bool rotary_;
+  int64_t neighbour_tokens_;
 };
 TORCH_MODULE(ChunkedCrossAttention);
 

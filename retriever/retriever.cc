@@ -231,6 +231,38 @@ int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out) {
   return written;
 }
 
+int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,
+                             int64_t chunk, int64_t n, Token pad, Token* out) {
+  std::vector<Token> text(neighbour.tokens);
+  text.insert(text.end(), neighbour.continuation.begin(), neighbour.continuation.end());
+  const int64_t len = static_cast<int64_t>(text.size()), q = static_cast<int64_t>(query.size());
+  int64_t best = 0, best_end = 0;  // match length, and the text position just after it
+  // The whole of a short query must match (a generic phrase such as "is the
+  // capital of" is not the prompt), at least min(4, min_match) tokens.
+  const int64_t need = std::min(min_match, std::max(q, std::min<int64_t>(4, min_match)));
+  if (min_match >= 1) {
+    for (int64_t end = 1; end <= len; ++end) {
+      int64_t l = 0;
+      while (l < q && l < end && text[static_cast<size_t>(end - 1 - l)] == query[static_cast<size_t>(q - 1 - l)])
+        ++l;
+      if (l > best) best = l, best_end = end;
+    }
+  }
+  std::fill(out, out + n, pad);
+  if (best < need || best == 0) {
+    CopyNeighbourTokens(neighbour, n, out);
+    return 0;
+  }
+  const int64_t head = std::min(chunk, n);
+  for (int64_t i = 0; i < head; ++i) {
+    const int64_t src = best_end - head + i;
+    if (src >= 0) out[i] = text[static_cast<size_t>(src)];
+  }
+  for (int64_t i = head; i < n && best_end + i - head < len; ++i)
+    out[i] = text[static_cast<size_t>(best_end + i - head)];
+  return best;
+}
+
 absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
     const std::vector<std::vector<Token>>& queries, const SearchOptions& options) const {
   RAG_RETURN_IF_ERROR(EnsureBm25());

@@ -43,6 +43,20 @@ struct Neighbour {
 // `out` (RETRO's [N, F] neighbour); returns how many were written.
 int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out);
 
+// The neighbour re-cut on the query that retrieved it, so that its [N, F]
+// split falls where the query ends: when the neighbour's text (chunk then
+// continuation) contains the query's last `min_match` tokens or more (all
+// of a shorter query, which must then have at least min(4, min_match)
+// tokens), the longest such match (the earliest of equals) ends the first `chunk` of the
+// `n` tokens written to `out` (left-padded with `pad`), and the text after it
+// fills the rest (right-padded). Then F starts with what followed the
+// matching text, position-aligned with what follows the query, which a
+// stored chunk boundary only is by chance (a prompt or fact rarely starts a
+// chunk). Returns the match length; 0 (no match, or min_match < 1) writes
+// CopyNeighbourTokens's layout, padded with `pad`.
+int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,
+                             int64_t chunk, int64_t n, Token pad, Token* out);
+
 struct SearchOptions {
   int k = 10;                                // neighbours per query. Default: 10
   int nprobe = 16;                           // IVF lists visited; ignored by Flat. Default: 16

@@ -400,14 +400,16 @@ absl::StatusOr<Engine::RetroParams> Engine::ParseRetro(const std::string& retrie
   return p;
 }
 
-lm::NeighbourSet Engine::ToNeighbourSet(const std::vector<retriever::Neighbour>& list) const {
+lm::NeighbourSet Engine::ToNeighbourSet(const std::vector<retriever::Neighbour>& list,
+                                        const std::vector<lm::TokenId>& query) const {
   const auto& c = retro_->config();
   const int64_t k = c.neighbours, r = c.neighbour_tokens;
   lm::NeighbourSet set;
   set.tokens.assign(static_cast<size_t>(k * r), model_->tokenizer().eot_id());
   set.present.assign(static_cast<size_t>(k), 0);
   for (size_t j = 0; j < list.size() && static_cast<int64_t>(j) < k; ++j) {
-    retriever::CopyNeighbourTokens(list[j], r, set.tokens.data() + j * r);
+    retriever::AlignNeighbourTokens(list[j], query, c.align_neighbours, c.chunk_size, r, model_->tokenizer().eot_id(),
+                                    set.tokens.data() + j * r);
     set.present[j] = 1;
   }
   return set;
@@ -435,9 +437,9 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vecto
     for (auto& nb : list) {
       if (static_cast<int64_t>(kept.size()) >= k) break;
       if (p.leakage_filter > 0) {
+        // All of the text, since an aligned neighbour may show any of it.
         std::vector<lm::TokenId> text(nb.tokens.begin(), nb.tokens.end());
         text.insert(text.end(), nb.continuation.begin(), nb.continuation.end());
-        if (static_cast<int64_t>(text.size()) > r) text.resize(static_cast<size_t>(r));
         if (lm::SharesTokenRun(target, text, p.leakage_filter)) {
           ++*filtered;
           continue;
@@ -461,7 +463,7 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vecto
         if (!p.exclude_doc_id.empty() && rec.doc_id == p.exclude_doc_id) continue;
         list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});
       }
-      sets[j] = ToNeighbourSet(keep(j, std::move(list)));
+      sets[j] = ToNeighbourSet(keep(j, std::move(list)), chunk(j));
     }
     return sets;
   }
@@ -481,7 +483,8 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vecto
                                                 query_chunks.begin() + std::min(queries, b + kBatch));
     RAG_ASSIGN_OR_RETURN(auto found, retriever_->Search(batch, so));
     for (size_t q = 0; q < found.size(); ++q) {
-      sets[b + static_cast<int64_t>(q)] = ToNeighbourSet(keep(b + static_cast<int64_t>(q), std::move(found[q])));
+      const int64_t j = b + static_cast<int64_t>(q);
+      sets[j] = ToNeighbourSet(keep(j, std::move(found[q])), query_chunks[j]);
     }
   }
   return sets;
@@ -777,6 +780,13 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     absl::StatusOr<std::vector<lm::TokenId>> generated;
     if (request.mode() == "retro") {
       RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, request.exclude_doc_id()));
+      // The prompt is laid out to end a chunk (end-of-text in front), as
+      // probes are scored and prompt windows trained, so that the first
+      // generated token already attends to the neighbours retrieved with it.
+      const int64_t m = retro_->config().chunk_size;
+      const int64_t padding = (m - static_cast<int64_t>(prompt.size()) % m) % m;
+      std::vector<lm::TokenId> laid_out(static_cast<size_t>(padding), tok.eot_id());
+      laid_out.insert(laid_out.end(), prompt.begin(), prompt.end());
       lm::RetrieveFn retrieve;
       if (p.retrieval != "off") {
         // Neighbours of each completed chunk: retrieved (or drawn at random)
@@ -784,8 +794,10 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
         retrieve = [&](const std::vector<lm::TokenId>& chunk) -> absl::StatusOr<lm::NeighbourSet> {
           std::vector<lm::TokenId> query = chunk;
           query.push_back(tok.eot_id());
+          // The padding is no part of the first chunk's query.
+          const bool first = padding > 0 && std::equal(chunk.begin(), chunk.end(), laid_out.begin());
           int64_t filtered = 0;
-          RAG_ASSIGN_OR_RETURN(auto sets, RetroSets(query, p, &filtered));
+          RAG_ASSIGN_OR_RETURN(auto sets, RetroSets(query, p, &filtered, first ? padding : 0));
           return sets[0];
         };
       }
@@ -802,7 +814,7 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
           nb->mutable_token_ids()->Add(t.begin(), t.end());
         }
       };
-      generated = lm::GenerateRetro(retro_->module(), prompt, tok.eot_id(), so, retrieve, emit, on_retrieve);
+      generated = lm::GenerateRetro(retro_->module(), laid_out, tok.eot_id(), so, retrieve, emit, on_retrieve);
     } else {
       generated = lm::Generate(model_->module(), prompt, tok.eot_id(), so, emit, hook);
     }

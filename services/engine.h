@@ -145,7 +145,10 @@ class Engine : public Backend {
   absl::StatusOr<std::vector<lm::NeighbourSet>> RetroSets(const std::vector<lm::TokenId>& ids, const RetroParams& p,
                                                           int64_t* filtered, int64_t padding = 0) const;
   // The RETRO set of neighbours `list` (chunk + continuation, padded to R).
-  lm::NeighbourSet ToNeighbourSet(const std::vector<retriever::Neighbour>& list) const;
+  // The first K of `list` as a set, re-cut on `query` (the tokens that
+  // retrieved them) as the model's align_neighbours says.
+  lm::NeighbourSet ToNeighbourSet(const std::vector<retriever::Neighbour>& list,
+                                  const std::vector<lm::TokenId>& query) const;
 
   EngineOptions options_;
   std::unique_ptr<lm::LanguageModel> owned_model_;

@@ -411,7 +411,7 @@ absl::StatusOr<std::pair<std::vector<int32_t>, rag::v1::GenerateResponse>> Gener
 }
 
 int RunScore(const TargetArgs& target, const std::string& text_arg, const std::string& text_file,
-             const std::string& mode, const KnnArgs& knn, bool json_out) {
+             const std::string& mode, const KnnArgs& knn, bool json_out, int prompt_bytes) {
   auto text = TextArg(text_arg, text_file, "--text", !target.server.empty());
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to score"));
@@ -421,6 +421,7 @@ int RunScore(const TargetArgs& target, const std::string& text_arg, const std::s
   req.set_text(*text);
   req.set_mode(mode);
   req.set_per_token(json_out);
+  req.set_prompt_bytes(prompt_bytes);
   SetKnn(knn, &req);
   auto r = (*backend)->Score(req);
   if (!r.ok()) return Fail(r.status());
@@ -1506,6 +1507,10 @@ int main(int argc, char** argv) {
   score_cmd->add_option("--text-file", score_file, "file whose bytes are the text");
   score_cmd->add_option("--mode", score_mode, "lm, knnlm or retro")->capture_default_str();
   score_cmd->add_flag("--json", score_json, "JSON with per-token log-probs");
+  int score_prompt_bytes = 0;
+  score_cmd->add_option("--prompt-bytes", score_prompt_bytes,
+                        "retro: the text's first N bytes are a prompt laid out to end a chunk, so what follows "
+                        "attends to the neighbours retrieved with it (as probes are scored)");
   KnnArgs score_knn;
   AddKnnOptions(score_cmd, &score_knn, "--temperature");
   AddLeakageOption(score_cmd, &score_knn);
@@ -1705,7 +1710,8 @@ int main(int argc, char** argv) {
 
   try {
     if (train_cmd->parsed()) return RunTrain(train);
-    if (score_cmd->parsed()) return RunScore(score_target, score_text, score_file, score_mode, score_knn, score_json);
+    if (score_cmd->parsed())
+      return RunScore(score_target, score_text, score_file, score_mode, score_knn, score_json, score_prompt_bytes);
     if (next_cmd->parsed()) return RunNextToken(next);
     if (serve_cmd->parsed()) return RunServe(serve);
     if (add_cmd->parsed()) return RunAdd(add);

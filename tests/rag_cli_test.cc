@@ -451,6 +451,14 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run(again);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
+  // New models use RETRO's relative positions in the CCA and neighbours
+  // re-cut on their query, in training and serving (the saved config says so).
+  {
+    std::ifstream in(fs::path(dir_ / "retro") / "config.json");
+    const json saved = json::parse(in);
+    EXPECT_EQ(saved["cca_positions"], "rotary");
+    EXPECT_EQ(saved["align_neighbours"], 16);
+  }
   // The tiny preset adds prompt windows (neighbours found by BM25 with a
   // document's first tokens), some held out.
   EXPECT_GT(t["train_prompt_windows"].get<int>(), 0);
@@ -493,6 +501,25 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
     EXPECT_EQ(p["leakage_filter"], 32);
     ppl[retrieval] = p["perplexity"].get<double>();
     EXPECT_GT(ppl[retrieval], 1.0);
+  }
+  // A prompt laid out to end a chunk, as probes are scored; a prompt longer
+  // than the text is refused.
+  {
+    std::ifstream in(corpus);
+    std::string line;
+    std::getline(in, line);
+    const std::string text = json::parse(line)["text"].get<std::string>().substr(0, 60);
+    for (const std::string retrieval : {"on", "off"}) {
+      r = Run({"score", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--retrieval", retrieval,
+               "--text", text, "--prompt-bytes", "20", "--json"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      ppl["prompt_" + retrieval] = json::parse(r.out)["nll"].get<double>();
+    }
+    EXPECT_NE(ppl["prompt_on"], ppl["prompt_off"]);  // the prompt's neighbours reach what follows it
+    r = Run({"score", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--text", text, "--prompt-bytes",
+             "61"});
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("prompt_bytes"), std::string::npos) << r.err;
   }
   // The retrofitted model (decoder frozen) without neighbours is its base LM.
   r = Run({"eval", "perplexity", "--model", model, "--corpus", corpus, "--baseline", "none", "--json", "--quiet"});

@@ -50,6 +50,7 @@ class RetroEngineTest : public ::testing::Test {
     config.neighbour_tokens = 32;
     config.encoder_layers = 1;
     config.cca_layers = {0, 1};
+    config.align_neighbours = 8;
     torch::manual_seed(23);
     lm::RetroLM module(config);
     module->LoadDecoderFrom(base->module());
@@ -272,6 +273,102 @@ TEST_F(RetroEngineTest, PromptGetsNeighboursForTheTokensAfterIt) {
   EXPECT_EQ(score("on", static_cast<int>(text.size()) + 1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(score("on", -1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(score("on", 3, "sparse").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The set of a query is re-cut so that the query's text ends each
+// neighbour's N part and F is what followed that text in the neighbour's
+// document, whenever the neighbour holds the query's last 8 tokens or more
+// (the model was saved with align_neighbours = 8). The corpus
+// is made of template sentences, so a 16-token query from the middle of a
+// document is found almost verbatim, at another offset than a chunk start.
+TEST_F(RetroEngineTest, NeighboursAreRecutWhereTheQueryEnds) {
+  auto engine = Open();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_EQ(engine->retro()->config().align_neighbours, 8);
+  auto tokenizer = lm::Tokenizer::FromJson(engine->Info()->tokenizer_json());
+  RAG_ASSERT_OK(tokenizer.status());
+  const int64_t m = engine->retro()->config().chunk_size, r = engine->retro()->config().neighbour_tokens;
+  const lm::TokenId pad = tokenizer->eot_id();
+  const auto doc = tokenizer->Encode((*docs_)[0].text);
+  // A chunk-long span from offset 5 on that is its own tokenization as a prompt.
+  std::vector<lm::TokenId> query;
+  std::string prompt;
+  int64_t start = 5;
+  for (; start < 12; ++start) {
+    ASSERT_GE(static_cast<int64_t>(doc.size()), start + m);
+    query.assign(doc.begin() + start, doc.begin() + start + m);
+    prompt = *tokenizer->Decode(query);
+    if (tokenizer->Encode(prompt) == query) break;
+  }
+  ASSERT_LT(start, 12) << "no span tokenizes alone as in the document";
+  v1::GenerateRequest gen;
+  gen.set_prompt(prompt);
+  gen.set_mode("retro");
+  gen.set_max_tokens(1);
+  auto done = engine->Generate(gen, nullptr);
+  RAG_ASSERT_OK(done.status());
+  ASSERT_GE(done->retrievals_size(), 1);
+  ASSERT_EQ(done->retrievals(0).chunk(), 0);
+  // The same neighbours as stored (chunk, continuation), from Search.
+  v1::SearchRequest search;
+  search.add_texts(prompt);
+  search.set_k(2);
+  auto found = engine->Search(search);
+  RAG_ASSERT_OK(found.status());
+  const auto& stored = found->results(0).neighbours();
+  const auto& got = done->retrievals(0).neighbours();
+  ASSERT_EQ(got.size(), stored.size());
+  int aligned = 0;
+  for (int j = 0; j < got.size(); ++j) {
+    std::vector<lm::TokenId> text(stored[j].token_ids().begin(), stored[j].token_ids().end());
+    text.insert(text.end(), stored[j].continuation_ids().begin(), stored[j].continuation_ids().end());
+    // The longest match of the query's end in the text, the earliest of equals.
+    int64_t best = 0, end = 0;
+    for (int64_t e = 1; e <= static_cast<int64_t>(text.size()); ++e) {
+      int64_t l = 0;
+      while (l < m && l < e && text[e - 1 - l] == query[m - 1 - l]) ++l;
+      if (l > best) best = l, end = e;
+    }
+    std::vector<lm::TokenId> want(static_cast<size_t>(r), pad);
+    if (best >= 8) {
+      ++aligned;
+      for (int64_t i = 0; i < r; ++i) {
+        const int64_t src = end - m + i;
+        if (src >= 0 && src < static_cast<int64_t>(text.size())) want[i] = text[src];
+      }
+    } else {
+      for (int64_t i = 0; i < r && i < static_cast<int64_t>(text.size()); ++i) want[i] = text[i];
+    }
+    EXPECT_EQ(std::vector<lm::TokenId>(got[j].token_ids().begin(), got[j].token_ids().end()), want)
+        << "neighbour " << j << ", match of " << best << " tokens";
+  }
+  EXPECT_GE(aligned, 1) << "the query matched no neighbour: the test shows nothing";
+}
+
+// A prompt shorter than a chunk is laid out to end one, so the first
+// generated token already attends to the neighbours retrieved with it.
+TEST_F(RetroEngineTest, AShortPromptRetrievesBeforeTheFirstGeneratedToken) {
+  auto engine = Open();
+  ASSERT_NE(engine, nullptr);
+  auto tokenizer = lm::Tokenizer::FromJson(engine->Info()->tokenizer_json());
+  RAG_ASSERT_OK(tokenizer.status());
+  const auto doc = tokenizer->Encode((*docs_)[2].text);
+  v1::GenerateRequest gen;
+  gen.set_prompt(*tokenizer->Decode({doc.begin(), doc.begin() + 5}));
+  gen.set_mode("retro");
+  gen.set_max_tokens(1);
+  gen.set_ignore_eot(true);
+  auto done = engine->Generate(gen, nullptr);
+  RAG_ASSERT_OK(done.status());
+  ASSERT_EQ(done->retrievals_size(), 1);
+  EXPECT_EQ(done->retrievals(0).chunk(), 0);
+  EXPECT_EQ(done->retrievals(0).neighbours_size(), 2);
+  EXPECT_EQ(done->tokens(), 1);
+  // Off: the same layout, no neighbours.
+  gen.set_retrieval("off");
+  auto off = engine->Generate(gen, nullptr);
+  RAG_ASSERT_OK(off.status());
+  EXPECT_EQ(off->retrievals_size(), 0);
 }
 
 TEST_F(RetroEngineTest, BadRequestsAndMissingPiecesAreClearErrors) {

@@ -33,6 +33,9 @@ RetroConfig TinyRetroConfig(const std::string& positions = "rotary") {
   c.neighbour_tokens = kNeighbourTokens;
   c.encoder_layers = 1;
   c.cca_layers = {0, 1};
+  // Both CCA position schemes are covered: the learned-position decoder runs
+  // with the content-only CCA of configs written before cca_positions.
+  c.cca_positions = positions == "learned" ? "none" : "rotary";
   return c;
 }
 
@@ -121,11 +124,27 @@ TEST(RetroConfigTest, JsonRoundTripAndRejections) {
   EXPECT_EQ(back->decoder.positions, "learned");
   EXPECT_EQ(back->decoder.context, kContext);
 
-  // Absent keys keep their defaults.
+  EXPECT_EQ(back->cca_positions, "none");
+  c.cca_positions = "rotary";
+  c.align_neighbours = 6;
+  back = RetroConfig::FromJson(c.ToJson());
+  RAG_ASSERT_OK(back);
+  EXPECT_EQ(back->cca_positions, "rotary");
+  EXPECT_EQ(back->align_neighbours, 6);
+
+  // Absent keys keep their defaults, except the two options added after
+  // models were saved: absent, they mean what those models did.
   auto partial = RetroConfig::FromJson(R"({"chunk_size": 32, "cca_layers": [0, 2]})");
   RAG_ASSERT_OK(partial);
   EXPECT_EQ(partial->chunk_size, 32);
   EXPECT_EQ(partial->neighbours, RetroConfig().neighbours);
+  EXPECT_EQ(partial->cca_positions, "none");
+  EXPECT_EQ(partial->align_neighbours, 0);
+  EXPECT_EQ(RetroConfig().cca_positions, "rotary");
+  EXPECT_EQ(RetroConfig().align_neighbours, 16);
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_positions": "learned"})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_positions": 1})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"align_neighbours": -1})").ok());
 
   auto unknown = RetroConfig::FromJson(R"({"chunk_sise": 8})");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);

@@ -111,6 +111,84 @@ TEST_F(RetroNeighboursTest, NearestChunksOfOtherDocumentsWithTheirContinuations)
   }
 }
 
+TEST(AlignNeighbourTokensTest, TheLongestMatchOfTheQuerysEndEndsTheChunkPart) {
+  retriever::Neighbour nb;
+  nb.tokens = {10, 11, 12, 13, 14, 15};
+  nb.continuation = {16, 17, 18};
+  const int32_t pad = 0;
+  auto align = [&](const std::vector<int32_t>& query, int64_t min_match, int64_t* matched) {
+    std::vector<int32_t> out(8, -1);
+    *matched = retriever::AlignNeighbourTokens(nb, query, min_match, /*chunk=*/4, /*n=*/8, pad, out.data());
+    return out;
+  };
+  int64_t matched = 0;
+  // "11 12" ends at text position 3: N = [pad 10 11 12], F = what followed.
+  EXPECT_EQ(align({99, 11, 12}, 2, &matched), (std::vector<int32_t>{0, 10, 11, 12, 13, 14, 15, 16}));
+  EXPECT_EQ(matched, 2);
+  // Deep in the text: N is the 4 tokens before the match's end.
+  EXPECT_EQ(align({15, 16}, 2, &matched), (std::vector<int32_t>{13, 14, 15, 16, 17, 18, 0, 0}));
+  // At the very end: nothing follows, F is all padding.
+  EXPECT_EQ(align({17, 18}, 1, &matched), (std::vector<int32_t>{15, 16, 17, 18, 0, 0, 0, 0}));
+  EXPECT_EQ(matched, 2);
+  // Too short a match, or alignment off: the stored layout, chunk then continuation.
+  const std::vector<int32_t> stored = {10, 11, 12, 13, 14, 15, 16, 17};
+  EXPECT_EQ(align({99, 11, 12}, 3, &matched), stored);
+  EXPECT_EQ(matched, 0);
+  EXPECT_EQ(align({99, 11, 12}, 0, &matched), stored);
+  EXPECT_EQ(align({}, 1, &matched), stored);
+  // The longest match wins over a shorter earlier one.
+  nb.tokens = {5, 7, 1, 2, 7, 3};
+  nb.continuation = {4};
+  EXPECT_EQ(align({2, 7}, 1, &matched), (std::vector<int32_t>{7, 1, 2, 7, 3, 4, 0, 0}));
+  EXPECT_EQ(matched, 2);
+  // Of equal matches, the earliest (most text after it).
+  EXPECT_EQ(align({9, 7}, 1, &matched), (std::vector<int32_t>{0, 0, 5, 7, 1, 2, 7, 3}));
+  EXPECT_EQ(matched, 1);
+  // A short neighbour is padded on the right in the stored layout.
+  nb.tokens = {5, 6};
+  nb.continuation = {};
+  EXPECT_EQ(align({1}, 1, &matched), (std::vector<int32_t>{5, 6, 0, 0, 0, 0, 0, 0}));
+}
+
+TEST_F(RetroNeighboursTest, AlignedTablesAreRecutOnTheirChunkAndCachedApart) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const int32_t pad = static_cast<int32_t>(model_->tokenizer().eot_id());
+  RetroNeighbourOptions o = Options();
+  o.align = 1;  // a one-token match happens often in a 21-token vocabulary
+  o.chunk = 16;
+  auto aligned = ComputeRetroNeighbours(*r, pad, o);
+  auto plain = ComputeRetroNeighbours(*r, pad, Options());
+  RAG_ASSERT_OK(aligned.status());
+  RAG_ASSERT_OK(plain.status());
+  EXPECT_EQ(aligned->ids, plain->ids);  // the same neighbours, laid out otherwise
+  EXPECT_NE(aligned->token_ids, plain->token_ids);
+  std::vector<retriever::ChunkRecord> chunks;
+  RAG_ASSERT_OK(r->chunk_store().ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
+    chunks.push_back(c);
+    return true;
+  }));
+  for (int64_t c = 0; c < aligned->chunks; ++c) {
+    for (int j = 0; j < aligned->k; ++j) {
+      const auto& rec = chunks[static_cast<size_t>(aligned->ids[c * aligned->k + j])];
+      retriever::Neighbour nb{rec.id, rec.doc_id, rec.offset, rec.tokens, rec.continuation, 0.0f};
+      std::vector<int32_t> want(static_cast<size_t>(o.tokens));
+      retriever::AlignNeighbourTokens(nb, chunks[static_cast<size_t>(c)].tokens, 1, 16, o.tokens, pad, want.data());
+      EXPECT_EQ(std::vector<int32_t>(aligned->tokens_of(c, j), aligned->tokens_of(c, j) + o.tokens), want);
+    }
+  }
+  // An unaligned cache is not an aligned one.
+  EXPECT_NE(aligned->fingerprint, plain->fingerprint);
+  EXPECT_EQ(plain->fingerprint, IndexFingerprint(r->manifest()));
+  const std::string file = Path(kRetroNeighboursFile);
+  RAG_ASSERT_OK(SaveRetroNeighbours(*plain, file));
+  EXPECT_EQ(LoadRetroNeighbours(file, TableFingerprint(r->manifest(), o), 2, 24).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto reloaded = LoadOrComputeRetroNeighbours(*r, pad, o, file);
+  RAG_ASSERT_OK(reloaded.status());
+  EXPECT_EQ(reloaded->token_ids, aligned->token_ids);
+}
+
 TEST_F(RetroNeighboursTest, CacheRoundTripsAndIsRefusedWhenWrong) {
   auto r = Open();
   ASSERT_NE(r, nullptr);
