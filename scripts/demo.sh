@@ -165,14 +165,16 @@ section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, 
 # 64-token chunk, retrieved from the index above with the chunk's own
 # document excluded, and of prompt windows: a document's first tokens
 # (Brown's and the training facts' of step 8) padded to end a chunk, whose
-# continuation attends to the neighbours BM25 finds for the prompt. The
+# continuation attends to the neighbours BM25 finds for the prompt (half
+# of them may find their own document, which teaches copying from a
+# neighbour that continues the prompt: --prompt-own-document). The
 # probe facts are left out of training (--exclude-documents): they reach
 # RETRO only through the index. RAG_DEMO_RETRO_STEPS sets the steps
 # (default 200, about 5.5 s each on 2 cores); rerunning resumes.
 retro="$model-retro"
 retro_steps="${RAG_DEMO_RETRO_STEPS:-200}"
 retro_train=(train --arch retro --index "$index" --init "$model" --out "$retro" --steps "$retro_steps"
-             --exclude-documents "$probes_dir/facts.jsonl")
+             --exclude-documents "$probes_dir/facts.jsonl" --prompt-own-document 0.5)
 if [ -f "$retro/model_info.json" ]; then
   echo "already trained: $retro (delete it to train again)"
 elif [ -f "$retro/checkpoint.pt" ]; then
@@ -195,13 +197,16 @@ printf -- '--- retro, greedy, with the neighbours of each chunk: "The committee 
 # The WordNet probes in retro mode: each probe's left context ends a chunk,
 # so the object attends to the neighbours retrieved with it, here by BM25
 # (which finds the fact's document for every probe; the small LM's
-# embeddings for 18%). The retrofit has not learnt to copy a fact from its
-# neighbours at this budget, so expect lm-like numbers: docs/results.md.
+# embeddings for 18%), re-cut so the fact's object starts the neighbour's
+# continuation. At this budget the retrofit copies common words (the
+# occupations) but not yet rare names piece by piece: about 2.5x the LM's
+# P@1, short of the kNN-LM (docs/results.md).
 echo
 "$rag" eval probes --model "$retro" --index "$index" --probes "$probes_dir/probes.jsonl" --mode retro \
   --search-method bm25 --quiet --output "$model/probes_retro_bm25.json" --report "$model/report"
-# Memorization in retro mode: neighbours of each completed chunk, with the
-# sampled document in the index and without it.
+# Memorization in retro mode: the prefix laid out to end a chunk and its
+# neighbours re-cut on it, with the sampled document in the index and
+# without it (with it, more of the true suffix comes back).
 for run in "retro|" "retro_own_doc_excluded|--exclude-own-doc"; do
   echo
   name="${run%%|*}"
