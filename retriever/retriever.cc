@@ -249,7 +249,7 @@ int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token
     }
   }
   std::fill(out, out + n, pad);
-  if (best < need || best == 0) {
+  if (min_match < 1 || best < need) {
     CopyNeighbourTokens(neighbour, n, out);
     return 0;
   }

@@ -131,6 +131,18 @@ std::string Decode(const lm::Tokenizer& tok, const std::vector<int32_t>& ids) {
   return ToValidUtf8(bytes);
 }
 
+// `text` with end-of-text in front so that its first `prompt_tokens` end a
+// RETRO chunk of m tokens, as prompt windows are trained: what follows the
+// prompt then attends to the neighbours retrieved with it. *padding: how
+// many were put in front.
+std::vector<lm::TokenId> PromptEndingAChunk(const std::vector<lm::TokenId>& text, int64_t prompt_tokens, int64_t m,
+                                            lm::TokenId eot, int64_t* padding) {
+  *padding = (m - prompt_tokens % m) % m;
+  std::vector<lm::TokenId> laid_out(static_cast<size_t>(*padding), eot);
+  laid_out.insert(laid_out.end(), text.begin(), text.end());
+  return laid_out;
+}
+
 }  // namespace
 
 std::string ToValidUtf8(const std::string& bytes) {
@@ -600,10 +612,8 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
           ++prompt;
         }
       }
-      // End-of-text padding before the text so the prompt ends a chunk.
-      const int64_t padding = prompt > 0 ? (m - prompt % m) % m : 0;
-      std::vector<lm::TokenId> laid_out(static_cast<size_t>(padding), tok.eot_id());
-      laid_out.insert(laid_out.end(), ids.begin(), ids.end());
+      int64_t padding = 0;
+      const std::vector<lm::TokenId> laid_out = PromptEndingAChunk(ids, prompt, m, tok.eot_id(), &padding);
       std::vector<lm::NeighbourSet> sets;
       int64_t filtered = 0;
       if (p.retrieval != "off") {
@@ -780,13 +790,10 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     absl::StatusOr<std::vector<lm::TokenId>> generated;
     if (request.mode() == "retro") {
       RAG_ASSIGN_OR_RETURN(RetroParams p, ParseRetro(request.retrieval(), true, 0, request.exclude_doc_id()));
-      // The prompt is laid out to end a chunk (end-of-text in front), as
-      // probes are scored and prompt windows trained, so that the first
-      // generated token already attends to the neighbours retrieved with it.
-      const int64_t m = retro_->config().chunk_size;
-      const int64_t padding = (m - static_cast<int64_t>(prompt.size()) % m) % m;
-      std::vector<lm::TokenId> laid_out(static_cast<size_t>(padding), tok.eot_id());
-      laid_out.insert(laid_out.end(), prompt.begin(), prompt.end());
+      // The first generated token already attends to the prompt's neighbours.
+      int64_t padding = 0;
+      const std::vector<lm::TokenId> laid_out = PromptEndingAChunk(prompt, static_cast<int64_t>(prompt.size()),
+                                                                   retro_->config().chunk_size, tok.eot_id(), &padding);
       lm::RetrieveFn retrieve;
       if (p.retrieval != "off") {
         // Neighbours of each completed chunk: retrieved (or drawn at random)

@@ -285,8 +285,7 @@ TEST_F(RetroEngineTest, NeighboursAreRecutWhereTheQueryEnds) {
   auto engine = Open();
   ASSERT_NE(engine, nullptr);
   ASSERT_EQ(engine->retro()->config().align_neighbours, 8);
-  auto tokenizer = lm::Tokenizer::FromJson(engine->Info()->tokenizer_json());
-  RAG_ASSERT_OK(tokenizer.status());
+  const lm::Tokenizer* tokenizer = &engine->model().tokenizer();
   const int64_t m = engine->retro()->config().chunk_size, r = engine->retro()->config().neighbour_tokens;
   const lm::TokenId pad = tokenizer->eot_id();
   const auto doc = tokenizer->Encode((*docs_)[0].text);
@@ -350,11 +349,10 @@ TEST_F(RetroEngineTest, NeighboursAreRecutWhereTheQueryEnds) {
 TEST_F(RetroEngineTest, AShortPromptRetrievesBeforeTheFirstGeneratedToken) {
   auto engine = Open();
   ASSERT_NE(engine, nullptr);
-  auto tokenizer = lm::Tokenizer::FromJson(engine->Info()->tokenizer_json());
-  RAG_ASSERT_OK(tokenizer.status());
-  const auto doc = tokenizer->Encode((*docs_)[2].text);
+  const auto& tok = engine->model().tokenizer();
+  const auto doc = tok.Encode((*docs_)[2].text);
   v1::GenerateRequest gen;
-  gen.set_prompt(*tokenizer->Decode({doc.begin(), doc.begin() + 5}));
+  gen.set_prompt(*tok.Decode({doc.begin(), doc.begin() + 5}));
   gen.set_mode("retro");
   gen.set_max_tokens(1);
   gen.set_ignore_eot(true);
