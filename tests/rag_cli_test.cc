@@ -228,9 +228,9 @@ TEST_F(RagCliTest, TrainsWithGpt2Vocabulary) {
 
 TEST_F(RagCliTest, SigintCheckpointsAndResumeEndsIdenticalToAnUninterruptedRun) {
   WriteCorpus(dir_ / "corpus.jsonl", 12);
-  const std::vector<std::string> common = {"--corpus", dir_ / "corpus.jsonl", "--preset", "tiny", "--steps", "400",
-                                           "--vocab-size", "300", "--checkpoint-every", "10", "--threads", "1",
-                                           "--quiet"};
+  const std::vector<std::string> common = {
+      "--corpus", dir_ / "corpus.jsonl", "--preset", "tiny",      "--steps", "150",    "--vocab-size",
+      "300",      "--checkpoint-every",  "10",       "--threads", "1",       "--quiet"};
   auto args = [&](const std::string& out, std::vector<std::string> extra) {
     std::vector<std::string> a = {"train", "--out", dir_ / out};
     a.insert(a.end(), common.begin(), common.end());
@@ -273,10 +273,10 @@ TEST_F(RagCliTest, SigintCheckpointsAndResumeEndsIdenticalToAnUninterruptedRun) 
 TEST_F(RagCliTest, BuildKilledWithSigkillResumesToIdenticalIndex) {
   const std::string model = TrainTiny("m");
   const std::string corpus = dir_ / "big.jsonl";
-  // ~28 chunks of 16 tokens a document: some 11000 chunks, 1400 batches of
-  // 8, about 1.5 s of embedding on one idle core; the kill comes after the
-  // second batch.
-  WriteCorpus(corpus, 400);
+  // ~28 chunks of 16 tokens a document: some 5600 chunks, 700 batches of
+  // 8, under a second of embedding on one idle core; the kill comes after
+  // the second batch.
+  WriteCorpus(corpus, 200);
   constexpr int64_t kBatch = 8;
   auto build = [&](const std::string& out) {
     return std::vector<std::string>{"build", "--corpus", corpus, "--model", model, "--out", dir_ / out,
