@@ -44,6 +44,9 @@ absl::Status RetroConfig::Validate() const {
   if (encoder_layers < 1 || encoder_layers > 256) return BadConfig("encoder_layers must be in [1, 256]");
   if (cca_positions != "rotary" && cca_positions != "none") return BadConfig("cca_positions must be rotary or none");
   if (align_neighbours < 0) return BadConfig("align_neighbours must be >= 0 (0 = off)");
+  if (!(cca_aligned_bias >= 0.0 && cca_aligned_bias <= 30.0)) {
+    return BadConfig("cca_aligned_bias must be in [0, 30] (0 = none)");
+  }
   if (cca_layers.empty()) return BadConfig("cca_layers must not be empty");
   for (size_t i = 0; i < cca_layers.size(); ++i) {
     if (cca_layers[i] < 0 || cca_layers[i] >= decoder.n_layers) {
@@ -62,6 +65,7 @@ absl::StatusOr<RetroConfig> RetroConfig::FromJson(const std::string& json_text) 
   // What a config written before these options meant.
   c.cca_positions = "none";
   c.align_neighbours = 0;
+  c.cca_aligned_bias = 0.0;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const json& v = it.value();
@@ -85,6 +89,9 @@ absl::StatusOr<RetroConfig> RetroConfig::FromJson(const std::string& json_text) 
       RAG_RETURN_IF_ERROR(want_int(c.encoder_layers));
     } else if (key == "align_neighbours") {
       RAG_RETURN_IF_ERROR(want_int(c.align_neighbours));
+    } else if (key == "cca_aligned_bias") {
+      if (!v.is_number()) return BadConfig("'cca_aligned_bias' must be a number");
+      c.cca_aligned_bias = v.get<double>();
     } else if (key == "cca_positions") {
       if (!v.is_string()) return BadConfig("'cca_positions' must be a string");
       c.cca_positions = v.get<std::string>();
@@ -118,7 +125,8 @@ std::string RetroConfig::ToJson() const {
             {"encoder_layers", encoder_layers},
             {"cca_layers", cca_layers},
             {"cca_positions", cca_positions},
-            {"align_neighbours", align_neighbours}};
+            {"align_neighbours", align_neighbours},
+            {"cca_aligned_bias", cca_aligned_bias}};
   return j.dump(2) + "\n";
 }
 
@@ -183,8 +191,12 @@ torch::Tensor RetroEncoderBlockImpl::forward(const torch::Tensor& x, const torch
 // ChunkedCrossAttention
 
 ChunkedCrossAttentionImpl::ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size, bool rotary,
-                                                     int64_t neighbour_tokens)
-    : config_(config), chunk_size_(chunk_size), rotary_(rotary), neighbour_tokens_(neighbour_tokens) {
+                                                     int64_t neighbour_tokens, double aligned_bias)
+    : config_(config),
+      chunk_size_(chunk_size),
+      rotary_(rotary),
+      neighbour_tokens_(neighbour_tokens),
+      aligned_bias_init_(aligned_bias) {
   reset();
 }
 
@@ -195,6 +207,12 @@ void ChunkedCrossAttentionImpl::reset() {
   kv = register_module("kv", torch::nn::Linear(d, 2 * d));
   proj = register_module("proj", torch::nn::Linear(d, d));
   dropout = register_module("dropout", torch::nn::Dropout(config_.dropout));
+  if (aligned_bias_init_ > 0.0) {
+    // The first half of the heads start out copying; the rest by content.
+    auto init = torch::zeros({config_.n_heads});
+    init.narrow(0, 0, (config_.n_heads + 1) / 2).fill_(aligned_bias_init_);
+    aligned_bias = register_parameter("aligned_bias", init);
+  }
 }
 
 std::pair<torch::Tensor, torch::Tensor> ChunkedCrossAttentionImpl::KeysValues(const torch::Tensor& encoded) {
@@ -241,6 +259,17 @@ torch::Tensor ChunkedCrossAttentionImpl::forward(const torch::Tensor& x, int64_t
   auto has_neighbours = mask.any(-1);  // [B, C]
   auto visible = mask.logical_or(has_neighbours.logical_not().unsqueeze(-1)).view({b, c, 1, 1, n});
   auto scores = torch::matmul(queries, keys.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(e)));
+  if (aligned_bias.defined()) {
+    // Row r sits at chunk position p = r (plus the offset within one chunk);
+    // its aligned key is token m + p of every neighbour.
+    const auto long_options = torch::TensorOptions().dtype(torch::kLong).device(x.device());
+    const int64_t first = c == 1 ? offset : 0;
+    auto query_at = torch::arange(m + first, m + first + rows, long_options).unsqueeze(1);  // [rows, 1]
+    auto key_at =
+        torch::arange(neighbour_tokens_, long_options).repeat({n / neighbour_tokens_}).unsqueeze(0);  // [1, K*R]
+    auto aligned = query_at.eq(key_at).to(scores.scalar_type());                                      // [rows, K*R]
+    scores = scores + aligned_bias.view({1, 1, h, 1, 1}) * aligned;  // [B, C, H, rows, K*R]
+  }
   scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
   auto y = torch::matmul(torch::softmax(scores, -1), values);  // [B, C, H, rows, E]
   y = y.permute({0, 1, 3, 2, 4}).reshape({b, c * rows, d});    // [B, C*rows, D]
@@ -269,8 +298,8 @@ void RetroLMImpl::reset() {
                                torch::nn::LayerNorm(torch::nn::LayerNormOptions({dc.d_model}).eps(dc.layer_norm_eps)));
   cca = register_module("cca", torch::nn::ModuleList());
   for (size_t i = 0; i < config_.cca_layers.size(); ++i)
-    cca->push_back(
-        ChunkedCrossAttention(dc, config_.chunk_size, config_.cca_positions == "rotary", config_.neighbour_tokens));
+    cca->push_back(ChunkedCrossAttention(dc, config_.chunk_size, config_.cca_positions == "rotary",
+                                         config_.neighbour_tokens, config_.cca_aligned_bias));
 
   // GPT-2 initialisation of the new weights (the decoder initialised itself):
   // N(0, 0.02), LayerNorms to identity, biases zero; the encoder's residual

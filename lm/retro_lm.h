@@ -53,6 +53,15 @@ struct RetroConfig {
   // retriever::AlignNeighbourTokens), in training and in serving alike; 0 =
   // as stored (configs written before the option read as 0). Default: 16
   int64_t align_neighbours = 16;
+  // Initial value of a learned per-head bias on the CCA logit between a
+  // query and the neighbour token at its aligned position m + j (the token
+  // an aligned neighbour says comes next), for the first half of the heads;
+  // the other heads start at 0. A retrofit has a few hundred steps, and
+  // Adam moves a logit bias by about the learning rate a step: too little to
+  // learn to pick 1 of K*R keys, so copying starts as the prior and is
+  // unlearned where neighbours mislead. 0 = no such parameter (configs
+  // written before the option read as 0). Default: 6
+  double cca_aligned_bias = 6.0;
 
   // InvalidArgument naming the field when a value is out of range or
   // inconsistent (the decoder's own checks included).
@@ -115,12 +124,14 @@ TORCH_MODULE(RetroEncoderBlock);
 
 // Chunked cross-attention (pre-LayerNorm on the decoder stream): the
 // positions of input chunk v attend to the K*R encoded tokens of neighbour
-// set v. No positional encoding. A chunk whose neighbours are all missing
-// gets exactly zero.
+// set v (positions: RetroConfig::cca_positions and cca_aligned_bias). A
+// chunk whose neighbours are all missing gets exactly zero.
 class ChunkedCrossAttentionImpl : public torch::nn::Module {
  public:
-  // rotary: RetroConfig::cca_positions == "rotary", over neighbours of R tokens.
-  ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size, bool rotary, int64_t neighbour_tokens);
+  // rotary: RetroConfig::cca_positions == "rotary", over neighbours of R
+  // tokens; aligned_bias: RetroConfig::cca_aligned_bias (0: no parameter).
+  ChunkedCrossAttentionImpl(const TransformerConfig& config, int64_t chunk_size, bool rotary, int64_t neighbour_tokens,
+                            double aligned_bias);
   void reset();
 
   // encoded: [B, C, K*R, D] -> {keys, values}, each [B, C, H, K*R, E].
@@ -138,12 +149,14 @@ class ChunkedCrossAttentionImpl : public torch::nn::Module {
   torch::nn::Linear kv{nullptr};    // D -> 2D
   torch::nn::Linear proj{nullptr};  // D -> D, zero-initialised
   torch::nn::Dropout dropout{nullptr};
+  torch::Tensor aligned_bias;  // [H] logit bias at the aligned key; undefined without cca_aligned_bias
 
  private:
   TransformerConfig config_;
   int64_t chunk_size_;
   bool rotary_;
   int64_t neighbour_tokens_;
+  double aligned_bias_init_;
 };
 TORCH_MODULE(ChunkedCrossAttention);
 

@@ -451,13 +451,15 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run(again);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
-  // New models use RETRO's relative positions in the CCA and neighbours
-  // re-cut on their query, in training and serving (the saved config says so).
+  // New models use RETRO's relative positions in the CCA, neighbours re-cut
+  // on their query, in training and serving, and start with half the CCA
+  // heads reading the aligned token (the saved config says so).
   {
     std::ifstream in(fs::path(dir_ / "retro") / "config.json");
     const json saved = json::parse(in);
     EXPECT_EQ(saved["cca_positions"], "rotary");
     EXPECT_EQ(saved["align_neighbours"], 16);
+    EXPECT_EQ(saved["cca_aligned_bias"], 6.0);
   }
   // The tiny preset adds prompt windows (neighbours found by BM25 with a
   // document's first tokens), some held out.

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <set>
 #include <string>
@@ -36,6 +37,7 @@ RetroConfig TinyRetroConfig(const std::string& positions = "rotary") {
   // Both CCA position schemes are covered: the learned-position decoder runs
   // with the content-only CCA of configs written before cca_positions.
   c.cca_positions = positions == "learned" ? "none" : "rotary";
+  c.cca_aligned_bias = positions == "learned" ? 0.0 : 6.0;  // and with and without the aligned-key bias
   return c;
 }
 
@@ -91,6 +93,9 @@ TEST(RetroConfigTest, ValidateNamesTheBadField) {
       {[](RetroConfig& c) { c.cca_layers = {1, 1}; }, "cca_layers"},
       {[](RetroConfig& c) { c.cca_layers = {0, 2}; }, "cca_layers"},  // 2 layers only
       {[](RetroConfig& c) { c.cca_layers = {-1}; }, "cca_layers"},
+      {[](RetroConfig& c) { c.cca_aligned_bias = -1.0; }, "cca_aligned_bias"},
+      {[](RetroConfig& c) { c.cca_aligned_bias = 31.0; }, "cca_aligned_bias"},
+      {[](RetroConfig& c) { c.cca_aligned_bias = std::nan(""); }, "cca_aligned_bias"},
       {[](RetroConfig& c) { c.decoder.n_heads = 3; }, "decoder"},  // 32 % 3 != 0
       // Head size 3 passes the decoder's own checks with learned positions,
       // but the encoder's rotary positions need an even one.
@@ -127,12 +132,14 @@ TEST(RetroConfigTest, JsonRoundTripAndRejections) {
   EXPECT_EQ(back->cca_positions, "none");
   c.cca_positions = "rotary";
   c.align_neighbours = 6;
+  c.cca_aligned_bias = 2.5;
   back = RetroConfig::FromJson(c.ToJson());
   RAG_ASSERT_OK(back);
   EXPECT_EQ(back->cca_positions, "rotary");
   EXPECT_EQ(back->align_neighbours, 6);
+  EXPECT_EQ(back->cca_aligned_bias, 2.5);
 
-  // Absent keys keep their defaults, except the two options added after
+  // Absent keys keep their defaults, except the options added after
   // models were saved: absent, they mean what those models did.
   auto partial = RetroConfig::FromJson(R"({"chunk_size": 32, "cca_layers": [0, 2]})");
   RAG_ASSERT_OK(partial);
@@ -140,8 +147,12 @@ TEST(RetroConfigTest, JsonRoundTripAndRejections) {
   EXPECT_EQ(partial->neighbours, RetroConfig().neighbours);
   EXPECT_EQ(partial->cca_positions, "none");
   EXPECT_EQ(partial->align_neighbours, 0);
+  EXPECT_EQ(partial->cca_aligned_bias, 0.0);
   EXPECT_EQ(RetroConfig().cca_positions, "rotary");
   EXPECT_EQ(RetroConfig().align_neighbours, 16);
+  EXPECT_EQ(RetroConfig().cca_aligned_bias, 6.0);
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_aligned_bias": "six"})").ok());
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_aligned_bias": -0.5})").ok());
   EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_positions": "learned"})").ok());
   EXPECT_FALSE(RetroConfig::FromJson(R"({"cca_positions": 1})").ok());
   EXPECT_FALSE(RetroConfig::FromJson(R"({"align_neighbours": -1})").ok());
@@ -366,6 +377,49 @@ TEST_P(RetroLMTest, ShapeErrorsThrow) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Positions, RetroLMTest, ::testing::Values("rotary", "learned"));
+
+// With equal content scores, a head with the aligned-key bias reads the
+// neighbour token at m + p for the query at chunk position p (nearly all of
+// its weight for a large bias), a head without it averages over all keys;
+// the one-chunk decoding path (offset) agrees with the whole-chunk path.
+TEST(ChunkedCrossAttentionTest, BiasedHeadsReadTheAlignedNeighbourToken) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(21);
+  TransformerConfig dc = TinyRetroConfig().decoder;  // D = 32, 2 heads of 16
+  const int64_t m = 4, r = 2 * m, k = 2, c = 2, d = dc.d_model, h = dc.n_heads, e = d / h;
+  for (const bool rotary : {false, true}) {
+    ChunkedCrossAttention cca(dc, m, rotary, r, /*aligned_bias=*/30.0);
+    ASSERT_TRUE(cca->aligned_bias.defined());
+    EXPECT_EQ(cca->aligned_bias[0].item<float>(), 30.0f);
+    EXPECT_EQ(cca->aligned_bias[1].item<float>(), 0.0f);
+    cca->proj->weight.copy_(torch::eye(d));  // out = the heads' outputs
+    cca->proj->bias.zero_();
+    auto keys = torch::zeros({1, c, h, k * r, e});  // equal content scores everywhere
+    auto values = torch::randn({1, c, h, k * r, e});
+    // Both neighbours hold the same value at the aligned key.
+    values.narrow(3, r, r).copy_(values.narrow(3, 0, r));
+    auto mask = torch::ones({1, c, k * r}, torch::kBool);
+    auto x = torch::randn({1, c * m, d});
+    auto out = cca->forward(x, 0, keys, values, mask);  // [1, C*m, D]
+    for (int64_t chunk = 0; chunk < c; ++chunk) {
+      for (int64_t p = 0; p < m; ++p) {
+        auto row = out[0][chunk * m + p];
+        auto aligned = values[0][chunk][0][m + p];
+        EXPECT_LT(MaxAbsDiff(row.narrow(0, 0, e), aligned), 1e-4) << "rotary " << rotary << " p " << p;
+        auto mean = values[0][chunk][1].mean(0);  // the unbiased head: uniform attention
+        EXPECT_LT(MaxAbsDiff(row.narrow(0, e, e), mean), 1e-4) << "rotary " << rotary << " p " << p;
+      }
+    }
+    // Decoding: positions 1..2 of the last chunk alone.
+    auto step = cca->forward(x.narrow(1, (c - 1) * m + 1, 2), 1, keys.narrow(1, c - 1, 1), values.narrow(1, c - 1, 1),
+                             mask.narrow(1, c - 1, 1));
+    EXPECT_LT(MaxAbsDiff(step[0], out[0].narrow(0, (c - 1) * m + 1, 2)), 1e-5) << "rotary " << rotary;
+  }
+  // Without the option there is no such parameter (models saved before it load).
+  ChunkedCrossAttention plain(dc, m, true, r, 0.0);
+  EXPECT_FALSE(plain->aligned_bias.defined());
+  for (const auto& item : plain->named_parameters()) EXPECT_EQ(item.key().find("aligned"), std::string::npos);
+}
 
 TEST(RetroLMRetrofitTest, LoadDecoderFromCopiesTheLanguageModel) {
   torch::NoGradGuard no_grad;
