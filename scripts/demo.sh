@@ -165,16 +165,18 @@ section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, 
 # 64-token chunk, retrieved from the index above with the chunk's own
 # document excluded, and of prompt windows: a document's first tokens
 # (Brown's and the training facts' of step 8) padded to end a chunk, whose
-# continuation attends to the neighbours BM25 finds for the prompt (half
-# of them may find their own document, which teaches copying from a
-# neighbour that continues the prompt: --prompt-own-document). The
-# probe facts are left out of training (--exclude-documents): they reach
-# RETRO only through the index. RAG_DEMO_RETRO_STEPS sets the steps
-# (default 200, about 5.5 s each on 2 cores); rerunning resumes.
+# continuation attends to the neighbours BM25 finds for the prompt (9 in
+# 10 may find their own document, which teaches copying from a neighbour
+# that continues the prompt: --prompt-own-document; run 10 of
+# docs/results.md). The probe facts are left out of training
+# (--exclude-documents): they reach RETRO only through the index.
+# RAG_DEMO_RETRO_STEPS sets the steps (default 350, about 4.5 s each on 2
+# cores); rerunning resumes.
 retro="$model-retro"
-retro_steps="${RAG_DEMO_RETRO_STEPS:-200}"
+retro_steps="${RAG_DEMO_RETRO_STEPS:-350}"
 retro_train=(train --arch retro --index "$index" --init "$model" --out "$retro" --steps "$retro_steps"
-             --exclude-documents "$probes_dir/facts.jsonl" --prompt-own-document 0.5)
+             --lr 3e-3 --batch-size 4 --prompt-windows 24 --exclude-documents "$probes_dir/facts.jsonl"
+             --prompt-own-document 0.9)
 if [ -f "$retro/model_info.json" ]; then
   echo "already trained: $retro (delete it to train again)"
 elif [ -f "$retro/checkpoint.pt" ]; then
