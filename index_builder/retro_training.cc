@@ -51,11 +51,14 @@ lm::RetroTrainerOptions RetroPresetOptions(const std::string& preset) {
 
 namespace {
 
-// RetroConfig defaults around the base LM's decoder, with the user's
-// overrides (a JSON object) applied on top.
-absl::StatusOr<lm::RetroConfig> MakeConfig(const lm::TransformerConfig& decoder, const std::string& overrides) {
+// RetroConfig defaults around the base LM's decoder and its tokenizer's
+// end-of-text (what prompts are padded with), with the user's overrides (a
+// JSON object) applied on top.
+absl::StatusOr<lm::RetroConfig> MakeConfig(const lm::TransformerConfig& decoder, lm::TokenId eot,
+                                           const std::string& overrides) {
   lm::RetroConfig defaults;
   defaults.decoder = decoder;
+  defaults.padding_id = eot;
   if (defaults.decoder.n_layers < 4) {
     defaults.cca_layers.clear();
     for (int64_t l = 0; l < defaults.decoder.n_layers; ++l) defaults.cca_layers.push_back(l);
@@ -170,7 +173,8 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   RAG_ASSIGN_OR_RETURN(auto retriever, retriever::Retriever::Open(job.index_dir, embedder.get(), base->content_hash(),
                                                                   base->tokenizer().Hash()));
   const retriever::Manifest manifest = retriever->manifest();
-  RAG_ASSIGN_OR_RETURN(lm::RetroConfig config, MakeConfig(base->config(), job.config_overrides_json));
+  const lm::TokenId eot = base->tokenizer().eot_id();
+  RAG_ASSIGN_OR_RETURN(lm::RetroConfig config, MakeConfig(base->config(), eot, job.config_overrides_json));
   if (config.chunk_size != manifest.chunk_tokens) {
     return absl::InvalidArgumentError("chunk_size " + std::to_string(config.chunk_size) + " differs from the index's " +
                                       std::to_string(manifest.chunk_tokens) + "-token chunks");
@@ -192,7 +196,6 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   no.chunk = config.chunk_size;
   no.nprobe = job.nprobe;
   no.show_progress = job.trainer.show_progress;
-  const lm::TokenId eot = base->tokenizer().eot_id();
   RAG_ASSIGN_OR_RETURN(RetroNeighbourTable table,
                        LoadOrComputeRetroNeighbours(*retriever, static_cast<int32_t>(eot), no,
                                                     (dir / kRetroNeighboursFile).string()));

@@ -47,6 +47,9 @@ absl::Status RetroConfig::Validate() const {
   if (!(cca_aligned_bias >= 0.0 && cca_aligned_bias <= 30.0)) {
     return BadConfig("cca_aligned_bias must be in [0, 30] (0 = none)");
   }
+  if (padding_id < -1 || padding_id >= decoder.vocab_size) {
+    return BadConfig("padding_id must be -1 (none) or a token id in [0, decoder.vocab_size)");
+  }
   if (cca_layers.empty()) return BadConfig("cca_layers must not be empty");
   for (size_t i = 0; i < cca_layers.size(); ++i) {
     if (cca_layers[i] < 0 || cca_layers[i] >= decoder.n_layers) {
@@ -89,6 +92,8 @@ absl::StatusOr<RetroConfig> RetroConfig::FromJson(const std::string& json_text) 
       RAG_RETURN_IF_ERROR(want_int(c.encoder_layers));
     } else if (key == "align_neighbours") {
       RAG_RETURN_IF_ERROR(want_int(c.align_neighbours));
+    } else if (key == "padding_id") {
+      RAG_RETURN_IF_ERROR(want_int(c.padding_id));
     } else if (key == "cca_aligned_bias") {
       if (!v.is_number()) return BadConfig("'cca_aligned_bias' must be a number");
       c.cca_aligned_bias = v.get<double>();
@@ -126,7 +131,8 @@ std::string RetroConfig::ToJson() const {
             {"cca_layers", cca_layers},
             {"cca_positions", cca_positions},
             {"align_neighbours", align_neighbours},
-            {"cca_aligned_bias", cca_aligned_bias}};
+            {"cca_aligned_bias", cca_aligned_bias},
+            {"padding_id", padding_id}};
   return j.dump(2) + "\n";
 }
 
@@ -137,6 +143,7 @@ void RetroCache::Clear() {
   cca_keys.clear();
   cca_values.clear();
   cca_mask = torch::Tensor();
+  hidden_keys = torch::Tensor();
 }
 
 // ---------------------------------------------------------------------------
@@ -392,6 +399,19 @@ torch::Tensor RetroLMImpl::ForwardHidden(const torch::Tensor& tokens, const torc
     }
   }
 
+  // Keys of the leading padding but its last token: [B, P + T] bool, or
+  // undefined when none is hidden. Only a sequence's start is padding.
+  torch::Tensor hidden_keys;
+  if (past == 0 && config_.padding_id >= 0 && t > 1) {
+    // Length of each row's leading run of padding: [B]
+    auto run = (tokens == config_.padding_id).to(torch::kLong).cumprod(1).sum(1);
+    auto hide = torch::arange(t, torch::dtype(torch::kLong).device(device)).unsqueeze(0) < (run - 1).unsqueeze(1);
+    if (hide.any().item<bool>()) hidden_keys = hide;  // [B, T]
+  } else if (past > 0 && cache->hidden_keys.defined()) {
+    hidden_keys = torch::cat({cache->hidden_keys, torch::zeros({b, t}, torch::dtype(torch::kBool).device(device))}, 1);
+  }
+  if (cache != nullptr) cache->hidden_keys = hidden_keys;
+
   // The decoder's own embedding, as TransformerLMImpl::ForwardHidden.
   auto positions = torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kLong).device(device));
   auto x = decoder->token_embedding->forward(tokens);  // [B, T, D]
@@ -410,7 +430,7 @@ torch::Tensor RetroLMImpl::ForwardHidden(const torch::Tensor& tokens, const torc
   size_t next_cca = 0;
   for (size_t i = 0; i < decoder->blocks->size(); ++i) {
     x = decoder->blocks->at<BlockImpl>(i).forward(x, positions, cache ? &cache->decoder.keys[i] : nullptr,
-                                                  cache ? &cache->decoder.values[i] : nullptr);
+                                                  cache ? &cache->decoder.values[i] : nullptr, hidden_keys);
     if (next_cca >= cca->size() || config_.cca_layers[next_cca] != static_cast<int64_t>(i)) continue;
     if (next_cca == 0) {
       // x is now the first-CCA input H at the new positions. With the cached

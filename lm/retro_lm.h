@@ -62,6 +62,13 @@ struct RetroConfig {
   // unlearned where neighbours mislead. 0 = no such parameter (configs
   // written before the option read as 0). Default: 6
   double cca_aligned_bias = 6.0;
+  // The token that pads a prompt in front so that it ends a chunk (the
+  // tokenizer's end-of-text; `rag train --arch retro` sets it). A leading
+  // run of it, but for its last token, is hidden from the decoder's
+  // self-attention, so a padded prompt reads as the LM read [eot, prompt]:
+  // the frozen decoder never saw long runs of it. -1 = no padding token
+  // (configs written before the option read as -1). Default: -1
+  int64_t padding_id = -1;
 
   // InvalidArgument naming the field when a value is out of range or
   // inconsistent (the decoder's own checks included).
@@ -87,6 +94,9 @@ struct RetroCache {
   std::vector<torch::Tensor> cca_keys;    // per CCA layer: [B, H, K*R, E]
   std::vector<torch::Tensor> cca_values;  // per CCA layer: [B, H, K*R, E]
   torch::Tensor cca_mask;                 // [B, K*R] bool, false: missing neighbour
+  // Leading padding hidden from self-attention (RetroConfig::padding_id):
+  // [B, P] bool; undefined when no cached position is hidden.
+  torch::Tensor hidden_keys;
 
   int64_t length() const { return decoder.length(); }
   void Clear();
@@ -175,7 +185,9 @@ class RetroLMImpl : public torch::nn::Module {
   // of missing neighbours must still be valid ids, e.g. 0); neighbour_mask:
   // [B, C', K] bool, false = missing neighbour (undefined: all present)
   // -> hidden states after the decoder's final LayerNorm [B, T, D].
-  // An undefined `neighbours` means no retrieval: the decoder's function.
+  // An undefined `neighbours` means no retrieval: the decoder's function
+  // (on a padded prompt: the decoder's on [padding, prompt]; padding_id;
+  // with a cache, the padding must come in the first call).
   // With a cache, the tokens continue the cached prefix (positions start at
   // cache->length()) and the cache is extended.
   // Throws c10::Error on shape errors and when P + T exceeds the context.

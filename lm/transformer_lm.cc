@@ -32,7 +32,8 @@ void CausalSelfAttentionImpl::reset() {
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
-                                               torch::Tensor* keys, torch::Tensor* values) {
+                                               torch::Tensor* keys, torch::Tensor* values,
+                                               const torch::Tensor& hidden_keys) {
   const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
   const int64_t h = config_.n_heads, e = d / h;
   // [B, T, 3D] -> 3 x [B, H, T, E]
@@ -60,6 +61,16 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
                     .triu(past + 1);
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
   }
+  if (hidden_keys.defined()) {
+    TORCH_CHECK(hidden_keys.dim() == 2 && hidden_keys.size(0) == b && hidden_keys.size(1) == past + t,
+                "hidden_keys: expected [B, P + T] = [", b, ", ", past + t, "], got ", hidden_keys.sizes());
+    // Query i (position past + i) keeps its own key even when hidden, so every
+    // row of the softmax has at least one finite score.
+    auto opts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
+    auto own = torch::arange(past, past + t, opts).unsqueeze(1) == torch::arange(0, past + t, opts).unsqueeze(0);
+    auto hide = hidden_keys.view({b, 1, 1, past + t}) & own.logical_not().view({1, 1, t, past + t});
+    scores = scores.masked_fill(hide, -std::numeric_limits<float>::infinity());  // [B, H, T, P + T]
+  }
   auto attn = torch::softmax(scores, -1);
   auto y = torch::matmul(attn, v);                 // [B, H, T, E]
   y = y.transpose(1, 2).reshape({b, t, d});        // [B, T, D]
@@ -78,10 +89,10 @@ void BlockImpl::reset() {
   dropout = register_module("dropout", torch::nn::Dropout(config_.dropout));
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions,
-                                 torch::Tensor* keys, torch::Tensor* values) {
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* keys,
+                                 torch::Tensor* values, const torch::Tensor& hidden_keys) {
   // Pre-LayerNorm residual blocks: x + Attn(LN(x)), then x + MLP(LN(x)).
-  auto h = x + attn->forward(ln_attn->forward(x), positions, keys, values);  // [B, T, D]
+  auto h = x + attn->forward(ln_attn->forward(x), positions, keys, values, hidden_keys);  // [B, T, D]
   auto m = fc_out->forward(F::gelu(fc_in->forward(ln_mlp->forward(h))));    // [B, T, F] -> [B, T, D]
   return h + dropout->forward(m);
 }

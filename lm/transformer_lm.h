@@ -31,9 +31,11 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   void reset();
   // x: [B, T, D], positions: [T] int64 (absolute) -> [B, T, D].
   // With `keys`/`values` (the layer's cache slots), attends over P + T keys
-  // and stores the extended tensors back.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
-                        torch::Tensor* keys, torch::Tensor* values);
+  // and stores the extended tensors back. hidden_keys: [B, P + T] bool,
+  // true = a key only its own query sees (left padding that the model must
+  // not read); undefined: none.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* keys,
+                        torch::Tensor* values, const torch::Tensor& hidden_keys = {});
 
   torch::nn::Linear qkv{nullptr};   // D -> 3D
   torch::nn::Linear proj{nullptr};  // D -> D
@@ -48,9 +50,9 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const TransformerConfig& config);
   void reset();
-  // x: [B, T, D] -> [B, T, D]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions,
-                        torch::Tensor* keys, torch::Tensor* values);
+  // x: [B, T, D] -> [B, T, D]; hidden_keys as CausalSelfAttentionImpl::forward.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* keys,
+                        torch::Tensor* values, const torch::Tensor& hidden_keys = {});
 
   torch::nn::LayerNorm ln_attn{nullptr};
   CausalSelfAttention attn{nullptr};

@@ -460,6 +460,9 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
     EXPECT_EQ(saved["cca_positions"], "rotary");
     EXPECT_EQ(saved["align_neighbours"], 16);
     EXPECT_EQ(saved["cca_aligned_bias"], 6.0);
+    // Prompts are padded with end-of-text to end a chunk; the decoder reads
+    // past that padding (RetroConfig::padding_id).
+    EXPECT_GE(saved["padding_id"].get<int>(), 256);
   }
   // The tiny preset adds prompt windows (neighbours found by BM25 with a
   // document's first tokens), some held out.
@@ -527,6 +530,16 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run({"eval", "perplexity", "--model", model, "--corpus", corpus, "--baseline", "none", "--json", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NEAR(ppl["off"], json::parse(r.out)["perplexity"].get<double>(), 1e-3 * ppl["off"]);
+  // So is its generation without neighbours, though the prompt is padded in
+  // front to end a chunk.
+  r = Run(
+      {"generate", "--model", model, "--prompt", "The cat sees", "--temperature", "0", "--max-tokens", "24", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string lm_text = json::parse(r.out)["text"].get<std::string>();
+  r = Run({"generate", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--retrieval", "off", "--prompt",
+           "The cat sees", "--temperature", "0", "--max-tokens", "24", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["text"].get<std::string>(), lm_text);
 
   r = Run({"generate", "--model", dir_ / "retro", "--index", index, "--mode", "retro", "--prompt",
            "The cat sees the red house and the dog", "--temperature", "0", "--max-tokens", "40", "--json"});

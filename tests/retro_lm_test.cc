@@ -96,6 +96,8 @@ TEST(RetroConfigTest, ValidateNamesTheBadField) {
       {[](RetroConfig& c) { c.cca_aligned_bias = -1.0; }, "cca_aligned_bias"},
       {[](RetroConfig& c) { c.cca_aligned_bias = 31.0; }, "cca_aligned_bias"},
       {[](RetroConfig& c) { c.cca_aligned_bias = std::nan(""); }, "cca_aligned_bias"},
+      {[](RetroConfig& c) { c.padding_id = -2; }, "padding_id"},
+      {[](RetroConfig& c) { c.padding_id = kVocab; }, "padding_id"},
       {[](RetroConfig& c) { c.decoder.n_heads = 3; }, "decoder"},  // 32 % 3 != 0
       // Head size 3 passes the decoder's own checks with learned positions,
       // but the encoder's rotary positions need an even one.
@@ -138,6 +140,11 @@ TEST(RetroConfigTest, JsonRoundTripAndRejections) {
   EXPECT_EQ(back->cca_positions, "rotary");
   EXPECT_EQ(back->align_neighbours, 6);
   EXPECT_EQ(back->cca_aligned_bias, 2.5);
+  EXPECT_EQ(back->padding_id, -1);
+  c.padding_id = kVocab - 1;
+  back = RetroConfig::FromJson(c.ToJson());
+  RAG_ASSERT_OK(back);
+  EXPECT_EQ(back->padding_id, kVocab - 1);
 
   // Absent keys keep their defaults, except the options added after
   // models were saved: absent, they mean what those models did.
@@ -148,6 +155,10 @@ TEST(RetroConfigTest, JsonRoundTripAndRejections) {
   EXPECT_EQ(partial->cca_positions, "none");
   EXPECT_EQ(partial->align_neighbours, 0);
   EXPECT_EQ(partial->cca_aligned_bias, 0.0);
+  EXPECT_EQ(partial->padding_id, -1);
+  EXPECT_EQ(RetroConfig().padding_id, -1);
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"padding_id": 1000000000})").ok());  // past the vocabulary
+  EXPECT_FALSE(RetroConfig::FromJson(R"({"padding_id": "eot"})").ok());
   EXPECT_EQ(RetroConfig().cca_positions, "rotary");
   EXPECT_EQ(RetroConfig().align_neighbours, 16);
   EXPECT_EQ(RetroConfig().cca_aligned_bias, 6.0);
@@ -377,6 +388,101 @@ TEST_P(RetroLMTest, ShapeErrorsThrow) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Positions, RetroLMTest, ::testing::Values("rotary", "learned"));
+
+// ---------------------------------------------------------------------------
+// Padding: a prompt padded in front to end a chunk reads as [padding, prompt]
+
+constexpr int64_t kPad = 0;
+
+// Rows of `prompt_length` tokens in [1, V) (never the padding id), each
+// padded in front with pads[row] padding tokens and then filled with more
+// tokens to `length`. Returns the padded rows [B, length].
+torch::Tensor PaddedRows(const std::vector<int64_t>& pads, int64_t length, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto tokens = torch::randint(1, kVocab, {static_cast<int64_t>(pads.size()), length}, torch::kLong);
+  for (size_t row = 0; row < pads.size(); ++row) tokens[row].narrow(0, 0, pads[row]).fill_(kPad);
+  return tokens;
+}
+
+// With a rotary decoder, positions are relative, so hiding all but the last
+// padding token makes the padded prompt's outputs those of the decoder on
+// [padding, prompt], whatever the padding's length; without padding_id the
+// padding changes them (the frozen decoder never saw a run of it).
+TEST(RetroLMPaddingTest, PaddedPromptReadsAsTheDecoderOnOnePaddingTokenAndThePrompt) {
+  torch::NoGradGuard no_grad;
+  RetroConfig config = TinyRetroConfig();
+  config.padding_id = kPad;
+  torch::manual_seed(30);
+  RetroLM model(config);
+  model->eval();
+  RandomiseCca(model);
+  const std::vector<int64_t> pads = {5, 11, 1};  // the second crosses a chunk boundary; the third is no run
+  auto tokens = PaddedRows(pads, 24, 31);
+  auto hidden = model->ForwardHidden(tokens, torch::Tensor(), torch::Tensor());  // [B, 24, D]
+  RetroConfig unmasked_config = config;
+  unmasked_config.padding_id = -1;
+  RetroLM unmasked(unmasked_config);
+  unmasked->eval();
+  unmasked->LoadDecoderFrom(model->decoder);
+  auto unmasked_hidden = unmasked->ForwardHidden(tokens, torch::Tensor(), torch::Tensor());
+  for (size_t row = 0; row < pads.size(); ++row) {
+    const int64_t keep = pads[row] - 1;  // the last padding token stays
+    auto row_tokens = tokens[row].narrow(0, keep, 24 - keep).unsqueeze(0);
+    auto expect = model->decoder->ForwardHidden(row_tokens)[0];
+    auto got = hidden[row].narrow(0, keep, 24 - keep);
+    EXPECT_LT(MaxAbsDiff(got, expect), 1e-5) << "row " << row;
+    if (pads[row] > 1) {
+      EXPECT_GT(MaxAbsDiff(unmasked_hidden[row].narrow(0, keep, 24 - keep), expect), 1e-3) << "row " << row;
+    } else {
+      EXPECT_TRUE(torch::equal(unmasked_hidden[row], hidden[row])) << "row " << row;
+    }
+  }
+  // Padding inside the text is text: only a leading run is hidden.
+  auto inner = tokens.clone();
+  inner[2].narrow(0, 14, 4).fill_(kPad);
+  auto inner_hidden = model->ForwardHidden(inner, torch::Tensor(), torch::Tensor());
+  EXPECT_TRUE(torch::equal(inner_hidden[2], unmasked->ForwardHidden(inner, torch::Tensor(), torch::Tensor())[2]));
+  EXPECT_GT(MaxAbsDiff(inner_hidden[2].narrow(0, 14, 10), hidden[2].narrow(0, 14, 10)), 1e-3);
+}
+
+// The hidden padding survives incremental decoding: any schedule whose first
+// call holds the padding gives the full recompute, neighbours included.
+TEST(RetroLMPaddingTest, CacheMatchesFullRecomputeWithPadding) {
+  torch::NoGradGuard no_grad;
+  RetroConfig config = TinyRetroConfig();
+  config.padding_id = kPad;
+  torch::manual_seed(32);
+  RetroLM model(config);
+  model->eval();
+  RandomiseCca(model);
+  Inputs in = MakeInputs(2, kContext, 33);
+  in.tokens = PaddedRows({5, 11}, kContext, 34);
+  auto full = model->ForwardHidden(in.tokens, in.neighbours, in.mask);
+  const std::vector<std::vector<int64_t>> schedules = {{12, 1, 1, 1, 1, 3, 8, 5}, {16, 16}, {11, 1, 20}};
+  for (size_t s = 0; s < schedules.size(); ++s) {
+    RetroCache cache;
+    std::vector<torch::Tensor> parts;
+    int64_t past = 0;
+    for (int64_t step : schedules[s]) {
+      parts.push_back(model->ForwardHidden(in.tokens.narrow(1, past, step), in.neighbours, in.mask, &cache));
+      past += step;
+    }
+    ASSERT_EQ(past, kContext);
+    auto cached = torch::cat(parts, 1);
+    EXPECT_TRUE(torch::allclose(cached, full, 0, 1e-4))
+        << "schedule " << s << ": max diff " << MaxAbsDiff(cached, full);
+  }
+  // A cleared cache starts a new sequence: no padding is remembered.
+  RetroCache cache;
+  model->ForwardHidden(in.tokens, in.neighbours, in.mask, &cache);
+  ASSERT_TRUE(cache.hidden_keys.defined());
+  cache.Clear();
+  EXPECT_FALSE(cache.hidden_keys.defined());
+  auto plain = torch::randint(1, kVocab, {2, 8}, torch::kLong);
+  EXPECT_TRUE(torch::allclose(model->ForwardHidden(plain, in.neighbours, in.mask, &cache),
+                              model->ForwardHidden(plain, in.neighbours, in.mask), 0, 1e-6));
+  EXPECT_FALSE(cache.hidden_keys.defined());
+}
 
 // With equal content scores, a head with the aligned-key bias reads the
 // neighbour token at m + p for the query at chunk position p (nearly all of
