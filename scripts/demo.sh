@@ -170,8 +170,10 @@ section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, 
 # (Brown's and the training facts' of step 8) padded to end a chunk, whose
 # continuation attends to the neighbours BM25 finds for the prompt (19 in
 # 20 may find their own document, which teaches copying from a neighbour
-# that continues the prompt: --prompt-own-document; run 11 of
-# docs/results.md). The probe facts are left out of training
+# that continues the prompt: --prompt-own-document; run 12 of
+# docs/results.md). The padding is hidden from the frozen decoder's
+# self-attention (all but its last token), so a padded prompt reads as the
+# LM read [end-of-text, prompt]. The probe facts are left out of training
 # (--exclude-documents): they reach RETRO only through the index.
 # RAG_DEMO_RETRO_STEPS sets the steps (default 420, about 5 s each on 2
 # cores); rerunning resumes.
@@ -196,7 +198,7 @@ for retrieval in on off random; do
     --retrieval "$retrieval" --exclude-own-doc --quiet --output "$retro/eval_retro_$retrieval.json"
 done
 echo "(JSON: $retro/eval_retro_*.json; see docs/results.md for why Brown's neighbours help this little)"
-printf -- '--- retro, greedy, with the neighbours of each chunk: "The committee said that" ->\n'
+printf -- '--- retro, greedy, with the neighbours of each chunk: "The committee said that" ->\nThe committee said that'
 "$rag" generate --model "$retro" --index "$index" --mode retro --prompt "The committee said that" \
   --temperature 0 --max-tokens 80 --show-neighbours
 # The WordNet probes in retro mode: each probe's left context ends a chunk,
@@ -204,9 +206,9 @@ printf -- '--- retro, greedy, with the neighbours of each chunk: "The committee 
 # (which finds the fact's document for every probe; the small LM's
 # embeddings for 18%), re-cut so the fact's object starts the neighbour's
 # continuation. The retrofit copies the object from the aligned neighbour
-# tokens (capital-of, occupation: P@1 0.77 in run 11) but has not learnt
-# to read a fact stated the other way round (capital-is, about 0.03):
-# 0.57 overall, 10x the LM (docs/results.md).
+# tokens (capital-of 0.70, occupation 0.79 P@1 in run 12) but has not
+# learnt to read a fact stated the other way round (capital-is, about
+# 0.03): 0.56 overall, 10x the LM (docs/results.md).
 echo
 "$rag" eval probes --model "$retro" --index "$index" --probes "$probes_dir/probes.jsonl" --mode retro \
   --search-method bm25 --quiet --output "$model/probes_retro_bm25.json" --report "$model/report"
