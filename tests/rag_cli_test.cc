@@ -1,18 +1,19 @@
 // End-to-end tests of the `rag` binary: what a user types, what they see.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
-#include <map>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -556,4 +557,104 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run({"train", "--arch", "retro", "--index", index, "--init", other, "--out", dir_ / "retro2", "--steps", "2"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("built with model"), std::string::npos) << r.err;
+}
+
+// Knowledge update without retraining, in retro mode: a tiny RETRO
+// retrofitted on "The capital of X is Y." documents (invented names the LM
+// cannot guess; every training prompt retrieves its own document, so it
+// learns to copy from an aligned neighbour) is served; facts about new
+// invented places, added through the live server, flip their probes to
+// right in retro mode while lm stays where it was.
+TEST_F(RagCliTest, FactsAddedToALiveServerFlipTheirProbesInRetroOnly) {
+  std::mt19937 rng(7);
+  auto pick = [&](const std::vector<std::string>& from) {
+    return from[std::uniform_int_distribution<size_t>(0, from.size() - 1)(rng)];
+  };
+  const std::vector<std::string> onsets = {"b", "d", "f", "g", "k", "l",  "m",  "n",  "p",
+                                           "r", "s", "t", "v", "z", "qu", "th", "br", "gl"};
+  const std::vector<std::string> vowels = {"a", "e", "i", "o", "u", "ai", "ou"};
+  auto name = [&](int syllables) {
+    std::string s;
+    for (int i = 0; i < syllables; ++i) {
+      s += pick(onsets);  // two statements: the order of a + b's operands is unspecified
+      s += pick(vowels);
+    }
+    s[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s[0])));
+    return s;
+  };
+  const std::vector<std::string> filler = {"It is a quiet place.", "Many people live there.",
+                                           "The river runs through it.", "It is known for its markets.",
+                                           "Its winters are cold."};
+  auto fact = [&](const std::string& id, const std::string& place, const std::string& capital) {
+    const std::string first = pick(filler), second = pick(filler);
+    return json{{"id", id}, {"text", "The capital of " + place + " is " + capital + ". " + first + " " + second}}
+               .dump() +
+           "\n";
+  };
+  const std::string corpus = dir_ / "facts.jsonl";
+  {
+    std::ofstream out(corpus);
+    for (int i = 0; i < 400; ++i) out << fact("f" + std::to_string(i), name(2), name(3));
+  }
+  std::vector<std::pair<std::string, std::string>> added;
+  for (int i = 0; i < 10; ++i) added.emplace_back(name(2), name(3));
+  const std::string facts = dir_ / "added.jsonl", probes = dir_ / "probes.jsonl";
+  {
+    std::ofstream out(facts), probe_out(probes);
+    json candidates = json::array();
+    for (const auto& [place, capital] : added) candidates.push_back(capital);
+    for (size_t i = 0; i < added.size(); ++i) {
+      out << fact("new" + std::to_string(i), added[i].first, added[i].second);
+      probe_out << json{{"sub_label", added[i].first},
+                        {"obj_label", added[i].second},
+                        {"predicate_id", "capital"},
+                        {"template", "The capital of [X] is [Y]."},
+                        {"candidates", candidates}}
+                       .dump()
+                << "\n";
+    }
+  }
+
+  const std::string lm = dir_ / "lm", index = dir_ / "idx", retro = dir_ / "retro";
+  Result r = Run({"train", "--corpus", corpus, "--out", lm, "--preset", "tiny", "--steps", "300", "--vocab-size", "400",
+                  "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Run({"build", "--corpus", corpus, "--model", lm, "--out", index, "--chunk-tokens", "16", "--continuation-tokens",
+           "16", "--index-factory", "Flat", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string config = dir_ / "retro.json";
+  std::ofstream(config) << R"({"chunk_size": 16, "neighbour_tokens": 32, "encoder_layers": 1})";
+  // clang-format off
+  r = Run({"train", "--arch", "retro", "--index", index, "--init", lm, "--out", retro, "--config", config,
+           "--steps", "200", "--lr", "3e-3", "--batch-size", "4", "--prompt-windows", "16",
+           "--prompt-own-document", "1", "--quiet"});
+  // clang-format on
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  const std::string port_file = dir_ / "port";
+  pid_t server = Start(
+      {"serve", "--model", retro, "--index", index, "--listen", "127.0.0.1:0", "--port-file", port_file}, "serve_");
+  for (int i = 0; i < 600 && !fs::exists(port_file); ++i) usleep(100 * 1000);
+  ASSERT_TRUE(fs::exists(port_file)) << Slurp(dir_ / "serve_stderr");
+  const std::string addr = "127.0.0.1:" + Slurp(port_file).substr(0, Slurp(port_file).find('\n'));
+  auto p_at_1 = [&](const std::string& mode) {
+    Result e = Run({"eval", "probes", "--server", addr, "--probes", probes, "--mode", mode, "--search-method", "bm25",
+                    "--json", "--quiet"});
+    EXPECT_EQ(e.exit_code, 0) << e.err;
+    return e.exit_code == 0 ? json::parse(e.out)["p_at_1"].get<double>() : -1.0;
+  };
+  const double lm_before = p_at_1("lm"), retro_before = p_at_1("retro");
+  r = Run({"add", "--server", addr, "--corpus", facts, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const double lm_after = p_at_1("lm"), retro_after = p_at_1("retro");
+  ASSERT_EQ(kill(server, SIGTERM), 0);
+  Wait(server, "serve_");
+
+  // 10 probes, 10 candidates each. Seeds 7, 8, 9, 10 gave retro 0.3, 0.1,
+  // 0.1, 0.1 before the add and 1.0, 0.8, 1.0, 0.9 after; lm 0.1.
+  EXPECT_LE(retro_before, 0.5);
+  EXPECT_GE(retro_after, 0.7) << "retro before the add " << retro_before;
+  EXPECT_GE(retro_after - retro_before, 0.4);
+  EXPECT_EQ(lm_after, lm_before);  // the LM reads no index
+  EXPECT_LT(lm_after, retro_after);
 }
