@@ -47,6 +47,7 @@ std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNei
   // Unaligned tables keep the fingerprint they had before alignment existed.
   std::string f = IndexFingerprint(manifest);
   if (o.align > 0) f += ";align=" + std::to_string(o.align) + "/" + std::to_string(o.chunk);
+  if (o.method != "dense") f += ";search=" + o.method;
   return f;
 }
 
@@ -54,6 +55,10 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
                                                            const RetroNeighbourOptions& o) {
   if (o.k < 1 || o.k > 64) return absl::InvalidArgumentError("RETRO neighbours: k must be in [1, 64]");
   if (o.tokens < 1) return absl::InvalidArgumentError("RETRO neighbours: tokens per neighbour must be >= 1");
+  if (o.method != "dense" && o.method != "bm25") {
+    return absl::InvalidArgumentError("RETRO neighbours: search must be dense or bm25, got '" + o.method + "'");
+  }
+  const bool bm25 = o.method == "bm25";
   const retriever::Manifest manifest = retriever.manifest();
   const retriever::ChunkStore& store = retriever.chunk_store();
   const int64_t n = store.num_chunks();
@@ -86,7 +91,7 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
   RAG_RETURN_IF_ERROR(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
     if (docs.empty() || docs.back().first != c.doc_id) docs.push_back({c.doc_id, {c.id, c.id}});
     docs.back().second.second = c.id + 1;
-    if (o.align > 0) queries.push_back(c.tokens);
+    if (o.align > 0 || bm25) queries.push_back(c.tokens);
     return true;
   }));
   Progress progress("retro: neighbours", n, "chunks");
@@ -95,8 +100,14 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
     so.k = o.k;
     so.nprobe = o.nprobe;
     so.exclude_doc_ids = {doc_id};
+    so.method = o.method;
     const int64_t first = range.first, count = range.second - range.first;
-    RAG_ASSIGN_OR_RETURN(auto found, retriever.SearchEmbeddings(rows + first * dim, count, so));
+    absl::StatusOr<std::vector<std::vector<retriever::Neighbour>>> searched =
+        bm25 ? retriever.Search(
+                   std::vector<std::vector<retriever::Token>>(queries.begin() + first, queries.begin() + first + count),
+                   so)
+             : retriever.SearchEmbeddings(rows + first * dim, count, so);
+    RAG_ASSIGN_OR_RETURN(auto found, std::move(searched));
     for (int64_t q = 0; q < count; ++q) {
       for (size_t j = 0; j < found[q].size() && static_cast<int>(j) < o.k; ++j) {
         const retriever::Neighbour& nb = found[q][j];

@@ -43,6 +43,11 @@ struct RetroNeighbourOptions {
   // Default: 0
   int64_t align = 0;
   int64_t chunk = 64;
+  // How a chunk's neighbours are found: "dense" (its stored embedding and
+  // the FAISS index) or "bm25" (its tokens, retriever::SearchOptions::method:
+  // finds passages that repeat the chunk's words). Part of the cache's
+  // fingerprint. Default: "dense"
+  std::string method = "dense";
 };
 
 struct RetroNeighbourTable {

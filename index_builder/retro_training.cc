@@ -195,6 +195,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   no.align = config.align_neighbours;
   no.chunk = config.chunk_size;
   no.nprobe = job.nprobe;
+  no.method = job.neighbour_search;
   no.show_progress = job.trainer.show_progress;
   RAG_ASSIGN_OR_RETURN(RetroNeighbourTable table,
                        LoadOrComputeRetroNeighbours(*retriever, static_cast<int32_t>(eot), no,
@@ -303,6 +304,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                {"validation_loss_no_retrieval", finite(summary.validation_loss_no_retrieval)},
                {"prompt_windows", options.prompt_windows},
                {"prompt_search", job.prompt_search},
+               {"neighbour_search", job.neighbour_search},
                {"prompt_own_document", job.prompt_own_document},
                {"train_prompt_windows", summary.train_prompt_windows},
                {"validation_prompt_windows", summary.validation_prompt_windows},

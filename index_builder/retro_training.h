@@ -23,6 +23,10 @@ struct RetroTrainJob {
   std::string config_overrides_json;  // JSON object applied over the RETRO defaults; "" = none
   lm::RetroTrainerOptions trainer;    // freeze_decoder = retrofitting
   int nprobe = 16;                    // IVF lists when precomputing neighbours
+  // How every training chunk's neighbours are found: dense or bm25
+  // (RetroNeighbourOptions::method). Evaluate with the same search
+  // (`--search-method`). Default: "dense"
+  std::string neighbour_search = "dense";
   // Ids of the index's documents to use (split by the base LM's split); empty = all.
   std::unordered_set<std::string> only_documents;
   // Ids of documents never trained on nor retrieved for prompt windows (e.g.

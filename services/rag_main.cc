@@ -85,7 +85,7 @@ absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& 
 
 struct TrainArgs {
   std::string corpus, out, arch = "lm", preset = "small", config_file, index, init, gpt2_vocab;
-  std::string exclude_documents, prompt_search = "bm25";
+  std::string exclude_documents, prompt_search = "bm25", neighbour_search = "dense";
   int64_t prompt_windows = -1;
   int prompts_per_document = 4;
   double prompt_own_document = 0.0;
@@ -129,6 +129,7 @@ int RunTrainRetro(const TrainArgs& a) {
   }
   job.prompts_per_document = a.prompts_per_document;
   job.prompt_search = a.prompt_search;
+  job.neighbour_search = a.neighbour_search;
   job.prompt_own_document = a.prompt_own_document;
   job.out_dir = a.out;
   job.index_dir = a.index;
@@ -1478,6 +1479,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   train_cmd->add_option("--prompt-search", train.prompt_search, "retro: dense or bm25, how prompt neighbours are found")
+      ->capture_default_str();
+  train_cmd
+      ->add_option("--neighbour-search", train.neighbour_search,
+                   "retro: dense or bm25, how every training chunk's neighbours are found (evaluate with the "
+                   "same --search-method)")
+      ->check(CLI::IsMember({"dense", "bm25"}))
       ->capture_default_str();
   train_cmd->add_option("--nprobe", train.nprobe, "retro: IVF lists visited when precomputing neighbours")->capture_default_str();
   train_cmd->add_option("--preset", train.preset, "tiny, small or base")->capture_default_str();

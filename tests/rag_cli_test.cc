@@ -452,6 +452,21 @@ TEST_F(RagCliTest, TrainRetroThenEvaluateAndGenerateWithRetrievalOnOffRandom) {
   r = Run(again);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
+  // Lexical neighbours are another table, not the cached dense one.
+  {
+    std::vector<std::string> lexical = again;
+    *(std::find(lexical.begin(), lexical.end(), "--out") + 1) = dir_ / "retro-bm25";
+    lexical.insert(lexical.end(), {"--neighbour-search", "bm25"});
+    r = Run(lexical);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err.find("neighbours from the cache"), std::string::npos) << r.err;
+    std::ifstream info(fs::path(dir_ / "retro-bm25") / "model_info.json");
+    EXPECT_EQ(json::parse(info)["neighbour_search"], "bm25");
+    lexical.back() = "tfidf";
+    r = Run(lexical);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("neighbour-search"), std::string::npos) << r.err;
+  }
   // New models use RETRO's relative positions in the CCA, neighbours re-cut
   // on their query, in training and serving, and start with half the CCA
   // heads reading the aligned token (the saved config says so).

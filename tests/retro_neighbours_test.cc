@@ -189,6 +189,49 @@ TEST_F(RetroNeighboursTest, AlignedTablesAreRecutOnTheirChunkAndCachedApart) {
   EXPECT_EQ(reloaded->token_ids, aligned->token_ids);
 }
 
+// BM25 tables: each chunk's neighbours are what Retriever::Search with
+// method "bm25" returns for its tokens, never from its own document, and
+// they are cached apart from the dense table.
+TEST_F(RetroNeighboursTest, Bm25TablesHoldTheLexicalSearchOfEachChunkAndAreCachedApart) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const int32_t pad = static_cast<int32_t>(model_->tokenizer().eot_id());
+  RetroNeighbourOptions o = Options();
+  o.method = "bm25";
+  auto lexical = ComputeRetroNeighbours(*r, pad, o);
+  RAG_ASSERT_OK(lexical.status());
+  auto dense = ComputeRetroNeighbours(*r, pad, Options());
+  RAG_ASSERT_OK(dense.status());
+  EXPECT_NE(lexical->ids, dense->ids);
+  std::vector<retriever::ChunkRecord> chunks;
+  RAG_ASSERT_OK(r->chunk_store().ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
+    chunks.push_back(c);
+    return true;
+  }));
+  for (int64_t c = 0; c < lexical->chunks; ++c) {
+    retriever::SearchOptions so;
+    so.k = 2;
+    so.method = "bm25";
+    so.exclude_doc_ids = {chunks[static_cast<size_t>(c)].doc_id};
+    auto want = r->Search({chunks[static_cast<size_t>(c)].tokens}, so);
+    RAG_ASSERT_OK(want.status());
+    for (int j = 0; j < lexical->k; ++j) {
+      const int64_t id = lexical->ids[c * lexical->k + j];
+      ASSERT_LT(static_cast<size_t>(j), (*want)[0].size());
+      EXPECT_EQ(id, (*want)[0][static_cast<size_t>(j)].chunk_id) << "chunk " << c;
+      EXPECT_NE(chunks[static_cast<size_t>(id)].doc_id, chunks[static_cast<size_t>(c)].doc_id);
+    }
+  }
+  EXPECT_NE(lexical->fingerprint, dense->fingerprint);
+  const std::string file = Path(kRetroNeighboursFile);
+  RAG_ASSERT_OK(SaveRetroNeighbours(*dense, file));
+  auto reloaded = LoadOrComputeRetroNeighbours(*r, pad, o, file);  // the dense cache is not reused
+  RAG_ASSERT_OK(reloaded.status());
+  EXPECT_EQ(reloaded->ids, lexical->ids);
+  o.method = "tfidf";
+  EXPECT_EQ(ComputeRetroNeighbours(*r, pad, o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(RetroNeighboursTest, CacheRoundTripsAndIsRefusedWhenWrong) {
   auto r = Open();
   ASSERT_NE(r, nullptr);
