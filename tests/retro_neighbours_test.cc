@@ -45,6 +45,18 @@ class RetroNeighboursTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? std::move(*r) : nullptr;
   }
+  // Every chunk of the index, in id order.
+  static std::vector<retriever::ChunkRecord> AllChunks(const retriever::Retriever& r) {
+    std::vector<retriever::ChunkRecord> chunks;
+    EXPECT_TRUE(r.chunk_store()
+                    .ForEachChunk(0,
+                                  [&](const retriever::ChunkRecord& c) {
+                                    chunks.push_back(c);
+                                    return true;
+                                  })
+                    .ok());
+    return chunks;
+  }
   RetroNeighbourOptions Options() const {
     RetroNeighbourOptions o;
     o.k = 2;
@@ -74,11 +86,7 @@ TEST_F(RetroNeighboursTest, NearestChunksOfOtherDocumentsWithTheirContinuations)
   RAG_ASSERT_OK(emb.status());
   const int dim = r->manifest().dim;
   const float* rows = reinterpret_cast<const float*>(emb->data());
-  std::vector<retriever::ChunkRecord> chunks;
-  RAG_ASSERT_OK(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
-    chunks.push_back(c);
-    return true;
-  }));
+  const std::vector<retriever::ChunkRecord> chunks = AllChunks(*r);
   for (int64_t c = 0; c < t->chunks; ++c) {
     double best_d = std::numeric_limits<double>::infinity();
     for (int64_t o = 0; o < t->chunks; ++o) {
@@ -163,11 +171,7 @@ TEST_F(RetroNeighboursTest, AlignedTablesAreRecutOnTheirChunkAndCachedApart) {
   RAG_ASSERT_OK(plain.status());
   EXPECT_EQ(aligned->ids, plain->ids);  // the same neighbours, laid out otherwise
   EXPECT_NE(aligned->token_ids, plain->token_ids);
-  std::vector<retriever::ChunkRecord> chunks;
-  RAG_ASSERT_OK(r->chunk_store().ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
-    chunks.push_back(c);
-    return true;
-  }));
+  const std::vector<retriever::ChunkRecord> chunks = AllChunks(*r);
   for (int64_t c = 0; c < aligned->chunks; ++c) {
     for (int j = 0; j < aligned->k; ++j) {
       const auto& rec = chunks[static_cast<size_t>(aligned->ids[c * aligned->k + j])];
@@ -203,11 +207,7 @@ TEST_F(RetroNeighboursTest, Bm25TablesHoldTheLexicalSearchOfEachChunkAndAreCache
   auto dense = ComputeRetroNeighbours(*r, pad, Options());
   RAG_ASSERT_OK(dense.status());
   EXPECT_NE(lexical->ids, dense->ids);
-  std::vector<retriever::ChunkRecord> chunks;
-  RAG_ASSERT_OK(r->chunk_store().ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
-    chunks.push_back(c);
-    return true;
-  }));
+  const std::vector<retriever::ChunkRecord> chunks = AllChunks(*r);
   for (int64_t c = 0; c < lexical->chunks; ++c) {
     retriever::SearchOptions so;
     so.k = 2;
