@@ -19,6 +19,7 @@
 //
 //   build/bench/bench_retro --model RETRO_DIR --index INDEX_DIR [--corpus data/brown/brown.jsonl]
 //       [--prompts 8] [--prompt-bytes 300] [--max-tokens 192] [--parts ab] [--threads N]
+//       [--search-method dense|bm25] [--neighbours K] (how part (b) finds neighbours, how many)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -146,7 +147,7 @@ absl::StatusOr<bool> GenerationSpeed(rag::services::Engine& engine, const std::v
 
 // (b) What the neighbours of RETRO's retriever could teach the LM.
 absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::string& index_dir, int k, int r,
-                                  const std::vector<rag::Document>& documents) {
+                                  const std::string& method, const std::vector<rag::Document>& documents) {
   constexpr int kLeakageRun = 32;
   auto embedder = rag::lm::MakeLmEmbedder(&model);
   RAG_ASSIGN_OR_RETURN(auto retriever, rag::retriever::Retriever::Open(index_dir, embedder.get(), model.content_hash(),
@@ -154,7 +155,7 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
   const int64_t m = retriever->manifest().chunk_tokens;
   const int64_t total_chunks = retriever->num_vectors();
   CacheTally excluded{"retrieved, own document excluded"}, filtered{"retrieved, own document allowed, filtered"},
-      random{"random chunks of other documents"};
+      random{"random chunks of other documents"}, oracle{"oracle: searched with the chunk to predict"};
   std::mt19937_64 rng(1234);
   const auto& tok = model.tokenizer();
   auto neighbour_tokens = [&](const std::vector<rag::retriever::Token>& chunk,
@@ -169,17 +170,24 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
     const std::vector<float> lm = rag::lm::ScoreTokens(model.module(), ids, tok.eot_id());
     const int64_t n = static_cast<int64_t>(ids.size()), chunks = (n + m - 1) / m;
     if (chunks < 2) continue;
-    std::vector<std::vector<rag::retriever::Token>> queries;
-    for (int64_t j = 0; j + 1 < chunks; ++j) queries.emplace_back(ids.begin() + j * m, ids.begin() + (j + 1) * m);
+    std::vector<std::vector<rag::retriever::Token>> queries, targets;
+    for (int64_t j = 0; j + 1 < chunks; ++j) {
+      queries.emplace_back(ids.begin() + j * m, ids.begin() + (j + 1) * m);
+      targets.emplace_back(ids.begin() + (j + 1) * m, ids.begin() + std::min(n, (j + 2) * m));
+    }
     rag::retriever::SearchOptions so;
     so.k = 4 * k;  // spares for the leakage filter
+    so.method = method;
     RAG_ASSIGN_OR_RETURN(auto with_own, retriever->Search(queries, so));
+    // An upper bound no retriever can reach: the search sees the text it is
+    // to help predict (still leakage-filtered, so not the text itself).
+    RAG_ASSIGN_OR_RETURN(auto by_target, retriever->Search(targets, so));
     so.exclude_doc_ids = {doc.id};
     RAG_ASSIGN_OR_RETURN(auto without_own, retriever->Search(queries, so));
     for (int64_t j = 0; j + 1 < chunks; ++j) {
       const std::vector<int32_t> target(ids.begin() + (j + 1) * m, ids.begin() + std::min(n, (j + 2) * m));
       const float* target_lm = lm.data() + (j + 1) * m;
-      NeighbourTokens own_excluded, own_filtered, drawn;
+      NeighbourTokens own_excluded, own_filtered, drawn, best;
       for (const auto& nb : without_own[static_cast<size_t>(j)]) {
         if (static_cast<int>(own_excluded.size()) < k) own_excluded.push_back(neighbour_tokens(nb.tokens, nb.continuation));
       }
@@ -189,6 +197,12 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
           own_filtered.push_back(std::move(t));
         }
       }
+      for (const auto& nb : by_target[static_cast<size_t>(j)]) {
+        std::vector<int32_t> t = neighbour_tokens(nb.tokens, nb.continuation);
+        if (static_cast<int>(best.size()) < k && !rag::lm::SharesTokenRun(target, t, kLeakageRun)) {
+          best.push_back(std::move(t));
+        }
+      }
       while (static_cast<int>(drawn.size()) < k && total_chunks > 0) {
         RAG_ASSIGN_OR_RETURN(auto recs, retriever->chunk_store().GetChunks({static_cast<int64_t>(rng() % total_chunks)}));
         if (recs[0].doc_id != doc.id) drawn.push_back(neighbour_tokens(recs[0].tokens, recs[0].continuation));
@@ -196,16 +210,18 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
       excluded.Add(target, target_lm, own_excluded);
       filtered.Add(target, target_lm, own_filtered);
       random.Add(target, target_lm, drawn);
+      oracle.Add(target, target_lm, best);
     }
   }
-  std::printf("\n(b) neighbour information: %zu validation documents, %lld tokens after a retrieving chunk; "
-              "K %d neighbours of %d tokens; LM perplexity on them %.2f\n",
-              documents.size(), static_cast<long long>(excluded.tokens), k, r,
-              std::exp(-excluded.lm_logprob / std::max<int64_t>(1, excluded.tokens)));
+  std::printf(
+      "\n(b) neighbour information (%s search): %zu validation documents, %lld tokens after a retrieving "
+      "chunk; K %d neighbours of %d tokens; LM perplexity on them %.2f\n",
+      method.c_str(), documents.size(), static_cast<long long>(excluded.tokens), k, r,
+      std::exp(-excluded.lm_logprob / std::max<int64_t>(1, excluded.tokens)));
   std::printf("%-44s %10s", "neighbours", "in nbrs");
   for (double l : CacheTally::kLambdas) std::printf("   l=%-5.2f", l);
   std::printf("   (perplexity of LM + unigram cache)\n");
-  for (const CacheTally* t : {&excluded, &filtered, &random}) {
+  for (const CacheTally* t : {&excluded, &filtered, &random, &oracle}) {
     std::printf("%-44s %10.3f", t->label.c_str(), static_cast<double>(t->found) / std::max<int64_t>(1, t->tokens));
     for (double lp : t->mixed_logprob) std::printf(" %10.2f", std::exp(-lp / std::max<int64_t>(1, t->tokens)));
     std::printf("\n");
@@ -218,7 +234,8 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
 int main(int argc, char** argv) {
   std::string model_dir, index_dir, corpus = "data/brown/brown.jsonl";
   int prompts = 8, prompt_bytes = 300, max_tokens = 192;
-  std::string parts = "ab";
+  std::string parts = "ab", search_method = "dense";
+  int neighbours = 0;  // part (b): K, 0 = the model's
   int threads = rag::lm::kDefaultThreads;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
@@ -238,13 +255,18 @@ int main(int argc, char** argv) {
       threads = std::stoi(v);
     else if (f == "--parts")
       parts = v;
+    else if (f == "--search-method")
+      search_method = v;
+    else if (f == "--neighbours")
+      neighbours = std::stoi(v);
     else
       return Fail("unknown flag " + f);
   }
   if (model_dir.empty() || index_dir.empty() || prompts < 1 || max_tokens < 1) {
     std::fprintf(stderr,
                  "usage: bench_retro --model RETRO_DIR --index INDEX_DIR [--corpus PATH] [--prompts N] "
-                 "[--prompt-bytes N] [--max-tokens N] [--parts ab] [--threads N]\n");
+                 "[--prompt-bytes N] [--max-tokens N] [--parts ab] [--threads N] [--search-method dense|bm25] "
+                 "[--neighbours K]\n");
     return 2;
   }
   rag::lm::ConfigureRuntime(threads);
@@ -288,8 +310,9 @@ int main(int argc, char** argv) {
   }
   if (parts.find('b') != std::string::npos) {
     const rag::lm::RetroConfig& c = (*engine)->retro()->config();
-    const int k = static_cast<int>(c.neighbours), r = static_cast<int>(c.neighbour_tokens);
-    absl::Status b = NeighbourInformation((*engine)->model(), index_dir, k, r, *validation);
+    const int k = neighbours > 0 ? neighbours : static_cast<int>(c.neighbours),
+              r = static_cast<int>(c.neighbour_tokens);
+    absl::Status b = NeighbourInformation((*engine)->model(), index_dir, k, r, search_method, *validation);
     if (!b.ok()) return Fail(b.ToString());
   }
   return pass ? 0 : 1;

@@ -10,6 +10,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "lm/retro_leakage.h"
 
 namespace rag::index_builder {
 namespace {
@@ -48,6 +49,7 @@ std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNei
   std::string f = IndexFingerprint(manifest);
   if (o.align > 0) f += ";align=" + std::to_string(o.align) + "/" + std::to_string(o.chunk);
   if (o.method != "dense") f += ";search=" + o.method;
+  if (o.own_document_filter > 0) f += ";own-document-filter=" + std::to_string(o.own_document_filter);
   return f;
 }
 
@@ -58,7 +60,9 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
   if (o.method != "dense" && o.method != "bm25") {
     return absl::InvalidArgumentError("RETRO neighbours: search must be dense or bm25, got '" + o.method + "'");
   }
-  const bool bm25 = o.method == "bm25";
+  if (o.own_document_filter < 0)
+    return absl::InvalidArgumentError("RETRO neighbours: own_document_filter must be >= 0");
+  const bool bm25 = o.method == "bm25", own = o.own_document_filter > 0;
   const retriever::Manifest manifest = retriever.manifest();
   const retriever::ChunkStore& store = retriever.chunk_store();
   const int64_t n = store.num_chunks();
@@ -91,15 +95,17 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
   RAG_RETURN_IF_ERROR(store.ForEachChunk(0, [&](const retriever::ChunkRecord& c) {
     if (docs.empty() || docs.back().first != c.doc_id) docs.push_back({c.doc_id, {c.id, c.id}});
     docs.back().second.second = c.id + 1;
-    if (o.align > 0 || bm25) queries.push_back(c.tokens);
+    if (o.align > 0 || bm25 || own) queries.push_back(c.tokens);
     return true;
   }));
   Progress progress("retro: neighbours", n, "chunks");
   for (const auto& [doc_id, range] : docs) {
     retriever::SearchOptions so;
-    so.k = o.k;
+    // With the own document allowed, the query chunk itself is the nearest
+    // and falls to the filter (its continuation is the target): fetch spares.
+    so.k = own ? 4 * o.k + 2 : o.k;
     so.nprobe = o.nprobe;
-    so.exclude_doc_ids = {doc_id};
+    if (!own) so.exclude_doc_ids = {doc_id};
     so.method = o.method;
     const int64_t first = range.first, count = range.second - range.first;
     absl::StatusOr<std::vector<std::vector<retriever::Neighbour>>> searched =
@@ -109,9 +115,20 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
              : retriever.SearchEmbeddings(rows + first * dim, count, so);
     RAG_ASSIGN_OR_RETURN(auto found, std::move(searched));
     for (int64_t q = 0; q < count; ++q) {
-      for (size_t j = 0; j < found[q].size() && static_cast<int>(j) < o.k; ++j) {
+      int64_t kept = 0;
+      for (size_t j = 0; j < found[q].size() && kept < o.k; ++j) {
         const retriever::Neighbour& nb = found[q][j];
-        const int64_t slot = (first + q) * o.k + static_cast<int64_t>(j);
+        if (own && q + 1 < count) {
+          // The set of chunk q helps predict chunk q + 1 (RetroLM's shift).
+          const std::vector<retriever::Token>& target = queries[static_cast<size_t>(first + q + 1)];
+          std::vector<lm::TokenId> text(nb.tokens.begin(), nb.tokens.end());
+          text.insert(text.end(), nb.continuation.begin(), nb.continuation.end());
+          if (lm::SharesTokenRun(target.data(), static_cast<int64_t>(target.size()), text.data(),
+                                 static_cast<int64_t>(text.size()), o.own_document_filter)) {
+            continue;
+          }
+        }
+        const int64_t slot = (first + q) * o.k + kept++;
         t.ids[static_cast<size_t>(slot)] = nb.chunk_id;
         int32_t* out = t.token_ids.data() + slot * o.tokens;
         if (o.align > 0) {

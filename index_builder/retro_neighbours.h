@@ -48,6 +48,15 @@ struct RetroNeighbourOptions {
   // finds passages that repeat the chunk's words). Part of the cache's
   // fingerprint. Default: "dense"
   std::string method = "dense";
+  // 0: RETRO's training rule, a chunk never retrieves its own document.
+  // > 0: its own document is searched too, and a neighbour is dropped (the
+  // next candidate taking its place) when it shares a run of this many
+  // tokens with the chunk the set helps predict (the chunk after the query),
+  // the leakage filter `rag eval perplexity` applies with the own document
+  // allowed. An experiment for corpora whose documents do not repeat each
+  // other (Brown): the other chunks of a chunk's document are the only ones
+  // that share its names. Part of the cache's fingerprint. Default: 0
+  int64_t own_document_filter = 0;
 };
 
 struct RetroNeighbourTable {
@@ -72,7 +81,7 @@ std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNei
 
 // Searches the index for every chunk's neighbours (from the stored
 // embeddings.f32 rows, so no chunk is embedded again), excluding the
-// chunk's own document. `pad_token` fills neighbours shorter than R.
+// chunk's own document (or leakage-filtering it: own_document_filter). `pad_token` fills neighbours shorter than R.
 // The table's fingerprint is TableFingerprint(index, options).
 absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever,
                                                             int32_t pad_token, const RetroNeighbourOptions& options);

@@ -196,6 +196,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   no.chunk = config.chunk_size;
   no.nprobe = job.nprobe;
   no.method = job.neighbour_search;
+  no.own_document_filter = job.own_document_filter;
   no.show_progress = job.trainer.show_progress;
   RAG_ASSIGN_OR_RETURN(RetroNeighbourTable table,
                        LoadOrComputeRetroNeighbours(*retriever, static_cast<int32_t>(eot), no,
@@ -305,6 +306,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                {"prompt_windows", options.prompt_windows},
                {"prompt_search", job.prompt_search},
                {"neighbour_search", job.neighbour_search},
+               {"own_document_filter", job.own_document_filter},
                {"prompt_own_document", job.prompt_own_document},
                {"train_prompt_windows", summary.train_prompt_windows},
                {"validation_prompt_windows", summary.validation_prompt_windows},

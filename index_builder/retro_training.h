@@ -27,6 +27,10 @@ struct RetroTrainJob {
   // (RetroNeighbourOptions::method). Evaluate with the same search
   // (`--search-method`). Default: "dense"
   std::string neighbour_search = "dense";
+  // RetroNeighbourOptions::own_document_filter: 0 = RETRO's rule (own
+  // document excluded), > 0 = own document allowed, neighbours sharing a run
+  // of this many tokens with the predicted chunk dropped. Default: 0
+  int64_t own_document_filter = 0;
   // Ids of the index's documents to use (split by the base LM's split); empty = all.
   std::unordered_set<std::string> only_documents;
   // Ids of documents never trained on nor retrieved for prompt windows (e.g.

@@ -89,6 +89,7 @@ struct TrainArgs {
   int64_t prompt_windows = -1;
   int prompts_per_document = 4;
   double prompt_own_document = 0.0;
+  int64_t own_document_filter = 0;
   int64_t steps = 0, batch_size = 0, seq_len = 0, checkpoint_every = -1, eval_every = -1, warmup = -1;
   int vocab_size = 4096;
   double lr = 0, validation_fraction = 0.05;
@@ -130,6 +131,7 @@ int RunTrainRetro(const TrainArgs& a) {
   job.prompts_per_document = a.prompts_per_document;
   job.prompt_search = a.prompt_search;
   job.neighbour_search = a.neighbour_search;
+  job.own_document_filter = a.own_document_filter;
   job.prompt_own_document = a.prompt_own_document;
   job.out_dir = a.out;
   job.index_dir = a.index;
@@ -1485,6 +1487,13 @@ int main(int argc, char** argv) {
                    "retro: dense or bm25, how every training chunk's neighbours are found (evaluate with the "
                    "same --search-method)")
       ->check(CLI::IsMember({"dense", "bm25"}))
+      ->capture_default_str();
+  train_cmd
+      ->add_option("--own-document-filter", train.own_document_filter,
+                   "retro: 0 = a training chunk never retrieves its own document (RETRO's rule); N > 0 = it may, "
+                   "and neighbours sharing a run of N tokens with the chunk they help predict are dropped (the "
+                   "leakage filter of `rag eval perplexity` without --exclude-own-doc)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   train_cmd->add_option("--nprobe", train.nprobe, "retro: IVF lists visited when precomputing neighbours")->capture_default_str();
   train_cmd->add_option("--preset", train.preset, "tiny, small or base")->capture_default_str();

@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "index_builder/index_builder.h"
 #include "lm/embedder.h"
+#include "lm/retro_leakage.h"
 #include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
@@ -229,6 +230,44 @@ TEST_F(RetroNeighboursTest, Bm25TablesHoldTheLexicalSearchOfEachChunkAndAreCache
   RAG_ASSERT_OK(reloaded.status());
   EXPECT_EQ(reloaded->ids, lexical->ids);
   o.method = "tfidf";
+  EXPECT_EQ(ComputeRetroNeighbours(*r, pad, o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RetroNeighboursTest, OwnDocumentFilterAllowsTheDocumentButNotThePredictedChunk) {
+  auto r = Open();
+  ASSERT_NE(r, nullptr);
+  const int32_t pad = static_cast<int32_t>(model_->tokenizer().eot_id());
+  RetroNeighbourOptions o = Options();
+  o.method = "bm25";
+  o.own_document_filter = 4;
+  auto own = ComputeRetroNeighbours(*r, pad, o);
+  RAG_ASSERT_OK(own.status());
+  const std::vector<retriever::ChunkRecord> chunks = AllChunks(*r);
+  int64_t own_neighbours = 0;
+  for (int64_t c = 0; c < own->chunks; ++c) {
+    const auto& query = chunks[static_cast<size_t>(c)];
+    // A last chunk shorter than the run cannot share one: nothing to filter.
+    const bool has_next =
+        c + 1 < own->chunks && chunks[static_cast<size_t>(c + 1)].doc_id == query.doc_id &&
+        static_cast<int64_t>(chunks[static_cast<size_t>(c + 1)].tokens.size()) >= o.own_document_filter;
+    for (int j = 0; j < own->k; ++j) {
+      ASSERT_TRUE(own->has(c, j)) << "chunk " << c;
+      const int64_t id = own->ids[c * own->k + j];
+      EXPECT_FALSE(has_next && id == c) << "chunk " << c << " retrieved itself, whose continuation it predicts";
+      if (chunks[static_cast<size_t>(id)].doc_id == query.doc_id) ++own_neighbours;
+      if (!has_next) continue;
+      const auto& target = chunks[static_cast<size_t>(c + 1)].tokens;
+      const std::vector<int32_t> shown(own->tokens_of(c, j), own->tokens_of(c, j) + own->tokens);
+      EXPECT_FALSE(lm::SharesTokenRun(target, shown, o.own_document_filter)) << "chunk " << c << " neighbour " << j;
+    }
+  }
+  // The document's other chunks share its words, so BM25 finds some of them.
+  EXPECT_GT(own_neighbours, 0);
+  o.own_document_filter = 0;
+  auto excluded = ComputeRetroNeighbours(*r, pad, o);
+  RAG_ASSERT_OK(excluded.status());
+  EXPECT_NE(own->fingerprint, excluded->fingerprint);
+  o.own_document_filter = -1;
   EXPECT_EQ(ComputeRetroNeighbours(*r, pad, o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
