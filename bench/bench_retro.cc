@@ -7,6 +7,8 @@
 //      the perplexity of the LM interpolated with a unigram cache over them
 //      (p = (1 - l) p_lm + l c(token) / |neighbours|). A retriever whose
 //      neighbours beat random chunks by little gives RETRO nothing to learn.
+//      Two bounds: an oracle that searches with the chunk to be predicted
+//      (leakage-filtered), and a cache over the whole document so far.
 //
 // One Engine serves a RETRO model directory: mode lm runs its base LM (the
 // same decoder, without encoder and CCA), mode retro runs the RetroLM with
@@ -155,7 +157,8 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
   const int64_t m = retriever->manifest().chunk_tokens;
   const int64_t total_chunks = retriever->num_vectors();
   CacheTally excluded{"retrieved, own document excluded"}, filtered{"retrieved, own document allowed, filtered"},
-      random{"random chunks of other documents"}, oracle{"oracle: searched with the chunk to predict"};
+      random{"random chunks of other documents"}, oracle{"oracle: searched with the chunk to predict"},
+      history{"the document so far (a cache, not retrieval)"};
   std::mt19937_64 rng(1234);
   const auto& tok = model.tokenizer();
   auto neighbour_tokens = [&](const std::vector<rag::retriever::Token>& chunk,
@@ -211,6 +214,9 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
       filtered.Add(target, target_lm, own_filtered);
       random.Add(target, target_lm, drawn);
       oracle.Add(target, target_lm, best);
+      // Every token before the target, the classic cache LM's memory: what
+      // a retriever confined to the document's own past could offer at most.
+      history.Add(target, target_lm, {std::vector<int32_t>(ids.begin(), ids.begin() + (j + 1) * m)});
     }
   }
   std::printf(
@@ -221,7 +227,7 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
   std::printf("%-44s %10s", "neighbours", "in nbrs");
   for (double l : CacheTally::kLambdas) std::printf("   l=%-5.2f", l);
   std::printf("   (perplexity of LM + unigram cache)\n");
-  for (const CacheTally* t : {&excluded, &filtered, &random, &oracle}) {
+  for (const CacheTally* t : {&excluded, &filtered, &random, &oracle, &history}) {
     std::printf("%-44s %10.3f", t->label.c_str(), static_cast<double>(t->found) / std::max<int64_t>(1, t->tokens));
     for (double lp : t->mixed_logprob) std::printf(" %10.2f", std::exp(-lp / std::max<int64_t>(1, t->tokens)));
     std::printf("\n");
