@@ -10,7 +10,6 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
-#include "lm/retro_leakage.h"
 
 namespace rag::index_builder {
 namespace {
@@ -118,15 +117,10 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
       int64_t kept = 0;
       for (size_t j = 0; j < found[q].size() && kept < o.k; ++j) {
         const retriever::Neighbour& nb = found[q][j];
-        if (own && q + 1 < count) {
-          // The set of chunk q helps predict chunk q + 1 (RetroLM's shift).
-          const std::vector<retriever::Token>& target = queries[static_cast<size_t>(first + q + 1)];
-          std::vector<lm::TokenId> text(nb.tokens.begin(), nb.tokens.end());
-          text.insert(text.end(), nb.continuation.begin(), nb.continuation.end());
-          if (lm::SharesTokenRun(target.data(), static_cast<int64_t>(target.size()), text.data(),
-                                 static_cast<int64_t>(text.size()), o.own_document_filter)) {
-            continue;
-          }
+        // The set of chunk q helps predict chunk q + 1 (RetroLM's shift).
+        if (own && q + 1 < count &&
+            retriever::NeighbourLeaks(nb, queries[static_cast<size_t>(first + q + 1)], o.own_document_filter)) {
+          continue;
         }
         const int64_t slot = (first + q) * o.k + kept++;
         t.ids[static_cast<size_t>(slot)] = nb.chunk_id;

@@ -81,7 +81,8 @@ std::string TableFingerprint(const retriever::Manifest& manifest, const RetroNei
 
 // Searches the index for every chunk's neighbours (from the stored
 // embeddings.f32 rows, so no chunk is embedded again), excluding the
-// chunk's own document (or leakage-filtering it: own_document_filter). `pad_token` fills neighbours shorter than R.
+// chunk's own document (or leakage-filtering it: own_document_filter).
+// `pad_token` fills neighbours shorter than R.
 // The table's fingerprint is TableFingerprint(index, options).
 absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retriever& retriever,
                                                             int32_t pad_token, const RetroNeighbourOptions& options);

@@ -7,6 +7,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/retro_leakage.h"
 
 namespace rag::retriever {
 namespace fs = std::filesystem;
@@ -231,10 +232,23 @@ int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out) {
   return written;
 }
 
-int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,
-                             int64_t chunk, int64_t n, Token pad, Token* out) {
+namespace {
+
+std::vector<Token> NeighbourText(const Neighbour& neighbour) {
   std::vector<Token> text(neighbour.tokens);
   text.insert(text.end(), neighbour.continuation.begin(), neighbour.continuation.end());
+  return text;
+}
+
+}  // namespace
+
+bool NeighbourLeaks(const Neighbour& neighbour, const std::vector<Token>& target, int64_t run) {
+  return lm::SharesTokenRun(target, NeighbourText(neighbour), run);
+}
+
+int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,
+                             int64_t chunk, int64_t n, Token pad, Token* out) {
+  const std::vector<Token> text = NeighbourText(neighbour);
   const int64_t len = static_cast<int64_t>(text.size()), q = static_cast<int64_t>(query.size());
   int64_t best = 0, best_end = 0;  // match length, and the text position just after it
   // The whole of a short query must match (a generic phrase such as "is the

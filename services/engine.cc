@@ -1,9 +1,6 @@
 #include "services/engine.h"
 
-#include "common/cancellation.h"
-
 #include <torch/torch.h>
-
 #include <xxhash.h>
 
 #include <cmath>
@@ -14,7 +11,6 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "lm/generator.h"
-#include "lm/retro_leakage.h"
 #include "lm/scorer.h"
 
 namespace rag::services {
@@ -448,14 +444,9 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> Engine::RetroSets(const std::vecto
     const std::vector<lm::TokenId> target = chunk(j + 1);
     for (auto& nb : list) {
       if (static_cast<int64_t>(kept.size()) >= k) break;
-      if (p.leakage_filter > 0) {
-        // All of the text, since an aligned neighbour may show any of it.
-        std::vector<lm::TokenId> text(nb.tokens.begin(), nb.tokens.end());
-        text.insert(text.end(), nb.continuation.begin(), nb.continuation.end());
-        if (lm::SharesTokenRun(target, text, p.leakage_filter)) {
-          ++*filtered;
-          continue;
-        }
+      if (p.leakage_filter > 0 && retriever::NeighbourLeaks(nb, target, p.leakage_filter)) {
+        ++*filtered;
+        continue;
       }
       kept.push_back(std::move(nb));
     }
