@@ -14,7 +14,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libxxhash-dev
   libzstd-dev libpcre2-dev libabsl-dev
-  python3 wordnet-base gnuplot-nox zlib1g-dev openssl
+  python3 python3-numpy wordnet-base gnuplot-nox zlib1g-dev openssl
   clang libclang-rt-14-dev
 )
 
