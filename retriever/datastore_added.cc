@@ -1,8 +1,6 @@
 // Datastore (retriever/datastore.h): keys of documents added to a served
 // index, kept durable in added.log (retriever/internal/added_log.h), held
 // in memory and searched exactly (ExactSearchL2) next to keys.faiss.
-#include "retriever/datastore.h"
-
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -19,6 +17,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "retriever/datastore.h"
 #include "retriever/internal/added_log.h"
 #include "retriever/internal/datastore_format.h"
 #include "retriever/internal/posix_io.h"
@@ -98,8 +97,8 @@ absl::Status Datastore::AddDocumentKeys(const std::string& doc_id, const float* 
   std::lock_guard<std::mutex> write_lock(added_->write_mu);
   if (HasAddedDocument(doc_id)) return absl::InvalidArgumentError(context + ": its keys were added already");
   if (durable) {
-    const std::string record = internal::EncodeAddedRecord(static_cast<uint32_t>(dim_), doc_id, n, doc,
-                                                           halves.data(), values);
+    const std::string record =
+        internal::EncodeAddedRecord(static_cast<uint32_t>(dim_), doc_id, n, doc, halves.data(), values);
     if (added_->fd.get() < 0) {
       std::error_code ec;
       const bool existed = fs::exists(added_->path, ec);

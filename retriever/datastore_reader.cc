@@ -1,8 +1,6 @@
 // Datastore (retriever/datastore.h), the read side: opening and verifying
 // the files, key access and Search. The keys added while served are in
 // datastore_added.cc.
-#include "retriever/datastore.h"
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -20,6 +18,7 @@
 
 #include "common/binary_file.h"
 #include "common/status.h"
+#include "retriever/datastore.h"
 #include "retriever/internal/added_log.h"
 #include "retriever/internal/datastore_format.h"
 #include "retriever/internal/posix_io.h"
@@ -31,9 +30,9 @@ using internal::DecodeHeader;
 using internal::ErrnoStatus;
 using internal::FileKind;
 using internal::FileSize;
-using internal::Header;
 using internal::HalfTable;
 using internal::HalvesToFloats;
+using internal::Header;
 using internal::kHeaderBytes;
 using internal::kKinds;
 using internal::OpenFile;

@@ -1,8 +1,6 @@
 // DatastoreWriter (retriever/datastore.h): creating or resuming the three
 // data files, appending, checkpoints, and Finish (checksums, then keys.faiss
 // through internal::KeyIndexer).
-#include "retriever/datastore.h"
-
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -19,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "retriever/datastore.h"
 #include "retriever/internal/datastore_format.h"
 #include "retriever/internal/key_indexer.h"
 #include "retriever/internal/posix_io.h"
@@ -35,9 +34,9 @@ using internal::FileKind;
 using internal::FileSize;
 using internal::FsyncFd;
 using internal::Header;
+using internal::kDocsKind;
 using internal::KeyIndexer;
 using internal::kHeaderBytes;
-using internal::kDocsKind;
 using internal::kKeysKind;
 using internal::kKinds;
 using internal::kValuesKind;
@@ -292,8 +291,8 @@ absl::Status DatastoreWriter::IndexInBackground(const DatastoreFinishOptions& op
     return absl::InvalidArgumentError(context + ": total_rows " + std::to_string(total_rows) + " is below the " +
                                       std::to_string(rows_) + " rows already written");
   }
-  auto indexer = KeyIndexer::Create(options, total_rows, /*prefix_sample=*/true, dim_, files_->fd[0].get(),
-                                    files_->path[0]);
+  auto indexer =
+      KeyIndexer::Create(options, total_rows, /*prefix_sample=*/true, dim_, files_->fd[0].get(), files_->path[0]);
   if (!indexer.ok()) return Annotate(indexer.status(), context);
   // A resumed writer's rows are durable.
   background_ = std::make_unique<Background>(options, std::move(indexer).value(), rows_);
@@ -340,8 +339,7 @@ absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptio
     RAG_RETURN_IF_ERROR(Annotate(background_->status(), context + " (background indexing)"));
     indexer = background_->TakeIndexer();
   } else {
-    auto created =
-        KeyIndexer::Create(options, n, /*prefix_sample=*/false, dim_, files_->fd[0].get(), files_->path[0]);
+    auto created = KeyIndexer::Create(options, n, /*prefix_sample=*/false, dim_, files_->fd[0].get(), files_->path[0]);
     if (!created.ok()) return Annotate(created.status(), context);
     indexer = std::move(created).value();
   }

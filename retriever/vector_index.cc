@@ -155,7 +155,6 @@ int64_t NlistOf(const faiss::Index* index) {
   return ivf == nullptr ? 0 : static_cast<int64_t>(ivf->nlist);
 }
 
-
 // index_factory turns on polysemous training for every "PQ" it builds. It
 // only serves polysemous (Hamming-filtered) search, which this wrapper never
 // enables, and it is by far the slowest part of training: measured 100+ s
@@ -609,11 +608,12 @@ absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vector
   const std::string context = "exact search";
   if (dim <= 0) return absl::InvalidArgumentError(context + ": dim must be positive");
   if (k < 1 || k > VectorIndex::kMaxK) {
-    return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(VectorIndex::kMaxK) +
-                                      "], got " + std::to_string(k));
+    return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(VectorIndex::kMaxK) + "], got " +
+                                      std::to_string(k));
   }
   if (nq < 0 || n < 0) return absl::InvalidArgumentError(context + ": negative nq or n");
-  if ((queries == nullptr && nq > 0) || (vectors == nullptr && n > 0) || ((labels == nullptr) != (exclude_label == nullptr))) {
+  if ((queries == nullptr && nq > 0) || (vectors == nullptr && n > 0) ||
+      ((labels == nullptr) != (exclude_label == nullptr))) {
     return absl::InvalidArgumentError(context + ": null data");
   }
   const size_t kk = static_cast<size_t>(k);
@@ -641,9 +641,8 @@ absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vector
       }
     }
     for (size_t i = 0; i < nn; ++i) order[i] = static_cast<int64_t>(i);
-    std::partial_sort(order.begin(), order.begin() + take, order.end(), [row](int64_t a, int64_t b) {
-      return row[a] < row[b] || (row[a] == row[b] && a < b);
-    });
+    std::partial_sort(order.begin(), order.begin() + take, order.end(),
+                      [row](int64_t a, int64_t b) { return row[a] < row[b] || (row[a] == row[b] && a < b); });
     for (int64_t j = 0; j < take; ++j) {
       const float d = row[order[static_cast<size_t>(j)]];
       if (!std::isfinite(d)) break;

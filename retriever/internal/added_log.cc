@@ -10,8 +10,8 @@ constexpr size_t kAddedHeaderBytes = 32;
 
 }  // namespace
 
-std::string EncodeAddedRecord(uint32_t dim, const std::string& doc_id, int64_t n, int32_t doc,
-                              const uint16_t* halves, const int32_t* values) {
+std::string EncodeAddedRecord(uint32_t dim, const std::string& doc_id, int64_t n, int32_t doc, const uint16_t* halves,
+                              const int32_t* values) {
   std::string record(kAddedHeaderBytes, '\0');
   PutMagic(record.data(), kAddedMagic);
   PutU32(record.data() + 8, dim);

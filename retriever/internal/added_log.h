@@ -36,8 +36,8 @@ struct AddedRecord {
 };
 
 // The bytes of one record: `n` keys of `dim` halves and n values.
-std::string EncodeAddedRecord(uint32_t dim, const std::string& doc_id, int64_t n, int32_t doc,
-                              const uint16_t* halves, const int32_t* values);
+std::string EncodeAddedRecord(uint32_t dim, const std::string& doc_id, int64_t n, int32_t doc, const uint16_t* halves,
+                              const int32_t* values);
 
 // The whole records at the start of `log` for keys of `dim`, in order; stops
 // at the first torn or corrupt one. *valid_bytes is the length they span.

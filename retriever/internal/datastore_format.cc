@@ -22,8 +22,7 @@ void EncodeHeader(const FileKind& kind, const Header& h, unsigned char out[kHead
   PutU64(out + 32, Checksum64(out, kHashedHeaderBytes));
 }
 
-absl::StatusOr<Header> DecodeHeader(const FileKind& kind, const unsigned char* p, size_t got,
-                                    const std::string& path) {
+absl::StatusOr<Header> DecodeHeader(const FileKind& kind, const unsigned char* p, size_t got, const std::string& path) {
   auto data_loss = [&](const std::string& why) { return absl::DataLossError("'" + path + "': " + why); };
   if (got >= kMagicBytes && !HasMagic(p, got, kind.magic)) {
     return data_loss(std::string("not a datastore ") + kind.name + " file (bad magic)");

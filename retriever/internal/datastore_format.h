@@ -47,8 +47,7 @@ void EncodeHeader(const FileKind& kind, const Header& h, unsigned char out[kHead
 // Parses and checks a header read from `path` (`got` bytes of it): DataLoss
 // for a bad magic, a short or corrupt header or impossible fields,
 // FailedPrecondition for another format version.
-absl::StatusOr<Header> DecodeHeader(const FileKind& kind, const unsigned char* p, size_t got,
-                                    const std::string& path);
+absl::StatusOr<Header> DecodeHeader(const FileKind& kind, const unsigned char* p, size_t got, const std::string& path);
 
 // Payload bytes of `rows` rows, or -1 when that overflows a file size.
 int64_t PayloadBytes(const FileKind& kind, uint32_t width, int64_t rows);
