@@ -613,7 +613,7 @@ absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vector
   }
   if (nq < 0 || n < 0) return absl::InvalidArgumentError(context + ": negative nq or n");
   if ((queries == nullptr && nq > 0) || (vectors == nullptr && n > 0) ||
-      ((labels == nullptr) != (exclude_label == nullptr))) {
+      (exclude_label != nullptr && labels == nullptr)) {
     return absl::InvalidArgumentError(context + ": null data");
   }
   const size_t kk = static_cast<size_t>(k);

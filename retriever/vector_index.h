@@ -214,14 +214,14 @@ class VectorIndex {
 // Exact (brute-force) k nearest neighbours by squared L2 of the nq queries
 // ([nq, dim] floats) among n vectors the caller holds ([n, dim] floats, no
 // index): FAISS's flat distance computation, |q|^2 + |x|^2 - 2 q.x with one
-// BLAS product, clamped at 0. `labels` (n entries) and `exclude_label` (nq
-// entries) are both null or both given: vector i is never returned for
-// query q when labels[i] == exclude_label[q] (so -1 excludes nothing for
-// labels >= 0). `distances` and `ids` are resized to nq * k, row-major,
+// BLAS product, clamped at 0. `exclude_label` (nq entries) may be null
+// (nothing excluded); otherwise `labels` (n entries) must be given too, and
+// vector i is never returned for query q when labels[i] == exclude_label[q]
+// (so -1 excludes nothing for labels >= 0). `distances` and `ids` are resized to nq * k, row-major,
 // nearest first, ties by the lower id; missing results (k > n, or excluded)
 // have id -1 and distance +inf. Memory: nq * n floats.
 // InvalidArgument for dim <= 0, k outside [1, VectorIndex::kMaxK],
-// nq < 0, n < 0, or null data.
+// nq < 0, n < 0, or null data (labels null with exclude_label given).
 absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vectors, int64_t n, int dim, int k,
                            const int32_t* labels, const int32_t* exclude_label, std::vector<float>* distances,
                            std::vector<int64_t>* ids);
