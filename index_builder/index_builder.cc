@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -17,9 +16,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <random>
-#include <regex>
 #include <set>
 #include <unordered_set>
 
@@ -204,7 +201,6 @@ class EmbeddingsFile {
     return absl::OkStatus();
   }
 
-  int fd() const { return fd_; }
   int64_t rows() const { return rows_; }
   int dim() const { return dim_; }
 
@@ -223,63 +219,14 @@ class EmbeddingsFile {
   int64_t row_bytes_;
 };
 
-// VectorIndex::Train(x, n, seed) with max_train 0 trains on
-// min(n, max(256 * nlist, 100000)) rows (retriever/vector_index.h).
-constexpr int64_t kTrainRowsPerList = 256;
-constexpr int64_t kMinTrainRows = 100000;
-
-// nlist of the IVF that FAISS builds for `factory` (0 when it has none),
-// read from the factory string the way FAISS 1.7's index_factory writes
-// it: "IVF{nlist}" with an optional "_HNSW32"-like suffix, or "IMI2x{b}"
-// (nlist = 2^(2b)). nullopt for any other coarse quantizer ("RCQ...", ...).
-std::optional<int64_t> FactoryNlist(const std::string& factory) {
-  static const std::regex kIvf(R"(^IVF(\d{1,12})(_.*)?$)");
-  static const std::regex kImi(R"(^IMI2x(\d{1,2})$)");
-  size_t start = 0;
-  while (start <= factory.size()) {
-    size_t comma = factory.find(',', start);
-    if (comma == std::string::npos) comma = factory.size();
-    const std::string part = factory.substr(start, comma - start);
-    std::smatch match;
-    if (std::regex_match(part, match, kIvf)) return std::stoll(match[1].str());
-    if (std::regex_match(part, match, kImi)) {
-      const int bits = std::stoi(match[1].str());
-      if (bits > 30) return std::nullopt;
-      return int64_t{1} << (2 * bits);
-    }
-    if (part.find("IVF") != std::string::npos || part.find("IMI") != std::string::npos ||
-        part.find("RCQ") != std::string::npos) {
-      return std::nullopt;
-    }
-    start = comma + 1;
-  }
-  return 0;
-}
-
 // Trains `index` as VectorIndex::Train(<whole file>, n, seed) would, reading
-// only the rows it samples: the sample is read here and passed whole, so
-// Train uses it as is. The memory is the sample's (at most
-// max(256 * nlist, 100000) rows), freed on return.
-absl::Status TrainFromFile(const EmbeddingsFile& file, const std::string& factory, uint64_t seed, VectorIndex& index) {
+// only the rows it samples (VectorIndex::TrainingSampleSize of them): the
+// sample is read here and passed whole, so Train uses it as is. The memory
+// is the sample's, freed on return.
+absl::Status TrainFromFile(const EmbeddingsFile& file, uint64_t seed, VectorIndex& index) {
   const int64_t n = file.rows();
   const size_t dim = static_cast<size_t>(file.dim());
-  int64_t m = n;
-  if (n > kMinTrainRows) {
-    const std::optional<int64_t> nlist = FactoryNlist(factory);
-    if (!nlist.has_value()) {
-      // A coarse quantizer we cannot size the sample for: let Train sample
-      // from a read-only mapping of the file. Only the pages it touches
-      // become resident, and they are file pages the kernel can drop.
-      const size_t bytes = static_cast<size_t>(n) * dim * sizeof(float);
-      void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, file.fd(), 0);
-      if (p == MAP_FAILED) return absl::InternalError(std::string("mapping the embeddings: ") + std::strerror(errno));
-      ::madvise(p, bytes, MADV_RANDOM);
-      absl::Status s = index.Train(static_cast<const float*>(p), n, seed);
-      ::munmap(p, bytes);
-      return s;
-    }
-    m = std::min(n, std::max(kTrainRowsPerList * *nlist, kMinTrainRows));
-  }
+  const int64_t m = index.TrainingSampleSize(n);
   std::vector<float> sample(static_cast<size_t>(m) * dim);
   if (m == n) {
     RAG_RETURN_IF_ERROR(file.Read(0, n, sample.data()));
@@ -388,7 +335,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Create(dim, choice.factory));
     if (!index->is_trained()) {
       auto t0 = std::chrono::steady_clock::now();
-      RAG_RETURN_IF_ERROR(Annotate(TrainFromFile(*file, choice.factory, o.seed, *index), "training the index"));
+      RAG_RETURN_IF_ERROR(Annotate(TrainFromFile(*file, o.seed, *index), "training the index"));
       std::fprintf(stderr, "build: trained %s in %.1f s\n", choice.factory.c_str(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }

@@ -7,7 +7,7 @@
 // Memory beyond the caller's documents, the embedder and the chunk store's
 // RocksDB buffers: one document's tokens, one embedding batch, and in stage
 // 3 the FAISS index, one add batch and the training sample (all vectors when
-// there are fewer than VectorIndex::Train's max_train), each read from
+// there are fewer than VectorIndex::TrainingSampleSize), each read from
 // embeddings.f32 by row; the file is never read whole for its own sake.
 // Not thread-safe; one build per output directory.
 #pragma once

@@ -1,12 +1,11 @@
 #include "index_builder/retro_neighbours.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
+#include "common/binary_file.h"
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
@@ -14,21 +13,9 @@
 namespace rag::index_builder {
 namespace {
 
-constexpr char kMagic[8] = {'R', 'A', 'G', 'R', 'N', 'B', '0', '1'};
+constexpr Magic kMagic = {'R', 'A', 'G', 'R', 'N', 'B', '0', '1'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kHeaderBytes = 64;
-
-template <typename T>
-void Put(std::string* out, size_t offset, T value) {
-  std::memcpy(out->data() + offset, &value, sizeof(T));
-}
-
-template <typename T>
-T Get(const std::string& in, size_t offset) {
-  T value;
-  std::memcpy(&value, in.data() + offset, sizeof(T));
-  return value;
-}
 
 }  // namespace
 
@@ -147,16 +134,16 @@ absl::Status SaveRetroNeighbours(const RetroNeighbourTable& t, const std::string
     return absl::InvalidArgumentError("RETRO neighbour table has inconsistent sizes");
   }
   std::string out(kHeaderBytes + ids_bytes + tok_bytes, '\0');
-  std::memcpy(out.data(), kMagic, sizeof(kMagic));
-  Put<uint32_t>(&out, 8, kFormatVersion);
-  Put<uint32_t>(&out, 12, static_cast<uint32_t>(t.k));
-  Put<uint32_t>(&out, 16, static_cast<uint32_t>(t.tokens));
-  Put<uint64_t>(&out, 24, static_cast<uint64_t>(t.chunks));
-  Put<uint64_t>(&out, 32, XXH3_64bits(t.fingerprint.data(), t.fingerprint.size()));
+  PutMagic(out.data(), kMagic);
+  PutU32(out.data() + 8, kFormatVersion);
+  PutU32(out.data() + 12, static_cast<uint32_t>(t.k));
+  PutU32(out.data() + 16, static_cast<uint32_t>(t.tokens));
+  PutI64(out.data() + 24, t.chunks);
+  PutU64(out.data() + 32, Checksum64(t.fingerprint));
   std::memcpy(out.data() + kHeaderBytes, t.ids.data(), ids_bytes);
   std::memcpy(out.data() + kHeaderBytes + ids_bytes, t.token_ids.data(), tok_bytes);
-  Put<uint64_t>(&out, 40, XXH3_64bits(out.data() + kHeaderBytes, out.size() - kHeaderBytes));
-  return WriteFileAtomic(path, out);
+  PutU64(out.data() + 40, Checksum64(out.data() + kHeaderBytes, out.size() - kHeaderBytes));
+  return WriteFileDurable(path, out);
 }
 
 absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,
@@ -164,26 +151,26 @@ absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,
                                                          int tokens) {
   if (!std::filesystem::exists(path)) return absl::NotFoundError("no RETRO neighbour cache at '" + path + "'");
   RAG_ASSIGN_OR_RETURN(std::string in, ReadFile(path));
-  if (in.size() < kHeaderBytes || std::memcmp(in.data(), kMagic, sizeof(kMagic)) != 0) {
+  if (in.size() < kHeaderBytes || !HasMagic(in.data(), in.size(), kMagic)) {
     return absl::DataLossError("'" + path + "' is not a RETRO neighbour cache (bad magic or truncated header)");
   }
-  if (Get<uint32_t>(in, 8) != kFormatVersion) {
-    return absl::FailedPreconditionError("'" + path + "' has format version " + std::to_string(Get<uint32_t>(in, 8)) +
+  if (const uint32_t version = GetU32(in.data() + 8); version != kFormatVersion) {
+    return absl::FailedPreconditionError("'" + path + "' has format version " + std::to_string(version) +
                                          "; this binary reads " + std::to_string(kFormatVersion));
   }
   RetroNeighbourTable t;
-  t.k = static_cast<int>(Get<uint32_t>(in, 12));
-  t.tokens = static_cast<int>(Get<uint32_t>(in, 16));
-  t.chunks = static_cast<int64_t>(Get<uint64_t>(in, 24));
+  t.k = static_cast<int>(GetU32(in.data() + 12));
+  t.tokens = static_cast<int>(GetU32(in.data() + 16));
+  t.chunks = GetI64(in.data() + 24);
   const size_t ids = static_cast<size_t>(t.chunks) * static_cast<size_t>(t.k);
   const size_t toks = ids * static_cast<size_t>(t.tokens);
   if (t.chunks < 0 || in.size() != kHeaderBytes + ids * 8 + toks * 4) {
     return absl::DataLossError("'" + path + "' is truncated or has trailing bytes");
   }
-  if (Get<uint64_t>(in, 40) != XXH3_64bits(in.data() + kHeaderBytes, in.size() - kHeaderBytes)) {
+  if (GetU64(in.data() + 40) != Checksum64(in.data() + kHeaderBytes, in.size() - kHeaderBytes)) {
     return absl::DataLossError("'" + path + "' is corrupt (payload checksum mismatch)");
   }
-  if (Get<uint64_t>(in, 32) != XXH3_64bits(expected_fingerprint.data(), expected_fingerprint.size())) {
+  if (GetU64(in.data() + 32) != Checksum64(expected_fingerprint)) {
     return absl::FailedPreconditionError(
         "'" + path +
         "' was computed from another index (or this one before it changed), or with other neighbour alignment");

@@ -15,6 +15,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/language_model.h"
 
 namespace rag::lm {
 namespace {

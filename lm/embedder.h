@@ -13,10 +13,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "lm/language_model.h"
 #include "lm/tokenizer.h"
 
+// No LibTorch here: the retriever reaches embedding through this interface
+// and must not pull in torch headers.
 namespace rag::lm {
+
+class LanguageModel;
 
 class Embedder {
  public:

@@ -287,9 +287,10 @@ class Datastore {
   absl::Status LoadAdded(const std::function<bool(const std::string&)>& keep);
   // Merges into each (*out)[q] the k nearest added keys not of document
   // exclude_doc[q] (exact distances), keeping the k nearest, sorted.
-  // Caller holds the added keys' lock.
-  void MergeAdded(const float* queries, int64_t nq, int k, const std::vector<int32_t>& exclude_doc,
-                  std::vector<std::vector<DatastoreNeighbour>>* out) const;
+  // Caller holds the added keys' lock. Fails only on an internal FAISS
+  // error (or memory).
+  absl::Status MergeAdded(const float* queries, int64_t nq, int k, const std::vector<int32_t>& exclude_doc,
+                          std::vector<std::vector<DatastoreNeighbour>>* out) const;
 
   struct Added;
   std::unique_ptr<Added> added_;

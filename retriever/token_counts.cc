@@ -1,11 +1,10 @@
 #include "retriever/token_counts.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
 
+#include "common/binary_file.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "retriever/chunk_store.h"
@@ -13,7 +12,7 @@
 namespace rag::retriever {
 namespace {
 
-constexpr char kMagic[8] = {'R', 'A', 'G', 'S', 'A', '0', '0', '1'};
+constexpr Magic kMagic = {'R', 'A', 'G', 'S', 'A', '0', '0', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 8 + 4 + 4 + 8 + 8 + 8;
 
@@ -112,33 +111,27 @@ absl::Status TokenCounts::Save(const std::string& path) const {
   payload.append(reinterpret_cast<const char*>(tokens_.data()), tokens_.size() * sizeof(int32_t));
   payload.append(reinterpret_cast<const char*>(suffixes_.data()), suffixes_.size() * sizeof(int32_t));
   std::string out(kHeaderBytes, '\0');
-  const uint32_t max_match = static_cast<uint32_t>(kMaxMatch);
-  const int64_t docs = documents(), toks = tokens();
-  const uint64_t sum = XXH3_64bits(payload.data(), payload.size());
-  std::memcpy(out.data(), kMagic, 8);
-  std::memcpy(out.data() + 8, &kVersion, 4);
-  std::memcpy(out.data() + 12, &max_match, 4);
-  std::memcpy(out.data() + 16, &docs, 8);
-  std::memcpy(out.data() + 24, &toks, 8);
-  std::memcpy(out.data() + 32, &sum, 8);
+  PutMagic(out.data(), kMagic);
+  PutU32(out.data() + 8, kVersion);
+  PutU32(out.data() + 12, static_cast<uint32_t>(kMaxMatch));
+  PutI64(out.data() + 16, documents());
+  PutI64(out.data() + 24, tokens());
+  PutU64(out.data() + 32, Checksum64(payload));
   out += payload;
-  return WriteFileAtomic(path, out);
+  return WriteFileDurable(path, out);
 }
 
 absl::StatusOr<TokenCounts> TokenCounts::Load(const std::string& path) {
   RAG_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
   const std::string what = "count index '" + path + "'";
-  if (data.size() < kHeaderBytes || std::memcmp(data.data(), kMagic, 8) != 0) {
+  if (data.size() < kHeaderBytes || !HasMagic(data.data(), data.size(), kMagic)) {
     return absl::DataLossError(what + ": not a count index (bad magic or truncated header)");
   }
-  uint32_t version = 0, max_match = 0;
-  int64_t docs = 0, toks = 0;
-  uint64_t sum = 0;
-  std::memcpy(&version, data.data() + 8, 4);
-  std::memcpy(&max_match, data.data() + 12, 4);
-  std::memcpy(&docs, data.data() + 16, 8);
-  std::memcpy(&toks, data.data() + 24, 8);
-  std::memcpy(&sum, data.data() + 32, 8);
+  const uint32_t version = GetU32(data.data() + 8);
+  const uint32_t max_match = GetU32(data.data() + 12);
+  const int64_t docs = GetI64(data.data() + 16);
+  const int64_t toks = GetI64(data.data() + 24);
+  const uint64_t sum = GetU64(data.data() + 32);
   if (version != kVersion) {
     return absl::FailedPreconditionError(what + ": format version " + std::to_string(version) + ", this build reads " +
                                          std::to_string(kVersion));
@@ -152,7 +145,7 @@ absl::StatusOr<TokenCounts> TokenCounts::Load(const std::string& path) {
     return absl::DataLossError(what + ": " + std::to_string(data.size()) + " bytes, the header says " +
                                std::to_string(expected) + (data.size() < expected ? " (truncated)" : ""));
   }
-  if (XXH3_64bits(data.data() + kHeaderBytes, data.size() - kHeaderBytes) != sum) {
+  if (Checksum64(data.data() + kHeaderBytes, data.size() - kHeaderBytes) != sum) {
     return absl::DataLossError(what + ": checksum mismatch (corrupt file)");
   }
   TokenCounts c;

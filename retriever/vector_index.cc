@@ -13,10 +13,10 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
 #include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
@@ -31,6 +31,7 @@
 #include <regex>
 #include <unordered_set>
 
+#include "common/binary_file.h"
 #include "common/file_util.h"
 #include "common/status.h"
 
@@ -53,7 +54,7 @@ class AllCoresForFaiss {
   int saved_;
 };
 
-constexpr char kMagic[8] = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
+constexpr Magic kMagic = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kFixedHeaderBytes = 48;  // Up to the factory string.
 constexpr size_t kHeaderHashBytes = 8;
@@ -62,42 +63,20 @@ constexpr size_t kHeaderHashBytes = 8;
 constexpr uint32_t kMaxFactoryBytes = 4096;
 // FAISS warns below 39 training points per k-means centroid.
 constexpr int64_t kMinPointsPerCentroid = 39;
-// Training-sample cap when the index is not IVF (PQ alone, OPQ, SQ, ...):
-// PQ k-means subsamples to 256 * 256 = 65536 anyway.
-constexpr int64_t kDefaultMaxTrain = 100000;
-
-// --- little-endian encoding of the header ---
-
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint32_t GetU32(const unsigned char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-uint64_t GetU64(const unsigned char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 std::string EncodeHeader(int dim, int64_t ntotal, const std::string& factory, uint64_t payload_len,
                          uint64_t payload_hash) {
   std::string h;
-  h.append(kMagic, sizeof(kMagic));
-  PutU32(&h, kFormatVersion);
-  PutU32(&h, static_cast<uint32_t>(kFixedHeaderBytes + factory.size() + kHeaderHashBytes));
-  PutU32(&h, static_cast<uint32_t>(dim));
-  PutU32(&h, static_cast<uint32_t>(factory.size()));
-  PutU64(&h, static_cast<uint64_t>(ntotal));
-  PutU64(&h, payload_len);
-  PutU64(&h, payload_hash);
+  AppendMagic(&h, kMagic);
+  AppendU32(&h, kFormatVersion);
+  AppendU32(&h, static_cast<uint32_t>(kFixedHeaderBytes + factory.size() + kHeaderHashBytes));
+  AppendI32(&h, dim);
+  AppendU32(&h, static_cast<uint32_t>(factory.size()));
+  AppendI64(&h, ntotal);
+  AppendU64(&h, payload_len);
+  AppendU64(&h, payload_hash);
   h += factory;
-  PutU64(&h, XXH3_64bits(h.data(), h.size()));
+  AppendU64(&h, Checksum64(h));
   return h;
 }
 
@@ -176,7 +155,6 @@ int64_t NlistOf(const faiss::Index* index) {
   return ivf == nullptr ? 0 : static_cast<int64_t>(ivf->nlist);
 }
 
-
 // index_factory turns on polysemous training for every "PQ" it builds. It
 // only serves polysemous (Hamming-filtered) search, which this wrapper never
 // enables, and it is by far the slowest part of training: measured 100+ s
@@ -225,12 +203,12 @@ using FilePtr = std::unique_ptr<FILE, FileCloser>;
 // streams the index once without holding a copy in memory.
 struct HashingFileWriter : faiss::IOWriter {
   FILE* f;
-  XXH3_state_t* state;
+  StreamingChecksum* state;
   uint64_t bytes = 0;
-  HashingFileWriter(FILE* file, XXH3_state_t* s) : f(file), state(s) {}
+  HashingFileWriter(FILE* file, StreamingChecksum* s) : f(file), state(s) {}
   size_t operator()(const void* ptr, size_t size, size_t nitems) override {
     size_t written = std::fwrite(ptr, size, nitems, f);
-    XXH3_64bits_update(state, ptr, size * written);
+    state->Update(ptr, size * written);
     bytes += size * written;
     return written;
   }
@@ -355,6 +333,11 @@ VectorIndex::CancelScope::CancelScope(const std::atomic<bool>* cancel) : previou
 
 VectorIndex::CancelScope::~CancelScope() { t_cancel = previous_; }
 
+int64_t VectorIndex::TrainingSampleSize(int64_t n, int64_t max_train, const TrainingSampleRule& rule) const {
+  const int64_t cap = max_train > 0 ? max_train : std::max(rule.per_list * NlistOf(index_.get()), rule.minimum);
+  return std::min(n, cap);
+}
+
 absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_t max_train) {
   const std::string context = "training index '" + factory_ + "'";
   if (n < 0 || max_train < 0) return absl::InvalidArgumentError(context + ": negative n or max_train");
@@ -367,8 +350,7 @@ absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_
                                       " training vectors, got " + std::to_string(n) +
                                       " (VectorIndex::AdaptFactory picks a factory that fits)");
   }
-  if (max_train == 0) max_train = std::max(256 * nlist, kDefaultMaxTrain);
-  const int64_t m = std::min(n, max_train);
+  const int64_t m = TrainingSampleSize(n, max_train);
   const size_t d = static_cast<size_t>(index_->d);
   AllCoresForFaiss cores;
   try {
@@ -493,20 +475,18 @@ absl::Status VectorIndex::Save(const std::string& path) const {
   if (std::fwrite(placeholder.data(), 1, placeholder.size(), file.get()) != placeholder.size()) {
     return fail(ErrnoStatus("writing '" + tmp + "'", errno));
   }
-  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
-  if (state == nullptr || XXH3_64bits_reset(state.get()) != XXH_OK) {
-    return fail(absl::ResourceExhaustedError("cannot allocate a hash state"));
-  }
+  absl::StatusOr<StreamingChecksum> state = StreamingChecksum::Create();
+  if (!state.ok()) return fail(state.status());
   uint64_t payload_len = 0;
   try {
-    HashingFileWriter writer(file.get(), state.get());
+    HashingFileWriter writer(file.get(), &*state);
     writer.name = tmp;
     faiss::write_index(index_.get(), &writer);
     payload_len = writer.bytes;
   } catch (...) {
     return fail(CurrentExceptionToStatus(absl::StatusCode::kInternal, "writing FAISS data to '" + tmp + "'"));
   }
-  const std::string header = EncodeHeader(dim(), size(), factory_, payload_len, XXH3_64bits_digest(state.get()));
+  const std::string header = EncodeHeader(dim(), size(), factory_, payload_len, state->Digest());
   if (std::fseek(file.get(), 0, SEEK_SET) != 0 ||
       std::fwrite(header.data(), 1, header.size(), file.get()) != header.size() || std::fflush(file.get()) != 0) {
     return fail(ErrnoStatus("writing '" + tmp + "'", errno));
@@ -532,15 +512,15 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
   const std::string truncated = "file is truncated (" + std::to_string(file_size) + " bytes)";
   unsigned char fixed[kFixedHeaderBytes] = {};
   const size_t head = std::fread(fixed, 1, kFixedHeaderBytes, file.get());
-  if (head >= sizeof(kMagic) && std::memcmp(fixed, kMagic, sizeof(kMagic)) != 0) {
+  if (head >= kMagicBytes && !HasMagic(fixed, head, kMagic)) {
     return data_loss("not a VectorIndex file (bad magic; expected a file written by VectorIndex::Save)");
   }
   if (head < kFixedHeaderBytes || file_size < kFixedHeaderBytes + kHeaderHashBytes) return data_loss(truncated);
   const uint32_t version = GetU32(fixed + 8);
   const uint32_t header_len = GetU32(fixed + 12);
-  const int32_t dim = static_cast<int32_t>(GetU32(fixed + 16));
+  const int32_t dim = GetI32(fixed + 16);
   const uint32_t factory_len = GetU32(fixed + 20);
-  const int64_t ntotal = static_cast<int64_t>(GetU64(fixed + 24));
+  const int64_t ntotal = GetI64(fixed + 24);
   const uint64_t payload_len = GetU64(fixed + 32);
   const uint64_t payload_hash = GetU64(fixed + 40);
   if (factory_len > kMaxFactoryBytes)
@@ -549,16 +529,11 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
   std::string rest(factory_len + kHeaderHashBytes, '\0');
   if (std::fread(rest.data(), 1, rest.size(), file.get()) != rest.size()) return data_loss(truncated);
   {
-    XXH3_state_t* s = XXH3_createState();
-    if (s == nullptr) return absl::ResourceExhaustedError(context + ": cannot allocate a hash state");
-    XXH3_64bits_reset(s);
-    XXH3_64bits_update(s, fixed, kFixedHeaderBytes);
-    XXH3_64bits_update(s, rest.data(), factory_len);
-    const uint64_t got = XXH3_64bits_digest(s);
-    XXH3_freeState(s);
-    if (got != GetU64(reinterpret_cast<const unsigned char*>(rest.data()) + factory_len)) {
-      return data_loss("header checksum mismatch (corrupt file)");
-    }
+    absl::StatusOr<StreamingChecksum> s = StreamingChecksum::Create();
+    if (!s.ok()) return Annotate(s.status(), context);
+    s->Update(fixed, kFixedHeaderBytes);
+    s->Update(rest.data(), factory_len);
+    if (s->Digest() != GetU64(rest.data() + factory_len)) return data_loss("header checksum mismatch (corrupt file)");
   }
   if (version != kFormatVersion) {
     return absl::FailedPreconditionError(context + ": format version " + std::to_string(version) +
@@ -577,9 +552,8 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
 
   // Payload checksum, streamed so a large index is never held twice.
   {
-    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> s(XXH3_createState(), &XXH3_freeState);
-    if (s == nullptr) return absl::ResourceExhaustedError(context + ": cannot allocate a hash state");
-    XXH3_64bits_reset(s.get());
+    absl::StatusOr<StreamingChecksum> s = StreamingChecksum::Create();
+    if (!s.ok()) return Annotate(s.status(), context);
     std::vector<char> buf(1 << 20);
     uint64_t left = payload_len;
     while (left > 0) {
@@ -589,10 +563,10 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
         if (std::ferror(file.get())) return Annotate(ErrnoStatus("reading", errno), context);
         return data_loss(truncated);
       }
-      XXH3_64bits_update(s.get(), buf.data(), got);
+      s->Update(buf.data(), got);
       left -= got;
     }
-    if (XXH3_64bits_digest(s.get()) != payload_hash) return data_loss("index data checksum mismatch (corrupt file)");
+    if (s->Digest() != payload_hash) return data_loss("index data checksum mismatch (corrupt file)");
   }
 
   // The bytes are what Save wrote: hand them to FAISS. FileIOReader on our
@@ -626,6 +600,57 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
   // and stay writable.
   const bool read_only = mmap && NlistOf(index.get()) > 0;
   return std::unique_ptr<VectorIndex>(new VectorIndex(std::move(index), factory, read_only));
+}
+
+absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vectors, int64_t n, int dim, int k,
+                           const int32_t* labels, const int32_t* exclude_label, std::vector<float>* distances,
+                           std::vector<int64_t>* ids) {
+  const std::string context = "exact search";
+  if (dim <= 0) return absl::InvalidArgumentError(context + ": dim must be positive");
+  if (k < 1 || k > VectorIndex::kMaxK) {
+    return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(VectorIndex::kMaxK) + "], got " +
+                                      std::to_string(k));
+  }
+  if (nq < 0 || n < 0) return absl::InvalidArgumentError(context + ": negative nq or n");
+  if ((queries == nullptr && nq > 0) || (vectors == nullptr && n > 0) ||
+      (exclude_label != nullptr && labels == nullptr)) {
+    return absl::InvalidArgumentError(context + ": null data");
+  }
+  const size_t kk = static_cast<size_t>(k);
+  distances->assign(static_cast<size_t>(nq) * kk, std::numeric_limits<float>::infinity());
+  ids->assign(static_cast<size_t>(nq) * kk, -1);
+  if (nq == 0 || n == 0) return absl::OkStatus();
+  const size_t nn = static_cast<size_t>(n);
+  std::vector<float> d2;
+  try {
+    d2.resize(static_cast<size_t>(nq) * nn);  // [nq, n]
+    AllCoresForFaiss cores;
+    faiss::pairwise_L2sqr(dim, nq, queries, n, vectors, d2.data());
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
+  }
+  const int64_t take = std::min<int64_t>(k, n);
+  std::vector<int64_t> order(nn);
+  for (int64_t q = 0; q < nq; ++q) {
+    float* row = d2.data() + static_cast<size_t>(q) * nn;
+    for (size_t i = 0; i < nn; ++i) {
+      if (exclude_label != nullptr && labels[i] == exclude_label[q]) {
+        row[i] = std::numeric_limits<float>::infinity();
+      } else if (row[i] < 0) {
+        row[i] = 0;  // rounding of |q|^2 + |x|^2 - 2 q.x
+      }
+    }
+    for (size_t i = 0; i < nn; ++i) order[i] = static_cast<int64_t>(i);
+    std::partial_sort(order.begin(), order.begin() + take, order.end(),
+                      [row](int64_t a, int64_t b) { return row[a] < row[b] || (row[a] == row[b] && a < b); });
+    for (int64_t j = 0; j < take; ++j) {
+      const float d = row[order[static_cast<size_t>(j)]];
+      if (!std::isfinite(d)) break;
+      (*distances)[static_cast<size_t>(q) * kk + static_cast<size_t>(j)] = d;
+      (*ids)[static_cast<size_t>(q) * kk + static_cast<size_t>(j)] = order[static_cast<size_t>(j)];
+    }
+  }
+  return absl::OkStatus();
 }
 
 double RecallAtK(const std::vector<int64_t>& approx, const std::vector<int64_t>& exact, int64_t nq, int k) {

@@ -108,12 +108,31 @@ class VectorIndex {
   // indexes are born trained.
   bool is_trained() const;
 
+  // How many vectors training samples: per_list for each IVF list of the
+  // index, at least `minimum`.
+  struct TrainingSampleRule {
+    int64_t per_list;
+    int64_t minimum;
+  };
+  // Train's rule: k-means in FAISS uses at most 256 points per centroid, and
+  // PQ k-means subsamples to 256 * 256 = 65536 anyway, so a bigger sample
+  // only costs time.
+  static constexpr TrainingSampleRule kTrainingSample = {256, 100000};
+
+  // The training-sample rule, its one owner: how many of `n` vectors training
+  // uses. max_train > 0: min(n, max_train); otherwise
+  // min(n, max(rule.per_list * nlist, rule.minimum)), nlist being this
+  // index's IVF lists (0 without an IVF). Train(x, n, seed, max_train) trains
+  // on TrainingSampleSize(n, max_train) rows; callers that read the sample
+  // from disk ask here how many rows to read.
+  int64_t TrainingSampleSize(int64_t n, int64_t max_train = 0,
+                             const TrainingSampleRule& rule = kTrainingSample) const;
+
   // Trains on a random sample of at most `max_train` of the `n` rows of `x`
   // (n x dim floats, row-major). The sample is drawn here, deterministically
   // from `seed`, so a rebuild with the same seed gives the same index.
-  // max_train == 0 means min(n, max(256 * nlist, 100000)): k-means in FAISS
-  // uses at most 256 points per centroid and PQ at most 256 * 256 points, so
-  // a bigger sample only costs time. A no-op on an index already trained.
+  // max_train == 0 means TrainingSampleSize(n) (min(n, max(256 * nlist,
+  // 100000))). A no-op on an index already trained.
   // PQ's polysemous training (on by default in FAISS's factory) is turned
   // off: it only serves polysemous search, never enabled here, and it took
   // over 90% of IVF-PQ training time on this project's machine. PQ
@@ -191,6 +210,21 @@ class VectorIndex {
   // parameters). All other searches run without it.
   mutable std::mutex nprobe_mu_;
 };
+
+// Exact (brute-force) k nearest neighbours by squared L2 of the nq queries
+// ([nq, dim] floats) among n vectors the caller holds ([n, dim] floats, no
+// index): FAISS's flat distance computation, |q|^2 + |x|^2 - 2 q.x with one
+// BLAS product, clamped at 0. `exclude_label` (nq entries) may be null
+// (nothing excluded); otherwise `labels` (n entries) must be given too, and
+// vector i is never returned for query q when labels[i] == exclude_label[q]
+// (so -1 excludes nothing for labels >= 0). `distances` and `ids` are resized to nq * k, row-major,
+// nearest first, ties by the lower id; missing results (k > n, or excluded)
+// have id -1 and distance +inf. Memory: nq * n floats.
+// InvalidArgument for dim <= 0, k outside [1, VectorIndex::kMaxK],
+// nq < 0, n < 0, or null data (labels null with exclude_label given).
+absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vectors, int64_t n, int dim, int k,
+                           const int32_t* labels, const int32_t* exclude_label, std::vector<float>* distances,
+                           std::vector<int64_t>* ids);
 
 // Fraction of the exact top-k ids (ignoring -1 padding) that also appear in
 // the approximate top-k, averaged over the queries that have at least one

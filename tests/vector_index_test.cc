@@ -518,5 +518,45 @@ TEST(VectorIndexBasicsTest, FaissVersion) {
   EXPECT_EQ(v.rfind("1.", 0), 0u) << v;
 }
 
+// The exact search over caller-held vectors: nearest first, ties by the
+// lower id, excluded labels skipped, -1 / +inf padding past the vectors.
+TEST(VectorIndexExactSearchTest, OrderTiesExclusionAndPadding) {
+  // 1-d points 0, 1, 1, 3 with labels 0, 1, 2, 1; the query sits at 1.
+  const std::vector<float> vectors = {0.0f, 1.0f, 1.0f, 3.0f};
+  const std::vector<int32_t> labels = {0, 1, 2, 1};
+  const std::vector<float> queries = {1.0f, 1.0f};
+  const std::vector<int32_t> exclude = {-1, 1};
+  std::vector<float> d;
+  std::vector<int64_t> ids;
+  RAG_ASSERT_OK(ExactSearchL2(queries.data(), 2, vectors.data(), 4, 1, 5, labels.data(), exclude.data(), &d, &ids));
+  ASSERT_EQ(ids.size(), 10u);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(std::vector<int64_t>(ids.begin(), ids.begin() + 5), (std::vector<int64_t>{1, 2, 0, 3, -1}));
+  EXPECT_EQ(std::vector<float>(d.begin(), d.begin() + 5), (std::vector<float>{0, 0, 1, 4, inf}));
+  // Label 1 excluded for the second query: ids 1 and 3 never come back.
+  EXPECT_EQ(std::vector<int64_t>(ids.begin() + 5, ids.end()), (std::vector<int64_t>{2, 0, -1, -1, -1}));
+  // Without labels nothing is excluded; k beyond kMaxK is refused.
+  RAG_ASSERT_OK(ExactSearchL2(queries.data(), 1, vectors.data(), 4, 1, 2, nullptr, nullptr, &d, &ids));
+  EXPECT_EQ(ids, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(ExactSearchL2(queries.data(), 1, vectors.data(), 4, 1, VectorIndex::kMaxK + 1, nullptr, nullptr, &d, &ids)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Train's sample size, the one rule callers reading their sample from disk
+// ask for.
+TEST(VectorIndexExactSearchTest, TrainingSampleSize) {
+  auto flat = VectorIndex::Create(8, "Flat");
+  RAG_ASSERT_OK(flat.status());
+  EXPECT_EQ((*flat)->TrainingSampleSize(50), 50);
+  EXPECT_EQ((*flat)->TrainingSampleSize(500000), 100000);
+  EXPECT_EQ((*flat)->TrainingSampleSize(500000, 1000), 1000);
+  auto ivf = VectorIndex::Create(8, "IVF1024,Flat");
+  RAG_ASSERT_OK(ivf.status());
+  EXPECT_EQ((*ivf)->TrainingSampleSize(500000), 256 * 1024);
+  EXPECT_EQ((*ivf)->TrainingSampleSize(500000, 0, {64, 20000}), 64 * 1024);
+  EXPECT_EQ((*ivf)->TrainingSampleSize(10000, 0, {64, 20000}), 10000);
+}
+
 }  // namespace
 }  // namespace rag::retriever
