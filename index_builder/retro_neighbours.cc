@@ -9,6 +9,7 @@
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
+#include "retriever/neighbour_set.h"
 
 namespace rag::index_builder {
 namespace {
@@ -84,41 +85,40 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
     if (o.align > 0 || bm25 || own) queries.push_back(c.tokens);
     return true;
   }));
+  retriever::NeighbourSetOptions so;
+  so.k = o.k;
+  so.tokens = o.tokens;
+  so.pad = pad_token;
+  so.align = o.align;
+  so.chunk = o.chunk;
+  // 0 unless the chunk's own document is searched.
+  so.leakage_filter = o.own_document_filter;
+  // With the own document searched, the query chunk itself is the nearest
+  // and falls to the filter (its continuation is the target): spares.
+  so.extra_candidates = 2;
+  so.method = o.method;
+  so.nprobe = o.nprobe;
   Progress progress("retro: neighbours", n, "chunks");
   for (const auto& [doc_id, range] : docs) {
-    retriever::SearchOptions so;
-    // With the own document allowed, the query chunk itself is the nearest
-    // and falls to the filter (its continuation is the target): fetch spares.
-    so.k = own ? 4 * o.k + 2 : o.k;
-    so.nprobe = o.nprobe;
+    so.exclude_doc_ids.clear();
     if (!own) so.exclude_doc_ids = {doc_id};
-    so.method = o.method;
     const int64_t first = range.first, count = range.second - range.first;
-    absl::StatusOr<std::vector<std::vector<retriever::Neighbour>>> searched =
-        bm25 ? retriever.Search(
-                   std::vector<std::vector<retriever::Token>>(queries.begin() + first, queries.begin() + first + count),
-                   so)
-             : retriever.SearchEmbeddings(rows + first * dim, count, so);
-    RAG_ASSIGN_OR_RETURN(auto found, std::move(searched));
-    for (int64_t q = 0; q < count; ++q) {
-      int64_t kept = 0;
-      for (size_t j = 0; j < found[q].size() && kept < o.k; ++j) {
-        const retriever::Neighbour& nb = found[q][j];
-        // The set of chunk q helps predict chunk q + 1 (RetroLM's shift).
-        if (own && q + 1 < count &&
-            retriever::NeighbourLeaks(nb, queries[static_cast<size_t>(first + q + 1)], o.own_document_filter)) {
-          continue;
-        }
-        const int64_t slot = (first + q) * o.k + kept++;
-        t.ids[static_cast<size_t>(slot)] = nb.chunk_id;
-        int32_t* out = t.token_ids.data() + slot * o.tokens;
-        if (o.align > 0) {
-          retriever::AlignNeighbourTokens(nb, queries[static_cast<size_t>(first + q)], o.align, o.chunk, o.tokens,
-                                          pad_token, out);
-        } else {
-          retriever::CopyNeighbourTokens(nb, o.tokens, out);
-        }
+    retriever::NeighbourQueries nq;
+    nq.embeddings = rows + first * dim;
+    nq.rows = count;
+    if (!queries.empty()) nq.tokens.assign(queries.begin() + first, queries.begin() + first + count);
+    // The set of chunk q helps predict chunk q + 1 (RetroLM's shift).
+    if (own) {
+      for (int64_t q = 0; q < count; ++q) {
+        nq.targets.push_back(q + 1 < count ? queries[static_cast<size_t>(first + q + 1)]
+                                           : std::vector<retriever::Token>());
       }
+    }
+    RAG_ASSIGN_OR_RETURN(std::vector<retriever::NeighbourSet> sets, retriever::BuildNeighbourSets(retriever, nq, so));
+    for (int64_t q = 0; q < count; ++q) {
+      const retriever::NeighbourSet& set = sets[static_cast<size_t>(q)];
+      std::copy(set.chunk_ids.begin(), set.chunk_ids.end(), t.ids.begin() + (first + q) * o.k);
+      std::copy(set.tokens.begin(), set.tokens.end(), t.token_ids.begin() + (first + q) * o.k * o.tokens);
     }
     if (o.show_progress) progress.Update(range.second);
   }

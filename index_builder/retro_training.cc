@@ -17,6 +17,7 @@
 #include "lm/embedder.h"
 #include "lm/language_model.h"
 #include "lm/retro_model.h"
+#include "retriever/neighbour_set.h"
 #include "retriever/retriever.h"
 
 namespace rag::index_builder {
@@ -102,36 +103,34 @@ absl::Status AddPromptWindows(const retriever::Retriever& retriever, const std::
     spans.emplace_back(s, p);
     queries.emplace_back(doc.begin() + s, doc.begin() + s + p);
   }
+  retriever::NeighbourSetOptions so;
+  so.k = static_cast<int>(k);
+  so.tokens = r;
+  so.pad = static_cast<retriever::Token>(eot);
+  so.align = config.align_neighbours;
+  so.chunk = m;
+  so.method = method;
   // One search for the prompts that may retrieve their document, one for the rest.
-  std::vector<std::vector<retriever::Neighbour>> found(queries.size());
+  std::vector<retriever::NeighbourSet> sets(queries.size());
   for (const bool with_own : {true, false}) {
     std::vector<size_t> which;
-    std::vector<std::vector<retriever::Token>> group;
+    retriever::NeighbourQueries group;
     for (size_t i = 0; i < queries.size(); ++i) {
       if (own[i] != with_own) continue;
       which.push_back(i);
-      group.push_back(queries[i]);
+      group.tokens.push_back(queries[i]);
     }
-    if (group.empty()) continue;
-    retriever::SearchOptions so;
-    so.k = static_cast<int>(k);
-    so.method = method;
+    if (group.tokens.empty()) continue;
     so.exclude_doc_ids.assign(exclude.begin() + (with_own ? 1 : 0), exclude.end());
-    RAG_ASSIGN_OR_RETURN(auto results, retriever.Search(group, so));
-    for (size_t g = 0; g < which.size(); ++g) found[which[g]] = std::move(results[g]);
+    RAG_ASSIGN_OR_RETURN(auto built, retriever::BuildNeighbourSets(retriever, group, so));
+    for (size_t g = 0; g < which.size(); ++g) sets[which[g]] = std::move(built[g]);
   }
   for (size_t i = 0; i < spans.size(); ++i) {
     const auto [s, p] = spans[i];
     out->tokens.emplace_back(doc.begin() + s, doc.begin() + std::min(n, s + p + m));
     out->prompt_tokens.push_back(p);
-    std::vector<int32_t> set(static_cast<size_t>(k * r), static_cast<int32_t>(eot));
-    std::vector<uint8_t> present(static_cast<size_t>(k), 0);
-    for (size_t j = 0; j < found[i].size() && static_cast<int64_t>(j) < k; ++j) {
-      retriever::AlignNeighbourTokens(found[i][j], queries[i], config.align_neighbours, m, r, eot, set.data() + j * r);
-      present[j] = 1;
-    }
-    out->neighbours.push_back(std::move(set));
-    out->present.push_back(std::move(present));
+    out->neighbours.push_back(std::move(sets[i].tokens));
+    out->present.push_back(std::move(sets[i].present));
   }
   return absl::OkStatus();
 }
