@@ -1,12 +1,11 @@
 #include "lm/retro_model.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/internal/model_dir.h"
 
 namespace rag::lm {
 namespace fs = std::filesystem;
@@ -34,15 +33,10 @@ RetroModel::RetroModel(RetroConfig config, RetroLM module, std::unique_ptr<Langu
     : config_(std::move(config)), module_(std::move(module)), base_(std::move(base)) {}
 
 absl::Status RetroModel::Save(const std::string& dir, const std::string& base_dir, const std::string& info_json) {
-  json info = json::parse(info_json, nullptr, false);
-  if (info.is_discarded() || !info.is_object()) return absl::InvalidArgumentError("model info must be a JSON object");
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError("creating model directory '" + dir + "': " + ec.message());
-  // A stale model_info.json must not vouch for new weights while they are written.
-  fs::remove(fs::path(dir) / kInfoFile, ec);
+  RAG_ASSIGN_OR_RETURN(json info, internal::BeginModelDir(dir, info_json));
 
   // base/: a verified copy of the base LM (each file atomically).
+  std::error_code ec;
   const fs::path base = fs::path(dir) / kRetroBaseDir;
   if (fs::weakly_canonical(base_dir, ec) != fs::weakly_canonical(base, ec)) {
     fs::create_directories(base, ec);
@@ -61,67 +55,32 @@ absl::Status RetroModel::Save(const std::string& dir, const std::string& base_di
     RAG_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / kSplitFile).string(), *split));
   }
 
-  const std::string weights = (fs::path(dir) / kWeightsFile).string();
-  const std::string tmp = weights + ".tmp." + std::to_string(::getpid());
-  try {
-    torch::save(module_, tmp);
-  } catch (const c10::Error& e) {
-    return absl::InternalError("saving weights to '" + tmp + "': " + e.what_without_backtrace());
-  }
-  RAG_RETURN_IF_ERROR(DurableRename(tmp, weights));
-  RAG_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / kConfigFile).string(), config_.ToJson()));
-  RAG_RETURN_IF_ERROR(base_->tokenizer().Save((fs::path(dir) / kTokenizerFile).string()));
+  RAG_RETURN_IF_ERROR(internal::WriteModelFiles(dir, module_.ptr(), config_.ToJson(), base_->tokenizer()));
   RAG_ASSIGN_OR_RETURN(content_hash_, RetroContentHash(dir, base_hash));
   info["arch"] = "retro";
-  info["content_hash"] = content_hash_;
   info["base_hash"] = base_hash;
-  info["tokenizer_hash"] = base_->tokenizer().Hash();
-  info["parameters"] = module_->NumParameters();
-  info["format_version"] = 1;
-  return WriteFileAtomic((fs::path(dir) / kInfoFile).string(), info.dump(2) + "\n");
+  return internal::FinishModelDir(dir, std::move(info), content_hash_, base_->tokenizer(), module_->NumParameters());
 }
 
 absl::StatusOr<std::unique_ptr<RetroModel>> RetroModel::Open(const std::string& dir) {
-  if (!fs::is_directory(dir)) return absl::NotFoundError("model directory '" + dir + "' does not exist");
-  const fs::path info_path = fs::path(dir) / kInfoFile;
-  if (!fs::exists(info_path)) {
-    return absl::NotFoundError("'" + dir + "' holds no finished RETRO model (" + kInfoFile +
-                               " is missing; was training interrupted? rerun `rag train --arch retro` with --resume)");
-  }
-  RAG_ASSIGN_OR_RETURN(std::string info_text, ReadFile(info_path.string()));
-  json info = json::parse(info_text, nullptr, false);
-  if (info.is_discarded() || !info.is_object() || !info.contains("content_hash") ||
-      !info["content_hash"].is_string()) {
-    return absl::DataLossError("'" + info_path.string() + "' is corrupt (no content_hash)");
-  }
+  RAG_ASSIGN_OR_RETURN(std::string recorded,
+                       internal::ReadRecordedContentHash(dir, "RETRO model", "rag train --arch retro"));
   auto base = LanguageModel::Open((fs::path(dir) / kRetroBaseDir).string());
   if (!base.ok()) return Annotate(base.status(), "opening the base LM of RETRO model '" + dir + "'");
   RAG_ASSIGN_OR_RETURN(std::string hash, RetroContentHash(dir, (*base)->content_hash()));
-  if (hash != info["content_hash"].get<std::string>()) {
-    return absl::DataLossError("model directory '" + dir +
-                               "' does not match its content hash (a file is corrupt or was modified after training)");
-  }
-  RAG_ASSIGN_OR_RETURN(std::string config_text, ReadFile((fs::path(dir) / kConfigFile).string()));
-  auto config = RetroConfig::FromJson(config_text);
-  if (!config.ok()) return Annotate(config.status(), "reading " + (fs::path(dir) / kConfigFile).string());
-  auto tokenizer = Tokenizer::Load((fs::path(dir) / kTokenizerFile).string());
-  if (!tokenizer.ok()) return Annotate(tokenizer.status(), "reading tokenizer");
-  if (tokenizer->Hash() != (*base)->tokenizer().Hash()) {
+  RAG_RETURN_IF_ERROR(internal::CheckContentHash(dir, hash, recorded));
+  RAG_ASSIGN_OR_RETURN(RetroConfig config, internal::ReadModelConfig<RetroConfig>(dir));
+  RAG_ASSIGN_OR_RETURN(Tokenizer tokenizer, internal::ReadModelTokenizer(dir));
+  if (tokenizer.Hash() != (*base)->tokenizer().Hash()) {
     return absl::FailedPreconditionError("RETRO model '" + dir + "' and its base LM have different tokenizers");
   }
-  if (config->decoder.vocab_size < tokenizer->vocab_size()) {
-    return absl::DataLossError("tokenizer has " + std::to_string(tokenizer->vocab_size()) +
-                               " tokens but the model only " + std::to_string(config->decoder.vocab_size));
+  if (config.decoder.vocab_size < tokenizer.vocab_size()) {
+    return absl::DataLossError("tokenizer has " + std::to_string(tokenizer.vocab_size()) +
+                               " tokens but the model only " + std::to_string(config.decoder.vocab_size));
   }
-  RetroLM module(*config);
-  try {
-    torch::load(module, (fs::path(dir) / kWeightsFile).string());
-  } catch (const c10::Error& e) {
-    return absl::DataLossError("loading weights from '" + (fs::path(dir) / kWeightsFile).string() +
-                               "': " + e.what_without_backtrace());
-  }
-  module->eval();
-  auto model = std::make_unique<RetroModel>(std::move(*config), std::move(module), std::move(*base));
+  RetroLM module(config);
+  RAG_RETURN_IF_ERROR(internal::LoadModelWeights(dir, module.ptr()));
+  auto model = std::make_unique<RetroModel>(std::move(config), std::move(module), std::move(*base));
   model->content_hash_ = hash;
   return model;
 }

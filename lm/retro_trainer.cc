@@ -1,21 +1,16 @@
 #include "lm/retro_trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
 
-#include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
-#include "lm/internal/checkpoint.h"
 
 namespace rag::lm {
 
@@ -247,12 +242,8 @@ absl::Status ValidateRetroDocuments(const RetroDocuments& docs, const RetroConfi
 }
 
 RetroTrainer::RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data,
-                           TokenId eot, std::string checkpoint_path)
-    : config_(config),
-      options_(options),
-      data_(std::move(data)),
-      eot_(eot),
-      checkpoint_path_(std::move(checkpoint_path)) {}
+                           TokenId eot)
+    : config_(config), options_(options), data_(std::move(data)), eot_(eot) {}
 
 absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroConfig& config,
                                                                    const RetroTrainerOptions& options,
@@ -260,9 +251,7 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
                                                                    std::string checkpoint_path, bool resume,
                                                                    TransformerLM* init) {
   RAG_RETURN_IF_ERROR(config.Validate());
-  if (options.steps < 1) return absl::InvalidArgumentError("steps must be >= 1");
-  if (options.batch_size < 1) return absl::InvalidArgumentError("batch_size must be >= 1");
-  if (!(options.lr > 0)) return absl::InvalidArgumentError("lr must be > 0");
+  RAG_RETURN_IF_ERROR(ValidateTrainingLoopOptions(options));
   if (options.freeze_decoder && init == nullptr) {
     return absl::InvalidArgumentError(
         "freeze_decoder: retrofitting needs a trained LM to start from (no init model given)");
@@ -279,7 +268,7 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
     return absl::InvalidArgumentError("prompt_windows is " + std::to_string(options.prompt_windows) +
                                       " but there is no training prompt window");
   }
-  std::unique_ptr<RetroTrainer> t(new RetroTrainer(config, options, std::move(data), eot, std::move(checkpoint_path)));
+  std::unique_ptr<RetroTrainer> t(new RetroTrainer(config, options, std::move(data), eot));
 
   const int64_t m = config.chunk_size, stride = config.decoder.context / m;
   t->chunk_offsets_.push_back(0);
@@ -311,34 +300,20 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
                                       e.what_without_backtrace());
   }
   t->model_->train();
+  std::vector<torch::Tensor> trained;  // the parameters the optimizer updates
   if (options.freeze_decoder) {
     for (auto& p : t->model_->decoder->parameters()) p.set_requires_grad(false);
-    t->trained_ = t->model_->RetrievalParameters();
+    trained = t->model_->RetrievalParameters();
   } else {
-    t->trained_ = t->model_->parameters();
+    trained = t->model_->parameters();
   }
-  // Weight decay on matrices only: decaying norms and biases hurts small models.
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : t->trained_) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  auto opts = torch::optim::AdamWOptions(options.lr).betas({options.beta1, options.beta2});
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(opts).weight_decay(options.weight_decay)));
-  groups.emplace_back(no_decay,
-                      std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(opts).weight_decay(0.0)));
-  t->optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
-  if (resume) RAG_RETURN_IF_ERROR(t->LoadCheckpoint());
+  TrainingTask* task = t.get();  // a private base: converted here, where it is accessible
+  t->loop_ = std::make_unique<TrainingLoop>(options, task, t->model_.ptr(), std::move(trained),
+                                            CheckpointSpec{std::move(checkpoint_path), t->Fingerprint(),
+                                                           "RETRO config"},
+                                            "retro train");
+  if (resume) RAG_RETURN_IF_ERROR(t->loop_->Resume());
   return t;
-}
-
-double RetroTrainer::LearningRate(int64_t step) const {
-  if (options_.warmup_steps > 0 && step < options_.warmup_steps) {
-    return options_.lr * static_cast<double>(step + 1) / static_cast<double>(options_.warmup_steps);
-  }
-  const double span = std::max<int64_t>(1, options_.steps - options_.warmup_steps);
-  const double progress = std::min(1.0, static_cast<double>(step - options_.warmup_steps) / span);
-  const double min_lr = options_.lr * options_.min_lr_ratio;
-  return min_lr + 0.5 * (options_.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
 std::vector<RetroWindow> RetroTrainer::WindowsForStep(int64_t step) const {
@@ -373,26 +348,21 @@ std::vector<size_t> RetroTrainer::PromptWindowsForStep(int64_t step) const {
   return which;
 }
 
-double RetroTrainer::Step() {
-  const double lr = LearningRate(step_);
-  for (auto& group : optimizer_->param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-  }
-  RetroBatch batch = BatchForStep(step_);
-  optimizer_->zero_grad();
+torch::Tensor RetroTrainer::StepLoss(int64_t step) {
+  RetroBatch batch = BatchForStep(step);
   // Mean over the targets inside the documents; every window has at least one.
   auto loss = BatchLoss(model_, batch, true);
-  if (const std::vector<size_t> prompts = PromptWindowsForStep(step_); !prompts.empty()) {
+  if (const std::vector<size_t> prompts = PromptWindowsForStep(step); !prompts.empty()) {
     loss = loss + BatchLoss(model_, MakeRetroPromptWindows(data_.train_prompts, prompts, config_, eot_), true);
   }
-  loss.backward();
-  if (options_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(trained_, options_.grad_clip);
-  optimizer_->step();
-  const double value = loss.item<double>();
-  history_.push_back({step_, value, lr});
-  ++step_;
-  return value;
+  return loss;
 }
+
+double RetroTrainer::Step() { return loop_->Step(); }
+
+absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) { return loop_->Run(stop); }
+
+absl::Status RetroTrainer::SaveCheckpoint() { return loop_->SaveCheckpoint(); }
 
 double RetroTrainer::MeanLoss(size_t n, size_t batch_size,
                               const std::function<RetroBatch(size_t first, size_t last)>& make, bool retrieval) {
@@ -430,10 +400,9 @@ double RetroTrainer::PromptValidationLoss(bool retrieval) {
 
 std::string RetroTrainer::Fingerprint() const {
   std::ostringstream s;
-  s << config_.ToJson() << "|batch=" << options_.batch_size << "|seed=" << options_.seed << "|lr=" << options_.lr
-    << "|warmup=" << options_.warmup_steps << "|min_lr=" << options_.min_lr_ratio << "|wd=" << options_.weight_decay
-    << "|betas=" << options_.beta1 << "," << options_.beta2 << "|clip=" << options_.grad_clip
-    << "|freeze=" << options_.freeze_decoder << "|eot=" << eot_ << "|data=" << HashDocuments(data_.train);
+  s << config_.ToJson() << ScheduleFingerprint(options_) << "|betas=" << options_.beta1 << "," << options_.beta2
+    << "|clip=" << options_.grad_clip << "|freeze=" << options_.freeze_decoder << "|eot=" << eot_
+    << "|data=" << HashDocuments(data_.train);
   // Only with prompts, so checkpoints of runs without them still resume.
   if (options_.prompt_windows > 0) {
     s << "|prompt_windows=" << options_.prompt_windows << "|prompts=" << HashPrompts(data_.train_prompts);
@@ -441,53 +410,31 @@ std::string RetroTrainer::Fingerprint() const {
   return s.str();
 }
 
-absl::Status RetroTrainer::SaveCheckpoint() {
-  return internal::SaveCheckpoint(checkpoint_path_, *model_, *optimizer_, step_, history_, Fingerprint());
+std::vector<double> RetroTrainer::Evaluate() {
+  const double val = ValidationLoss(true);
+  // What retrieval buys: the same model without neighbours.
+  const double plain = ValidationLoss(false);
+  const double prompt = PromptValidationLoss(true);
+  const double prompt_plain = PromptValidationLoss(false);
+  return {val, plain, prompt, prompt_plain};
 }
 
-absl::Status RetroTrainer::LoadCheckpoint() {
-  return internal::LoadCheckpoint(checkpoint_path_, Fingerprint(), "RETRO config", *model_, *optimizer_, &step_, &history_);
-}
-
-absl::Status RetroTrainer::Run(const std::atomic<bool>* stop) {
-  std::unique_ptr<Progress> progress;
-  if (options_.show_progress) progress = std::make_unique<Progress>("retro train", options_.steps, "steps");
-  double last_val = std::nan(""), last_plain = std::nan("");
-  double last_prompt = std::nan(""), last_prompt_plain = std::nan("");
-  while (step_ < options_.steps) {
-    if (stop != nullptr && stop->load()) {
-      if (progress) progress->Finish("interrupted");
-      RAG_RETURN_IF_ERROR(SaveCheckpoint());
-      return absl::CancelledError("training interrupted at step " + std::to_string(step_) +
-                                  "; checkpoint saved, continue with --resume");
-    }
-    const double loss = Step();
-    if (options_.eval_every > 0 && step_ % options_.eval_every == 0) {
-      last_val = ValidationLoss(true);
-      // What retrieval buys: the same model without neighbours.
-      last_plain = ValidationLoss(false);
-      last_prompt = PromptValidationLoss(true);
-      last_prompt_plain = PromptValidationLoss(false);
-    }
-    if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0 && step_ < options_.steps) {
-      RAG_RETURN_IF_ERROR(SaveCheckpoint());
-    }
-    if (progress) {
-      char extra[224];
-      if (std::isnan(last_val) && std::isnan(last_prompt)) {  // no validation pass yet
-        std::snprintf(extra, sizeof(extra), "loss %.3f, lr %.2e", loss, history_.back().lr);
-      } else if (std::isnan(last_prompt)) {
-        std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", loss, last_val,
-                      last_plain, history_.back().lr);
-      } else {
-        std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f w/o retrieval), prompts %.3f (%.3f), lr %.2e",
-                      loss, last_val, last_plain, last_prompt, last_prompt_plain, history_.back().lr);
-      }
-      progress->Update(step_, extra);
-      if (step_ == options_.steps) progress->Finish(extra);
-    }
+std::string RetroTrainer::ProgressLine(const StepReport& report) {
+  const std::vector<double>& e = *report.evaluation;
+  const double nan = std::nan("");
+  const double last_val = e.empty() ? nan : e[0], last_plain = e.empty() ? nan : e[1];
+  const double last_prompt = e.empty() ? nan : e[2], last_prompt_plain = e.empty() ? nan : e[3];
+  char extra[224];
+  if (std::isnan(last_val) && std::isnan(last_prompt)) {  // no validation pass yet
+    std::snprintf(extra, sizeof(extra), "loss %.3f, lr %.2e", report.loss, report.lr);
+  } else if (std::isnan(last_prompt)) {
+    std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f without retrieval), lr %.2e", report.loss,
+                  last_val, last_plain, report.lr);
+  } else {
+    std::snprintf(extra, sizeof(extra), "loss %.3f, val %.3f (%.3f w/o retrieval), prompts %.3f (%.3f), lr %.2e",
+                  report.loss, last_val, last_plain, last_prompt, last_prompt_plain, report.lr);
   }
-  return SaveCheckpoint();
+  return extra;
 }
 
 }  // namespace rag::lm

@@ -1,9 +1,10 @@
 // Trains a RetroLM on tokenised documents whose chunks come with
 // precomputed neighbours: from scratch, or retrofitting a trained
-// TransformerLM with its decoder frozen. AdamW with linear warm-up and cosine
-// decay, gradient clipping, periodic validation, checkpoints that resume
-// exactly. Batches are a pure function of (seed, step), so a resumed run
-// sees the same data as an uninterrupted one. Not thread-safe.
+// TransformerLM with its decoder frozen. Supplies windows, prompt windows and
+// their losses to lm::TrainingLoop, which owns the schedule, AdamW,
+// checkpoints and exact resume. Batches are a pure function of (seed, step),
+// so a resumed run sees the same data as an uninterrupted one. Not
+// thread-safe.
 //
 // Tensor legend as lm/retro_lm.h: B batch, T tokens (= decoder.context),
 // m chunk size, C input chunks (T / m), K neighbours, R neighbour tokens,
@@ -22,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "lm/retro_lm.h"
 #include "lm/tokenizer.h"
-#include "lm/trainer.h"
+#include "lm/training_loop.h"
 #include "lm/transformer_lm.h"
 
 namespace rag::lm {
@@ -105,23 +106,9 @@ absl::Status ValidateRetroPromptWindows(const RetroPromptWindows& windows, const
 // naming `what` ("train", "validation"), the document and the mismatch.
 absl::Status ValidateRetroDocuments(const RetroDocuments& docs, const RetroConfig& config, const std::string& what);
 
-// As TrainerOptions, without seq_len: a window is always the decoder's
-// context, starting at a chunk boundary.
-struct RetroTrainerOptions {
-  int64_t steps = 1000;            // optimizer steps in total. Default: 1000
-  int64_t batch_size = 16;         // windows per step. Default: 16
-  double lr = 1e-3;                // peak learning rate. Default: 1e-3
-  double min_lr_ratio = 0.1;       // cosine decays to lr * min_lr_ratio. Default: 0.1
-  int64_t warmup_steps = 100;      // linear warm-up. Default: 100
-  double weight_decay = 0.1;       // on matrices only, not on norms/biases. Default: 0.1
-  double beta1 = 0.9;              // Default: 0.9
-  double beta2 = 0.95;             // Default: 0.95
-  double grad_clip = 1.0;          // max global gradient norm; 0 = off. Default: 1.0
-  int64_t checkpoint_every = 200;  // steps between checkpoints; 0 = only at the end/interrupt. Default: 200
-  int64_t eval_every = 100;        // steps between validation losses; 0 = never. Default: 100
-  int64_t eval_batches = 4;        // validation batches per evaluation. Default: 4
-  uint64_t seed = 1234;            // weights init, batches and dropout. Default: 1234
-  bool show_progress = true;       // progress line on stderr. Default: true
+// The loop's options (lm/training_loop.h) plus RETRO's own. No seq_len: a
+// window is always the decoder's context, starting at a chunk boundary.
+struct RetroTrainerOptions : TrainingLoopOptions {
   // Retrofitting: the decoder (loaded from the trained LM) stays fixed and
   // only the encoder and CCA layers train. Needs an LM to start from. Default: true
   bool freeze_decoder = true;
@@ -130,7 +117,7 @@ struct RetroTrainerOptions {
   int64_t prompt_windows = 0;
 };
 
-class RetroTrainer {
+class RetroTrainer : private TrainingTask {
  public:
   // Builds a model from `config` (seeded by options.seed); when `init` is
   // given its weights are copied into the decoder (retrofitting), and with
@@ -181,32 +168,33 @@ class RetroTrainer {
   const std::vector<RetroWindow>& validation_windows() const { return validation_windows_; }
 
   RetroLM& model() { return model_; }
-  int64_t step() const { return step_; }
-  const std::vector<TrainingRecord>& history() const { return history_; }
-  double LearningRate(int64_t step) const;
+  int64_t step() const { return loop_->step(); }
+  const std::vector<TrainingRecord>& history() const { return loop_->history(); }
+  double LearningRate(int64_t step) const { return loop_->LearningRate(step); }
 
  private:
-  RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data, TokenId eot,
-               std::string checkpoint_path);
-  absl::Status LoadCheckpoint();
+  RetroTrainer(const RetroConfig& config, const RetroTrainerOptions& options, RetroTrainingData data, TokenId eot);
   // Mean cross-entropy over the targets of n items, batched by `make`
   // (items [first, last)); NaN for none. Runs in eval mode, no gradients.
   double MeanLoss(size_t n, size_t batch_size, const std::function<RetroBatch(size_t first, size_t last)>& make,
                   bool retrieval);
   std::string Fingerprint() const;  // config + options that must match on resume + data hash
 
+  // TrainingTask: the windows' loss (plus the prompt windows'); the
+  // validation and prompt losses with and without retrieval; "loss, val
+  // (w/o retrieval), prompts, lr".
+  torch::Tensor StepLoss(int64_t step) override;
+  std::vector<double> Evaluate() override;
+  std::string ProgressLine(const StepReport& report) override;
+
   RetroConfig config_;
   RetroTrainerOptions options_;
   RetroTrainingData data_;
   TokenId eot_;
-  std::string checkpoint_path_;
   std::vector<int64_t> chunk_offsets_;  // [documents + 1]: first global chunk index of each train document
   std::vector<RetroWindow> validation_windows_;
   RetroLM model_{nullptr};
-  std::vector<torch::Tensor> trained_;  // the parameters the optimizer updates
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
-  int64_t step_ = 0;
-  std::vector<TrainingRecord> history_;
+  std::unique_ptr<TrainingLoop> loop_;
 };
 
 }  // namespace rag::lm

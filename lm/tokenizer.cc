@@ -15,12 +15,16 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "common/file_util.h"
-#include "common/progress.h"
 #include "common/status.h"
+#include "lm/internal/bpe_pair.h"
 #include "lm/internal/pretokenizer.h"
 
 namespace rag::lm {
 namespace {
+
+using internal::KeyLeft;
+using internal::KeyRight;
+using internal::PairKey;
 
 constexpr char kFormatName[] = "rag-byte-bpe";
 constexpr int kFormatVersion = 1;
@@ -38,12 +42,6 @@ constexpr size_t kMaxCachedPieceBytes = 64;
 // Pieces up to this many bytes use the simple rescanning merge loop (like
 // GPT-2's encoder.py, O(n^2) but tiny n); longer ones a heap, O(n log n).
 constexpr size_t kMaxSimpleMergeBytes = 48;
-
-uint64_t PairKey(TokenId left, TokenId right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-}
-TokenId KeyLeft(uint64_t key) { return static_cast<TokenId>(key >> 32); }
-TokenId KeyRight(uint64_t key) { return static_cast<TokenId>(key & 0xffffffffu); }
 
 // (left, right) -> (rank, merged id). Open addressing with linear probing:
 // this lookup is the inner loop of encoding, and a flat power-of-two table
@@ -93,29 +91,6 @@ class PairTable {
   std::vector<Slot> slots_;
   size_t mask_ = 0;
 };
-
-// GPT-2's bytes_to_unicode(): printable Latin-1 bytes map to themselves,
-// the other 68 to U+0100.. in byte order. Returned as UTF-8 strings.
-std::array<std::string, 256> BytesToUnicode() {
-  std::array<bool, 256> printable{};
-  for (int b = '!'; b <= '~'; ++b) printable[b] = true;
-  for (int b = 0xA1; b <= 0xAC; ++b) printable[b] = true;
-  for (int b = 0xAE; b <= 0xFF; ++b) printable[b] = true;
-  std::array<std::string, 256> out;
-  int next_extra = 256;
-  for (int b = 0; b < 256; ++b) {
-    uint32_t cp = printable[b] ? static_cast<uint32_t>(b) : static_cast<uint32_t>(next_extra++);
-    std::string utf8;
-    if (cp < 0x80) {
-      utf8.push_back(static_cast<char>(cp));
-    } else {  // all code points here are < 0x800
-      utf8.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      utf8.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-    out[b] = std::move(utf8);
-  }
-  return out;
-}
 
 struct CacheShard {
   std::mutex mu;
@@ -360,161 +335,6 @@ absl::StatusOr<Tokenizer> Tokenizer::Build(std::vector<TokenId> byte_ids,
   return Tokenizer(std::move(impl));
 }
 
-// ---------------------------------------------------------------- training
-
-namespace {
-
-// A distinct pre-tokenized piece of the training text, as current symbols.
-struct Word {
-  std::vector<TokenId> symbols;
-  int64_t count = 0;
-};
-
-// Max-heap order for merge candidates: higher count first, then the
-// smaller (left, right) so that ties resolve deterministically.
-struct MergeCandidate {
-  int64_t count;
-  uint64_t key;
-  bool operator<(const MergeCandidate& other) const {
-    if (count != other.count) return count < other.count;
-    return key > other.key;
-  }
-};
-
-}  // namespace
-
-absl::StatusOr<Tokenizer> Tokenizer::Train(const std::vector<std::string>& documents,
-                                           const TokenizerTrainOptions& options) {
-  if (options.vocab_size < 258 || options.vocab_size > kMaxVocabSize) {
-    return absl::InvalidArgumentError("vocab_size: expected [258, " + std::to_string(kMaxVocabSize) +
-                                      "] (256 bytes + >= 1 merge + " + kEndOfTextToken + "), got " +
-                                      std::to_string(options.vocab_size));
-  }
-  if (options.min_pair_count < 1) {
-    return absl::InvalidArgumentError("min_pair_count: expected >= 1, got " +
-                                      std::to_string(options.min_pair_count));
-  }
-  RAG_ASSIGN_OR_RETURN(std::unique_ptr<internal::Pretokenizer> pretokenizer, internal::Pretokenizer::Create());
-
-  // 1. Distinct pieces and their counts. Keys view into `documents`.
-  absl::flat_hash_map<absl::string_view, int64_t> piece_counts;
-  int64_t total_bytes = 0;
-  for (const std::string& doc : documents) {
-    total_bytes += static_cast<int64_t>(doc.size());
-    pretokenizer->Split(doc, [&](std::string_view piece) {
-      ++piece_counts[absl::string_view(piece.data(), piece.size())];
-    });
-  }
-  if (total_bytes == 0) return absl::InvalidArgumentError("no text to train on");
-
-  // Sorted so word indices, and with them everything below, do not depend
-  // on hash-map iteration order.
-  std::vector<std::pair<absl::string_view, int64_t>> sorted(piece_counts.begin(), piece_counts.end());
-  piece_counts.clear();
-  std::sort(sorted.begin(), sorted.end());
-  std::vector<Word> words(sorted.size());
-  for (size_t w = 0; w < sorted.size(); ++w) {
-    const absl::string_view piece = sorted[w].first;
-    words[w].symbols.reserve(piece.size());
-    for (char c : piece) words[w].symbols.push_back(static_cast<uint8_t>(c));
-    words[w].count = sorted[w].second;
-  }
-  sorted.clear();
-
-  // 2. Pair counts and, per pair, the words that (may) contain it. The word
-  // lists only grow; a listed word that lost the pair is skipped later.
-  absl::flat_hash_map<uint64_t, int64_t> pair_counts;
-  absl::flat_hash_map<uint64_t, std::vector<int32_t>> pair_words;
-  for (size_t w = 0; w < words.size(); ++w) {
-    const auto& s = words[w].symbols;
-    for (size_t i = 0; i + 1 < s.size(); ++i) {
-      uint64_t key = PairKey(s[i], s[i + 1]);
-      pair_counts[key] += words[w].count;
-      auto& list = pair_words[key];
-      if (list.empty() || list.back() != static_cast<int32_t>(w)) list.push_back(static_cast<int32_t>(w));
-    }
-  }
-  // Lazy max-heap: an entry's count may be stale, but only ever too high
-  // (existing pairs only lose occurrences; new pairs are pushed exactly), so
-  // re-pushing stale entries on pop finds the true maximum.
-  std::vector<MergeCandidate> initial;
-  initial.reserve(pair_counts.size());
-  for (const auto& [key, count] : pair_counts) initial.push_back({count, key});
-  std::priority_queue<MergeCandidate> heap(std::less<MergeCandidate>(), std::move(initial));
-
-  const int target_merges = options.vocab_size - 256 - 1;
-  std::vector<std::pair<TokenId, TokenId>> merges;
-  merges.reserve(target_merges);
-  std::unique_ptr<Progress> progress;
-  if (options.show_progress) progress = std::make_unique<Progress>("bpe train", target_merges, "merges");
-
-  std::vector<TokenId> merged_symbols;
-  std::vector<uint64_t> new_pairs;
-  while (static_cast<int>(merges.size()) < target_merges && !heap.empty()) {
-    MergeCandidate top = heap.top();
-    heap.pop();
-    auto count_it = pair_counts.find(top.key);
-    const int64_t current = count_it == pair_counts.end() ? 0 : count_it->second;
-    if (current != top.count) {
-      if (current > 0) heap.push({current, top.key});
-      continue;
-    }
-    if (current < options.min_pair_count) break;
-
-    const TokenId left = KeyLeft(top.key);
-    const TokenId right = KeyRight(top.key);
-    const TokenId merged = static_cast<TokenId>(256 + merges.size());
-    merges.emplace_back(left, right);
-
-    std::vector<int32_t> affected = std::move(pair_words[top.key]);
-    pair_words.erase(top.key);
-    new_pairs.clear();
-    for (int32_t w : affected) {
-      Word& word = words[w];
-      std::vector<TokenId>& s = word.symbols;
-      // Rewrite the word, merging (left, right) left to right.
-      merged_symbols.clear();
-      bool changed = false;
-      for (size_t i = 0; i < s.size();) {
-        if (i + 1 < s.size() && s[i] == left && s[i + 1] == right) {
-          merged_symbols.push_back(merged);
-          i += 2;
-          changed = true;
-        } else {
-          merged_symbols.push_back(s[i++]);
-        }
-      }
-      if (!changed) continue;
-      // Remove the old word's pairs and add the new word's. Unchanged pairs
-      // net to zero; words are short, so this is cheaper than being clever.
-      for (size_t i = 0; i + 1 < s.size(); ++i) pair_counts[PairKey(s[i], s[i + 1])] -= word.count;
-      for (size_t i = 0; i + 1 < merged_symbols.size(); ++i) {
-        const TokenId a = merged_symbols[i];
-        const TokenId b = merged_symbols[i + 1];
-        const uint64_t key = PairKey(a, b);
-        pair_counts[key] += word.count;
-        if (a == merged || b == merged) {
-          auto& list = pair_words[key];
-          if (list.empty() || list.back() != w) list.push_back(w);
-          new_pairs.push_back(key);
-        }
-      }
-      s.swap(merged_symbols);
-    }
-    pair_counts.erase(top.key);
-    std::sort(new_pairs.begin(), new_pairs.end());
-    new_pairs.erase(std::unique(new_pairs.begin(), new_pairs.end()), new_pairs.end());
-    for (uint64_t key : new_pairs) heap.push({pair_counts[key], key});
-    if (progress) progress->Update(static_cast<int64_t>(merges.size()));
-  }
-  if (progress) progress->Finish(std::to_string(merges.size()) + " merges");
-
-  const TokenId eot = static_cast<TokenId>(256 + merges.size());
-  std::vector<TokenId> byte_ids(256);
-  for (int b = 0; b < 256; ++b) byte_ids[b] = b;
-  return Build(std::move(byte_ids), std::move(merges), {{kEndOfTextToken, eot}});
-}
-
 // ---------------------------------------------------------------- loading
 
 absl::StatusOr<Tokenizer> Tokenizer::Load(const std::string& json_path) {
@@ -612,114 +432,6 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(const std::string& json_text) {
   } catch (const nlohmann::json::exception& e) {
     return JsonError(e.what());
   }
-}
-
-absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_path,
-                                               const std::string& vocab_bpe_path) {
-  auto encoder_text = ReadFile(encoder_json_path);
-  if (!encoder_text.ok()) return Annotate(encoder_text.status(), "loading GPT-2 encoder.json");
-  auto bpe_text = ReadFile(vocab_bpe_path);
-  if (!bpe_text.ok()) return Annotate(bpe_text.status(), "loading GPT-2 vocab.bpe");
-  const std::string encoder_context = "loading GPT-2 encoder '" + encoder_json_path + "'";
-  const std::string bpe_context = "loading GPT-2 merges '" + vocab_bpe_path + "'";
-
-  // token string -> id, checked for duplicates and range.
-  absl::flat_hash_map<std::string, TokenId> encoder;
-  try {
-    nlohmann::json j = nlohmann::json::parse(*encoder_text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) {
-      return Annotate(absl::InvalidArgumentError("expected a JSON object {token: id}"), encoder_context);
-    }
-    std::vector<bool> used(j.size(), false);
-    for (const auto& [token, id] : j.items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= static_cast<int64_t>(j.size())) {
-        return Annotate(absl::InvalidArgumentError("token " + nlohmann::json(token).dump() + " has id " + id.dump() +
-                                                   ", expected an integer in [0, " + std::to_string(j.size()) + ")"),
-                        encoder_context);
-      }
-      TokenId value = id.get<TokenId>();
-      if (used[value]) {
-        return Annotate(absl::InvalidArgumentError("id " + std::to_string(value) + " is used twice"),
-                        encoder_context);
-      }
-      used[value] = true;
-      encoder.emplace(token, value);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return Annotate(absl::InvalidArgumentError(e.what()), encoder_context);
-  }
-
-  const std::array<std::string, 256> byte_strings = BytesToUnicode();
-  std::vector<TokenId> byte_ids(256);
-  for (int b = 0; b < 256; ++b) {
-    auto it = encoder.find(byte_strings[b]);
-    if (it == encoder.end()) {
-      return Annotate(absl::InvalidArgumentError("no token for byte " + std::to_string(b)), encoder_context);
-    }
-    byte_ids[b] = it->second;
-  }
-
-  std::vector<std::pair<TokenId, TokenId>> merges;
-  std::string_view rest = *bpe_text;
-  int line_number = 0;
-  while (!rest.empty()) {
-    size_t eol = rest.find('\n');
-    std::string_view line = rest.substr(0, eol);
-    rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.empty() || (line_number == 1 && line.substr(0, 8) == "#version")) continue;
-    const std::string where = "line " + std::to_string(line_number) + ": ";
-    size_t space = line.find(' ');
-    if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
-        line.find(' ', space + 1) != std::string_view::npos) {
-      return Annotate(absl::InvalidArgumentError(where + "expected 'left right', got '" + std::string(line) + "'"),
-                      bpe_context);
-    }
-    std::string left(line.substr(0, space));
-    std::string right(line.substr(space + 1));
-    auto left_it = encoder.find(left);
-    auto right_it = encoder.find(right);
-    auto merged_it = encoder.find(left + right);
-    if (left_it == encoder.end() || right_it == encoder.end() || merged_it == encoder.end()) {
-      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) +
-                                                 "' uses or makes a token missing from encoder.json"),
-                      bpe_context);
-    }
-    // Our id layout (merge i creates id 256 + i) holds for GPT-2; a file
-    // that breaks it is not one we can represent.
-    const TokenId expected = static_cast<TokenId>(256 + merges.size());
-    if (merged_it->second != expected) {
-      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) + "' makes id " +
-                                                 std::to_string(merged_it->second) + ", expected " +
-                                                 std::to_string(expected) + " (ids in merge order)"),
-                      bpe_context);
-    }
-    merges.emplace_back(left_it->second, right_it->second);
-  }
-
-  // What encoder.json holds beyond bytes and merges must be "<|...|>"
-  // special tokens; anything else means vocab.bpe is cut short.
-  std::vector<std::pair<std::string, TokenId>> specials;
-  int unmade = 0;
-  for (const auto& [token, id] : encoder) {
-    if (id < static_cast<TokenId>(256 + merges.size())) continue;
-    const bool special = token.size() > 4 && token.compare(0, 2, "<|") == 0 &&
-                         token.compare(token.size() - 2, 2, "|>") == 0;
-    if (special) {
-      specials.emplace_back(token, id);
-    } else {
-      ++unmade;
-    }
-  }
-  if (unmade > 0) {
-    return Annotate(absl::InvalidArgumentError(std::to_string(unmade) +
-                                               " tokens of encoder.json are made by no merge (truncated file?)"),
-                    bpe_context);
-  }
-  auto tokenizer = Build(std::move(byte_ids), std::move(merges), std::move(specials));
-  if (!tokenizer.ok()) return Annotate(tokenizer.status(), bpe_context);
-  return tokenizer;
 }
 
 // ---------------------------------------------------------------- use

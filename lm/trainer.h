@@ -1,7 +1,7 @@
-// Trains a TransformerLM on token streams: AdamW with linear warm-up and
-// cosine decay, gradient clipping, periodic validation, checkpoints that
-// resume exactly (weights, optimizer moments, RNG, step). Batches are a pure
-// function of (seed, step), so a resumed run sees the same data as an
+// Trains a TransformerLM on token streams: supplies batches of token
+// windows, the next-token loss and the validation loss to lm::TrainingLoop,
+// which owns the schedule, AdamW, checkpoints and exact resume. Batches are
+// a pure function of (seed, step), so a resumed run sees the same data as an
 // uninterrupted one. Not thread-safe.
 #pragma once
 
@@ -14,26 +14,14 @@
 #include "absl/status/statusor.h"
 #include "lm/model_config.h"
 #include "lm/tokenizer.h"
+#include "lm/training_loop.h"
 #include "lm/transformer_lm.h"
 
 namespace rag::lm {
 
-struct TrainerOptions {
-  int64_t steps = 1000;           // optimizer steps in total. Default: 1000
-  int64_t batch_size = 16;        // sequences per step. Default: 16
-  int64_t seq_len = 0;            // tokens per sequence; 0 = model context. Default: 0
-  double lr = 1e-3;               // peak learning rate. Default: 1e-3
-  double min_lr_ratio = 0.1;      // cosine decays to lr * min_lr_ratio. Default: 0.1
-  int64_t warmup_steps = 100;     // linear warm-up. Default: 100
-  double weight_decay = 0.1;      // on matrices only, not on norms/biases. Default: 0.1
-  double beta1 = 0.9;             // Default: 0.9
-  double beta2 = 0.95;            // Default: 0.95
-  double grad_clip = 1.0;         // max global gradient norm; 0 = off. Default: 1.0
-  int64_t checkpoint_every = 200; // steps between checkpoints; 0 = only at the end/interrupt. Default: 200
-  int64_t eval_every = 100;       // steps between validation losses; 0 = never. Default: 100
-  int64_t eval_batches = 4;       // validation batches per evaluation. Default: 4
-  uint64_t seed = 1234;           // weights init, batches and dropout. Default: 1234
-  bool show_progress = true;      // progress line on stderr. Default: true
+// The loop's options (lm/training_loop.h) plus the sequence length.
+struct TrainerOptions : TrainingLoopOptions {
+  int64_t seq_len = 0;  // tokens per sequence; 0 = model context. Default: 0
 };
 
 // Token streams: documents concatenated, each followed by the end-of-text id.
@@ -42,13 +30,7 @@ struct TrainingData {
   std::vector<TokenId> validation;
 };
 
-struct TrainingRecord {
-  int64_t step;
-  double loss;
-  double lr;
-};
-
-class Trainer {
+class Trainer : private TrainingTask {
  public:
   // Builds a fresh model from `config` (seeded by options.seed), or, when
   // `resume` is set, restores the state saved at `checkpoint_path`.
@@ -75,26 +57,27 @@ class Trainer {
   torch::Tensor BatchForStep(int64_t step) const;
 
   TransformerLM& model() { return model_; }
-  int64_t step() const { return step_; }
-  const std::vector<TrainingRecord>& history() const { return history_; }
-  double LearningRate(int64_t step) const;
+  int64_t step() const { return loop_->step(); }
+  const std::vector<TrainingRecord>& history() const { return loop_->history(); }
+  double LearningRate(int64_t step) const { return loop_->LearningRate(step); }
   int64_t seq_len() const { return seq_len_; }
 
  private:
-  Trainer(const TransformerConfig& config, const TrainerOptions& options, TrainingData data,
-          std::string checkpoint_path);
-  absl::Status LoadCheckpoint();
+  Trainer(const TransformerConfig& config, const TrainerOptions& options, TrainingData data);
   std::string Fingerprint() const;  // config + options that must match on resume + data hash
+
+  // TrainingTask: the next-token loss of BatchForStep(step); the validation
+  // loss; "loss, val, lr, tok/s".
+  torch::Tensor StepLoss(int64_t step) override;
+  std::vector<double> Evaluate() override;
+  std::string ProgressLine(const StepReport& report) override;
 
   TransformerConfig config_;
   TrainerOptions options_;
   TrainingData data_;
-  std::string checkpoint_path_;
   int64_t seq_len_;
   TransformerLM model_{nullptr};
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
-  int64_t step_ = 0;
-  std::vector<TrainingRecord> history_;
+  std::unique_ptr<TrainingLoop> loop_;
 };
 
 }  // namespace rag::lm

@@ -1,6 +1,7 @@
-// The checkpoint both trainers (lm::Trainer, lm::RetroTrainer) write: model
-// and optimizer state, step, the CPU RNG (dropout), the loss history and a
+// The checkpoint file lm::TrainingLoop (so both trainers) writes: model and
+// optimizer state, step, the CPU RNG (dropout), the loss history and a
 // fingerprint of what must match on resume. One file, replaced atomically.
+// Stateless functions; not safe to call concurrently on one path.
 #pragma once
 
 #include <torch/torch.h>
@@ -10,7 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "lm/trainer.h"
+#include "lm/training_loop.h"
 
 namespace rag::lm::internal {
 

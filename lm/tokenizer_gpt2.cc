@@ -1,0 +1,152 @@
+// Tokenizer::LoadGpt2: reading OpenAI's GPT-2 vocabulary files
+// (encoder.json, vocab.bpe) into our id layout.
+#include <array>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/file_util.h"
+#include "common/status.h"
+#include "lm/tokenizer.h"
+
+namespace rag::lm {
+namespace {
+
+// GPT-2's bytes_to_unicode(): printable Latin-1 bytes map to themselves,
+// the other 68 to U+0100.. in byte order. Returned as UTF-8 strings.
+std::array<std::string, 256> BytesToUnicode() {
+  std::array<bool, 256> printable{};
+  for (int b = '!'; b <= '~'; ++b) printable[b] = true;
+  for (int b = 0xA1; b <= 0xAC; ++b) printable[b] = true;
+  for (int b = 0xAE; b <= 0xFF; ++b) printable[b] = true;
+  std::array<std::string, 256> out;
+  int next_extra = 256;
+  for (int b = 0; b < 256; ++b) {
+    uint32_t cp = printable[b] ? static_cast<uint32_t>(b) : static_cast<uint32_t>(next_extra++);
+    std::string utf8;
+    if (cp < 0x80) {
+      utf8.push_back(static_cast<char>(cp));
+    } else {  // all code points here are < 0x800
+      utf8.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      utf8.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    out[b] = std::move(utf8);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_path,
+                                               const std::string& vocab_bpe_path) {
+  auto encoder_text = ReadFile(encoder_json_path);
+  if (!encoder_text.ok()) return Annotate(encoder_text.status(), "loading GPT-2 encoder.json");
+  auto bpe_text = ReadFile(vocab_bpe_path);
+  if (!bpe_text.ok()) return Annotate(bpe_text.status(), "loading GPT-2 vocab.bpe");
+  const std::string encoder_context = "loading GPT-2 encoder '" + encoder_json_path + "'";
+  const std::string bpe_context = "loading GPT-2 merges '" + vocab_bpe_path + "'";
+
+  // token string -> id, checked for duplicates and range.
+  absl::flat_hash_map<std::string, TokenId> encoder;
+  try {
+    nlohmann::json j = nlohmann::json::parse(*encoder_text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) {
+      return Annotate(absl::InvalidArgumentError("expected a JSON object {token: id}"), encoder_context);
+    }
+    std::vector<bool> used(j.size(), false);
+    for (const auto& [token, id] : j.items()) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= static_cast<int64_t>(j.size())) {
+        return Annotate(absl::InvalidArgumentError("token " + nlohmann::json(token).dump() + " has id " + id.dump() +
+                                                   ", expected an integer in [0, " + std::to_string(j.size()) + ")"),
+                        encoder_context);
+      }
+      TokenId value = id.get<TokenId>();
+      if (used[value]) {
+        return Annotate(absl::InvalidArgumentError("id " + std::to_string(value) + " is used twice"),
+                        encoder_context);
+      }
+      used[value] = true;
+      encoder.emplace(token, value);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return Annotate(absl::InvalidArgumentError(e.what()), encoder_context);
+  }
+
+  const std::array<std::string, 256> byte_strings = BytesToUnicode();
+  std::vector<TokenId> byte_ids(256);
+  for (int b = 0; b < 256; ++b) {
+    auto it = encoder.find(byte_strings[b]);
+    if (it == encoder.end()) {
+      return Annotate(absl::InvalidArgumentError("no token for byte " + std::to_string(b)), encoder_context);
+    }
+    byte_ids[b] = it->second;
+  }
+
+  std::vector<std::pair<TokenId, TokenId>> merges;
+  std::string_view rest = *bpe_text;
+  int line_number = 0;
+  while (!rest.empty()) {
+    size_t eol = rest.find('\n');
+    std::string_view line = rest.substr(0, eol);
+    rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || (line_number == 1 && line.substr(0, 8) == "#version")) continue;
+    const std::string where = "line " + std::to_string(line_number) + ": ";
+    size_t space = line.find(' ');
+    if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string_view::npos) {
+      return Annotate(absl::InvalidArgumentError(where + "expected 'left right', got '" + std::string(line) + "'"),
+                      bpe_context);
+    }
+    std::string left(line.substr(0, space));
+    std::string right(line.substr(space + 1));
+    auto left_it = encoder.find(left);
+    auto right_it = encoder.find(right);
+    auto merged_it = encoder.find(left + right);
+    if (left_it == encoder.end() || right_it == encoder.end() || merged_it == encoder.end()) {
+      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) +
+                                                 "' uses or makes a token missing from encoder.json"),
+                      bpe_context);
+    }
+    // Our id layout (merge i creates id 256 + i) holds for GPT-2; a file
+    // that breaks it is not one we can represent.
+    const TokenId expected = static_cast<TokenId>(256 + merges.size());
+    if (merged_it->second != expected) {
+      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) + "' makes id " +
+                                                 std::to_string(merged_it->second) + ", expected " +
+                                                 std::to_string(expected) + " (ids in merge order)"),
+                      bpe_context);
+    }
+    merges.emplace_back(left_it->second, right_it->second);
+  }
+
+  // What encoder.json holds beyond bytes and merges must be "<|...|>"
+  // special tokens; anything else means vocab.bpe is cut short.
+  std::vector<std::pair<std::string, TokenId>> specials;
+  int unmade = 0;
+  for (const auto& [token, id] : encoder) {
+    if (id < static_cast<TokenId>(256 + merges.size())) continue;
+    const bool special = token.size() > 4 && token.compare(0, 2, "<|") == 0 &&
+                         token.compare(token.size() - 2, 2, "|>") == 0;
+    if (special) {
+      specials.emplace_back(token, id);
+    } else {
+      ++unmade;
+    }
+  }
+  if (unmade > 0) {
+    return Annotate(absl::InvalidArgumentError(std::to_string(unmade) +
+                                               " tokens of encoder.json are made by no merge (truncated file?)"),
+                    bpe_context);
+  }
+  auto tokenizer = Build(std::move(byte_ids), std::move(merges), std::move(specials));
+  if (!tokenizer.ok()) return Annotate(tokenizer.status(), bpe_context);
+  return tokenizer;
+}
+
+}  // namespace rag::lm
