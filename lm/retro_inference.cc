@@ -341,8 +341,8 @@ torch::Tensor RetroNextTokenLogProbs(RetroLM& model, const std::vector<TokenId>&
       }
     }
   }
-  torch::Tensor hidden = model->ForwardHidden(ids, nb, mask);          // [1, T, D]
-  torch::Tensor logits = model->Logits(hidden.narrow(1, len - 1, 1));  // [1, 1, V]
+  torch::Tensor hidden = model->ForwardHidden(ids, nb, mask);            // [1, T, D]
+  torch::Tensor logits = model->Logits(hidden.narrow(1, len - 1, 1));    // [1, 1, V]
   return torch::log_softmax(logits.view({-1}).to(torch::kFloat32), -1);  // [V]
 }
 

@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     }
     const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->datastore_.get()};
     e->strategies_[static_cast<int>(Mode::kLm)] = std::make_unique<LmMode>(served);
-    if (served.datastore != nullptr) e->strategies_[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
+    if (served.datastore != nullptr)
+      e->strategies_[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
     if (served.retro != nullptr) e->strategies_[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
     return e;
   });

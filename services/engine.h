@@ -115,4 +115,3 @@ using rag::IsValidUtf8;
 using rag::ToValidUtf8;
 
 }  // namespace rag::services
-

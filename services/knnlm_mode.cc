@@ -104,7 +104,7 @@ absl::StatusOr<std::vector<lm::TokenId>> KnnLmMode::Generate(const GenerateParam
   // Sampling from log p_knnlm is sampling from p_knnlm: softmax is
   // shift-invariant, so temperature, top-k and top-p apply unchanged.
   lm::LogitsHook hook = [this, &p, exclude_doc, &hook_status](const torch::Tensor& hidden,
-                                                                const torch::Tensor& logits) {
+                                                              const torch::Tensor& logits) {
     auto mixed = KnnDistribution(hidden, torch::log_softmax(logits, -1), p.knn, exclude_doc);
     if (!mixed.ok()) {
       hook_status = mixed.status();

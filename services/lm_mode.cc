@@ -10,8 +10,7 @@ absl::StatusOr<std::vector<float>> LmMode::Score(const ScoreParams& p, const std
   lm::ScoreOptions so;
   so.stride = p.stride;
   so.should_stop = rag::Cancelled;
-  std::vector<float> logprobs =
-      lm::ScoreTokens(served_.model->module(), ids, served_.model->tokenizer().eot_id(), so);
+  std::vector<float> logprobs = lm::ScoreTokens(served_.model->module(), ids, served_.model->tokenizer().eot_id(), so);
   if (rag::Cancelled()) return CallCancelled();
   return logprobs;
 }

@@ -26,10 +26,10 @@ namespace rag::services {
 // What the Engine serves, shared by the strategies (not owned; the Engine
 // keeps them alive while its strategies exist).
 struct ServedModels {
-  lm::LanguageModel* model = nullptr;           // the LM (a RETRO model's base LM)
-  lm::RetroModel* retro = nullptr;              // null unless a RETRO model is served
-  retriever::Retriever* retriever = nullptr;    // null without an index
-  retriever::Datastore* datastore = nullptr;    // null without a kNN-LM datastore
+  lm::LanguageModel* model = nullptr;         // the LM (a RETRO model's base LM)
+  lm::RetroModel* retro = nullptr;            // null unless a RETRO model is served
+  retriever::Retriever* retriever = nullptr;  // null without an index
+  retriever::Datastore* datastore = nullptr;  // null without a kNN-LM datastore
 };
 
 class ModeStrategy {

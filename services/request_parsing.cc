@@ -115,8 +115,7 @@ absl::Status CheckText(const std::string& text, const std::string& field, bool a
                        const EngineLimits& limits) {
   if (!allow_empty && text.empty()) return absl::InvalidArgumentError(field + " is empty");
   if (static_cast<int64_t>(text.size()) > limits.max_text_bytes) {
-    return OverLimit(field + " in bytes", static_cast<int64_t>(text.size()), limits.max_text_bytes,
-                     "--max-text-bytes");
+    return OverLimit(field + " in bytes", static_cast<int64_t>(text.size()), limits.max_text_bytes, "--max-text-bytes");
   }
   return absl::OkStatus();
 }
@@ -125,13 +124,15 @@ absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx)
   if (mode.empty() || mode == "lm") return Mode::kLm;
   if (mode == "knnlm") {
     if (ctx.has_datastore) return Mode::kKnnLm;
-    return absl::FailedPreconditionError("mode knnlm needs a datastore, and none is served (build the index with "
-                                         "`rag build --datastore` and serve it with --index)");
+    return absl::FailedPreconditionError(
+        "mode knnlm needs a datastore, and none is served (build the index with "
+        "`rag build --datastore` and serve it with --index)");
   }
   if (mode == "retro") {
     if (ctx.retro_chunk_size > 0) return Mode::kRetro;
-    return absl::FailedPreconditionError("mode retro needs a RETRO model (train one with `rag train --arch retro` "
-                                         "and serve its directory with --model)");
+    return absl::FailedPreconditionError(
+        "mode retro needs a RETRO model (train one with `rag train --arch retro` "
+        "and serve its directory with --model)");
   }
   return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
 }
@@ -219,8 +220,7 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
       const int32_t id = request.prompt_token_ids(i);
       if (id < 0 || id >= ctx.vocab_size) {
         return absl::InvalidArgumentError("prompt_token_ids[" + std::to_string(i) + "] = " + std::to_string(id) +
-                                          " is not a token id (vocabulary of " + std::to_string(ctx.vocab_size) +
-                                          ")");
+                                          " is not a token id (vocabulary of " + std::to_string(ctx.vocab_size) + ")");
       }
     }
     p.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());

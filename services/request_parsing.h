@@ -51,8 +51,8 @@ const char* RetrievalName(Retrieval retrieval);
 // What the server can run, against which requests are checked.
 struct ParseContext {
   EngineLimits limits;
-  bool has_index = false;      // an index is served
-  bool has_datastore = false;  // ... with a kNN-LM datastore
+  bool has_index = false;        // an index is served
+  bool has_datastore = false;    // ... with a kNN-LM datastore
   int64_t retro_chunk_size = 0;  // the RETRO model's m; 0: no RETRO model
   int64_t vocab_size = 0;        // the tokenizer's
 };
@@ -94,9 +94,9 @@ struct NextTokenParams {
 
 struct GenerateParams {
   Mode mode = Mode::kLm;
-  std::string prompt;                  // when prompt_ids is empty
+  std::string prompt;                   // when prompt_ids is empty
   std::vector<lm::TokenId> prompt_ids;  // the prompt as ids, when given so
-  lm::SamplingOptions sampling;        // max_tokens and stop_at_eot included
+  lm::SamplingOptions sampling;         // max_tokens and stop_at_eot included
   KnnParams knn;
   RetroParams retro;
 };
@@ -110,8 +110,7 @@ struct SearchParams {
 // that sets it.
 absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, const char* flag);
 // `text` non-empty (unless allow_empty) and within limits.max_text_bytes.
-absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty,
-                       const EngineLimits& limits);
+absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty, const EngineLimits& limits);
 
 // "" or "lm", "knnlm", "retro", when the server can run it.
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx);

@@ -150,8 +150,8 @@ absl::StatusOr<torch::Tensor> RetroMode::NextToken(const NextTokenParams& p,
   std::vector<lm::NeighbourSet> sets;
   int64_t filtered = 0;
   // Sets of the complete chunks only: the next token sits after them.
-  std::vector<lm::TokenId> complete(
-      ids.begin(), ids.end() - static_cast<int64_t>(ids.size()) % served_.retro->config().chunk_size);
+  std::vector<lm::TokenId> complete(ids.begin(),
+                                    ids.end() - static_cast<int64_t>(ids.size()) % served_.retro->config().chunk_size);
   complete.push_back(eot);  // a last (partial) chunk whose set is never used
   if (p.retro.retrieval != Retrieval::kOff && complete.size() > 1) {
     RAG_ASSIGN_OR_RETURN(sets, RetroSets(complete, p.retro, &filtered));

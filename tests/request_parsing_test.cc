@@ -74,20 +74,17 @@ TEST(RequestParsingTest, RetroOptionsAndTheLeakageFilterOfScoreOnly) {
   ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.retrieval");
   r.mutable_retro()->set_retrieval("random");
   r.mutable_retro()->set_leakage_filter(-1);
-  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
-              "retro.leakage_filter");
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.leakage_filter");
   r.mutable_retro()->set_leakage_filter(0);
   r.mutable_retro()->set_search_method("sparse");
-  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
-              "retro.search_method");
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.search_method");
   r.mutable_retro()->set_search_method("bm25");
   r.set_stride(3);
   ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "chunk size 4");
   r.set_stride(0);
   ParseContext no_index = Everything();
   no_index.has_index = false;
-  ExpectError(ParseScoreRequest(r, no_index).status(), absl::StatusCode::kFailedPrecondition,
-              "retro retrieval random");
+  ExpectError(ParseScoreRequest(r, no_index).status(), absl::StatusCode::kFailedPrecondition, "retro retrieval random");
 
   v1::GenerateRequest g;
   g.set_mode("retro");
