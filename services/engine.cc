@@ -83,11 +83,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
                      "adding the keys of added documents to the datastore"));
       }
     }
+    // One strategy per mode this server can run (what Info lists).
     const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->datastore_.get()};
-    e->strategies_[static_cast<int>(Mode::kLm)] = std::make_unique<LmMode>(served);
-    if (served.datastore != nullptr)
-      e->strategies_[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
-    if (served.retro != nullptr) e->strategies_[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
+    auto& modes = e->strategies_;
+    modes[static_cast<int>(Mode::kLm)] = std::make_unique<LmMode>(served);
+    if (served.datastore != nullptr) modes[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
+    if (served.retro != nullptr) modes[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
     return e;
   });
 }
