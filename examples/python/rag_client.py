@@ -115,7 +115,7 @@ def mode_options(args, pb):
 
     Flags left unset keep the server's defaults: `lambda` and `temperature`
     are optional fields (unset is not 0), and a 0 k or nprobe means the
-    server's default. `lambda` is a Python keyword, hence the dict.
+    server's default. `lambda` is a Python keyword, hence setattr.
     """
     knn = pb.KnnOptions(k=args.knn_k, nprobe=args.knn_nprobe)
     if args.knn_lambda is not None:
