@@ -177,15 +177,15 @@ int main(int argc, char** argv) {
       Row r;
       r.label = "knnlm nprobe " + std::to_string(np);
       r.request.set_mode("knnlm");
-      r.request.set_nprobe(np);
-      r.request.set_k(k);
-      r.request.set_lambda(lambda);
+      r.request.mutable_knn()->set_nprobe(np);
+      r.request.mutable_knn()->set_k(k);
+      r.request.mutable_knn()->set_lambda(lambda);
       rows.push_back(r);
     }
     Row exact = rows.size() > 1 ? rows[1] : rows[0];
     if (rows.size() > 1) {
       exact.label += " exact";
-      exact.request.set_exact_distances(true);
+      exact.request.mutable_knn()->set_exact_distances(true);
       rows.push_back(exact);
     }
   }
@@ -296,8 +296,8 @@ int main(int argc, char** argv) {
 
   double knn_ratio = 0, build_ratio = 0;
   for (const auto& r : rows) {
-    if (r.request.mode() == "knnlm" && !r.request.exact_distances() &&
-        r.request.nprobe() == rag::services::kDefaultKnnNprobe) {
+    if (r.request.mode() == "knnlm" && !r.request.knn().exact_distances() &&
+        r.request.knn().nprobe() == rag::services::kDefaultKnnNprobe) {
       knn_ratio = static_cast<double>(r.tokens) / r.seconds / lm_rate;
     }
   }

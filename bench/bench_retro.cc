@@ -106,7 +106,7 @@ absl::StatusOr<bool> GenerationSpeed(rag::services::Engine& engine, const std::v
     rag::v1::GenerateRequest req;
     req.set_prompt(prompt);
     req.set_mode(r.mode);
-    req.set_retrieval(r.retrieval);
+    req.mutable_retro()->set_retrieval(r.retrieval);
     req.set_max_tokens(max_tokens);
     req.set_ignore_eot(true);
     req.mutable_sampling()->set_temperature(0);

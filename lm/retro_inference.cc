@@ -311,4 +311,39 @@ absl::StatusOr<std::vector<TokenId>> GenerateRetro(RetroLM& model, const std::ve
   }
 }
 
+torch::Tensor RetroNextTokenLogProbs(RetroLM& model, const std::vector<TokenId>& tokens, TokenId eot,
+                                     const std::vector<NeighbourSet>& sets) {
+  torch::NoGradGuard no_grad;
+  const RetroConfig& c = model->config();
+  const int64_t m = c.chunk_size, ctx = c.decoder.context, k = c.neighbours, r = c.neighbour_tokens;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  // Input positions hold [eot, t_0, ..., t_{n-1}]; position n predicts.
+  const int64_t start = n + 1 > ctx ? (n + 1 - ctx + m - 1) / m : 0;  // in chunks
+  std::vector<int64_t> input;
+  input.push_back(start == 0 ? eot : tokens[static_cast<size_t>(start * m - 1)]);
+  for (int64_t i = start * m; i < n; ++i) input.push_back(tokens[static_cast<size_t>(i)]);
+  const int64_t len = static_cast<int64_t>(input.size());
+  const int64_t chunks = (len + m - 1) / m;
+  torch::Tensor ids = torch::tensor(input, torch::kLong).view({1, len});  // [1, T]
+  torch::Tensor nb, mask;
+  if (!sets.empty()) {
+    nb = torch::zeros({1, chunks, k, r}, torch::kLong);  // [1, C, K, R]
+    mask = torch::zeros({1, chunks, k}, torch::kBool);   // [1, C, K]
+    auto nb_a = nb.accessor<int64_t, 4>();
+    auto mask_a = mask.accessor<bool, 3>();
+    for (int64_t v = 1; v < chunks; ++v) {
+      const int64_t j = start + v - 1;
+      if (j >= static_cast<int64_t>(sets.size())) break;
+      const NeighbourSet& set = sets[static_cast<size_t>(j)];
+      for (int64_t q = 0; q < k && q < static_cast<int64_t>(set.present.size()); ++q) {
+        mask_a[0][v][q] = set.present[static_cast<size_t>(q)] != 0;
+        for (int64_t t = 0; t < r; ++t) nb_a[0][v][q][t] = set.tokens[static_cast<size_t>(q * r + t)];
+      }
+    }
+  }
+  torch::Tensor hidden = model->ForwardHidden(ids, nb, mask);            // [1, T, D]
+  torch::Tensor logits = model->Logits(hidden.narrow(1, len - 1, 1));    // [1, 1, V]
+  return torch::log_softmax(logits.view({-1}).to(torch::kFloat32), -1);  // [V]
+}
+
 }  // namespace rag::lm

@@ -78,6 +78,17 @@ absl::StatusOr<ScoredTokens> ScoreRetroTokensWithHidden(RetroLM& model, const st
                                                         const std::vector<NeighbourSet>& sets,
                                                         const RetroScoreOptions& options = {});
 
+// RETRO's log-distribution [V] of the token after `tokens` (preceded by
+// `eot`), in nats: one forward over the last chunk-aligned window that holds
+// position n = tokens.size(), whose input chunk v >= 1 attends to the set
+// retrieved with document chunk start + v - 1 (start: the window's first
+// document chunk). `sets` as ScoreRetroTokens' (sets[j] retrieved with
+// document chunk j; missing trailing sets mean no neighbours), or empty for
+// retrieval off. The model must be in eval mode; LibTorch's exceptions
+// (malformed input) propagate to the caller.
+torch::Tensor RetroNextTokenLogProbs(RetroLM& model, const std::vector<TokenId>& tokens, TokenId eot,
+                                     const std::vector<NeighbourSet>& sets);
+
 // Told the document chunk index j and the set retrieved with it, once per set.
 using RetrieveCallback = std::function<void(int64_t chunk, const NeighbourSet& set)>;
 

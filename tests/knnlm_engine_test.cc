@@ -70,8 +70,8 @@ class KnnLmEngineTest : public ::testing::Test {
     v1::ScoreRequest r;
     r.set_text(text);
     r.set_mode("knnlm");
-    r.set_lambda(lambda);
-    r.set_k(8);
+    r.mutable_knn()->set_lambda(lambda);
+    r.mutable_knn()->set_k(8);
     return r;
   }
 
@@ -126,8 +126,8 @@ TEST_F(KnnLmEngineTest, LambdaOneWithOneNeighbourPutsAllMassOnItsToken) {
   v1::NextTokenRequest r;
   r.set_text((*docs_)[0].text.substr(0, 40));
   r.set_mode("knnlm");
-  r.set_lambda(1.0f);
-  r.set_k(1);
+  r.mutable_knn()->set_lambda(1.0f);
+  r.mutable_knn()->set_k(1);
   r.set_top_n(3);
   auto next = engine->NextToken(r);
   RAG_ASSERT_OK(next.status());
@@ -157,7 +157,7 @@ TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
   gen.set_mode("knnlm");
   gen.set_max_tokens(8);
   gen.set_ignore_eot(true);
-  gen.set_lambda(0.5f);
+  gen.mutable_knn()->set_lambda(0.5f);
   gen.mutable_sampling()->set_temperature(1.0f);
   gen.mutable_sampling()->set_seed(7);
   auto a = (*client)->Generate(gen, nullptr);

@@ -81,7 +81,7 @@ class RetroEngineTest : public ::testing::Test {
     v1::ScoreRequest r;
     r.set_text(text);
     r.set_mode("retro");
-    r.set_retrieval(retrieval);
+    r.mutable_retro()->set_retrieval(retrieval);
     return r;
   }
 
@@ -133,9 +133,9 @@ TEST_F(RetroEngineTest, LeakageFilterDropsTheCopyOfTheScoredDocument) {
   const Document& d = (*docs_)[1];
   v1::ScoreRequest unfiltered = Retro(d.text, "on");
   unfiltered.set_exclude_doc_id(d.id);
-  unfiltered.set_leakage_filter(0);
+  unfiltered.mutable_retro()->set_leakage_filter(0);
   v1::ScoreRequest filtered = unfiltered;
-  filtered.set_leakage_filter(8);
+  filtered.mutable_retro()->set_leakage_filter(8);
   auto a = engine->Score(unfiltered);
   auto b = engine->Score(filtered);
   RAG_ASSERT_OK(a.status());
@@ -175,7 +175,7 @@ TEST_F(RetroEngineTest, GenerationReportsItsNeighboursAndGrpcEqualsInProcess) {
   RAG_ASSERT_OK(remote.status());
   EXPECT_EQ(remote->SerializeAsString(), local->SerializeAsString());
 
-  gen.set_retrieval("off");
+  gen.mutable_retro()->set_retrieval("off");
   auto off = engine->Generate(gen, nullptr);
   RAG_ASSERT_OK(off.status());
   EXPECT_EQ(off->retrievals_size(), 0);
@@ -208,7 +208,7 @@ TEST_F(RetroEngineTest, NextTokenMatchesScoring) {
   v1::NextTokenRequest next;
   next.set_text(*tok.Decode(prefix));
   next.set_mode("retro");
-  next.set_retrieval("off");
+  next.mutable_retro()->set_retrieval("off");
   next.set_top_n(1000);
   auto n = engine->NextToken(next);
   RAG_ASSERT_OK(n.status());
@@ -240,7 +240,7 @@ TEST_F(RetroEngineTest, PromptGetsNeighboursForTheTokensAfterIt) {
     v1::ScoreRequest r = Retro(text, retrieval);
     r.set_per_token(true);
     r.set_prompt_bytes(prompt_bytes);
-    r.set_search_method(method);
+    r.mutable_retro()->set_search_method(method);
     return engine->Score(r);
   };
   auto plain = score("on", 0);
@@ -363,7 +363,7 @@ TEST_F(RetroEngineTest, AShortPromptRetrievesBeforeTheFirstGeneratedToken) {
   EXPECT_EQ(done->retrievals(0).neighbours_size(), 2);
   EXPECT_EQ(done->tokens(), 1);
   // Off: the same layout, no neighbours.
-  gen.set_retrieval("off");
+  gen.mutable_retro()->set_retrieval("off");
   auto off = engine->Generate(gen, nullptr);
   RAG_ASSERT_OK(off.status());
   EXPECT_EQ(off->retrievals_size(), 0);
@@ -374,7 +374,7 @@ TEST_F(RetroEngineTest, BadRequestsAndMissingPiecesAreClearErrors) {
   ASSERT_NE(engine, nullptr);
   EXPECT_EQ(engine->Score(Retro("the cat", "sometimes")).status().code(), absl::StatusCode::kInvalidArgument);
   v1::ScoreRequest neg = Retro("the cat", "on");
-  neg.set_leakage_filter(-1);
+  neg.mutable_retro()->set_leakage_filter(-1);
   EXPECT_EQ(engine->Score(neg).status().code(), absl::StatusCode::kInvalidArgument);
   v1::ScoreRequest stride = Retro("the cat", "on");
   stride.set_stride(5);

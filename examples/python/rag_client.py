@@ -110,9 +110,26 @@ def cmd_search(args, channel, pb, pb_grpc):
     return 0
 
 
+def mode_options(args, pb):
+    """The KnnOptions and RetroOptions of a scoring request (proto/rag.proto).
+
+    Flags left unset keep the server's defaults: `lambda` and `temperature`
+    are optional fields (unset is not 0), and a 0 k or nprobe means the
+    server's default. `lambda` is a Python keyword, hence setattr.
+    """
+    knn = pb.KnnOptions(k=args.knn_k, nprobe=args.knn_nprobe)
+    if args.knn_lambda is not None:
+        setattr(knn, "lambda", args.knn_lambda)
+    if args.knn_temperature is not None:
+        knn.temperature = args.knn_temperature
+    retro = pb.RetroOptions(retrieval=args.retrieval)
+    return knn, retro
+
+
 def cmd_score(args, channel, pb, pb_grpc):
     stub = pb_grpc.LanguageModelStub(channel)
-    request = pb.ScoreRequest(text=args.text, mode=args.mode, per_token=args.per_token)
+    knn, retro = mode_options(args, pb)
+    request = pb.ScoreRequest(text=args.text, mode=args.mode, per_token=args.per_token, knn=knn, retro=retro)
     r = stub.Score(request, timeout=args.timeout)
     if args.json:
         out = {"mode": r.mode, "tokens": r.tokens, "nll": r.nll, "perplexity": r.perplexity,
@@ -131,8 +148,9 @@ def cmd_score(args, channel, pb, pb_grpc):
 def cmd_generate(args, channel, pb, pb_grpc):
     stub = pb_grpc.LanguageModelStub(channel)
     sampling = pb.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    knn, retro = mode_options(args, pb)
     request = pb.GenerateRequest(prompt=args.prompt, mode=args.mode, max_tokens=args.max_tokens,
-                                 sampling=sampling, ignore_eot=args.ignore_eot)
+                                 sampling=sampling, ignore_eot=args.ignore_eot, knn=knn, retro=retro)
     # A token may hold part of a UTF-8 character: an incremental decoder joins
     # the pieces and replaces only bytes that can never become valid.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -157,7 +175,8 @@ def cmd_generate(args, channel, pb, pb_grpc):
 
 def cmd_next_token(args, channel, pb, pb_grpc):
     stub = pb_grpc.LanguageModelStub(channel)
-    request = pb.NextTokenRequest(text=args.text, top_n=args.top_n, mode=args.mode)
+    knn, retro = mode_options(args, pb)
+    request = pb.NextTokenRequest(text=args.text, top_n=args.top_n, mode=args.mode, knn=knn, retro=retro)
     r = stub.NextToken(request, timeout=args.timeout)
     tokens = [{"token": t.id, "text": t.piece.decode("utf-8", errors="replace"), "probability": t.probability,
                "logprob": t.logprob} for t in r.tokens]
@@ -301,6 +320,18 @@ def build_parser():
         p.set_defaults(func=func)
         return p
 
+    def add_mode_options(p):
+        p.add_argument("--mode", default="lm", help="lm, knnlm or retro (default: lm)")
+        p.add_argument("--lambda", dest="knn_lambda", type=float, default=None,
+                       help="knnlm: weight of the neighbour distribution (knn.lambda; default: 0.25)")
+        p.add_argument("--knn-temperature", type=float, default=None,
+                       help="knnlm: temperature of the neighbour distribution (knn.temperature; default: 1)")
+        p.add_argument("--knn-k", type=int, default=0, help="knnlm: neighbours per token (knn.k; default: 1024)")
+        p.add_argument("--knn-nprobe", type=int, default=0,
+                       help="knnlm: IVF lists of the datastore to visit (knn.nprobe; default: 4)")
+        p.add_argument("--retrieval", default="", choices=["", "on", "off", "random"],
+                       help="retro: where neighbours come from (retro.retrieval; default: on)")
+
     p = add("search", cmd_search, "nearest chunks of a text (Retrieval.Search)")
     p.add_argument("--text", required=True, help="query text")
     p.add_argument("-k", "--k", type=int, default=5, help="neighbours (default: 5)")
@@ -312,14 +343,14 @@ def build_parser():
 
     p = add("score", cmd_score, "log-likelihood and perplexity of a text (LanguageModel.Score)")
     p.add_argument("--text", required=True, help="text to score")
-    p.add_argument("--mode", default="lm", help="lm, knnlm or retro (default: lm)")
+    add_mode_options(p)
     p.add_argument("--per-token", action="store_true", help="also show each token's log-probability")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("generate", cmd_generate, "continue a prompt, streaming tokens (LanguageModel.Generate)")
     p.add_argument("--prompt", required=True, help="prompt text (may be empty)")
     p.add_argument("--max-tokens", type=int, default=40, help="tokens to generate (default: 40)")
-    p.add_argument("--mode", default="lm", help="lm, knnlm or retro (default: lm)")
+    add_mode_options(p)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely, 0 = all (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: 1)")
@@ -330,7 +361,7 @@ def build_parser():
     p = add("next-token", cmd_next_token, "the most likely next tokens (LanguageModel.NextToken)")
     p.add_argument("--text", required=True, help="context text (may be empty)")
     p.add_argument("--top-n", type=int, default=10, help="tokens to show (default: 10)")
-    p.add_argument("--mode", default="lm", help="lm, knnlm or retro (default: lm)")
+    add_mode_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("stats", cmd_stats, "counts and provenance of the served index (Index.Stats)")

@@ -1,0 +1,269 @@
+#include "services/request_parsing.h"
+
+#include <cmath>
+
+#include "common/status.h"
+
+namespace rag::services {
+namespace {
+
+// `k` (the request's `given`, its default applied) within [1, max_k].
+absl::Status CheckK(int k, int given, const std::string& field, const EngineLimits& limits) {
+  if (k > limits.max_k) return OverLimit(field, k, limits.max_k, "--max-k");
+  if (k < 1) {
+    return absl::InvalidArgumentError(field + " must be in [1, " + std::to_string(limits.max_k) + "], got " +
+                                      std::to_string(given));
+  }
+  return absl::OkStatus();
+}
+
+// `nprobe` (the request's `given`, its default applied) within [1, 65536].
+absl::Status CheckNprobe(int nprobe, int given, const std::string& field) {
+  if (nprobe < 1 || nprobe > (1 << 16)) {
+    return absl::InvalidArgumentError(field + " must be in [1, 65536], got " + std::to_string(given));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KnnParams> ParseKnn(const v1::KnnOptions& o, const std::string& exclude_doc_id,
+                                   const ParseContext& ctx) {
+  KnnParams p;
+  if (o.has_lambda()) {
+    if (!(o.lambda() >= 0 && o.lambda() <= 1)) return absl::InvalidArgumentError("knn.lambda must be in [0, 1]");
+    p.knn.lambda = o.lambda();
+  }
+  if (o.has_temperature()) {
+    if (!(o.temperature() > 0) || !std::isfinite(o.temperature())) {
+      return absl::InvalidArgumentError("knn.temperature must be > 0");
+    }
+    p.knn.temperature = o.temperature();
+  }
+  p.knn.k = o.k() == 0 ? 1024 : o.k();
+  RAG_RETURN_IF_ERROR(CheckK(p.knn.k, o.k(), "knn.k", ctx.limits));
+  p.nprobe = o.nprobe() == 0 ? kDefaultKnnNprobe : o.nprobe();
+  RAG_RETURN_IF_ERROR(CheckNprobe(p.nprobe, o.nprobe(), "knn.nprobe"));
+  p.exact = o.exact_distances();
+  p.exclude_doc_id = exclude_doc_id;
+  return p;
+}
+
+// `with_leakage_filter`: Score reads retro.leakage_filter; NextToken and
+// Generate run without the filter.
+absl::StatusOr<RetroParams> ParseRetro(const v1::RetroOptions& o, const std::string& exclude_doc_id,
+                                       bool with_leakage_filter, const ParseContext& ctx) {
+  RetroParams p;
+  if (!o.search_method().empty()) p.search_method = o.search_method();
+  if (p.search_method != "dense" && p.search_method != "bm25") {
+    return absl::InvalidArgumentError("retro.search_method must be dense or bm25, got '" + o.search_method() + "'");
+  }
+  if (o.retrieval().empty() || o.retrieval() == "on") {
+    p.retrieval = Retrieval::kOn;
+  } else if (o.retrieval() == "off") {
+    p.retrieval = Retrieval::kOff;
+  } else if (o.retrieval() == "random") {
+    p.retrieval = Retrieval::kRandom;
+  } else {
+    return absl::InvalidArgumentError("retro.retrieval must be on, off or random, got '" + o.retrieval() + "'");
+  }
+  if (!with_leakage_filter) {
+    p.leakage_filter = 0;
+  } else if (o.has_leakage_filter()) {
+    if (o.leakage_filter() < 0) return absl::InvalidArgumentError("retro.leakage_filter must be >= 0 (0 = off)");
+    p.leakage_filter = o.leakage_filter();
+  }
+  p.exclude_doc_id = exclude_doc_id;
+  if (p.retrieval != Retrieval::kOff && !ctx.has_index) {
+    return absl::FailedPreconditionError(std::string("retro retrieval ") + RetrievalName(p.retrieval) +
+                                         " needs the index the RETRO model retrieves from (start with --index), "
+                                         "or use retrieval off");
+  }
+  return p;
+}
+
+}  // namespace
+
+const char* ModeName(Mode mode) {
+  switch (mode) {
+    case Mode::kLm:
+      return "lm";
+    case Mode::kKnnLm:
+      return "knnlm";
+    case Mode::kRetro:
+      return "retro";
+  }
+  return "lm";
+}
+
+const char* RetrievalName(Retrieval retrieval) {
+  switch (retrieval) {
+    case Retrieval::kOn:
+      return "on";
+    case Retrieval::kOff:
+      return "off";
+    case Retrieval::kRandom:
+      return "random";
+  }
+  return "on";
+}
+
+absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, const char* flag) {
+  return absl::ResourceExhaustedError(what + " is " + std::to_string(value) + "; the limit is " +
+                                      std::to_string(limit) + " (rag serve " + flag + ")");
+}
+
+absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty,
+                       const EngineLimits& limits) {
+  if (!allow_empty && text.empty()) return absl::InvalidArgumentError(field + " is empty");
+  if (static_cast<int64_t>(text.size()) > limits.max_text_bytes) {
+    return OverLimit(field + " in bytes", static_cast<int64_t>(text.size()), limits.max_text_bytes, "--max-text-bytes");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx) {
+  if (mode.empty() || mode == "lm") return Mode::kLm;
+  if (mode == "knnlm") {
+    if (ctx.has_datastore) return Mode::kKnnLm;
+    return absl::FailedPreconditionError(
+        "mode knnlm needs a datastore, and none is served (build the index with "
+        "`rag build --datastore` and serve it with --index)");
+  }
+  if (mode == "retro") {
+    if (ctx.retro_chunk_size > 0) return Mode::kRetro;
+    return absl::FailedPreconditionError(
+        "mode retro needs a RETRO model (train one with `rag train --arch retro` "
+        "and serve its directory with --model)");
+  }
+  return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+}
+
+absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, const ParseContext& ctx) {
+  ScoreParams p;
+  RAG_ASSIGN_OR_RETURN(p.mode, ParseMode(request.mode(), ctx));
+  RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", false, ctx.limits));
+  if (request.stride() < 0) return absl::InvalidArgumentError("stride must be >= 0");
+  p.text = request.text();
+  p.per_token = request.per_token();
+  p.stride = request.stride();
+  p.components = request.components();
+  p.prompt_bytes = request.prompt_bytes();
+  if (p.mode == Mode::kKnnLm) {
+    RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
+  } else if (p.mode == Mode::kRetro) {
+    RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), true, ctx));
+    const int64_t m = ctx.retro_chunk_size;
+    if (request.stride() % m != 0) {
+      return absl::InvalidArgumentError("stride must be a multiple of the RETRO chunk size " + std::to_string(m));
+    }
+    if (request.prompt_bytes() < 0 || request.prompt_bytes() > static_cast<int64_t>(request.text().size())) {
+      return absl::InvalidArgumentError("prompt_bytes must be in [0, the text's " +
+                                        std::to_string(request.text().size()) + " bytes]");
+    }
+  }
+  return p;
+}
+
+absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest& request, const ParseContext& ctx) {
+  NextTokenParams p;
+  RAG_ASSIGN_OR_RETURN(p.mode, ParseMode(request.mode(), ctx));
+  RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", true, ctx.limits));
+  p.top_n = request.top_n() == 0 ? 10 : request.top_n();
+  if (p.top_n > ctx.limits.max_top_n) return OverLimit("top_n", p.top_n, ctx.limits.max_top_n, "--max-top-n");
+  if (p.top_n < 1) {
+    return absl::InvalidArgumentError("top_n must be in [1, " + std::to_string(ctx.limits.max_top_n) + "], got " +
+                                      std::to_string(request.top_n()));
+  }
+  p.text = request.text();
+  // NextToken has no exclude_doc_id.
+  if (p.mode == Mode::kKnnLm) {
+    RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), "", ctx));
+  } else if (p.mode == Mode::kRetro) {
+    RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), "", false, ctx));
+  }
+  return p;
+}
+
+absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& request, const ParseContext& ctx) {
+  GenerateParams p;
+  const EngineLimits& limits = ctx.limits;
+  RAG_ASSIGN_OR_RETURN(p.mode, ParseMode(request.mode(), ctx));
+  RAG_RETURN_IF_ERROR(CheckText(request.prompt(), "prompt", true, limits));
+  const int max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+  if (max_tokens > limits.max_generate_tokens) {
+    return OverLimit("max_tokens", max_tokens, limits.max_generate_tokens, "--max-generate-tokens");
+  }
+  if (max_tokens < 1) {
+    return absl::InvalidArgumentError("max_tokens must be in [1, " + std::to_string(limits.max_generate_tokens) +
+                                      "], got " + std::to_string(request.max_tokens()));
+  }
+  const auto& s = request.sampling();
+  if (!(s.temperature() >= 0) || !std::isfinite(s.temperature())) {
+    return absl::InvalidArgumentError("sampling.temperature must be >= 0 (0 = greedy)");
+  }
+  if (s.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k must be >= 0 (0 = all tokens)");
+  if (!(s.top_p() >= 0 && s.top_p() <= 1)) return absl::InvalidArgumentError("sampling.top_p must be in [0, 1]");
+  p.sampling.max_tokens = max_tokens;
+  p.sampling.temperature = s.temperature();
+  p.sampling.top_k = s.top_k();
+  p.sampling.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
+  p.sampling.seed = s.seed();
+  p.sampling.stop_at_eot = !request.ignore_eot();
+  if (request.prompt_token_ids_size() > 0) {
+    if (!request.prompt().empty()) {
+      return absl::InvalidArgumentError("give the prompt as text or as prompt_token_ids, not both");
+    }
+    if (request.prompt_token_ids_size() > limits.max_text_bytes) {
+      return OverLimit("the number of prompt_token_ids", request.prompt_token_ids_size(), limits.max_text_bytes,
+                       "--max-text-bytes");
+    }
+    for (int i = 0; i < request.prompt_token_ids_size(); ++i) {
+      const int32_t id = request.prompt_token_ids(i);
+      if (id < 0 || id >= ctx.vocab_size) {
+        return absl::InvalidArgumentError("prompt_token_ids[" + std::to_string(i) + "] = " + std::to_string(id) +
+                                          " is not a token id (vocabulary of " + std::to_string(ctx.vocab_size) + ")");
+      }
+    }
+    p.prompt_ids.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  } else {
+    p.prompt = request.prompt();
+  }
+  if (p.mode == Mode::kKnnLm) {
+    RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
+  } else if (p.mode == Mode::kRetro) {
+    RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), false, ctx));
+  }
+  return p;
+}
+
+absl::StatusOr<SearchParams> ParseSearchRequest(const v1::SearchRequest& request, const ParseContext& ctx) {
+  const EngineLimits& limits = ctx.limits;
+  if (request.texts().empty()) return absl::InvalidArgumentError("texts is empty: give at least one query");
+  if (request.texts_size() > limits.max_batch) {
+    return OverLimit("the number of texts", request.texts_size(), limits.max_batch, "--max-batch");
+  }
+  SearchParams p;
+  p.options.k = request.k() == 0 ? 10 : request.k();
+  RAG_RETURN_IF_ERROR(CheckK(p.options.k, request.k(), "k", limits));
+  p.options.nprobe = request.nprobe() == 0 ? 16 : request.nprobe();
+  RAG_RETURN_IF_ERROR(CheckNprobe(p.options.nprobe, request.nprobe(), "nprobe"));
+  if (request.exclude_doc_ids_size() > 100000) {
+    return absl::ResourceExhaustedError("exclude_doc_ids has more than 100000 ids");
+  }
+  for (int i = 0; i < request.texts_size(); ++i) {
+    RAG_RETURN_IF_ERROR(CheckText(request.texts(i), "texts[" + std::to_string(i) + "]", false, limits));
+  }
+  p.texts.assign(request.texts().begin(), request.texts().end());
+  p.options.exclude_doc_ids.assign(request.exclude_doc_ids().begin(), request.exclude_doc_ids().end());
+  if (!request.method().empty()) p.options.method = request.method();
+  return p;
+}
+
+absl::Status ValidateDocument(const v1::Document& d, const EngineLimits& limits) {
+  if (d.id().empty()) return absl::InvalidArgumentError("id is empty: every document needs a unique id");
+  if (static_cast<int64_t>(d.id().size()) > limits.max_id_bytes) {
+    return OverLimit("id in bytes", static_cast<int64_t>(d.id().size()), limits.max_id_bytes, "--max-id-bytes");
+  }
+  return CheckText(d.text(), "text of document '" + d.id() + "'", false, limits);
+}
+
+}  // namespace rag::services

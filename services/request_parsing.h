@@ -1,0 +1,126 @@
+// Validation of the rag.v1 requests: each request is checked once and turned
+// into typed parameters (a Mode, defaults filled in) that the Engine and its
+// mode strategies run. The mode and option strings of the API are read here
+// and nowhere else. Errors: InvalidArgument naming the field and the reason,
+// ResourceExhausted over one of the server's limits (naming the limit and
+// the `rag serve` flag), FailedPrecondition for a mode or retrieval the
+// server cannot run. Pure functions of the request and a ParseContext:
+// thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lm/generator.h"
+#include "lm/knnlm.h"
+#include "lm/tokenizer.h"
+#include "proto/rag.pb.h"
+#include "retriever/retriever.h"
+
+namespace rag::services {
+
+// IVF lists a kNN-LM datastore search visits when a request leaves nprobe 0:
+// on Brown, nprobe 4, 8 and 16 give the same perplexity within 0.2%, and
+// the search, not the forward pass, sets kNN-LM's speed (bench_knnlm: at 4,
+// 0.51 of the LM's scoring speed; at 8, 0.45).
+inline constexpr int kDefaultKnnNprobe = 4;
+
+struct EngineLimits {
+  int64_t max_text_bytes = 1 << 20;  // any text or prompt. Default: 1 MiB
+  int max_batch = 256;               // texts per Search. Default: 256
+  int max_k = 4096;                  // neighbours per query. Default: 4096
+  int max_top_n = 1000;              // NextToken.top_n. Default: 1000
+  int max_generate_tokens = 1024;    // Generate.max_tokens. Default: 1024
+  int64_t max_id_bytes = 1024;       // Document.id. Default: 1024
+};
+
+// How a scoring request runs: the plain LM, kNN-LM over the index's
+// datastore, or a RETRO model.
+enum class Mode { kLm, kKnnLm, kRetro };
+inline constexpr int kNumModes = 3;
+// The mode's name in requests and responses: "lm", "knnlm", "retro".
+const char* ModeName(Mode mode);
+
+// Where a RETRO request's neighbours come from (RetroOptions.retrieval).
+enum class Retrieval { kOn, kOff, kRandom };
+// "on", "off", "random".
+const char* RetrievalName(Retrieval retrieval);
+
+// What the server can run, against which requests are checked.
+struct ParseContext {
+  EngineLimits limits;
+  bool has_index = false;        // an index is served
+  bool has_datastore = false;    // ... with a kNN-LM datastore
+  int64_t retro_chunk_size = 0;  // the RETRO model's m; 0: no RETRO model
+  int64_t vocab_size = 0;        // the tokenizer's
+};
+
+// Validated kNN-LM parameters (KnnOptions, defaults filled in).
+struct KnnParams {
+  lm::KnnOptions knn;
+  int nprobe = kDefaultKnnNprobe;
+  bool exact = false;
+  std::string exclude_doc_id;  // "" excludes nothing
+};
+
+// Validated RETRO parameters (RetroOptions, defaults filled in).
+struct RetroParams {
+  Retrieval retrieval = Retrieval::kOn;
+  int leakage_filter = 32;  // tokens; 0 = off
+  std::string exclude_doc_id;
+  std::string search_method = "dense";  // retriever::SearchOptions::method: dense or bm25
+};
+
+struct ScoreParams {
+  Mode mode = Mode::kLm;
+  std::string text;
+  bool per_token = false;
+  int stride = 0;           // tokens; 0 = half the context
+  bool components = false;  // knnlm: per-token log p_lm and log p_knn
+  int prompt_bytes = 0;     // retro: the text's prompt, 0 = none
+  KnnParams knn;            // when mode is kKnnLm
+  RetroParams retro;        // when mode is kRetro
+};
+
+struct NextTokenParams {
+  Mode mode = Mode::kLm;
+  std::string text;
+  int top_n = 10;
+  KnnParams knn;
+  RetroParams retro;
+};
+
+struct GenerateParams {
+  Mode mode = Mode::kLm;
+  std::string prompt;                   // when prompt_ids is empty
+  std::vector<lm::TokenId> prompt_ids;  // the prompt as ids, when given so
+  lm::SamplingOptions sampling;         // max_tokens and stop_at_eot included
+  KnnParams knn;
+  RetroParams retro;
+};
+
+struct SearchParams {
+  std::vector<std::string> texts;
+  retriever::SearchOptions options;
+};
+
+// RESOURCE_EXHAUSTED naming the field, the limit and the `rag serve` flag
+// that sets it.
+absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, const char* flag);
+// `text` non-empty (unless allow_empty) and within limits.max_text_bytes.
+absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty, const EngineLimits& limits);
+
+// "" or "lm", "knnlm", "retro", when the server can run it.
+absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx);
+
+absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, const ParseContext& ctx);
+absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest& request, const ParseContext& ctx);
+absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& request, const ParseContext& ctx);
+// The index being served is the caller's check (before this one).
+absl::StatusOr<SearchParams> ParseSearchRequest(const v1::SearchRequest& request, const ParseContext& ctx);
+// Document.id and Document.text of one AddDocuments message.
+absl::Status ValidateDocument(const v1::Document& document, const EngineLimits& limits);
+
+}  // namespace rag::services

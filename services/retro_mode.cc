@@ -1,0 +1,202 @@
+#include "services/retro_mode.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "common/cancellation.h"
+#include "common/status.h"
+
+namespace rag::services {
+namespace {
+
+// `text` with end-of-text in front so that its first `prompt_tokens` end a
+// RETRO chunk of m tokens, as prompt windows are trained: what follows the
+// prompt then attends to the neighbours retrieved with it. *padding: how
+// many were put in front.
+std::vector<lm::TokenId> PromptEndingAChunk(const std::vector<lm::TokenId>& text, int64_t prompt_tokens, int64_t m,
+                                            lm::TokenId eot, int64_t* padding) {
+  *padding = (m - prompt_tokens % m) % m;
+  std::vector<lm::TokenId> laid_out(static_cast<size_t>(*padding), eot);
+  laid_out.insert(laid_out.end(), text.begin(), text.end());
+  return laid_out;
+}
+
+}  // namespace
+
+lm::NeighbourSet RetroMode::ToNeighbourSet(const std::vector<retriever::Neighbour>& list,
+                                           const std::vector<lm::TokenId>& query) const {
+  const auto& c = served_.retro->config();
+  const lm::TokenId eot = served_.model->tokenizer().eot_id();
+  const int64_t k = c.neighbours, r = c.neighbour_tokens;
+  lm::NeighbourSet set;
+  set.tokens.assign(static_cast<size_t>(k * r), eot);
+  set.present.assign(static_cast<size_t>(k), 0);
+  for (size_t j = 0; j < list.size() && static_cast<int64_t>(j) < k; ++j) {
+    retriever::AlignNeighbourTokens(list[j], query, c.align_neighbours, c.chunk_size, r, eot,
+                                    set.tokens.data() + j * r);
+    set.present[j] = 1;
+  }
+  return set;
+}
+
+absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::vector<lm::TokenId>& ids,
+                                                                   const RetroParams& p, int64_t* filtered,
+                                                                   int64_t padding) const {
+  const auto& c = served_.retro->config();
+  const retriever::Retriever& index = *served_.retriever;
+  const int64_t m = c.chunk_size, k = c.neighbours, r = c.neighbour_tokens;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t chunks = (n + m - 1) / m;
+  std::vector<lm::NeighbourSet> sets(static_cast<size_t>(chunks));
+  if (chunks == 0) return sets;
+  sets.back().tokens.assign(static_cast<size_t>(k * r), served_.model->tokenizer().eot_id());
+  sets.back().present.assign(static_cast<size_t>(k), 0);
+  auto chunk = [&](int64_t j) {
+    return std::vector<lm::TokenId>(ids.begin() + j * m, ids.begin() + std::min(n, (j + 1) * m));
+  };
+  // Neighbours sharing a long run with the chunk they help predict are the
+  // evaluated text itself: dropped, and more are fetched to replace them.
+  auto keep = [&](int64_t j, std::vector<retriever::Neighbour> list) {
+    std::vector<retriever::Neighbour> kept;
+    const std::vector<lm::TokenId> target = chunk(j + 1);
+    for (auto& nb : list) {
+      if (static_cast<int64_t>(kept.size()) >= k) break;
+      if (p.leakage_filter > 0 && retriever::NeighbourLeaks(nb, target, p.leakage_filter)) {
+        ++*filtered;
+        continue;
+      }
+      kept.push_back(std::move(nb));
+    }
+    return kept;
+  };
+  const int64_t queries = chunks - 1;  // the last chunk's set is never attended
+  if (p.retrieval == Retrieval::kRandom) {
+    // Seeded by the text, so the control is reproducible.
+    std::mt19937_64 rng(XXH3_64bits(ids.data(), ids.size() * sizeof(lm::TokenId)));
+    const int64_t total = index.num_vectors();
+    for (int64_t j = 0; j < queries; ++j) {
+      std::vector<retriever::ChunkId> drawn;
+      for (int64_t i = 0; i < 4 * k && total > 0; ++i) drawn.push_back(static_cast<int64_t>(rng() % total));
+      RAG_ASSIGN_OR_RETURN(auto records, index.chunk_store().GetChunks(drawn));
+      std::vector<retriever::Neighbour> list;
+      for (auto& rec : records) {
+        if (!p.exclude_doc_id.empty() && rec.doc_id == p.exclude_doc_id) continue;
+        list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});
+      }
+      sets[j] = ToNeighbourSet(keep(j, std::move(list)), chunk(j));
+    }
+    return sets;
+  }
+  std::vector<std::vector<lm::TokenId>> query_chunks;
+  for (int64_t j = 0; j < queries; ++j) query_chunks.push_back(chunk(j));
+  if (queries > 0 && padding > 0) {
+    query_chunks[0].erase(query_chunks[0].begin(),
+                          query_chunks[0].begin() + std::min<int64_t>(padding, query_chunks[0].size()));
+  }
+  retriever::SearchOptions so;
+  so.method = p.search_method;
+  so.k = static_cast<int>(p.leakage_filter > 0 ? 4 * k : k);
+  if (!p.exclude_doc_id.empty()) so.exclude_doc_ids = {p.exclude_doc_id};
+  constexpr int64_t kBatch = 64;
+  for (int64_t b = 0; b < queries; b += kBatch) {
+    std::vector<std::vector<lm::TokenId>> batch(query_chunks.begin() + b,
+                                                query_chunks.begin() + std::min(queries, b + kBatch));
+    RAG_ASSIGN_OR_RETURN(auto found, served_.retriever->Search(batch, so));
+    for (size_t q = 0; q < found.size(); ++q) {
+      const int64_t j = b + static_cast<int64_t>(q);
+      sets[j] = ToNeighbourSet(keep(j, std::move(found[q])), query_chunks[j]);
+    }
+  }
+  return sets;
+}
+
+absl::StatusOr<std::vector<float>> RetroMode::Score(const ScoreParams& p, const std::vector<lm::TokenId>& ids,
+                                                    v1::ScoreResponse* response) const {
+  const auto& tok = served_.model->tokenizer();
+  const int64_t m = served_.retro->config().chunk_size;
+  // The prompt's tokens: those the text shares with the prompt alone (a
+  // token that merges across the boundary belongs to what follows).
+  int64_t prompt = 0;
+  if (p.prompt_bytes > 0) {
+    const auto alone = tok.Encode(p.text.substr(0, static_cast<size_t>(p.prompt_bytes)));
+    while (prompt < static_cast<int64_t>(std::min(alone.size(), ids.size())) && alone[prompt] == ids[prompt]) {
+      ++prompt;
+    }
+  }
+  int64_t padding = 0;
+  const std::vector<lm::TokenId> laid_out = PromptEndingAChunk(ids, prompt, m, tok.eot_id(), &padding);
+  std::vector<lm::NeighbourSet> sets;
+  int64_t filtered = 0;
+  if (p.retro.retrieval != Retrieval::kOff) {
+    RAG_ASSIGN_OR_RETURN(sets, RetroSets(laid_out, p.retro, &filtered, padding));
+  }
+  lm::RetroScoreOptions ro;
+  ro.should_stop = rag::Cancelled;
+  ro.stride_chunks = p.stride / m;
+  RAG_ASSIGN_OR_RETURN(std::vector<float> logprobs,
+                       lm::ScoreRetroTokens(served_.retro->module(), laid_out, tok.eot_id(), sets, ro));
+  logprobs.erase(logprobs.begin(), logprobs.begin() + padding);
+  response->set_retrievals(sets.empty() ? 0 : static_cast<int64_t>(sets.size()) - 1);
+  response->set_neighbours_filtered(filtered);
+  return logprobs;
+}
+
+absl::StatusOr<torch::Tensor> RetroMode::NextToken(const NextTokenParams& p,
+                                                   const std::vector<lm::TokenId>& ids) const {
+  const lm::TokenId eot = served_.model->tokenizer().eot_id();
+  std::vector<lm::NeighbourSet> sets;
+  int64_t filtered = 0;
+  // Sets of the complete chunks only: the next token sits after them.
+  std::vector<lm::TokenId> complete(ids.begin(),
+                                    ids.end() - static_cast<int64_t>(ids.size()) % served_.retro->config().chunk_size);
+  complete.push_back(eot);  // a last (partial) chunk whose set is never used
+  if (p.retro.retrieval != Retrieval::kOff && complete.size() > 1) {
+    RAG_ASSIGN_OR_RETURN(sets, RetroSets(complete, p.retro, &filtered));
+  }
+  return lm::RetroNextTokenLogProbs(served_.retro->module(), ids, eot, sets);
+}
+
+absl::StatusOr<std::vector<lm::TokenId>> RetroMode::Generate(const GenerateParams& p,
+                                                             const std::vector<lm::TokenId>& prompt,
+                                                             const lm::TokenCallback& emit,
+                                                             v1::GenerateResponse* done) const {
+  const auto& tok = served_.model->tokenizer();
+  const auto& c = served_.retro->config();
+  // The first generated token already attends to the prompt's neighbours.
+  int64_t padding = 0;
+  const std::vector<lm::TokenId> laid_out =
+      PromptEndingAChunk(prompt, static_cast<int64_t>(prompt.size()), c.chunk_size, tok.eot_id(), &padding);
+  lm::RetrieveFn retrieve;
+  if (p.retro.retrieval != Retrieval::kOff) {
+    // Neighbours of each completed chunk: retrieved (or drawn at random)
+    // once, and reported in the final message.
+    retrieve = [&](const std::vector<lm::TokenId>& chunk) -> absl::StatusOr<lm::NeighbourSet> {
+      std::vector<lm::TokenId> query = chunk;
+      query.push_back(tok.eot_id());
+      // The padding is no part of the first chunk's query.
+      const bool first = padding > 0 && std::equal(chunk.begin(), chunk.end(), laid_out.begin());
+      int64_t filtered = 0;
+      RAG_ASSIGN_OR_RETURN(auto sets, RetroSets(query, p.retro, &filtered, first ? padding : 0));
+      return sets[0];
+    };
+  }
+  auto on_retrieve = [&](int64_t chunk, const lm::NeighbourSet& set) {
+    v1::ChunkRetrieval* rv = done->add_retrievals();
+    rv->set_chunk(chunk);
+    const int64_t r_tokens = c.neighbour_tokens;
+    for (size_t j = 0; j < set.present.size(); ++j) {
+      if (!set.present[j]) continue;
+      v1::Neighbour* nb = rv->add_neighbours();
+      std::vector<int32_t> t(set.tokens.begin() + static_cast<int64_t>(j) * r_tokens,
+                             set.tokens.begin() + static_cast<int64_t>(j + 1) * r_tokens);
+      nb->set_text(DecodeToValidUtf8(tok, t));
+      nb->mutable_token_ids()->Add(t.begin(), t.end());
+    }
+  };
+  return lm::GenerateRetro(served_.retro->module(), laid_out, tok.eot_id(), p.sampling, retrieve, emit, on_retrieve);
+}
+
+}  // namespace rag::services

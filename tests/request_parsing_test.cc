@@ -1,0 +1,119 @@
+// Request validation (services/request_parsing.h): modes, defaults, and the
+// field paths error messages name.
+#include "services/request_parsing.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace rag::services {
+namespace {
+
+ParseContext Everything() {
+  ParseContext ctx;
+  ctx.has_index = true;
+  ctx.has_datastore = true;
+  ctx.retro_chunk_size = 4;
+  ctx.vocab_size = 100;
+  return ctx;
+}
+
+void ExpectError(const absl::Status& s, absl::StatusCode code, const std::string& needle) {
+  EXPECT_EQ(s.code(), code) << s;
+  EXPECT_NE(s.message().find(needle), std::string::npos) << s;
+}
+
+TEST(RequestParsingTest, ModesRoundTripAndUnservedModesAreRefused) {
+  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+    auto parsed = ParseMode(ModeName(m), Everything());
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, m);
+  }
+  EXPECT_EQ(*ParseMode("", Everything()), Mode::kLm);
+  ExpectError(ParseMode("gpt", Everything()).status(), absl::StatusCode::kInvalidArgument, "mode must be");
+  ParseContext bare;
+  ExpectError(ParseMode("knnlm", bare).status(), absl::StatusCode::kFailedPrecondition, "datastore");
+  ExpectError(ParseMode("retro", bare).status(), absl::StatusCode::kFailedPrecondition, "--arch retro");
+}
+
+TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {
+  v1::ScoreRequest r;
+  r.set_text("the cat");
+  r.set_mode("knnlm");
+  auto p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->knn.knn.k, 1024);
+  EXPECT_DOUBLE_EQ(p->knn.knn.lambda, 0.25);
+  EXPECT_DOUBLE_EQ(p->knn.knn.temperature, 1.0);
+  EXPECT_EQ(p->knn.nprobe, kDefaultKnnNprobe);
+  r.mutable_knn()->set_lambda(1.5f);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.lambda");
+  r.mutable_knn()->set_lambda(0.5f);
+  r.mutable_knn()->set_temperature(0);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.temperature");
+  r.mutable_knn()->clear_temperature();
+  r.mutable_knn()->set_k(-1);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.k must be");
+  r.mutable_knn()->set_k(5000);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kResourceExhausted, "knn.k is 5000");
+  r.mutable_knn()->set_k(0);
+  r.mutable_knn()->set_nprobe(-2);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.nprobe");
+}
+
+TEST(RequestParsingTest, RetroOptionsAndTheLeakageFilterOfScoreOnly) {
+  v1::ScoreRequest r;
+  r.set_text("the cat");
+  r.set_mode("retro");
+  auto p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->retro.retrieval, Retrieval::kOn);
+  EXPECT_EQ(p->retro.leakage_filter, 32);
+  EXPECT_EQ(p->retro.search_method, "dense");
+  r.mutable_retro()->set_retrieval("sometimes");
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.retrieval");
+  r.mutable_retro()->set_retrieval("random");
+  r.mutable_retro()->set_leakage_filter(-1);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.leakage_filter");
+  r.mutable_retro()->set_leakage_filter(0);
+  r.mutable_retro()->set_search_method("sparse");
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "retro.search_method");
+  r.mutable_retro()->set_search_method("bm25");
+  r.set_stride(3);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "chunk size 4");
+  r.set_stride(0);
+  ParseContext no_index = Everything();
+  no_index.has_index = false;
+  ExpectError(ParseScoreRequest(r, no_index).status(), absl::StatusCode::kFailedPrecondition, "retro retrieval random");
+
+  v1::GenerateRequest g;
+  g.set_mode("retro");
+  g.mutable_retro()->set_leakage_filter(8);
+  auto gp = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(gp.ok()) << gp.status();
+  EXPECT_EQ(gp->retro.leakage_filter, 0);
+  v1::NextTokenRequest n;
+  n.set_mode("retro");
+  n.mutable_retro()->set_retrieval("off");
+  auto np = ParseNextTokenRequest(n, no_index);
+  ASSERT_TRUE(np.ok()) << np.status();
+  EXPECT_EQ(np->retro.retrieval, Retrieval::kOff);
+  EXPECT_EQ(np->retro.leakage_filter, 0);
+}
+
+TEST(RequestParsingTest, GenerateChecksSamplingAndPromptIds) {
+  v1::GenerateRequest g;
+  auto p = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->sampling.max_tokens, 64);
+  EXPECT_DOUBLE_EQ(p->sampling.top_p, 1.0);
+  g.add_prompt_token_ids(100);
+  ExpectError(ParseGenerateRequest(g, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "prompt_token_ids[0] = 100");
+  g.clear_prompt_token_ids();
+  g.mutable_sampling()->set_top_p(2);
+  ExpectError(ParseGenerateRequest(g, Everything()).status(), absl::StatusCode::kInvalidArgument, "sampling.top_p");
+}
+
+}  // namespace
+}  // namespace rag::services
