@@ -8,6 +8,7 @@
 
 #include "common/cancellation.h"
 #include "common/status.h"
+#include "retriever/neighbour_set.h"
 
 namespace rag::services {
 namespace {
@@ -26,90 +27,65 @@ std::vector<lm::TokenId> PromptEndingAChunk(const std::vector<lm::TokenId>& text
 
 }  // namespace
 
-lm::NeighbourSet RetroMode::ToNeighbourSet(const std::vector<retriever::Neighbour>& list,
-                                           const std::vector<lm::TokenId>& query) const {
-  const auto& c = served_.retro->config();
-  const lm::TokenId eot = served_.model->tokenizer().eot_id();
-  const int64_t k = c.neighbours, r = c.neighbour_tokens;
-  lm::NeighbourSet set;
-  set.tokens.assign(static_cast<size_t>(k * r), eot);
-  set.present.assign(static_cast<size_t>(k), 0);
-  for (size_t j = 0; j < list.size() && static_cast<int64_t>(j) < k; ++j) {
-    retriever::AlignNeighbourTokens(list[j], query, c.align_neighbours, c.chunk_size, r, eot,
-                                    set.tokens.data() + j * r);
-    set.present[j] = 1;
-  }
-  return set;
-}
-
 absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::vector<lm::TokenId>& ids,
                                                                    const RetroParams& p, int64_t* filtered,
                                                                    int64_t padding) const {
   const auto& c = served_.retro->config();
   const retriever::Retriever& index = *served_.retriever;
-  const int64_t m = c.chunk_size, k = c.neighbours, r = c.neighbour_tokens;
+  const int64_t m = c.chunk_size;
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t chunks = (n + m - 1) / m;
   std::vector<lm::NeighbourSet> sets(static_cast<size_t>(chunks));
   if (chunks == 0) return sets;
-  sets.back().tokens.assign(static_cast<size_t>(k * r), served_.model->tokenizer().eot_id());
-  sets.back().present.assign(static_cast<size_t>(k), 0);
+  retriever::NeighbourSetOptions o;
+  o.k = static_cast<int>(c.neighbours);
+  o.tokens = c.neighbour_tokens;
+  o.pad = served_.model->tokenizer().eot_id();
+  o.align = c.align_neighbours;
+  o.chunk = m;
+  o.leakage_filter = p.leakage_filter;
+  o.method = p.search_method;
+  if (!p.exclude_doc_id.empty()) o.exclude_doc_ids = {p.exclude_doc_id};
+  o.batch = 64;  // bounds a long text's search memory
+  auto to_lm = [&](retriever::NeighbourSet&& set) {
+    *filtered += set.filtered;
+    return lm::NeighbourSet{std::move(set.tokens), std::move(set.present)};
+  };
+  sets.back() = to_lm(retriever::EmptyNeighbourSet(o));  // the last chunk's set is never attended
   auto chunk = [&](int64_t j) {
     return std::vector<lm::TokenId>(ids.begin() + j * m, ids.begin() + std::min(n, (j + 1) * m));
   };
-  // Neighbours sharing a long run with the chunk they help predict are the
-  // evaluated text itself: dropped, and more are fetched to replace them.
-  auto keep = [&](int64_t j, std::vector<retriever::Neighbour> list) {
-    std::vector<retriever::Neighbour> kept;
-    const std::vector<lm::TokenId> target = chunk(j + 1);
-    for (auto& nb : list) {
-      if (static_cast<int64_t>(kept.size()) >= k) break;
-      if (p.leakage_filter > 0 && retriever::NeighbourLeaks(nb, target, p.leakage_filter)) {
-        ++*filtered;
-        continue;
-      }
-      kept.push_back(std::move(nb));
-    }
-    return kept;
-  };
-  const int64_t queries = chunks - 1;  // the last chunk's set is never attended
+  const int64_t queries = chunks - 1;
   if (p.retrieval == Retrieval::kRandom) {
-    // Seeded by the text, so the control is reproducible.
+    // Seeded by the text, so the control is reproducible; as many draws as
+    // the filter's over-fetch, filter on or off.
     std::mt19937_64 rng(XXH3_64bits(ids.data(), ids.size() * sizeof(lm::TokenId)));
     const int64_t total = index.num_vectors();
     for (int64_t j = 0; j < queries; ++j) {
       std::vector<retriever::ChunkId> drawn;
-      for (int64_t i = 0; i < 4 * k && total > 0; ++i) drawn.push_back(static_cast<int64_t>(rng() % total));
+      for (int64_t i = 0; i < retriever::kLeakageOverFetch * o.k && total > 0; ++i) {
+        drawn.push_back(static_cast<int64_t>(rng() % total));
+      }
       RAG_ASSIGN_OR_RETURN(auto records, index.chunk_store().GetChunks(drawn));
       std::vector<retriever::Neighbour> list;
       for (auto& rec : records) {
-        if (!p.exclude_doc_id.empty() && rec.doc_id == p.exclude_doc_id) continue;
         list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});
       }
-      sets[j] = ToNeighbourSet(keep(j, std::move(list)), chunk(j));
+      sets[j] = to_lm(retriever::NeighbourSetFromCandidates(list, chunk(j), chunk(j + 1), o));
     }
     return sets;
   }
-  std::vector<std::vector<lm::TokenId>> query_chunks;
-  for (int64_t j = 0; j < queries; ++j) query_chunks.push_back(chunk(j));
+  retriever::NeighbourQueries q;
+  for (int64_t j = 0; j < queries; ++j) {
+    q.tokens.push_back(chunk(j));
+    q.targets.push_back(chunk(j + 1));
+  }
+  // A padded prompt searches with its own tokens only.
   if (queries > 0 && padding > 0) {
-    query_chunks[0].erase(query_chunks[0].begin(),
-                          query_chunks[0].begin() + std::min<int64_t>(padding, query_chunks[0].size()));
+    q.tokens[0].erase(q.tokens[0].begin(), q.tokens[0].begin() + std::min<int64_t>(padding, q.tokens[0].size()));
   }
-  retriever::SearchOptions so;
-  so.method = p.search_method;
-  so.k = static_cast<int>(p.leakage_filter > 0 ? 4 * k : k);
-  if (!p.exclude_doc_id.empty()) so.exclude_doc_ids = {p.exclude_doc_id};
-  constexpr int64_t kBatch = 64;
-  for (int64_t b = 0; b < queries; b += kBatch) {
-    std::vector<std::vector<lm::TokenId>> batch(query_chunks.begin() + b,
-                                                query_chunks.begin() + std::min(queries, b + kBatch));
-    RAG_ASSIGN_OR_RETURN(auto found, served_.retriever->Search(batch, so));
-    for (size_t q = 0; q < found.size(); ++q) {
-      const int64_t j = b + static_cast<int64_t>(q);
-      sets[j] = ToNeighbourSet(keep(j, std::move(found[q])), query_chunks[j]);
-    }
-  }
+  RAG_ASSIGN_OR_RETURN(std::vector<retriever::NeighbourSet> built, retriever::BuildNeighbourSets(index, q, o));
+  for (int64_t j = 0; j < queries; ++j) sets[j] = to_lm(std::move(built[static_cast<size_t>(j)]));
   return sets;
 }
 

@@ -35,11 +35,6 @@ class RetroMode : public ModeStrategy {
   // 0's query.
   absl::StatusOr<std::vector<lm::NeighbourSet>> RetroSets(const std::vector<lm::TokenId>& ids, const RetroParams& p,
                                                           int64_t* filtered, int64_t padding = 0) const;
-  // The first K of `list` (chunk + continuation) as a set padded to K x R,
-  // re-cut on `query` (the tokens that retrieved them) as the model's
-  // align_neighbours says.
-  lm::NeighbourSet ToNeighbourSet(const std::vector<retriever::Neighbour>& list,
-                                  const std::vector<lm::TokenId>& query) const;
 
   ServedModels served_;
 };
