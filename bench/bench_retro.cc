@@ -41,7 +41,7 @@
 #include "lm/language_model.h"
 #include "lm/runtime.h"
 #include "lm/embedder.h"
-#include "lm/retro_leakage.h"
+#include "retriever/leakage.h"
 #include "lm/retro_model.h"
 #include "lm/scorer.h"
 #include "retriever/retriever.h"
@@ -196,13 +196,13 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
       }
       for (const auto& nb : with_own[static_cast<size_t>(j)]) {
         std::vector<int32_t> t = neighbour_tokens(nb.tokens, nb.continuation);
-        if (static_cast<int>(own_filtered.size()) < k && !rag::lm::SharesTokenRun(target, t, kLeakageRun)) {
+        if (static_cast<int>(own_filtered.size()) < k && !rag::retriever::SharesTokenRun(target, t, kLeakageRun)) {
           own_filtered.push_back(std::move(t));
         }
       }
       for (const auto& nb : by_target[static_cast<size_t>(j)]) {
         std::vector<int32_t> t = neighbour_tokens(nb.tokens, nb.continuation);
-        if (static_cast<int>(best.size()) < k && !rag::lm::SharesTokenRun(target, t, kLeakageRun)) {
+        if (static_cast<int>(best.size()) < k && !rag::retriever::SharesTokenRun(target, t, kLeakageRun)) {
           best.push_back(std::move(t));
         }
       }

@@ -7,7 +7,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
-#include "lm/retro_leakage.h"
+#include "retriever/leakage.h"
 
 namespace rag::retriever {
 namespace fs = std::filesystem;
@@ -243,7 +243,7 @@ std::vector<Token> NeighbourText(const Neighbour& neighbour) {
 }  // namespace
 
 bool NeighbourLeaks(const Neighbour& neighbour, const std::vector<Token>& target, int64_t run) {
-  return lm::SharesTokenRun(target, NeighbourText(neighbour), run);
+  return SharesTokenRun(target, NeighbourText(neighbour), run);
 }
 
 int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,

@@ -57,7 +57,7 @@ int64_t CopyNeighbourTokens(const Neighbour& neighbour, int64_t n, Token* out);
 int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token>& query, int64_t min_match,
                              int64_t chunk, int64_t n, Token pad, Token* out);
 
-// RETRO's leakage filter (lm/retro_leakage.h) for one neighbour: true when
+// RETRO's leakage filter (retriever/leakage.h) for one neighbour: true when
 // its text, chunk then continuation, shares a run of `run` tokens with
 // `target`, the chunk it would help predict. All of the text, since an
 // aligned neighbour may show any of it.

@@ -348,20 +348,16 @@ void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
 
 template <typename Request>
 void SetKnn(const KnnArgs& k, Request* req) {
-  if (!std::isnan(k.lambda)) req->set_lambda(static_cast<float>(k.lambda));
-  req->set_k(k.k);
-  req->set_nprobe(k.nprobe);
-  req->set_retrieval(k.retrieval);
-  if constexpr (std::is_same_v<Request, rag::v1::GenerateRequest>) {
-    // Generate's own `temperature` is the sampling one.
-    if (!std::isnan(k.temperature)) req->set_knn_temperature(static_cast<float>(k.temperature));
-  } else {
-    if (!std::isnan(k.temperature)) req->set_temperature(static_cast<float>(k.temperature));
-    req->set_exact_distances(k.exact);
-  }
+  rag::v1::KnnOptions* knn = req->mutable_knn();
+  if (!std::isnan(k.lambda)) knn->set_lambda(static_cast<float>(k.lambda));
+  knn->set_k(k.k);
+  knn->set_nprobe(k.nprobe);
+  if (!std::isnan(k.temperature)) knn->set_temperature(static_cast<float>(k.temperature));
+  req->mutable_retro()->set_retrieval(k.retrieval);
+  if constexpr (!std::is_same_v<Request, rag::v1::GenerateRequest>) knn->set_exact_distances(k.exact);
   if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {
-    if (k.leakage_filter >= 0) req->set_leakage_filter(k.leakage_filter);
-    req->set_search_method(k.search_method);
+    if (k.leakage_filter >= 0) req->mutable_retro()->set_leakage_filter(k.leakage_filter);
+    req->mutable_retro()->set_search_method(k.search_method);
   }
 }
 
@@ -639,7 +635,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
       req.set_mode(a.mode);
       req.set_stride(static_cast<int32_t>(a.stride));
       SetKnn(a.knn, &req);
-      if (temperatures[ti]) req.set_temperature(static_cast<float>(*temperatures[ti]));
+      if (temperatures[ti]) req.mutable_knn()->set_temperature(static_cast<float>(*temperatures[ti]));
       if (a.exclude_own) req.set_exclude_doc_id(d.id);
       req.set_components(!sweep->empty());
       auto r = (*backend)->Score(req);

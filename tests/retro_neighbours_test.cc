@@ -15,7 +15,7 @@
 #include "common/file_util.h"
 #include "index_builder/index_builder.h"
 #include "lm/embedder.h"
-#include "lm/retro_leakage.h"
+#include "retriever/leakage.h"
 #include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
 #include "tests/test_util.h"
@@ -258,7 +258,7 @@ TEST_F(RetroNeighboursTest, OwnDocumentFilterAllowsTheDocumentButNotThePredicted
       if (!has_next) continue;
       const auto& target = chunks[static_cast<size_t>(c + 1)].tokens;
       const std::vector<int32_t> shown(own->tokens_of(c, j), own->tokens_of(c, j) + own->tokens);
-      EXPECT_FALSE(lm::SharesTokenRun(target, shown, o.own_document_filter)) << "chunk " << c << " neighbour " << j;
+      EXPECT_FALSE(retriever::SharesTokenRun(target, shown, o.own_document_filter)) << "chunk " << c << " neighbour " << j;
     }
   }
   // The document's other chunks share its words, so BM25 finds some of them.

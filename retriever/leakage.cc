@@ -1,17 +1,17 @@
-#include "lm/retro_leakage.h"
+#include "retriever/leakage.h"
 
 #include <algorithm>
 #include <unordered_map>
 
-namespace rag::lm {
+namespace rag::retriever {
 
-bool SharesTokenRun(const TokenId* a, int64_t na, const TokenId* b, int64_t nb, int64_t run) {
+bool SharesTokenRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int64_t nb, int64_t run) {
   if (run < 1 || na < run || nb < run) return false;
   // Rolling polynomial hash of each window of `run` tokens (mod 2^64).
   constexpr uint64_t kBase = 1000003;
   uint64_t top = 1;  // kBase^(run - 1)
   for (int64_t i = 1; i < run; ++i) top *= kBase;
-  auto hashes = [&](const TokenId* s, int64_t n) {
+  auto hashes = [&](const lm::TokenId* s, int64_t n) {
     std::vector<uint64_t> out;
     out.reserve(static_cast<size_t>(n - run + 1));
     uint64_t h = 0;
@@ -35,8 +35,8 @@ bool SharesTokenRun(const TokenId* a, int64_t na, const TokenId* b, int64_t nb, 
   return false;
 }
 
-bool SharesTokenRun(const std::vector<TokenId>& a, const std::vector<TokenId>& b, int64_t run) {
+bool SharesTokenRun(const std::vector<lm::TokenId>& a, const std::vector<lm::TokenId>& b, int64_t run) {
   return SharesTokenRun(a.data(), static_cast<int64_t>(a.size()), b.data(), static_cast<int64_t>(b.size()), run);
 }
 
-}  // namespace rag::lm
+}  // namespace rag::retriever

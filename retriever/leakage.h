@@ -7,14 +7,14 @@
 #include <cstdint>
 #include <vector>
 
-#include "lm/tokenizer.h"
+#include "lm/tokenizer.h"  // TokenId (no LibTorch)
 
-namespace rag::lm {
+namespace rag::retriever {
 
 // True when `a` and `b` share a run of at least `run` consecutive equal
 // tokens (run >= 1). O(|a| + |b|) expected: hashes of every run-gram of `a`
 // are looked up for every run-gram of `b`, and hits are verified.
-bool SharesTokenRun(const std::vector<TokenId>& a, const std::vector<TokenId>& b, int64_t run);
-bool SharesTokenRun(const TokenId* a, int64_t na, const TokenId* b, int64_t nb, int64_t run);
+bool SharesTokenRun(const std::vector<lm::TokenId>& a, const std::vector<lm::TokenId>& b, int64_t run);
+bool SharesTokenRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int64_t nb, int64_t run);
 
-}  // namespace rag::lm
+}  // namespace rag::retriever
