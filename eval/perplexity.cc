@@ -10,13 +10,14 @@
 
 namespace rag::eval {
 
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::vector<Document>& documents,
-                                                    const DocumentScorer& score, const PerplexityOptions& options) {
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::vector<Document>& documents, const DocumentScorer& score,
+                                                    const PerplexityOptions& options) {
   const PerplexitySweep& sweep = options.sweep;
   size_t total_bytes = 0;
   for (const auto& d : documents) total_bytes += d.text.size();
   std::unique_ptr<Progress> progress;
-  if (options.show_progress) progress = std::make_unique<Progress>("perplexity", static_cast<int64_t>(total_bytes), "bytes");
+  if (options.show_progress)
+    progress = std::make_unique<Progress>("perplexity", static_cast<int64_t>(total_bytes), "bytes");
   PerplexityResult result;
   double sum = 0;
   size_t done = 0;

@@ -80,8 +80,7 @@ struct PerplexityResult {
 // Scores every document with `score` (the headline numbers come from the
 // first temperature's pass) and sums the sweep's interpolations. Returns the
 // scorer's first error, or Cancelled when options.stop is set.
-absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::vector<Document>& documents,
-                                                    const DocumentScorer& score,
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::vector<Document>& documents, const DocumentScorer& score,
                                                     const PerplexityOptions& options = {});
 
 // Unigram model with add-one smoothing, estimated on `train` and evaluated on
