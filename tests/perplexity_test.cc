@@ -2,8 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <map>
 
+#include "lm/knnlm.h"
+#include "lm/model_config.h"
+#include "lm/scorer.h"
+#include "lm/transformer_lm.h"
+#include "tests/status_matchers.h"
 #include "tests/test_util.h"
 
 namespace rag::eval {
@@ -34,6 +41,82 @@ TEST(UnigramPerplexityTest, MatchesAHandComputedValue) {
   EXPECT_EQ(r.tokens, static_cast<int64_t>(eval_ids.size()));
   EXPECT_NEAR(r.nll, nll, 1e-12);
   EXPECT_NEAR(r.perplexity, std::exp(nll), 1e-9);
+}
+
+// A scorer with fixed per-token log-probs: every document's tokens score
+// `lm` under the LM and `knn` under the kNN distribution; the headline
+// log-prob of a pass interpolates them at lambda 0.5.
+DocumentScorer FixedScorer(float lm, float knn, std::vector<ScorePass>* passes) {
+  return [=](const Document& d, const ScorePass& pass) -> absl::StatusOr<DocumentScore> {
+    passes->push_back(pass);
+    DocumentScore s;
+    s.tokens = static_cast<int64_t>(d.text.size());
+    s.neighbours_filtered = 1;
+    s.logprob_sum = static_cast<double>(s.tokens) * lm::InterpolateLogProb(lm, knn, 0.5);
+    if (pass.components) {
+      s.lm_logprobs.assign(static_cast<size_t>(s.tokens), lm);
+      s.knn_logprobs.assign(static_cast<size_t>(s.tokens), knn);
+    }
+    return s;
+  };
+}
+
+TEST(EvaluatePerplexityTest, SumsEveryNonEmptyDocument) {
+  std::vector<ScorePass> passes;
+  std::vector<Document> docs = {{"a", "abcd"}, {"empty", ""}, {"b", "ef"}};
+  auto r = EvaluatePerplexity(docs, FixedScorer(-1.0f, -3.0f, &passes));
+  RAG_ASSERT_OK(r.status());
+  EXPECT_EQ(passes.size(), 2u);  // the empty document is not scored
+  EXPECT_FALSE(passes[0].temperature.has_value());
+  EXPECT_FALSE(passes[0].components);
+  EXPECT_EQ(r->documents, 2);
+  EXPECT_EQ(r->tokens, 6);
+  EXPECT_EQ(r->neighbours_filtered, 2);
+  const double nll = -static_cast<double>(lm::InterpolateLogProb(-1.0f, -3.0f, 0.5));
+  EXPECT_NEAR(r->nll, nll, 1e-6);
+  EXPECT_NEAR(r->perplexity, std::exp(nll), 1e-6);
+  EXPECT_TRUE(r->sweep.empty());
+}
+
+TEST(EvaluatePerplexityTest, SweepsLambdasInOnePassAndTemperaturesInOneEach) {
+  std::vector<ScorePass> passes;
+  std::vector<Document> docs = {{"a", "abcd"}, {"b", "ef"}};
+  PerplexityOptions o;
+  o.sweep.lambdas = {0, 0.5, 1};
+  o.sweep.temperatures = {1, 10};
+  auto r = EvaluatePerplexity(docs, FixedScorer(-1.0f, -3.0f, &passes), o);
+  RAG_ASSERT_OK(r.status());
+  ASSERT_EQ(passes.size(), 4u);  // two documents, two temperatures each
+  EXPECT_EQ(passes[0].temperature, 1.0);
+  EXPECT_EQ(passes[1].temperature, 10.0);
+  EXPECT_TRUE(passes[0].components);
+  EXPECT_EQ(r->tokens, 6);  // counted on the first temperature's pass only
+  EXPECT_NEAR(r->lm_perplexity, std::exp(1.0), 1e-9);
+  ASSERT_EQ(r->sweep.size(), 6u);  // temperature-major
+  EXPECT_EQ(r->sweep[0].temperature, 1.0);
+  EXPECT_EQ(r->sweep[3].temperature, 10.0);
+  EXPECT_DOUBLE_EQ(r->sweep[0].perplexity, r->lm_perplexity);  // lambda 0 is the LM
+  EXPECT_DOUBLE_EQ(r->sweep[0].change_vs_lm, 0.0);
+  EXPECT_NEAR(r->sweep[2].perplexity, std::exp(3.0), 1e-6);  // lambda 1 is the kNN distribution
+  EXPECT_NEAR(r->sweep[1].perplexity, std::exp(-lm::InterpolateLogProb(-1.0f, -3.0f, 0.5)), 1e-6);
+  EXPECT_NEAR(r->sweep[4].change_vs_lm, r->sweep[4].perplexity / r->lm_perplexity - 1, 1e-12);
+}
+
+TEST(EvaluatePerplexityTest, ReturnsTheScorersErrorAndStopsWhenAsked) {
+  std::vector<Document> docs = {{"a", "abcd"}, {"b", "ef"}};
+  DocumentScorer failing = [](const Document& d, const ScorePass&) -> absl::StatusOr<DocumentScore> {
+    return absl::UnavailableError("down: " + d.id);
+  };
+  auto r = EvaluatePerplexity(docs, failing);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(r.status().message(), "down: a");
+  std::vector<ScorePass> passes;
+  std::atomic<bool> stop{true};
+  PerplexityOptions o;
+  o.stop = &stop;
+  r = EvaluatePerplexity(docs, FixedScorer(-1.0f, -3.0f, &passes), o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(passes.size(), 1u);  // checked after each document
 }
 
 TEST(ScorerTest, SlidingWindowsEqualOnePassWhenTheTextFits) {

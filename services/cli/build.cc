@@ -1,0 +1,113 @@
+#include "services/cli/build.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/status.h"
+#include "index_builder/corpus_reader.h"
+#include "index_builder/index_builder.h"
+#include "lm/data_split.h"
+#include "lm/embedder.h"
+
+namespace rag::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The embedding function of an index: the model's own (mean-pooled hidden
+// states) unless the user brings a TorchScript encoder.
+absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::LanguageModel* model,
+                                                                const std::string& torchscript) {
+  if (torchscript.empty()) return rag::lm::MakeLmEmbedder(model);
+  auto e = rag::lm::LoadTorchScriptEmbedder(torchscript);
+  if (!e.ok()) return rag::Annotate(e.status(), "--embedder");
+  return e;
+}
+
+struct BuildArgs {
+  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all";
+  bool datastore = false;
+  int chunk_tokens = 64, continuation_tokens = 64;
+  int64_t batch = 64;
+  uint64_t seed = 1234;
+  bool overwrite = false, json_out = false, quiet = false;
+};
+
+int RunBuild(const BuildArgs& a) {
+  auto model = OpenModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  rag::index_builder::CorpusStats stats;
+  auto docs = rag::index_builder::ReadCorpus(a.corpus, &stats);
+  if (!docs.ok()) return Fail(docs.status());
+  std::fprintf(stderr, "build: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
+               static_cast<double>(stats.bytes) / 1e6);
+  auto embedder = MakeEmbedder(model->get(), a.embedder);
+  if (!embedder.ok()) return Fail(embedder.status());
+  rag::index_builder::BuildOptions o;
+  o.out_dir = a.out;
+  o.corpus_path = a.corpus;
+  o.index_factory = a.factory;
+  o.chunk_tokens = a.chunk_tokens;
+  o.continuation_tokens = a.continuation_tokens;
+  o.embed_batch = a.batch;
+  o.seed = a.seed;
+  o.overwrite = a.overwrite;
+  o.show_progress = !a.quiet;
+  if (a.datastore) {
+    o.datastore = true;
+    o.model = model->get();
+    o.datastore_factory = a.datastore_factory;
+    o.datastore_split = a.datastore_split;
+    if (a.datastore_split == "train") {
+      // Held-out documents never in the datastore: honest validation numbers.
+      auto split = rag::ReadFile((fs::path(a.model) / rag::lm::kSplitFile).string());
+      if (!split.ok()) return Fail(rag::Annotate(split.status(), "--datastore-split train needs the model's split"));
+      auto train = rag::lm::SelectSplit(*docs, *split, "train");
+      if (!train.ok()) return Fail(train.status());
+      for (const auto& d : *train) o.datastore_doc_ids.push_back(d.id);
+    } else if (a.datastore_split != "all") {
+      return Fail(absl::InvalidArgumentError("--datastore-split must be all or train"));
+    }
+  }
+  InstallStopHandlers();
+  auto m =
+      rag::index_builder::BuildIndex(*docs, (*model)->tokenizer(), **embedder, (*model)->content_hash(), o, &g_stop);
+  if (!m.ok()) return Fail(m.status());
+  if (a.json_out) {
+    PrintJson(json::parse(m->ToJson()));
+  } else {
+    std::printf("built %s: %lld documents, %lld tokens, %lld chunks, index %s (dim %d)\n", a.out.c_str(),
+                static_cast<long long>(m->documents), static_cast<long long>(m->tokens),
+                static_cast<long long>(m->chunks), m->index_factory.c_str(), m->dim);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command AddBuildCommand(CLI::App* app) {
+  auto a = std::make_shared<BuildArgs>();
+  auto* cmd = app->add_subcommand("build", "build a retrieval index over a corpus");
+  cmd->add_option("--corpus", a->corpus, "corpus: .txt, .jsonl or directory")->required();
+  cmd->add_option("--model", a->model, "model directory (tokenizer, embedder, served model)")->required();
+  cmd->add_option("--out", a->out, "index directory to write")->required();
+  cmd->add_option("--index-factory", a->factory, "FAISS factory string (default: from the corpus size)");
+  cmd->add_option("--chunk-tokens", a->chunk_tokens, "tokens per chunk")->capture_default_str();
+  cmd->add_option("--continuation-tokens", a->continuation_tokens, "tokens of continuation per chunk")
+      ->capture_default_str();
+  cmd->add_option("--embedder", a->embedder, "TorchScript encoder (ids [B, T] -> [B, D]) instead of the LM");
+  cmd->add_option("--batch-size", a->batch, "chunks per embedding batch")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "seed of the FAISS training sample")->capture_default_str();
+  cmd->add_flag("--overwrite", a->overwrite, "replace an existing index");
+  cmd->add_flag("--datastore", a->datastore, "also build the kNN-LM datastore (one key per token)");
+  cmd->add_option("--datastore-factory", a->datastore_factory,
+                  "FAISS factory of the datastore (default: from its size)");
+  cmd->add_option("--datastore-split", a->datastore_split, "all, or train: only the model's training documents")
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json_out, "print the manifest as JSON");
+  cmd->add_flag("--quiet", a->quiet, "no progress lines");
+  return {cmd, [a] { return RunBuild(*a); }};
+}
+
+}  // namespace rag::cli

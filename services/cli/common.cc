@@ -1,0 +1,142 @@
+#include "services/cli/common.h"
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/ascii.h"
+#include "common/file_util.h"
+#include "common/status.h"
+#include "services/client.h"
+#include "services/engine.h"
+
+namespace rag::cli {
+
+std::atomic<bool> g_stop{false};
+
+namespace {
+
+extern "C" void OnSignal(int) {
+  g_stop.store(true);
+  // A second Ctrl-C kills at once.
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+}
+
+// The tokenizer of the model a target serves (evaluations tokenize as it does).
+absl::StatusOr<lm::Tokenizer> ServedTokenizer(const rag::v1::InfoResponse& info) {
+  auto tok = lm::Tokenizer::FromJson(info.tokenizer_json());
+  if (!tok.ok()) return Annotate(tok.status(), "the served tokenizer");
+  return tok;
+}
+
+}  // namespace
+
+void InstallStopHandlers() {
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "rag: error: %s\n", std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kCancelled ? 130 : 1;
+}
+
+void PrintJson(const json& j) { std::cout << j.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl; }
+
+absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& text_file, const char* what,
+                                    bool for_server) {
+  std::string value = text;
+  if (!text_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(value, ReadFile(text_file));
+  }
+  if (for_server && !services::IsValidUtf8(value)) {
+    return absl::InvalidArgumentError(std::string(what) +
+                                      " is not valid UTF-8, which gRPC requires (the in-process form, "
+                                      "--model, accepts any bytes)");
+  }
+  return value;
+}
+
+absl::StatusOr<std::unique_ptr<lm::LanguageModel>> OpenModel(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("--model MODEL_DIR is required");
+  auto model = lm::LanguageModel::Open(dir);
+  if (!model.ok()) return Annotate(model.status(), "opening model");
+  return model;
+}
+
+void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
+  cmd->add_option("--server", t->server, "address of a running `rag serve` (host:port)");
+  cmd->add_option("--model", t->model, "model directory (in-process)");
+  if (with_index) {
+    cmd->add_option("--index", t->index, "index directory (in-process)");
+    cmd->add_option("--embedder", t->embedder, "the TorchScript encoder the index was built with (in-process)");
+  }
+  cmd->add_option("--connect-timeout", t->connect_timeout, "seconds to wait for --server")->capture_default_str();
+  cmd->add_option("--rpc-timeout", t->rpc_timeout, "deadline of each call to --server, seconds (0: none)")
+      ->capture_default_str();
+  cmd->add_option("--auth-token-file", t->auth_token_file, "file with the bearer token the --server expects");
+  cmd->add_flag("--tls", t->tls, "connect to --server over TLS (verified with the system's roots or --tls-ca)");
+  cmd->add_option("--tls-ca", t->tls_ca, "PEM root certificate(s) that verify the --server (implies --tls)");
+  cmd->add_option("--tls-server-name", t->tls_server_name,
+                  "name the server's certificate carries, when not the --server host");
+}
+
+absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& t, bool need_index, bool writable) {
+  if (!t.server.empty() && (!t.model.empty() || !t.index.empty())) {
+    return absl::InvalidArgumentError("give either --server ADDR or --model MODEL_DIR [--index INDEX_DIR], not both");
+  }
+  if (!t.server.empty()) {
+    services::ClientSecurity security;
+    if (!t.auth_token_file.empty()) {
+      RAG_ASSIGN_OR_RETURN(std::string token, ReadFile(t.auth_token_file));
+      security.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    }
+    security.tls = t.tls || !t.tls_ca.empty();
+    if (!t.tls_ca.empty()) {
+      RAG_ASSIGN_OR_RETURN(security.tls_ca_pem, ReadFile(t.tls_ca));
+    }
+    security.tls_server_name = t.tls_server_name;
+    RAG_ASSIGN_OR_RETURN(auto client, services::GrpcBackend::Connect(t.server, t.connect_timeout, security));
+    client->set_rpc_timeout(t.rpc_timeout);
+    return std::unique_ptr<services::Backend>(std::move(client));
+  }
+  if (t.model.empty()) return absl::InvalidArgumentError("give --server ADDR or --model MODEL_DIR");
+  if (need_index && t.index.empty()) return absl::InvalidArgumentError("--index INDEX_DIR is required with --model");
+  services::EngineOptions o;
+  o.model_dir = t.model;
+  o.index_dir = t.index;
+  o.embedder_path = t.embedder;
+  o.writable_index = writable;
+  // A local user may score a whole book at once; only a shared server needs
+  // protecting from huge requests.
+  o.limits.max_text_bytes = int64_t{1} << 31;
+  RAG_ASSIGN_OR_RETURN(auto engine, services::Engine::Open(o));
+  return std::unique_ptr<services::Backend>(std::move(engine));
+}
+
+void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
+  cmd->add_option("--lambda", k->lambda, "knnlm: weight of p_knn in [0, 1] (default 0.25)");
+  cmd->add_option(temperature_flag, k->temperature, "knnlm: temperature of the neighbour distribution (default 1)");
+  cmd->add_option("--k", k->k, "knnlm: neighbours per token (default 1024)");
+  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 4)");
+  cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
+  cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
+  cmd->add_option("--search-method", k->search_method, "retro: how neighbours are found, dense or bm25 (default dense)")
+      ->check(CLI::IsMember({"dense", "bm25"}));
+}
+
+void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
+  cmd->add_option(
+      "--leakage-filter", k->leakage_filter,
+      "retro: drop neighbours sharing a run of this many tokens with the predicted chunk (default 32, 0 = off)");
+}
+
+absl::StatusOr<Served> OpenServed(const TargetArgs& target) {
+  RAG_ASSIGN_OR_RETURN(auto backend, OpenTarget(target, false));
+  RAG_ASSIGN_OR_RETURN(rag::v1::InfoResponse info, backend->Info());
+  RAG_ASSIGN_OR_RETURN(lm::Tokenizer tok, ServedTokenizer(info));
+  return Served{std::move(backend), std::move(info), std::move(tok)};
+}
+
+}  // namespace rag::cli

@@ -1,0 +1,100 @@
+#include "services/cli/serve.h"
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "common/file_util.h"
+#include "common/status.h"
+#include "services/engine.h"
+#include "services/server.h"
+
+namespace rag::cli {
+namespace {
+
+struct ServeArgs {
+  std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
+  std::string tls_cert, tls_key, auth_token_file;
+  rag::services::EngineLimits limits;
+  int max_message_bytes = 64 << 20;
+  bool read_only = false;
+  bool no_embed_batching = false;
+};
+
+int RunServe(const ServeArgs& a) {
+  if (a.log_level != "info" && a.log_level != "debug") {
+    return Fail(absl::InvalidArgumentError("--log-level must be info or debug"));
+  }
+  rag::services::EngineOptions eo;
+  eo.model_dir = a.model;
+  eo.index_dir = a.index;
+  eo.embedder_path = a.embedder;
+  eo.writable_index = !a.read_only;
+  eo.limits = a.limits;
+  eo.batch_embeddings = !a.no_embed_batching;
+  auto engine = rag::services::Engine::Open(eo);
+  if (!engine.ok()) return Fail(engine.status());
+  rag::services::ServerOptions so;
+  so.listen = a.listen;
+  so.log_requests = a.log_level == "debug";
+  so.max_message_bytes = a.max_message_bytes;
+  so.tls_cert_file = a.tls_cert;
+  so.tls_key_file = a.tls_key;
+  so.auth_token_file = a.auth_token_file;
+  if (!rag::services::IsLoopback(a.listen) && a.tls_cert.empty()) {
+    std::fprintf(stderr,
+                 "serve: WARNING: listening on %s without TLS: anyone who can reach the port can read the index%s, "
+                 "and tokens and texts cross the network in the clear (use --tls-cert/--tls-key and "
+                 "--auth-token-file)\n",
+                 a.listen.c_str(), a.read_only ? "" : " and add documents to it (--read-only refuses adds)");
+  }
+  InstallStopHandlers();
+  auto server = rag::services::Server::Start(engine->get(), so);
+  if (!server.ok()) return Fail(server.status());
+  const int port = (*server)->port();
+  const std::string host = a.listen.substr(0, a.listen.rfind(':'));
+  std::fprintf(stderr, "serve: model %s%s%s; listening on %s:%d (Ctrl-C or SIGTERM stops)\n", a.model.c_str(),
+               a.index.empty() ? "" : ", index ", a.index.c_str(), host.c_str(), port);
+  if (!a.port_file.empty()) {
+    if (auto s = rag::WriteFileAtomic(a.port_file, std::to_string(port) + "\n"); !s.ok()) return Fail(s);
+  }
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::fprintf(stderr, "serve: shutting down\n");
+  (*server)->Shutdown(5.0);
+  engine->reset();  // saves the index after adds
+  std::fprintf(stderr, "serve: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+Command AddServeCommand(CLI::App* app) {
+  auto a = std::make_shared<ServeArgs>();
+  auto* cmd = app->add_subcommand("serve", "serve a model and index over gRPC");
+  cmd->add_option("--model", a->model, "model directory")->required();
+  cmd->add_option("--index", a->index, "index directory (omit to serve the model only)");
+  cmd->add_option("--embedder", a->embedder, "the TorchScript encoder the index was built with");
+  cmd->add_option("--listen", a->listen, "host:port (port 0 = any free port)")->capture_default_str();
+  cmd->add_option("--port-file", a->port_file, "write the bound port to this file once serving");
+  cmd->add_option("--log-level", a->log_level, "info, or debug for one line per request")->capture_default_str();
+  cmd->add_flag("--read-only", a->read_only, "refuse AddDocuments");
+  cmd->add_flag("--no-embed-batching", a->no_embed_batching,
+                "embed each Search's queries alone (default: concurrent calls share forward passes)");
+  cmd->add_option("--max-text-bytes", a->limits.max_text_bytes, "largest text in a request")->capture_default_str();
+  cmd->add_option("--max-batch", a->limits.max_batch, "most texts in one Search")->capture_default_str();
+  cmd->add_option("--max-generate-tokens", a->limits.max_generate_tokens, "most tokens one Generate may ask for")
+      ->capture_default_str();
+  cmd->add_option("--max-k", a->limits.max_k, "most neighbours one query may ask for")->capture_default_str();
+  cmd->add_option("--max-top-n", a->limits.max_top_n, "most tokens NextToken may list")->capture_default_str();
+  cmd->add_option("--max-id-bytes", a->limits.max_id_bytes, "longest document id")->capture_default_str();
+  cmd->add_option("--max-message-bytes", a->max_message_bytes, "largest gRPC message, either way")
+      ->capture_default_str()
+      ->check(CLI::Range(1024, 1 << 30));
+  cmd->add_option("--tls-cert", a->tls_cert, "PEM certificate chain: serve over TLS (with --tls-key)");
+  cmd->add_option("--tls-key", a->tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--auth-token-file", a->auth_token_file,
+                  "file with a bearer token every rpc must carry (`authorization: Bearer <token>`)");
+  return {cmd, [a] { return RunServe(*a); }};
+}
+
+}  // namespace rag::cli
