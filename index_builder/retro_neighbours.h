@@ -35,7 +35,7 @@ inline constexpr char kRetroNeighboursFile[] = "retro_neighbours.bin";
 struct RetroNeighbourOptions {
   int k = 2;                 // neighbours per chunk. Default: 2 (RETRO's)
   int tokens = 128;          // R: chunk + continuation. Default: 128
-  int nprobe = 16;           // IVF lists visited. Default: 16
+  int nprobe = retriever::kDefaultNprobe;  // IVF lists visited. Default: 16
   bool show_progress = true; // progress with rate and ETA on stderr
   // Re-cut neighbours on their query chunk (retriever::AlignNeighbourTokens)
   // when they hold its last `align` tokens or more, with `chunk` tokens

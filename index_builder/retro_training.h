@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "lm/retro_trainer.h"
+#include "retriever/retriever.h"
 
 namespace rag::index_builder {
 
@@ -22,7 +23,7 @@ struct RetroTrainJob {
   std::string base_dir;               // the trained LM (`--init`); its tokenizer, split and embedder
   std::string config_overrides_json;  // JSON object applied over the RETRO defaults; "" = none
   lm::RetroTrainerOptions trainer;    // freeze_decoder = retrofitting
-  int nprobe = 16;                    // IVF lists when precomputing neighbours
+  int nprobe = retriever::kDefaultNprobe;  // IVF lists when precomputing neighbours
   // How every training chunk's neighbours are found: dense or bm25
   // (RetroNeighbourOptions::method). Evaluate with the same search
   // (`--search-method`). Default: "dense"

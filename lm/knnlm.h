@@ -16,10 +16,16 @@
 
 namespace rag::lm {
 
+// The paper's settings (Khandelwal et al. 2020); KnnOptions' defaults and
+// KnnOptions in proto/rag.proto when a field is unset.
+inline constexpr int kDefaultKnnK = 1024;
+inline constexpr double kDefaultKnnLambda = 0.25;
+inline constexpr double kDefaultKnnTemperature = 1.0;
+
 struct KnnOptions {
-  int k = 1024;              // neighbours per position (the paper's 1024). Default: 1024
-  double lambda = 0.25;      // weight of p_knn, in [0, 1] (the paper's 0.25). Default: 0.25
-  double temperature = 1.0;  // divides the distances; > 0. Default: 1.0
+  int k = kDefaultKnnK;                           // neighbours per position. Default: 1024
+  double lambda = kDefaultKnnLambda;              // weight of p_knn, in [0, 1]. Default: 0.25
+  double temperature = kDefaultKnnTemperature;    // divides the distances; > 0. Default: 1.0
 };
 
 // log p_knn(target) from n neighbours' next tokens and distances; -inf when

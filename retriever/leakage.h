@@ -11,6 +11,11 @@
 
 namespace rag::retriever {
 
+// The run length at which a neighbour counts as leaked when a request does
+// not say (RetroOptions.leakage_filter unset): RETRO's evaluations drop
+// neighbours sharing 32 or more tokens with the predicted chunk.
+inline constexpr int kDefaultLeakageRun = 32;
+
 // True when `a` and `b` share a run of at least `run` consecutive equal
 // tokens (run >= 1). O(|a| + |b|) expected: hashes of every run-gram of `a`
 // are looked up for every run-gram of `b`, and hits are verified.

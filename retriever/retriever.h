@@ -63,9 +63,14 @@ int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token
 // aligned neighbour may show any of it.
 bool NeighbourLeaks(const Neighbour& neighbour, const std::vector<Token>& target, int64_t run);
 
+// A chunk search's defaults: SearchRequest's k and nprobe when 0, and every
+// command and builder option that searches the chunk index.
+inline constexpr int kDefaultSearchK = 10;
+inline constexpr int kDefaultNprobe = 16;
+
 struct SearchOptions {
-  int k = 10;                                // neighbours per query. Default: 10
-  int nprobe = 16;                           // IVF lists visited; ignored by Flat. Default: 16
+  int k = kDefaultSearchK;                   // neighbours per query. Default: 10
+  int nprobe = kDefaultNprobe;               // IVF lists visited; ignored by Flat. Default: 16
   std::vector<std::string> exclude_doc_ids;  // never returned. Default: none
   // "dense": the embedder and the FAISS index; "bm25": Okapi BM25 over the
   // chunks' token ids (retriever/bm25.h; built in memory on first use).

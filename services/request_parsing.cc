@@ -38,7 +38,7 @@ absl::StatusOr<KnnParams> ParseKnn(const v1::KnnOptions& o, const std::string& e
     }
     p.knn.temperature = o.temperature();
   }
-  p.knn.k = o.k() == 0 ? 1024 : o.k();
+  p.knn.k = o.k() == 0 ? lm::kDefaultKnnK : o.k();
   RAG_RETURN_IF_ERROR(CheckK(p.knn.k, o.k(), "knn.k", ctx.limits));
   p.nprobe = o.nprobe() == 0 ? kDefaultKnnNprobe : o.nprobe();
   RAG_RETURN_IF_ERROR(CheckNprobe(p.nprobe, o.nprobe(), "knn.nprobe"));
@@ -167,7 +167,7 @@ absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest
   NextTokenParams p;
   RAG_ASSIGN_OR_RETURN(p.mode, ParseMode(request.mode(), ctx));
   RAG_RETURN_IF_ERROR(CheckText(request.text(), "text", true, ctx.limits));
-  p.top_n = request.top_n() == 0 ? 10 : request.top_n();
+  p.top_n = request.top_n() == 0 ? kDefaultTopN : request.top_n();
   if (p.top_n > ctx.limits.max_top_n) return OverLimit("top_n", p.top_n, ctx.limits.max_top_n, "--max-top-n");
   if (p.top_n < 1) {
     return absl::InvalidArgumentError("top_n must be in [1, " + std::to_string(ctx.limits.max_top_n) + "], got " +
@@ -188,7 +188,7 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   const EngineLimits& limits = ctx.limits;
   RAG_ASSIGN_OR_RETURN(p.mode, ParseMode(request.mode(), ctx));
   RAG_RETURN_IF_ERROR(CheckText(request.prompt(), "prompt", true, limits));
-  const int max_tokens = request.max_tokens() == 0 ? 64 : request.max_tokens();
+  const int max_tokens = request.max_tokens() == 0 ? kDefaultGenerateTokens : request.max_tokens();
   if (max_tokens > limits.max_generate_tokens) {
     return OverLimit("max_tokens", max_tokens, limits.max_generate_tokens, "--max-generate-tokens");
   }
@@ -242,9 +242,9 @@ absl::StatusOr<SearchParams> ParseSearchRequest(const v1::SearchRequest& request
     return OverLimit("the number of texts", request.texts_size(), limits.max_batch, "--max-batch");
   }
   SearchParams p;
-  p.options.k = request.k() == 0 ? 10 : request.k();
+  p.options.k = request.k() == 0 ? retriever::kDefaultSearchK : request.k();
   RAG_RETURN_IF_ERROR(CheckK(p.options.k, request.k(), "k", limits));
-  p.options.nprobe = request.nprobe() == 0 ? 16 : request.nprobe();
+  p.options.nprobe = request.nprobe() == 0 ? retriever::kDefaultNprobe : request.nprobe();
   RAG_RETURN_IF_ERROR(CheckNprobe(p.options.nprobe, request.nprobe(), "nprobe"));
   if (request.exclude_doc_ids_size() > 100000) {
     return absl::ResourceExhaustedError("exclude_doc_ids has more than 100000 ids");

@@ -17,6 +17,7 @@
 #include "lm/knnlm.h"
 #include "lm/tokenizer.h"
 #include "proto/rag.pb.h"
+#include "retriever/leakage.h"
 #include "retriever/retriever.h"
 
 namespace rag::services {
@@ -26,6 +27,9 @@ namespace rag::services {
 // the search, not the forward pass, sets kNN-LM's speed (bench_knnlm: at 4,
 // 0.51 of the LM's scoring speed; at 8, 0.45).
 inline constexpr int kDefaultKnnNprobe = 4;
+// NextTokenRequest.top_n and GenerateRequest.max_tokens when 0.
+inline constexpr int kDefaultTopN = 10;
+inline constexpr int kDefaultGenerateTokens = 64;
 
 struct EngineLimits {
   int64_t max_text_bytes = 1 << 20;  // any text or prompt. Default: 1 MiB
@@ -68,7 +72,7 @@ struct KnnParams {
 // Validated RETRO parameters (RetroOptions, defaults filled in).
 struct RetroParams {
   Retrieval retrieval = Retrieval::kOn;
-  int leakage_filter = 32;  // tokens; 0 = off
+  int leakage_filter = retriever::kDefaultLeakageRun;  // tokens; 0 = off
   std::string exclude_doc_id;
   std::string search_method = "dense";  // retriever::SearchOptions::method: dense or bm25
 };

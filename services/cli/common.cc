@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "services/client.h"
@@ -116,10 +117,15 @@ absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& 
 }
 
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
-  cmd->add_option("--lambda", k->lambda, "knnlm: weight of p_knn in [0, 1] (default 0.25)");
-  cmd->add_option(temperature_flag, k->temperature, "knnlm: temperature of the neighbour distribution (default 1)");
-  cmd->add_option("--k", k->k, "knnlm: neighbours per token (default 1024)");
-  cmd->add_option("--nprobe", k->nprobe, "knnlm: IVF lists of the datastore to visit (default 4)");
+  // The server fills in what is left unset; the help says what it will use.
+  cmd->add_option("--lambda", k->lambda,
+                  absl::StrCat("knnlm: weight of p_knn in [0, 1] (default ", lm::kDefaultKnnLambda, ")"));
+  cmd->add_option(temperature_flag, k->temperature,
+                  absl::StrCat("knnlm: temperature of the neighbour distribution (default ", lm::kDefaultKnnTemperature,
+                               ")"));
+  cmd->add_option("--k", k->k, absl::StrCat("knnlm: neighbours per token (default ", lm::kDefaultKnnK, ")"));
+  cmd->add_option("--nprobe", k->nprobe,
+                  absl::StrCat("knnlm: IVF lists of the datastore to visit (default ", services::kDefaultKnnNprobe, ")"));
   cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
   cmd->add_option("--search-method", k->search_method, "retro: how neighbours are found, dense or bm25 (default dense)")
@@ -129,7 +135,8 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
 void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {
   cmd->add_option(
       "--leakage-filter", k->leakage_filter,
-      "retro: drop neighbours sharing a run of this many tokens with the predicted chunk (default 32, 0 = off)");
+      absl::StrCat("retro: drop neighbours sharing a run of this many tokens with the predicted chunk (default ",
+                   retriever::kDefaultLeakageRun, ", 0 = off)"));
 }
 
 absl::StatusOr<Served> OpenServed(const TargetArgs& target) {

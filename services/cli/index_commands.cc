@@ -15,7 +15,7 @@ struct QueryArgs {
   std::string text, text_file;
   std::vector<std::string> exclude;
   std::string method = "dense";
-  int k = 5, nprobe = 16;
+  int k = 5, nprobe = rag::retriever::kDefaultNprobe;
   bool json_out = false;
 };
 

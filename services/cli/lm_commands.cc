@@ -115,7 +115,7 @@ struct NextTokenArgs {
   TargetArgs target;
   KnnArgs knn;
   std::string text, text_file, mode = "lm";
-  int top_n = 10;
+  int top_n = rag::services::kDefaultTopN;
   bool json_out = false;
 };
 

@@ -27,7 +27,7 @@ struct TrainArgs {
   double lr = 0, validation_fraction = 0.05;
   uint64_t seed = 1234;
   bool resume = false, overwrite = false, json_out = false, quiet = false, train_all = false;
-  int nprobe = 16;
+  int nprobe = rag::retriever::kDefaultNprobe;
 };
 
 // Trainer flags common to both architectures, over `o`'s preset values.

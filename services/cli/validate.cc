@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "retriever/index_validation.h"
+#include "retriever/retriever.h"
 
 namespace rag::cli {
 namespace {
@@ -10,7 +11,7 @@ namespace {
 struct ValidateArgs {
   std::string index_dir;
   int64_t sample = 200;
-  int nprobe = 16;
+  int nprobe = rag::retriever::kDefaultNprobe;
   bool json_out = false;
 };
 
