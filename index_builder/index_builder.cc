@@ -282,7 +282,12 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   const std::string fingerprint = BuildFingerprint(documents, tokenizer, embedder, model_hash, o);
   if (fs::exists(work)) {
     auto previous = ReadFile((work / kBuildArgsFile).string());
-    if (!previous.ok() || *previous != fingerprint) {
+    // A build killed after creating the directory but before recording its
+    // arguments left nothing of its own (the record is written first).
+    if (!previous.ok() && !fs::exists(work / kBuildArgsFile)) {
+      std::fprintf(stderr, "build: the partial build in %s never started; starting afresh\n", work.c_str());
+      fs::remove_all(work, ec);
+    } else if (!previous.ok() || *previous != fingerprint) {
       if (!o.overwrite) {
         return absl::FailedPreconditionError("'" + work.string() +
                                              "' holds a partial build from other arguments; remove it or pass "

@@ -63,6 +63,15 @@ ref_seconds=$((SECONDS - start))
 ref="$(summary "$TMP/ref")"
 step "reference: $ref (documents chunks tokens vectors, datastore checksum), ${ref_seconds}s"
 
+# A kill between creating OUT.partial and recording the build's arguments
+# there leaves an empty directory: the next build must start afresh, not
+# refuse it as "a partial build from other arguments".
+mkdir "$TMP/never.partial"
+build "$TMP/never" >"$TMP/never.log" 2>&1 || { cat "$TMP/never.log" >&2; fail "a build over an empty partial directory failed"; }
+grep -q "never started" "$TMP/never.log" || fail "the empty partial directory was not noticed"
+[ "$(summary "$TMP/never")" = "$ref" ] || fail "the build over an empty partial directory differs from the reference"
+step "an empty partial directory (killed before the arguments were recorded) is started afresh"
+
 for trial in $(seq 1 "$TRIALS"); do
   out="$TMP/build-$trial"
   kills=$((1 + RANDOM % 3))
