@@ -120,21 +120,28 @@ absl::Status CheckText(const std::string& text, const std::string& field, bool a
   return absl::OkStatus();
 }
 
+std::optional<Mode> ModeFromName(const std::string& name) {
+  if (name.empty()) return Mode::kLm;
+  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+    if (name == ModeName(m)) return m;
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx) {
-  if (mode.empty() || mode == "lm") return Mode::kLm;
-  if (mode == "knnlm") {
-    if (ctx.has_datastore) return Mode::kKnnLm;
+  const std::optional<Mode> m = ModeFromName(mode);
+  if (!m.has_value()) return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+  if (*m == Mode::kKnnLm && !ctx.has_datastore) {
     return absl::FailedPreconditionError(
         "mode knnlm needs a datastore, and none is served (build the index with "
         "`rag build --datastore` and serve it with --index)");
   }
-  if (mode == "retro") {
-    if (ctx.retro_chunk_size > 0) return Mode::kRetro;
+  if (*m == Mode::kRetro && ctx.retro_chunk_size <= 0) {
     return absl::FailedPreconditionError(
         "mode retro needs a RETRO model (train one with `rag train --arch retro` "
         "and serve its directory with --model)");
   }
-  return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+  return *m;
 }
 
 absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, const ParseContext& ctx) {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 #include "lm/generator.h"
 #include "lm/knnlm.h"
@@ -46,6 +48,10 @@ enum class Mode { kLm, kKnnLm, kRetro };
 inline constexpr int kNumModes = 3;
 // The mode's name in requests and responses: "lm", "knnlm", "retro".
 const char* ModeName(Mode mode);
+// The mode a request's name gives ("" is lm); nullopt for an unknown name.
+// The one place names become modes: the server (ParseMode) and the command
+// line (its own output) both go through it.
+std::optional<Mode> ModeFromName(const std::string& name);
 
 // Where a RETRO request's neighbours come from (RetroOptions.retrieval).
 enum class Retrieval { kOn, kOff, kRandom };

@@ -36,6 +36,13 @@ TEST(RequestParsingTest, ModesRoundTripAndUnservedModesAreRefused) {
   ExpectError(ParseMode("retro", bare).status(), absl::StatusCode::kFailedPrecondition, "--arch retro");
 }
 
+TEST(RequestParsingTest, ModeNamesAreReadInOnePlace) {
+  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) EXPECT_EQ(ModeFromName(ModeName(m)), m);
+  EXPECT_EQ(ModeFromName(""), Mode::kLm);
+  EXPECT_EQ(ModeFromName("LM"), std::nullopt);
+  EXPECT_EQ(ModeFromName("knn-lm"), std::nullopt);
+}
+
 TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {
   v1::ScoreRequest r;
   r.set_text("the cat");

@@ -20,8 +20,19 @@
 #include "lm/tokenizer.h"
 #include "proto/rag.pb.h"
 #include "services/backend.h"
+#include "services/request_parsing.h"
 
 namespace rag::cli {
+
+// The command line sends --mode to the server as given (the server parses
+// it); for its own output it reads the name through services::ModeFromName.
+inline bool IsMode(const std::string& name, services::Mode mode) {
+  const std::optional<services::Mode> m = services::ModeFromName(name);
+  return m.has_value() && *m == mode;
+}
+inline const std::string kLmMode = services::ModeName(services::Mode::kLm);
+// RETRO's retrieval when --retrieval is left empty.
+inline const std::string kRetrievalOn = services::RetrievalName(services::Retrieval::kOn);
 
 using nlohmann::json;
 

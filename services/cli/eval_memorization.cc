@@ -49,7 +49,7 @@ absl::StatusOr<std::pair<std::vector<int32_t>, rag::v1::GenerateResponse>> Gener
 struct EvalMemArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string corpus, split = "train", mode = "lm", prefix_lengths = "16,32,64", output, report, report_name;
+  std::string corpus, split = "train", mode = kLmMode, prefix_lengths = "16,32,64", output, report, report_name;
   int suffix_tokens = 50, samples = 100;
   uint64_t seed = 1;
   bool json_out = false, quiet = false, exclude_own = false;
@@ -167,7 +167,7 @@ int RunEvalMemorization(const EvalMemArgs& a) {
 struct EvalExtractionArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string corpus, mode = "lm", output;
+  std::string corpus, mode = kLmMode, output;
   int samples = 200, tokens = 128, match_tokens = 50, top = 100, top_k = 40;
   double temperature = 1.0;
   uint64_t seed = 1;

@@ -19,7 +19,7 @@ namespace {
 struct EvalPplArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string corpus, split = "all", mode = "lm", baseline = "unigram", output, sweep, report, report_name;
+  std::string corpus, split = "all", mode = kLmMode, baseline = "unigram", output, sweep, report, report_name;
   int64_t stride = 0;
   bool json_out = false, quiet = false, exclude_own = false;
 };
@@ -65,7 +65,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   if (a.stride < 0 || a.stride > (1 << 30)) return Fail(absl::InvalidArgumentError("--stride must be >= 0"));
   auto sweep = ParseSweep(a.sweep);
   if (!sweep.ok()) return Fail(sweep.status());
-  if (!sweep->empty() && a.mode != "knnlm") return Fail(absl::InvalidArgumentError("--sweep needs --mode knnlm"));
+  if (!sweep->empty() && !IsMode(a.mode, services::Mode::kKnnLm)) return Fail(absl::InvalidArgumentError("--sweep needs --mode knnlm"));
   auto backend = OpenTarget(a.target, false);
   if (!backend.ok()) return Fail(backend.status());
   auto docs = rag::index_builder::ReadCorpus(a.corpus);
@@ -125,9 +125,9 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   const double nll = result->nll;
   json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents},
             {"tokens", tokens}, {"nll", nll},       {"perplexity", std::exp(nll)}};
-  if (a.mode == "knnlm" || a.mode == "retro") j["exclude_own_document"] = a.exclude_own;
-  if (a.mode == "retro") {
-    j["retrieval"] = a.knn.retrieval.empty() ? "on" : a.knn.retrieval;
+  if (IsMode(a.mode, services::Mode::kKnnLm) || IsMode(a.mode, services::Mode::kRetro)) j["exclude_own_document"] = a.exclude_own;
+  if (IsMode(a.mode, services::Mode::kRetro)) {
+    j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
     j["leakage_filter"] = a.knn.leakage_filter >= 0 ? a.knn.leakage_filter : 32;
     j["neighbours_filtered"] = filtered;
   }
@@ -156,7 +156,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   if (!a.report.empty()) {
     std::string name = a.report_name;
     if (name.empty()) {
-      name = a.mode + "-" + a.split + (a.mode == "retro" ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
+      name = a.mode + "-" + a.split + (IsMode(a.mode, services::Mode::kRetro) ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
              (a.exclude_own ? "-own-doc-excluded" : "");
     }
     if (auto s = eval::WriteReport(a.report, "perplexity", name, j.dump(2) + "\n"); !s.ok()) return Fail(s);
@@ -172,7 +172,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
       std::printf(" %12.2f %8.3f", j["unigram_perplexity"].get<double>(), j["ratio_to_unigram"].get<double>());
     }
     std::printf("\n");
-    if (a.mode == "retro") {
+    if (IsMode(a.mode, services::Mode::kRetro)) {
       std::printf("retrieval %s, leakage filter %d tokens (%lld neighbours dropped)%s\n",
                   j["retrieval"].get<std::string>().c_str(), j["leakage_filter"].get<int>(),
                   static_cast<long long>(filtered), a.exclude_own ? ", own document excluded" : "");

@@ -14,7 +14,7 @@ namespace {
 struct EvalProbesArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string probes, mode = "lm", output, report, report_name;
+  std::string probes, mode = kLmMode, output, report, report_name;
   bool json_out = false, quiet = false, exclude_evidence = false;
 };
 
@@ -43,7 +43,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     req.set_per_token(true);
     SetKnn(a.knn, &req);
     // RETRO retrieves for the object with the sentence's left context.
-    if (a.mode == "retro") {
+    if (IsMode(a.mode, services::Mode::kRetro)) {
       for (const std::string& s : probe.sentences) {
         const std::string left = s.substr(0, s.find(rag::eval::kMask));
         if (text.compare(0, left.size(), left) == 0) {
@@ -71,7 +71,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   j["file"] = a.probes;
   j["sentences_scored"] = sentences;
   j["exclude_evidence"] = a.exclude_evidence;
-  if (a.mode == "retro") j["retrieval"] = a.knn.retrieval.empty() ? "on" : a.knn.retrieval;
+  if (IsMode(a.mode, services::Mode::kRetro)) j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
   json by_relation = json::object();
   for (const auto& [relation, m] : report->by_relation) by_relation[relation] = ProbeMetricsJson(m);
   j["by_relation"] = by_relation;
@@ -93,7 +93,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   if (!a.report.empty()) {
     std::string name = a.report_name;
     if (name.empty()) {
-      name = a.mode + (a.mode == "retro" ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
+      name = a.mode + (IsMode(a.mode, services::Mode::kRetro) ? "-retrieval-" + j["retrieval"].get<std::string>() : "") +
              (a.exclude_evidence ? "-without-evidence" : "");
     }
     if (auto s = rag::eval::WriteReport(a.report, "probes", name, j.dump(2) + "\n"); !s.ok()) return Fail(s);
@@ -103,7 +103,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     return 0;
   }
   std::printf("mode %s%s%s: %lld probes, %lld sentences scored\n", a.mode.c_str(),
-              a.mode == "retro" ? (", retrieval " + j["retrieval"].get<std::string>()).c_str() : "",
+              IsMode(a.mode, services::Mode::kRetro) ? (", retrieval " + j["retrieval"].get<std::string>()).c_str() : "",
               a.exclude_evidence ? ", evidence documents excluded" : "", static_cast<long long>(report->overall.probes),
               static_cast<long long>(sentences));
   std::printf("%-24s %7s %7s %7s %7s   %s\n", "relation", "probes", "P@1", "P@10", "MRR",

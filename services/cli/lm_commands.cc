@@ -12,7 +12,7 @@ namespace {
 struct ScoreArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string text, text_file, mode = "lm";
+  std::string text, text_file, mode = kLmMode;
   int prompt_bytes = 0;
   bool json_out = false;
 };
@@ -56,7 +56,7 @@ int RunScore(const ScoreArgs& a) {
 struct GenerateArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string prompt, prompt_file, mode = "lm";
+  std::string prompt, prompt_file, mode = kLmMode;
   rag::lm::SamplingOptions sampling;
   bool json_out = false, show_neighbours = false;
 };
@@ -91,7 +91,7 @@ int RunGenerate(GenerateArgs a) {
   }
   if (a.json_out) {
     json j = {{"mode", a.mode}, {"prompt", *prompt}, {"text", done->text()}, {"tokens", done->tokens()}};
-    if (a.mode == "retro") j["retrievals"] = retrievals;
+    if (IsMode(a.mode, services::Mode::kRetro)) j["retrievals"] = retrievals;
     PrintJson(j);
   } else {
     std::cout << std::endl;
@@ -114,7 +114,7 @@ int RunGenerate(GenerateArgs a) {
 struct NextTokenArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string text, text_file, mode = "lm";
+  std::string text, text_file, mode = kLmMode;
   int top_n = rag::services::kDefaultTopN;
   bool json_out = false;
 };
