@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -201,21 +202,19 @@ int ReplayJob(const Flags& f, const std::string& corpus, const fs::path& real, c
 
 int main(int argc, char** argv) {
   Flags f;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--corpus") f.corpus = argv[i + 1];
-    else if (k == "--model") f.model = argv[i + 1];
-    else if (k == "--index-factory") f.index_factory = argv[i + 1];
-    else if (k == "--docs") f.docs = std::stoll(argv[i + 1]);
-    else if (k == "--docs-small") f.docs_small = std::stoll(argv[i + 1]);
-    else if (k == "--batch") f.batch = std::stoll(argv[i + 1]);
-    else if (k == "--chunk-tokens") f.chunk_tokens = std::stoi(argv[i + 1]);
-    else if (k == "--rounds") f.rounds = std::stoll(argv[i + 1]);
-    else if (k == "--threads") f.threads = std::stoi(argv[i + 1]);
-    else { std::fprintf(stderr, "unknown flag %s\n", k.c_str()); return 2; }
-  }
-  if (argc % 2 == 0) { std::fprintf(stderr, "flag %s has no value\n", argv[argc - 1]); return 2; }
-  if (f.model.empty()) { std::fprintf(stderr, "--model MODEL_DIR is required\n"); return 2; }
+  CLI::App app{"bench_builder: BuildIndex's embed stage against Embedder::Embed alone, and a build's peak RSS "
+               "against its index size"};
+  app.add_option("--model", f.model, "model directory (tokenizer, embedder)")->required();
+  app.add_option("--corpus", f.corpus, "corpus: .txt, .jsonl or directory")->capture_default_str();
+  app.add_option("--docs", f.docs, "documents of the big corpus (0: all)")->capture_default_str();
+  app.add_option("--docs-small", f.docs_small, "documents of the small corpus (0: a quarter of --docs)")
+      ->capture_default_str();
+  app.add_option("--batch", f.batch, "chunks per embedding batch (`rag build --batch-size`)")->capture_default_str();
+  app.add_option("--chunk-tokens", f.chunk_tokens, "tokens per chunk")->capture_default_str();
+  app.add_option("--index-factory", f.index_factory, "FAISS factory string (default: the builder's choice)");
+  app.add_option("--rounds", f.rounds, "interleaved throughput rounds (the best counts)")->capture_default_str();
+  app.add_option("--threads", f.threads, "LibTorch intra-op threads (default: every core)");
+  CLI11_PARSE(app, argc, argv);
   if (!fs::exists(f.corpus)) { std::fprintf(stderr, "corpus '%s' does not exist (--corpus)\n", f.corpus.c_str()); return 2; }
   if (f.rounds < 1 || f.batch < 1) { std::fprintf(stderr, "--rounds and --batch must be >= 1\n"); return 2; }
   if (f.docs < 0 || f.docs_small < 0) { std::fprintf(stderr, "--docs and --docs-small must be >= 0\n"); return 2; }

@@ -18,6 +18,7 @@
 //       [--parts ab (a: scoring, b: build)] [--threads N]
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -89,41 +90,23 @@ int main(int argc, char** argv) {
   std::string parts = "ab";
   float lambda = 0.25f;
   int threads = rag::lm::kDefaultThreads;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string f = argv[i], v = argv[i + 1];
-    if (f == "--model")
-      model_dir = v;
-    else if (f == "--index")
-      index_dir = v;
-    else if (f == "--corpus")
-      corpus = v;
-    else if (f == "--docs")
-      docs = std::stoi(v);
-    else if (f == "--nprobe")
-      nprobes = v;
-    else if (f == "--k")
-      k = std::stoi(v);
-    else if (f == "--lambda")
-      lambda = std::stof(v);
-    else if (f == "--build-docs")
-      build_docs = std::stoi(v);
-    else if (f == "--build-factory")
-      build_factory = v;
-    else if (f == "--rounds")
-      rounds = std::stoi(v);
-    else if (f == "--threads")
-      threads = std::stoi(v);
-    else if (f == "--parts")
-      parts = v;
-    else
-      return Fail("unknown flag " + f);
-  }
-  if (model_dir.empty() || index_dir.empty()) {
-    std::fprintf(stderr,
-                 "usage: bench_knnlm --model MODEL_DIR --index INDEX_DIR [--corpus PATH] [--docs N] "
-                 "[--nprobe 4,8,16] [--build-docs N] [--build-factory F] [--rounds N]\n");
-    return 2;
-  }
+  CLI::App app{"bench_knnlm: kNN-LM against the plain LM (scoring speed, datastore build, memory per key)"};
+  app.add_option("--model", model_dir, "model directory")->required();
+  app.add_option("--index", index_dir, "index directory, built with --datastore")->required();
+  app.add_option("--corpus", corpus, "corpus of the model's validation documents")->capture_default_str();
+  app.add_option("--docs", docs, "validation documents scored in part (a)")->capture_default_str();
+  app.add_option("--nprobe", nprobes, "comma-separated nprobe values, one row each in part (a)")
+      ->capture_default_str();
+  app.add_option("--k", k, "kNN-LM neighbours per token")->capture_default_str();
+  app.add_option("--lambda", lambda, "kNN-LM interpolation weight")->capture_default_str();
+  app.add_option("--build-docs", build_docs, "training documents of part (b)'s datastore (0: all)")
+      ->capture_default_str();
+  app.add_option("--build-factory", build_factory, "FAISS factory string of part (b)'s datastore")
+      ->capture_default_str();
+  app.add_option("--rounds", rounds, "alternated rounds of part (b) (the best counts)")->capture_default_str();
+  app.add_option("--parts", parts, "parts to run (a: scoring, b: build)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
 
   // (c, first half) Resident memory of the datastore alone, before anything

@@ -22,6 +22,7 @@
 //   build/bench/bench_retro --model RETRO_DIR --index INDEX_DIR [--corpus data/brown/brown.jsonl]
 //       [--prompts 8] [--prompt-bytes 300] [--max-tokens 192] [--parts ab] [--threads N]
 //       [--search-method dense|bm25] [--neighbours K] (how part (b) finds neighbours, how many)
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -243,38 +244,22 @@ int main(int argc, char** argv) {
   std::string parts = "ab", search_method = "dense";
   int neighbours = 0;  // part (b): K, 0 = the model's
   int threads = rag::lm::kDefaultThreads;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string f = argv[i], v = argv[i + 1];
-    if (f == "--model")
-      model_dir = v;
-    else if (f == "--index")
-      index_dir = v;
-    else if (f == "--corpus")
-      corpus = v;
-    else if (f == "--prompts")
-      prompts = std::stoi(v);
-    else if (f == "--prompt-bytes")
-      prompt_bytes = std::stoi(v);
-    else if (f == "--max-tokens")
-      max_tokens = std::stoi(v);
-    else if (f == "--threads")
-      threads = std::stoi(v);
-    else if (f == "--parts")
-      parts = v;
-    else if (f == "--search-method")
-      search_method = v;
-    else if (f == "--neighbours")
-      neighbours = std::stoi(v);
-    else
-      return Fail("unknown flag " + f);
-  }
-  if (model_dir.empty() || index_dir.empty() || prompts < 1 || max_tokens < 1) {
-    std::fprintf(stderr,
-                 "usage: bench_retro --model RETRO_DIR --index INDEX_DIR [--corpus PATH] [--prompts N] "
-                 "[--prompt-bytes N] [--max-tokens N] [--parts ab] [--threads N] [--search-method dense|bm25] "
-                 "[--neighbours K]\n");
-    return 2;
-  }
+  CLI::App app{"bench_retro: RETRO against the plain LM (generation speed, what the neighbours could teach)"};
+  app.add_option("--model", model_dir, "RETRO model directory")->required();
+  app.add_option("--index", index_dir, "index directory")->required();
+  app.add_option("--corpus", corpus, "corpus of the model's validation documents")->capture_default_str();
+  app.add_option("--prompts", prompts, "prompts of part (a)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--prompt-bytes", prompt_bytes, "bytes per prompt")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "tokens generated per call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--parts", parts, "parts to run (a: speed, b: neighbours)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  app.add_option("--search-method", search_method, "how part (b) finds neighbours (dense, bm25)")
+      ->capture_default_str();
+  app.add_option("--neighbours", neighbours, "neighbours per chunk in part (b) (0: the model's)")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
 
   rag::services::EngineOptions eo;

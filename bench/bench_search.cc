@@ -5,6 +5,7 @@
 //
 //   build/bench/bench_search --model MODEL_DIR --index INDEX_DIR
 //       [--corpus data/brown/brown.jsonl] [--queries 200] [--k 10] [--threads N]
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,29 +43,14 @@ int main(int argc, char** argv) {
   std::string model, index, corpus = "data/brown/brown.jsonl";
   int queries = 200, k = 10;
   int threads = rag::lm::kDefaultThreads;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string f = argv[i];
-    if (f == "--model")
-      model = argv[i + 1];
-    else if (f == "--index")
-      index = argv[i + 1];
-    else if (f == "--corpus")
-      corpus = argv[i + 1];
-    else if (f == "--queries")
-      queries = std::stoi(argv[i + 1]);
-    else if (f == "--k")
-      k = std::stoi(argv[i + 1]);
-    else if (f == "--threads")
-      threads = std::stoi(argv[i + 1]);
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", f.c_str());
-      return 2;
-    }
-  }
-  if (model.empty() || index.empty()) {
-    std::fprintf(stderr, "usage: bench_search --model MODEL_DIR --index INDEX_DIR [--corpus PATH] [--queries N]\n");
-    return 2;
-  }
+  CLI::App app{"bench_search: Search latency over gRPC against the in-process Engine"};
+  app.add_option("--model", model, "model directory")->required();
+  app.add_option("--index", index, "index directory")->required();
+  app.add_option("--corpus", corpus, "corpus the queries are cut from")->capture_default_str();
+  app.add_option("--queries", queries, "queries (nq = 1 calls)")->capture_default_str();
+  app.add_option("--k", k, "chunks per query")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
   rag::services::EngineOptions eo;
   eo.model_dir = model;

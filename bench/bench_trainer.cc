@@ -4,6 +4,7 @@
 //   build/bench/bench_trainer [--preset small] [--batch 16] [--seq 128] [--steps 8] [--rounds 3] [--threads N]
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -26,16 +27,14 @@ int main(int argc, char** argv) {
   std::string preset = "small";
   int64_t batch = 16, seq = 128, steps = 8, rounds = 3, vocab = 4096;
   int threads = rag::lm::kDefaultThreads;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--preset") preset = argv[i + 1];
-    else if (k == "--batch") batch = std::stoll(argv[i + 1]);
-    else if (k == "--seq") seq = std::stoll(argv[i + 1]);
-    else if (k == "--steps") steps = std::stoll(argv[i + 1]);
-    else if (k == "--rounds") rounds = std::stoll(argv[i + 1]);
-    else if (k == "--threads") threads = std::stoi(argv[i + 1]);
-    else { std::fprintf(stderr, "unknown flag %s\n", k.c_str()); return 2; }
-  }
+  CLI::App app{"bench_trainer: Trainer::Step against a bare LibTorch forward+backward of the same model and batch"};
+  app.add_option("--preset", preset, "model preset")->capture_default_str();
+  app.add_option("--batch", batch, "sequences per batch")->capture_default_str();
+  app.add_option("--seq", seq, "tokens per sequence")->capture_default_str();
+  app.add_option("--steps", steps, "steps per side in each round")->capture_default_str();
+  app.add_option("--rounds", rounds, "interleaved rounds")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
   auto config = rag::lm::TransformerConfig::Preset(preset);
   if (!config.ok()) { std::fprintf(stderr, "%s\n", config.status().ToString().c_str()); return 2; }

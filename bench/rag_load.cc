@@ -3,14 +3,15 @@
 // Generate, and prints per-rpc QPS and p50/p99/p999 latency, the error count
 // and the server's resident memory at the start and the end.
 //
-//   rag_load --server 127.0.0.1:50051 --server-pid PID [--clients 32]
+//   rag_load --server 127.0.0.1:50051 [--server-pid PID (0: no RSS)] [--clients 32]
 //            [--seconds 60] [--mix search=4,score=2,next=2,generate=1]
-//            [--corpus data/brown/brown.jsonl] [--mode lm|knnlm]
+//            [--corpus JSONL (default: built-in sentences)] [--mode lm|knnlm]
 //            [--generate-tokens 16] [--auth-token-file F] [--json FILE]
 //
 // Each client has its own channel (its own connection), as separate
 // processes would. Texts are seeded windows of the corpus (or built-in
 // sentences). Exits 1 when any call failed, so scripts can assert on it.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -98,33 +99,18 @@ bool ParseMix(const std::string& mix, std::vector<int>* weights) {
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string f = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "rag_load: %s needs a value\n", f.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (f == "--server") o.server = next();
-    else if (f == "--server-pid") o.server_pid = std::stoi(next());
-    else if (f == "--clients") o.clients = std::stoi(next());
-    else if (f == "--seconds") o.seconds = std::stod(next());
-    else if (f == "--mix") o.mix = next();
-    else if (f == "--corpus") o.corpus = next();
-    else if (f == "--mode") o.mode = next();
-    else if (f == "--generate-tokens") o.generate_tokens = std::stoi(next());
-    else if (f == "--auth-token-file") o.auth_token_file = next();
-    else if (f == "--json") o.json_path = next();
-    else {
-      std::fprintf(stderr,
-                   "usage: rag_load --server HOST:PORT [--server-pid PID] [--clients 32] [--seconds 60]\n"
-                   "       [--mix search=4,score=2,next=2,generate=1] [--corpus JSONL] [--mode lm|knnlm]\n"
-                   "       [--generate-tokens 16] [--auth-token-file F] [--json FILE]\n");
-      return 2;
-    }
-  }
+  CLI::App app{"rag_load: N concurrent clients against a running `rag serve`"};
+  app.add_option("--server", o.server, "HOST:PORT of the server")->required();
+  app.add_option("--server-pid", o.server_pid, "the server's pid, for its resident memory (0: not measured)");
+  app.add_option("--clients", o.clients, "concurrent clients, one connection each")->capture_default_str();
+  app.add_option("--seconds", o.seconds, "how long to run")->capture_default_str();
+  app.add_option("--mix", o.mix, "weights of the rpcs")->capture_default_str();
+  app.add_option("--corpus", o.corpus, "corpus the texts are cut from (default: built-in sentences)");
+  app.add_option("--mode", o.mode, "mode of Score, NextToken and Generate (lm, knnlm)")->capture_default_str();
+  app.add_option("--generate-tokens", o.generate_tokens, "tokens per Generate call")->capture_default_str();
+  app.add_option("--auth-token-file", o.auth_token_file, "file holding the server's bearer token");
+  app.add_option("--json", o.json_path, "also write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
   std::vector<int> weights;
   if (o.server.empty() || o.clients < 1 || !(o.seconds > 0) || !ParseMix(o.mix, &weights)) {
     std::fprintf(stderr, "rag_load: need --server, --clients >= 1, --seconds > 0 and a valid --mix (got '%s')\n",
