@@ -59,7 +59,7 @@ absl::StatusOr<RetroNeighbourTable> ComputeRetroNeighbours(const retriever::Retr
                                          "' has unindexed chunks (a live add not yet checkpointed); open it "
                                          "writable once or restart its server to catch up");
   }
-  const std::string emb_path = (std::filesystem::path(retriever.index_dir()) / retriever::kEmbeddingsFile).string();
+  const std::string emb_path = retriever.dir().File(retriever::kEmbeddingsFile);
   RAG_ASSIGN_OR_RETURN(std::string emb, ReadFile(emb_path));
   if (dim <= 0 || emb.size() != static_cast<size_t>(n) * static_cast<size_t>(dim) * sizeof(float)) {
     return absl::DataLossError("'" + emb_path + "' holds " + std::to_string(emb.size()) + " bytes, not " +

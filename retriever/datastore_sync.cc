@@ -1,45 +1,10 @@
 #include "retriever/datastore_sync.h"
 
 #include <cstdio>
-#include <filesystem>
-#include <utility>
 
-#include "common/file_util.h"
 #include "common/status.h"
 
 namespace rag::retriever {
-namespace fs = std::filesystem;
-
-absl::StatusOr<std::unique_ptr<Datastore>> OpenIndexDatastore(const std::string& index_dir, const Manifest& manifest,
-                                                              const ChunkStore& store, int dim) {
-  // The datastore sits in the index directory, whose manifest (model and
-  // tokenizer hashes) covers it.
-  const fs::path ds_dir = fs::path(index_dir) / kDatastoreDir;
-  if (!fs::exists(ds_dir)) return std::unique_ptr<Datastore>();
-  // Its files must be the ones the manifest recorded: a datastore copied
-  // in from another index (another model's hidden states) is refused.
-  for (const char* f : {kDatastoreKeysFile, kDatastoreValuesFile, kDatastoreDocsFile, kDatastoreIndexFile}) {
-    const std::string key = std::string(kDatastoreDir) + "/" + f;
-    auto it = manifest.checksums.find(key);
-    auto sum = HashFileHex((ds_dir / f).string());
-    if (it == manifest.checksums.end() || !sum.ok() || *sum != it->second) {
-      return absl::FailedPreconditionError("the datastore in '" + ds_dir.string() +
-                                           "' is not the one this index's manifest records (" + key +
-                                           "); rebuild it with `rag build --datastore` for this model");
-    }
-  }
-  DatastoreOpenOptions dso;
-  const ChunkStore* s = &store;
-  dso.keep_added = [s](const std::string& doc_id) { return s->HasDocument(doc_id); };
-  auto ds = Datastore::Open(ds_dir.string(), dso);
-  if (!ds.ok()) return Annotate(ds.status(), "opening the datastore of '" + index_dir + "'");
-  if ((*ds)->dim() != dim) {
-    return absl::FailedPreconditionError("the datastore of '" + index_dir + "' has keys of dim " +
-                                         std::to_string((*ds)->dim()) + " but the model's hidden states have " +
-                                         std::to_string(dim));
-  }
-  return std::move(*ds);
-}
 
 absl::Status AddDatastoreKeys(const ChunkStore& store, Datastore* datastore, const std::string& doc_id,
                               const DocumentKeysFn& keys, bool durable) {

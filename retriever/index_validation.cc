@@ -1,36 +1,28 @@
 #include "retriever/index_validation.h"
 
 #include <algorithm>
-#include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "common/file_util.h"
 #include "common/status.h"
-#include "retriever/chunk_store.h"
-#include "retriever/manifest.h"
-#include "retriever/vector_index.h"
+#include "retriever/index_dir.h"
 
 namespace rag::retriever {
 
 absl::StatusOr<IndexValidation> ValidateIndex(const std::string& index_dir, int64_t sample, int nprobe) {
-  namespace fs = std::filesystem;
-  RAG_ASSIGN_OR_RETURN(Manifest m, Manifest::Load(index_dir));
+  RAG_ASSIGN_OR_RETURN(std::unique_ptr<IndexDir> dir, IndexDir::Open(index_dir, IndexDirOptions()));
+  const Manifest& m = dir->manifest();
   IndexValidation v;
   v.index_factory = m.index_factory;
   v.vectors = m.vectors;
   bool ok = true;
-  for (const auto& [file, expected] : m.checksums) {
-    auto got = HashFileHex((fs::path(index_dir) / file).string());
-    const bool match = got.ok() && *got == expected;
-    v.checksums[file] = match ? "ok" : (got.ok() ? "MISMATCH" : std::string(got.status().message()));
-    ok = ok && match;
+  for (const auto& [file, unused_sum] : m.checksums) {
+    auto match = dir->MatchesManifest(file);
+    v.checksums[file] = match.ok() ? (*match ? "ok" : "MISMATCH") : std::string(match.status().message());
+    ok = ok && match.ok() && *match;
   }
-  ChunkStoreOptions so;
-  so.chunk_tokens = m.chunk_tokens;
-  so.continuation_tokens = m.continuation_tokens;
-  so.create_if_missing = false;
-  so.read_only = true;
-  auto store = ChunkStore::Open((fs::path(index_dir) / kChunkStoreDir).string(), so);
+  auto store = dir->OpenChunkStore(/*writable=*/false);
   if (!store.ok()) {
     v.chunk_store = std::string(store.status().message());
     ok = false;
@@ -39,8 +31,8 @@ absl::StatusOr<IndexValidation> ValidateIndex(const std::string& index_dir, int6
     v.chunk_store = counts ? "ok" : "counts differ from the manifest";
     ok = ok && counts;
   }
-  auto index = VectorIndex::Open((fs::path(index_dir) / kChunkIndexFile).string());
-  auto raw = ReadFile((fs::path(index_dir) / kEmbeddingsFile).string());
+  auto index = dir->OpenVectors();
+  auto raw = ReadFile(dir->File(kEmbeddingsFile));
   if (!index.ok() || !raw.ok()) {
     v.index_unreadable = true;
     v.error = std::string(!index.ok() ? index.status().message() : raw.status().message());

@@ -15,50 +15,29 @@ namespace fs = std::filesystem;
 absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Open(const std::string& index_dir, lm::Embedder* embedder,
                                                            const std::string& model_hash,
                                                            const std::string& tokenizer_hash, bool writable) {
+  IndexDirOptions o;
+  o.chunk_store = true;
+  o.vectors = true;
+  o.writable = writable;
+  o.check_model = true;
+  o.model_hash = model_hash;
+  o.tokenizer_hash = tokenizer_hash;
+  o.embedder = embedder;
+  RAG_ASSIGN_OR_RETURN(std::unique_ptr<IndexDir> dir, IndexDir::Open(index_dir, o));
   std::unique_ptr<Retriever> r(new Retriever());
-  r->index_dir_ = index_dir;
   r->writable_ = writable;
-  RAG_ASSIGN_OR_RETURN(r->manifest_, Manifest::Load(index_dir));
+  r->manifest_ = dir->manifest();
   const Manifest& m = r->manifest_;
-  if (m.model_hash != model_hash || m.tokenizer_hash != tokenizer_hash) {
-    return absl::FailedPreconditionError(
-        "index '" + index_dir + "' was built with model " + m.model_hash + " (tokenizer " + m.tokenizer_hash +
-        ") but the served model is " + model_hash + " (tokenizer " + tokenizer_hash +
-        "); rebuild the index with this model");
-  }
-  if (m.embedder_hash != embedder->hash() || m.dim != embedder->dim()) {
-    return absl::FailedPreconditionError("index '" + index_dir + "' was built with embedder " + m.embedder +
-                                         " (" + m.embedder_hash + ", dim " + std::to_string(m.dim) +
-                                         ") but the embedder given is " + embedder->description() + " (" +
-                                         embedder->hash() + ", dim " + std::to_string(embedder->dim()) + ")");
-  }
   r->embedder_ = embedder;
-  ChunkStoreOptions so;
-  so.chunk_tokens = m.chunk_tokens;
-  so.continuation_tokens = m.continuation_tokens;
-  so.create_if_missing = false;
-  so.read_only = !writable;
-  so.sync_writes = true;
-  auto store = ChunkStore::Open((fs::path(index_dir) / kChunkStoreDir).string(), so);
-  if (!store.ok()) return Annotate(store.status(), "opening index '" + index_dir + "'");
-  r->store_ = std::move(*store);
-  auto index = VectorIndex::Open((fs::path(index_dir) / kChunkIndexFile).string());
-  if (!index.ok()) return Annotate(index.status(), "opening index '" + index_dir + "'");
-  r->index_ = std::move(*index);
-  // Documents added after the build make the store (and, after a
-  // checkpoint, the index) larger than the manifest; never smaller.
-  const int64_t chunks = r->store_->num_chunks();
+  r->store_ = dir->chunk_store();
+  r->index_ = dir->vectors();
+  r->dir_ = std::move(dir);
   const int64_t vectors = r->index_->size();
-  if (r->index_->dim() != m.dim || chunks < m.chunks || vectors < m.vectors || vectors > chunks) {
-    return absl::DataLossError("index '" + index_dir + "' does not match its manifest: " + std::to_string(vectors) +
-                               " vectors and " + std::to_string(chunks) + " chunks stored, manifest says " +
-                               std::to_string(m.vectors) + " and " + std::to_string(m.chunks));
-  }
   if (!writable) return r;
 
   // Bring the derived state up to the chunk store: embeddings.f32 to the
   // index's rows, then the index to the store's chunks.
-  const fs::path emb_path = fs::path(index_dir) / kEmbeddingsFile;
+  const fs::path emb_path = r->dir_->File(kEmbeddingsFile);
   const int64_t row_bytes = static_cast<int64_t>(m.dim) * static_cast<int64_t>(sizeof(float));
   std::error_code ec;
   const int64_t size = static_cast<int64_t>(fs::file_size(emb_path, ec));
@@ -137,7 +116,7 @@ absl::Status Retriever::CatchUpLocked() {
 absl::StatusOr<std::vector<ChunkId>> Retriever::AddDocument(const std::string& doc_id,
                                                             const std::vector<Token>& tokens,
                                                             const std::string& metadata_json) {
-  if (!writable_) return absl::FailedPreconditionError("index '" + index_dir_ + "' was opened read-only");
+  if (!writable_) return absl::FailedPreconditionError("index '" + dir_->path() + "' was opened read-only");
   std::lock_guard<std::mutex> lock(add_mu_);
   RAG_RETURN_IF_ERROR(CatchUpLocked());
   RAG_ASSIGN_OR_RETURN(std::vector<ChunkId> ids, store_->AddDocument(doc_id, tokens, metadata_json));
@@ -164,7 +143,7 @@ absl::StatusOr<std::vector<ChunkId>> Retriever::AddDocument(const std::string& d
 }
 
 absl::Status Retriever::Checkpoint() {
-  if (!writable_) return absl::FailedPreconditionError("index '" + index_dir_ + "' was opened read-only");
+  if (!writable_) return absl::FailedPreconditionError("index '" + dir_->path() + "' was opened read-only");
   std::lock_guard<std::mutex> lock(add_mu_);
   return CheckpointLocked();
 }
@@ -173,8 +152,7 @@ absl::Status Retriever::CheckpointLocked() {
   const int64_t vectors = num_vectors();
   const int64_t chunks = store_->num_chunks();
   if (pending_rows_.empty() && manifest_.vectors == vectors && manifest_.chunks == chunks) return absl::OkStatus();
-  const fs::path dir(index_dir_);
-  const std::string emb_path = (dir / kEmbeddingsFile).string();
+  const std::string emb_path = dir_->File(kEmbeddingsFile);
   // embeddings.f32 first: it only ever grows by whole rows that the index
   // also holds, so a crash after any step leaves a directory Open repairs.
   if (!pending_rows_.empty()) {
@@ -184,7 +162,7 @@ absl::Status Retriever::CheckpointLocked() {
   }
   {
     std::shared_lock<std::shared_mutex> index_lock(index_mu_);
-    RAG_RETURN_IF_ERROR(index_->Save((dir / kChunkIndexFile).string()));
+    RAG_RETURN_IF_ERROR(index_->Save(dir_->File(kChunkIndexFile)));
   }
   Manifest m = manifest_;
   m.documents_added += store_->num_documents() - m.documents;
@@ -193,8 +171,8 @@ absl::Status Retriever::CheckpointLocked() {
   m.chunks = chunks;
   m.vectors = vectors;
   RAG_ASSIGN_OR_RETURN(m.checksums[kEmbeddingsFile], HashFileHex(emb_path));
-  RAG_ASSIGN_OR_RETURN(m.checksums[kChunkIndexFile], HashFileHex((dir / kChunkIndexFile).string()));
-  RAG_RETURN_IF_ERROR(m.Save(index_dir_));
+  RAG_ASSIGN_OR_RETURN(m.checksums[kChunkIndexFile], HashFileHex(dir_->File(kChunkIndexFile)));
+  RAG_RETURN_IF_ERROR(m.Save(dir_->path()));
   manifest_ = std::move(m);
   return absl::OkStatus();
 }

@@ -23,6 +23,7 @@
 #include "lm/tokenizer.h"
 #include "retriever/bm25.h"
 #include "retriever/chunk_store.h"
+#include "retriever/index_dir.h"
 #include "retriever/manifest.h"
 #include "retriever/vector_index.h"
 
@@ -122,7 +123,10 @@ class Retriever {
   // Vectors searchable now.
   int64_t num_vectors() const;
   bool writable() const { return writable_; }
-  const std::string& index_dir() const { return index_dir_; }
+  const std::string& index_dir() const { return dir_->path(); }
+  // The directory as opened: its manifest as read then, its file names and
+  // the parts the retriever does not hold (counts, datastore).
+  const IndexDir& dir() const { return *dir_; }
 
  private:
   Retriever() = default;
@@ -139,10 +143,11 @@ class Retriever {
                                                                  const SearchOptions& options) const;
   absl::Status CheckpointLocked();
 
-  std::string index_dir_;
   bool writable_ = false;
   lm::Embedder* embedder_ = nullptr;
-  std::unique_ptr<ChunkStore> store_;
+  // Owns the chunk store and the vector index; store_ and index_ point into it.
+  std::unique_ptr<IndexDir> dir_;
+  ChunkStore* store_ = nullptr;
 
   // Serialises AddDocument, CatchUp and Checkpoint.
   mutable std::mutex add_mu_;
@@ -153,7 +158,7 @@ class Retriever {
   // FAISS indexes are not safe to search while adding: Search holds this
   // shared, AddDocument exclusive for the FAISS add only.
   mutable std::shared_mutex index_mu_;
-  std::unique_ptr<VectorIndex> index_;
+  VectorIndex* index_ = nullptr;  // owned by dir_
 
   // BM25 is built on first use (a dense-only server pays nothing) and kept
   // in step with the store by AddDocument. Search holds this shared.

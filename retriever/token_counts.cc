@@ -1,9 +1,7 @@
 #include "retriever/token_counts.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 
 #include "common/binary_file.h"
@@ -190,21 +188,6 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DocumentTokens(const ChunkStor
   }));
   RAG_RETURN_IF_ERROR(status);
   return docs;
-}
-
-absl::StatusOr<IndexTokenCounts> LoadIndexTokenCounts(const std::string& index_dir, const ChunkStore& store) {
-  namespace fs = std::filesystem;
-  const std::string path = (fs::path(index_dir) / kTokenCountsFile).string();
-  if (fs::exists(path)) {
-    RAG_ASSIGN_OR_RETURN(TokenCounts loaded, TokenCounts::Load(path));
-    // counts.sa covers the documents of the build only.
-    if (loaded.documents() == store.num_documents()) return IndexTokenCounts{std::move(loaded), false, 0.0};
-  }
-  const auto t0 = std::chrono::steady_clock::now();
-  RAG_ASSIGN_OR_RETURN(auto docs, DocumentTokens(store));
-  RAG_ASSIGN_OR_RETURN(TokenCounts built, TokenCounts::Build(docs));
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return IndexTokenCounts{std::move(built), true, seconds};
 }
 
 }  // namespace rag::retriever

@@ -63,16 +63,11 @@ class ChunkStore;
 // TokenCounts::Build takes (their chunks put back together).
 absl::StatusOr<std::vector<std::vector<int32_t>>> DocumentTokens(const ChunkStore& store);
 
-// The counts over every document of an index: its counts.sa (written by the
-// build) when that covers all the documents of `store`, the index's chunk
-// store; otherwise (documents added since, or no counts.sa) a suffix array
-// built afresh from `store`. Errors: a corrupt counts.sa (DataLoss) or the
-// store's read errors.
+// The counts over every document of an index (IndexDir::LoadTokenCounts).
 struct IndexTokenCounts {
   TokenCounts counts;
   bool rebuilt = false;      // built afresh rather than loaded
   double build_seconds = 0;  // time the rebuild took (0 when loaded)
 };
-absl::StatusOr<IndexTokenCounts> LoadIndexTokenCounts(const std::string& index_dir, const ChunkStore& store);
 
 }  // namespace rag::retriever

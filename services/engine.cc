@@ -71,8 +71,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
                                                       e->model_->tokenizer().Hash(), options.writable_index));
       const retriever::Manifest m = e->retriever_->manifest();
       const retriever::ChunkStore& store = e->retriever_->chunk_store();
-      RAG_ASSIGN_OR_RETURN(e->datastore_, retriever::OpenIndexDatastore(options.index_dir, m, store,
-                                                                        static_cast<int>(e->model_->config().d_model)));
+      RAG_ASSIGN_OR_RETURN(e->datastore_, e->retriever_->dir().OpenDatastore(
+                                              store, static_cast<int>(e->model_->config().d_model)));
       if (e->datastore_ != nullptr) {
         Engine* self = e.get();
         RAG_RETURN_IF_ERROR(

@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "lm/embedder.h"
 #include "lm/language_model.h"
+#include "retriever/index_dir.h"
 #include "retriever/retriever.h"
 #include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
@@ -212,6 +213,51 @@ TEST_F(IndexBuilderTest, IndexFromAnotherModelOrCorruptFilesIsRefused) {
     std::ofstream(dir_ / "idx/manifest.json") << R"({"format_version": 99})";
   }
   EXPECT_EQ(Open("idx").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// IndexDir opens only the parts asked for, and every part it hands out
+// matches the manifest the build wrote.
+TEST_F(IndexBuilderTest, IndexDirOpensWhatItIsAskedFor) {
+  auto m = BuildIndex(docs_, model_->tokenizer(), *embedder_, model_->content_hash(), Options("idx"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto bare = retriever::IndexDir::Open(dir_ / "idx", retriever::IndexDirOptions());
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ((*bare)->manifest().chunks, m->chunks);
+  EXPECT_EQ((*bare)->chunk_store(), nullptr);
+  EXPECT_EQ((*bare)->vectors(), nullptr);
+  EXPECT_EQ((*bare)->File(retriever::kChunkIndexFile), (fs::path(dir_ / "idx") / retriever::kChunkIndexFile).string());
+  auto match = (*bare)->MatchesManifest(retriever::kChunkIndexFile);
+  ASSERT_TRUE(match.ok()) << match.status();
+  EXPECT_TRUE(*match);
+  auto tok = (*bare)->LoadTokenizer("");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(tok->Hash(), model_->tokenizer().Hash());
+
+  retriever::IndexDirOptions o;
+  o.chunk_store = true;
+  o.vectors = true;
+  o.check_model = true;
+  o.model_hash = model_->content_hash();
+  o.tokenizer_hash = model_->tokenizer().Hash();
+  o.embedder = embedder_.get();
+  auto full = retriever::IndexDir::Open(dir_ / "idx", o);
+  ASSERT_TRUE(full.ok()) << full.status();
+  ASSERT_NE((*full)->chunk_store(), nullptr);
+  ASSERT_NE((*full)->vectors(), nullptr);
+  EXPECT_EQ((*full)->vectors()->size(), m->vectors);
+  auto counts = (*full)->LoadTokenCounts(*(*full)->chunk_store());
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  EXPECT_EQ(counts->counts.documents(), 12);
+  auto ds = (*full)->OpenDatastore(*(*full)->chunk_store(), 8);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  EXPECT_EQ(*ds, nullptr);  // none built
+
+  o.model_hash = "0123456789abcdef";
+  EXPECT_EQ(retriever::IndexDir::Open(dir_ / "idx", o).status().code(), absl::StatusCode::kFailedPrecondition);
+  retriever::IndexDirOptions vectors_only;
+  vectors_only.vectors = true;
+  EXPECT_EQ(retriever::IndexDir::Open(dir_ / "idx", vectors_only).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -2,19 +2,13 @@
 
 #include <cctype>
 #include <cstdio>
-#include <filesystem>
 
-#include "common/file_util.h"
 #include "common/status.h"
 #include "lm/tokenizer.h"
-#include "retriever/chunk_store.h"
-#include "retriever/manifest.h"
-#include "retriever/token_counts.h"
+#include "retriever/index_dir.h"
 
 namespace rag::cli {
 namespace {
-
-namespace fs = std::filesystem;
 
 struct CountArgs {
   std::string index, model, text, text_file;
@@ -27,34 +21,17 @@ int RunCount(const CountArgs& a) {
   auto text = TextArg(a.text, a.text_file, "--text");
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to count"));
-  auto manifest = rag::retriever::Manifest::Load(a.index);
-  if (!manifest.ok()) return Fail(manifest.status());
+  auto dir = rag::retriever::IndexDir::Open(a.index, rag::retriever::IndexDirOptions());
+  if (!dir.ok()) return Fail(dir.status());
   // The index's own copy of the tokenizer, or the model's for indexes built
   // before there was one.
-  const std::string tok_path = a.model.empty() ? (fs::path(a.index) / rag::retriever::kIndexTokenizerFile).string()
-                                               : (fs::path(a.model) / "tokenizer.json").string();
-  auto tok_json = rag::ReadFile(tok_path);
-  if (!tok_json.ok()) {
-    return Fail(rag::Annotate(tok_json.status(),
-                              "this index has no tokenizer.json (built before rag count "
-                              "existed): pass --model MODEL_DIR"));
-  }
-  auto tok = rag::lm::Tokenizer::FromJson(*tok_json);
+  auto tok = (*dir)->LoadTokenizer(a.model);
   if (!tok.ok()) return Fail(tok.status());
-  if (tok->Hash() != manifest->tokenizer_hash) {
-    return Fail(absl::FailedPreconditionError("the tokenizer in '" + tok_path + "' is not the index's (hash " +
-                                              tok->Hash() + ", the manifest says " + manifest->tokenizer_hash + ")"));
-  }
-  rag::retriever::ChunkStoreOptions so;
-  so.chunk_tokens = manifest->chunk_tokens;
-  so.continuation_tokens = manifest->continuation_tokens;
-  so.create_if_missing = false;
-  so.read_only = true;
-  auto store = rag::retriever::ChunkStore::Open((fs::path(a.index) / rag::retriever::kChunkStoreDir).string(), so);
+  auto store = (*dir)->OpenChunkStore(/*writable=*/false);
   if (!store.ok()) return Fail(store.status());
   // counts.sa covers the documents of the build; with documents added since
   // (or none there), the suffix array is built afresh over all of them.
-  auto loaded = rag::retriever::LoadIndexTokenCounts(a.index, **store);
+  auto loaded = (*dir)->LoadTokenCounts(**store);
   if (!loaded.ok()) return Fail(loaded.status());
   if (loaded->rebuilt) {
     std::fprintf(stderr, "count: suffix array over all %lld documents built in %.1f s\n",
