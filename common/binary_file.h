@@ -69,13 +69,4 @@ class StreamingChecksum {
   State* state_ = nullptr;
 };
 
-// The durable write of a whole file: `contents` goes to a temporary file next
-// to `path`, which is fsynced and renamed over `path`, and the directory is
-// fsynced; readers see the old file or the new one. (WriteFileAtomic of
-// common/file_util.h; formats streamed to a temporary file of their own end
-// with DurableRename.)
-inline absl::Status WriteFileDurable(const std::string& path, const std::string& contents) {
-  return WriteFileAtomic(path, contents);
-}
-
 }  // namespace rag

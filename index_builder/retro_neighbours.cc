@@ -143,7 +143,7 @@ absl::Status SaveRetroNeighbours(const RetroNeighbourTable& t, const std::string
   std::memcpy(out.data() + kHeaderBytes, t.ids.data(), ids_bytes);
   std::memcpy(out.data() + kHeaderBytes + ids_bytes, t.token_ids.data(), tok_bytes);
   PutU64(out.data() + 40, Checksum64(out.data() + kHeaderBytes, out.size() - kHeaderBytes));
-  return WriteFileDurable(path, out);
+  return WriteFileAtomic(path, out);
 }
 
 absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,

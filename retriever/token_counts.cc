@@ -118,7 +118,7 @@ absl::Status TokenCounts::Save(const std::string& path) const {
   PutI64(out.data() + 24, tokens());
   PutU64(out.data() + 32, Checksum64(payload));
   out += payload;
-  return WriteFileDurable(path, out);
+  return WriteFileAtomic(path, out);
 }
 
 absl::StatusOr<TokenCounts> TokenCounts::Load(const std::string& path) {

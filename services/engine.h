@@ -110,8 +110,4 @@ class Engine : public Backend {
   std::atomic<int64_t> active_calls_{0};
 };
 
-// Kept for callers that still name them here; they live in common/utf8.h.
-using rag::IsValidUtf8;
-using rag::ToValidUtf8;
-
 }  // namespace rag::services

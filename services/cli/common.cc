@@ -51,7 +51,7 @@ absl::StatusOr<std::string> TextArg(const std::string& text, const std::string& 
   if (!text_file.empty()) {
     RAG_ASSIGN_OR_RETURN(value, ReadFile(text_file));
   }
-  if (for_server && !services::IsValidUtf8(value)) {
+  if (for_server && !rag::IsValidUtf8(value)) {
     return absl::InvalidArgumentError(std::string(what) +
                                       " is not valid UTF-8, which gRPC requires (the in-process form, "
                                       "--model, accepts any bytes)");

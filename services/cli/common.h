@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/utf8.h"
 #include "lm/language_model.h"
 #include "lm/tokenizer.h"
 #include "proto/rag.pb.h"
@@ -55,7 +56,7 @@ void InstallStopHandlers();
 int Fail(const absl::Status& status);
 
 // One line of JSON on stdout. Texts are UTF-8 already (see
-// services::ToValidUtf8); a stray byte is replaced rather than thrown on.
+// rag::ToValidUtf8); a stray byte is replaced rather than thrown on.
 void PrintJson(const json& j);
 
 // Reads the text of --text or --text-file. Over gRPC texts are protobuf

@@ -225,7 +225,7 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
     examples.push_back({{"sample", longest[i]->index},
                         {"longest_match", longest[i]->longest_match},
                         {"perplexity", longest[i]->perplexity},
-                        {"text", rag::services::ToValidUtf8(longest[i]->text)}});
+                        {"text", rag::ToValidUtf8(longest[i]->text)}});
   }
   int64_t max_run = longest.empty() ? 0 : longest[0]->longest_match;
   json j = {{"mode", a.mode},

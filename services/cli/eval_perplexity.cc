@@ -92,7 +92,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   const bool for_server = !a.target.server.empty();
   eval::DocumentScorer score = [&](const Document& d,
                                    const eval::ScorePass& pass) -> absl::StatusOr<eval::DocumentScore> {
-    if (for_server && !services::IsValidUtf8(d.text)) {
+    if (for_server && !rag::IsValidUtf8(d.text)) {
       return absl::InvalidArgumentError("document '" + d.id +
                                         "' is not valid UTF-8, which gRPC requires; "
                                         "evaluate it in-process (--model)");

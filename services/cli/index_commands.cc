@@ -92,7 +92,7 @@ int RunAdd(const AddArgs& a) {
   if (!backend.ok()) return Fail(backend.status());
   std::vector<rag::v1::Document> batch;
   for (auto& d : *docs) {
-    if (!a.target.server.empty() && !rag::services::IsValidUtf8(d.text + d.id)) {
+    if (!a.target.server.empty() && !rag::IsValidUtf8(d.text + d.id)) {
       return Fail(absl::InvalidArgumentError("document '" + d.id + "' is not valid UTF-8, which gRPC requires"));
     }
     rag::v1::Document doc;

@@ -39,7 +39,7 @@ int RunScore(const ScoreArgs& a) {
     json per_token = json::array();
     for (const auto& t : r->token_scores()) {
       per_token.push_back(
-          {{"token", t.id()}, {"text", rag::services::ToValidUtf8(t.piece())}, {"logprob", t.logprob()}});
+          {{"token", t.id()}, {"text", rag::ToValidUtf8(t.piece())}, {"logprob", t.logprob()}});
     }
     PrintJson({{"mode", mode},
                {"tokens", r->tokens()},
@@ -134,7 +134,7 @@ int RunNextToken(const NextTokenArgs& a) {
   json tokens = json::array();
   for (const auto& t : r->tokens()) {
     tokens.push_back({{"token", t.id()},
-                      {"text", rag::services::ToValidUtf8(t.piece())},
+                      {"text", rag::ToValidUtf8(t.piece())},
                       {"probability", t.probability()},
                       {"logprob", t.logprob()}});
   }
