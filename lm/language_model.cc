@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "lm/hf/pretrained.h"
 #include "lm/internal/model_dir.h"
 
 namespace rag::lm {
@@ -13,11 +14,15 @@ LanguageModel::LanguageModel(TransformerConfig config, Tokenizer tokenizer, Tran
 absl::Status LanguageModel::Save(const std::string& dir, const std::string& info_json) {
   RAG_ASSIGN_OR_RETURN(nlohmann::json info, internal::BeginModelDir(dir, info_json));
   RAG_RETURN_IF_ERROR(internal::WriteModelFiles(dir, module_.ptr(), config_.ToJson(), tokenizer_));
-  RAG_ASSIGN_OR_RETURN(content_hash_, ComputeContentHash(dir));
-  return internal::FinishModelDir(dir, std::move(info), content_hash_, tokenizer_, module_->NumParameters());
+  if (identity_.format != "rag") {
+    return absl::FailedPreconditionError("a " + identity_.format + " model is not saved as a rag model directory");
+  }
+  RAG_ASSIGN_OR_RETURN(identity_.content_hash, ComputeContentHash(dir));
+  return internal::FinishModelDir(dir, std::move(info), identity_.content_hash, tokenizer_, module_->NumParameters());
 }
 
 absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Open(const std::string& dir) {
+  if (hf::IsHfModelDir(dir)) return hf::OpenHfModel(dir);
   RAG_ASSIGN_OR_RETURN(std::string recorded, internal::ReadRecordedContentHash(dir, "model", "rag train"));
   RAG_ASSIGN_OR_RETURN(std::string hash, ComputeContentHash(dir));
   RAG_RETURN_IF_ERROR(internal::CheckContentHash(dir, hash, recorded));
@@ -30,7 +35,7 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Open(const std::st
   TransformerLM module(config);
   RAG_RETURN_IF_ERROR(internal::LoadModelWeights(dir, module.ptr()));
   auto model = std::make_unique<LanguageModel>(std::move(config), std::move(tokenizer), std::move(module));
-  model->content_hash_ = hash;
+  model->identity_.content_hash = hash;
   return model;
 }
 

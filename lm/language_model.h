@@ -22,6 +22,14 @@ inline constexpr char kInfoFile[] = "model_info.json";
 inline constexpr char kSplitFile[] = "split.json";
 inline constexpr char kCheckpointFile[] = "checkpoint.pt";
 
+// What a model is, as --json output, the Info rpc and index manifests show it.
+struct ModelIdentity {
+  std::string format = "rag";                   // "rag" (rag train) or "huggingface"
+  std::string architecture = "transformer_lm";  // "transformer_lm", "gpt2" or "gpt_neox"
+  std::string stored_dtype = "F32";             // the weights' dtype on disk
+  std::string content_hash;                     // "" until saved or opened
+};
+
 class LanguageModel {
  public:
   LanguageModel(TransformerConfig config, Tokenizer tokenizer, TransformerLM module);
@@ -29,6 +37,8 @@ class LanguageModel {
   // Loads a model directory and verifies its content hash. NotFound when the
   // directory or a file is missing (a training run that never finished has
   // no model_info.json), DataLoss when a file is corrupt or was modified.
+  // A Hugging Face directory (config.json with a model_type) is read by
+  // hf::OpenHfModel instead (lm/hf/pretrained.h).
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Open(const std::string& dir);
 
   // Writes model.pt, config.json, tokenizer.json, then model_info.json with
@@ -40,13 +50,16 @@ class LanguageModel {
   const Tokenizer& tokenizer() const { return tokenizer_; }
   TransformerLM& module() { return module_; }
   // XXH3 over config, tokenizer and weights; "" until saved or opened.
-  const std::string& content_hash() const { return content_hash_; }
+  const std::string& content_hash() const { return identity_.content_hash; }
+  const ModelIdentity& identity() const { return identity_; }
+  void SetIdentity(ModelIdentity identity) { identity_ = std::move(identity); }
+  int64_t NumParameters() const { return module_->NumParameters(); }
 
  private:
   TransformerConfig config_;
   Tokenizer tokenizer_;
   TransformerLM module_;
-  std::string content_hash_;
+  ModelIdentity identity_;
 };
 
 // Content hash of a model: derived from the exact bytes of its config,

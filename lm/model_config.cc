@@ -33,7 +33,14 @@ absl::Status ApplyJson(const json& j, TransformerConfig& c) {
     else if (key == "dropout") { RAG_RETURN_IF_ERROR(want_num(c.dropout)); }
     else if (key == "rope_base") { RAG_RETURN_IF_ERROR(want_num(c.rope_base)); }
     else if (key == "layer_norm_eps") { RAG_RETURN_IF_ERROR(want_num(c.layer_norm_eps)); }
-    else if (key == "positions") {
+    else if (key == "rotary_fraction") { RAG_RETURN_IF_ERROR(want_num(c.rotary_fraction)); }
+    else if (key == "parallel_residual" || key == "tie_embeddings") {
+      if (!v.is_boolean()) return absl::InvalidArgumentError("model config: '" + key + "' must be true or false");
+      (key == "parallel_residual" ? c.parallel_residual : c.tie_embeddings) = v.get<bool>();
+    } else if (key == "activation") {
+      if (!v.is_string()) return absl::InvalidArgumentError("model config: 'activation' must be a string");
+      c.activation = v.get<std::string>();
+    } else if (key == "positions") {
       if (!v.is_string()) return absl::InvalidArgumentError("model config: 'positions' must be a string");
       c.positions = v.get<std::string>();
     } else if (key == "arch" || key == "format_version") {
@@ -86,6 +93,11 @@ std::string TransformerConfig::ToJson() const {
             {"n_layers", n_layers},     {"n_heads", n_heads}, {"d_ff", d_ff},
             {"dropout", dropout},       {"positions", positions}, {"rope_base", rope_base},
             {"layer_norm_eps", layer_norm_eps}};
+  const TransformerConfig defaults;
+  if (activation != defaults.activation) j["activation"] = activation;
+  if (rotary_fraction != defaults.rotary_fraction) j["rotary_fraction"] = rotary_fraction;
+  if (parallel_residual != defaults.parallel_residual) j["parallel_residual"] = parallel_residual;
+  if (tie_embeddings != defaults.tie_embeddings) j["tie_embeddings"] = tie_embeddings;
   return j.dump(2) + "\n";
 }
 
@@ -99,7 +111,12 @@ absl::Status TransformerConfig::Validate() const {
   if (d_ff < 1) return bad("d_ff must be positive");
   if (dropout < 0 || dropout >= 1) return bad("dropout must be in [0, 1)");
   if (positions != "rotary" && positions != "learned") return bad("positions must be 'rotary' or 'learned'");
-  if (positions == "rotary" && head_dim() % 2 != 0) return bad("rotary positions need an even head size");
+  if (rotary_fraction <= 0 || rotary_fraction > 1) return bad("rotary_fraction must be in (0, 1]");
+  if (positions == "rotary" && (rotary_dims() < 2 || rotary_dims() % 2 != 0)) {
+    return bad("rotary positions need an even number (>= 2) of rotated dims per head, got " +
+               std::to_string(rotary_dims()));
+  }
+  if (activation != "gelu" && activation != "gelu_tanh") return bad("activation must be 'gelu' or 'gelu_tanh'");
   if (rope_base <= 1) return bad("rope_base must be > 1");
   if (layer_norm_eps <= 0) return bad("layer_norm_eps must be positive");
   return absl::OkStatus();

@@ -20,6 +20,14 @@ struct TransformerConfig {
   std::string positions = "rotary";  // "rotary" or "learned"
   double rope_base = 10000.0;
   double layer_norm_eps = 1e-5;
+  // The fields below describe pretrained architectures (GPT-2, GPT-NeoX);
+  // our own presets keep the defaults, and ToJson writes a field only when
+  // it differs from its default, so configs saved before they existed are
+  // byte-identical (their content hashes stay valid).
+  std::string activation = "gelu";  // "gelu" (erf, GPT-NeoX) or "gelu_tanh" (GPT-2's gelu_new)
+  double rotary_fraction = 1.0;     // share of each head's dims rotated (NeoX rotary_pct)
+  bool parallel_residual = false;   // x + Attn(LN1(x)) + MLP(LN2(x)) (GPT-NeoX)
+  bool tie_embeddings = true;       // output layer = input embedding; false adds a separate one
 
   // Returns the named preset ("tiny", "small", "base") or InvalidArgument
   // listing the known names.
@@ -36,6 +44,9 @@ struct TransformerConfig {
   absl::Status Validate() const;
 
   int64_t head_dim() const { return d_model / n_heads; }
+  // Leading dims of each head that rotary positions rotate (even; GPT-NeoX
+  // truncates head_dim * rotary_fraction the same way).
+  int64_t rotary_dims() const { return static_cast<int64_t>(static_cast<double>(head_dim()) * rotary_fraction); }
 };
 
 }  // namespace rag::lm

@@ -21,6 +21,14 @@ torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& positions
   return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
+torch::Tensor ApplyPartialRotary(const torch::Tensor& x, const torch::Tensor& positions, double base,
+                                 int64_t rotary_dims) {
+  const int64_t e = x.size(-1);
+  if (rotary_dims >= e) return ApplyRotary(x, positions, base);
+  return torch::cat({ApplyRotary(x.narrow(-1, 0, rotary_dims), positions, base),
+                     x.narrow(-1, rotary_dims, e - rotary_dims)}, -1);
+}
+
 CausalSelfAttentionImpl::CausalSelfAttentionImpl(const TransformerConfig& config) : config_(config) {
   reset();
 }
@@ -40,8 +48,8 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
   auto parts = qkv->forward(x).view({b, t, 3, h, e}).permute({2, 0, 3, 1, 4}).unbind(0);
   torch::Tensor q = parts[0], k = parts[1], v = parts[2];
   if (config_.positions == "rotary") {
-    q = ApplyRotary(q, positions, config_.rope_base);
-    k = ApplyRotary(k, positions, config_.rope_base);
+    q = ApplyPartialRotary(q, positions, config_.rope_base, config_.rotary_dims());
+    k = ApplyPartialRotary(k, positions, config_.rope_base, config_.rotary_dims());
   }
   int64_t past = 0;
   if (keys != nullptr && keys->defined()) {
@@ -91,10 +99,19 @@ void BlockImpl::reset() {
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* keys,
                                  torch::Tensor* values, const torch::Tensor& hidden_keys) {
-  // Pre-LayerNorm residual blocks: x + Attn(LN(x)), then x + MLP(LN(x)).
-  auto h = x + attn->forward(ln_attn->forward(x), positions, keys, values, hidden_keys);  // [B, T, D]
-  auto m = fc_out->forward(F::gelu(fc_in->forward(ln_mlp->forward(h))));    // [B, T, F] -> [B, T, D]
-  return h + dropout->forward(m);
+  auto a = attn->forward(ln_attn->forward(x), positions, keys, values, hidden_keys);  // [B, T, D]
+  // Parallel (GPT-NeoX): x + Attn(LN1(x)) + MLP(LN2(x)), both reading x.
+  if (config_.parallel_residual) return x + a + dropout->forward(Mlp(x));
+  // Sequential pre-LayerNorm (GPT-2): h = x + Attn(LN1(x)), then h + MLP(LN2(h)).
+  auto h = x + a;
+  return h + dropout->forward(Mlp(h));
+}
+
+torch::Tensor BlockImpl::Mlp(const torch::Tensor& x) {
+  auto u = fc_in->forward(ln_mlp->forward(x));  // [B, T, F]
+  // GPT-2's gelu_new is the tanh approximation; GPT-NeoX and ours use erf.
+  u = config_.activation == "gelu_tanh" ? F::gelu(u, F::GELUFuncOptions().approximate("tanh")) : F::gelu(u);
+  return fc_out->forward(u);  // [B, T, D]
 }
 
 TransformerLMImpl::TransformerLMImpl(const TransformerConfig& config) : config_(config) {
@@ -108,6 +125,10 @@ void TransformerLMImpl::reset() {
   if (config_.positions == "learned") {
     position_embedding = register_module("position_embedding",
                                          torch::nn::Embedding(config_.context, config_.d_model));
+  }
+  if (!config_.tie_embeddings) {
+    output = register_module("output",
+                             torch::nn::Linear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < config_.n_layers; ++i) blocks->push_back(Block(config_));
@@ -158,7 +179,8 @@ torch::Tensor TransformerLMImpl::ForwardHidden(const torch::Tensor& tokens, KVCa
 }
 
 torch::Tensor TransformerLMImpl::Logits(const torch::Tensor& hidden) {
-  return F::linear(hidden, token_embedding->weight);  // [B, T, D] -> [B, T, V]
+  // [B, T, D] -> [B, T, V]
+  return F::linear(hidden, output ? output->weight : token_embedding->weight);
 }
 
 int64_t TransformerLMImpl::NumParameters() const {

@@ -1,6 +1,9 @@
 // Decoder-only transformer LM (GPT-2 family): pre-LayerNorm blocks, causal
-// self-attention, rotary or learned positions, input and output embeddings
-// tied. Forward passes may extend a KVCache for incremental decoding.
+// self-attention, rotary (on all or a leading share of each head, GPT-NeoX
+// style) or learned positions, sequential or parallel residual, output layer
+// tied to the input embedding or separate. One module serves our own models
+// and pretrained GPT-2 / GPT-NeoX checkpoints (lm/hf/pretrained.h maps their
+// weights in). Forward passes may extend a KVCache for incremental decoding.
 // A module instance is not thread-safe for training; concurrent inference
 // under torch::NoGradGuard with separate caches is safe.
 //
@@ -54,6 +57,9 @@ class BlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& positions, torch::Tensor* keys,
                         torch::Tensor* values, const torch::Tensor& hidden_keys = {});
 
+  // x: [B, T, D] -> [B, T, D]: fc_out(act(fc_in(LN_mlp(x)))), without dropout.
+  torch::Tensor Mlp(const torch::Tensor& x);
+
   torch::nn::LayerNorm ln_attn{nullptr};
   CausalSelfAttention attn{nullptr};
   torch::nn::LayerNorm ln_mlp{nullptr};
@@ -79,7 +85,8 @@ class TransformerLMImpl : public torch::nn::Module {
   // Throws c10::Error when P + T exceeds the context.
   torch::Tensor ForwardHidden(const torch::Tensor& tokens, KVCache* cache = nullptr);
 
-  // hidden: [B, T, D] -> logits [B, T, V] through the tied embedding.
+  // hidden: [B, T, D] -> logits [B, T, V] through the tied embedding (or
+  // the separate output layer when the config unties them).
   torch::Tensor Logits(const torch::Tensor& hidden);
 
   // tokens: [B, T] -> logits [B, T, V]
@@ -88,7 +95,8 @@ class TransformerLMImpl : public torch::nn::Module {
   const TransformerConfig& config() const { return config_; }
   int64_t NumParameters() const;
 
-  torch::nn::Embedding token_embedding{nullptr};     // [V, D], tied with the output layer
+  torch::nn::Embedding token_embedding{nullptr};     // [V, D], tied with the output layer by default
+  torch::nn::Linear output{nullptr};                 // D -> V without bias; only when !tie_embeddings
   torch::nn::Embedding position_embedding{nullptr};  // [context, D], "learned" positions only
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_final{nullptr};
@@ -99,8 +107,13 @@ class TransformerLMImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TransformerLM);
 
-// Rotates the two halves of the head dimension by position-dependent angles
+// Rotates the two halves of the last dimension by position-dependent angles
 // (RoPE, GPT-NeoX layout). x: [B, H, T, E], positions: [T] -> [B, H, T, E].
 torch::Tensor ApplyRotary(const torch::Tensor& x, const torch::Tensor& positions, double base);
+
+// ApplyRotary on the leading `rotary_dims` of the last dimension; the rest
+// passes unchanged (GPT-NeoX's rotary_pct < 1).
+torch::Tensor ApplyPartialRotary(const torch::Tensor& x, const torch::Tensor& positions, double base,
+                                 int64_t rotary_dims);
 
 }  // namespace rag::lm
