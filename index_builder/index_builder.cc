@@ -440,6 +440,8 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   m.continuation_tokens = o.continuation_tokens;
   m.model_hash = model_hash;
   m.tokenizer_hash = tokenizer.Hash();
+  m.model_architecture = o.model_architecture;
+  m.model_parameters = o.model_parameters;
   m.embedder = embedder.description();
   m.embedder_hash = embedder.hash();
   m.dim = dim;

@@ -36,6 +36,8 @@ struct BuildTimings {
 struct BuildOptions {
   std::string out_dir;
   std::string corpus_path;            // recorded in the manifest
+  std::string model_architecture;     // recorded in the manifest: "transformer_lm", "gpt2", "gpt_neox"
+  int64_t model_parameters = 0;       // recorded in the manifest
   std::string index_factory;          // any FAISS factory string; "" = chosen from the corpus size
   int chunk_tokens = 64;              // Default: 64 (RETRO)
   int continuation_tokens = 64;       // Default: 64 (RETRO)

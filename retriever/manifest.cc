@@ -36,6 +36,10 @@ std::string Manifest::ToJson() const {
   j["chunking"] = {{"chunk_tokens", chunk_tokens}, {"continuation_tokens", continuation_tokens}, {"chunks", chunks}};
   j["model"] = {{"content_hash", model_hash}, {"tokenizer_hash", tokenizer_hash},
                 {"embedder", embedder},       {"embedder_hash", embedder_hash}, {"dim", dim}};
+  if (!model_architecture.empty()) {
+    j["model"]["architecture"] = model_architecture;
+    j["model"]["parameters"] = model_parameters;
+  }
   j["faiss"] = {{"requested_factory", requested_factory}, {"index_factory", index_factory},
                 {"note", factory_note}, {"version", faiss_version}, {"vectors", vectors}};
   if (datastore_keys > 0) {
@@ -84,6 +88,8 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     const json& mo = j.at("model");
     m.model_hash = mo.at("content_hash").get<std::string>();
     m.tokenizer_hash = mo.at("tokenizer_hash").get<std::string>();
+    m.model_architecture = mo.value("architecture", "");
+    m.model_parameters = IntegerOr(mo, "parameters", 0);
     m.embedder = mo.value("embedder", "");
     m.embedder_hash = mo.at("embedder_hash").get<std::string>();
     m.dim = static_cast<int>(Integer(mo, "dim"));

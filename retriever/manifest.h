@@ -57,6 +57,8 @@ struct Manifest {
   // Model and embedding
   std::string model_hash;         // content hash of the LM served with this index
   std::string tokenizer_hash;
+  std::string model_architecture;  // "transformer_lm", "gpt2", "gpt_neox"; "" in older manifests
+  int64_t model_parameters = 0;    // 0 in older manifests
   std::string embedder;           // description of the embedding function
   std::string embedder_hash;
   int dim = 0;

@@ -250,6 +250,16 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
   r.set_config_json(model_->config().ToJson());
   r.set_tokenizer_json(model_->tokenizer().ToJson());
   r.set_split_json(split_json_);
+  const lm::ModelIdentity& id = model_->identity();
+  v1::ModelIdentity* m = r.mutable_model();
+  m->set_format(id.format);
+  m->set_architecture(id.architecture);
+  m->set_parameters(model_->NumParameters());
+  m->set_stored_dtype(id.stored_dtype);
+  m->set_content_hash(id.content_hash);
+  m->set_tokenizer_hash(model_->tokenizer().Hash());
+  m->set_vocab_size(model_->config().vocab_size);
+  m->set_context(model_->config().context);
   for (Mode mode : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
     if (strategies_[static_cast<int>(mode)] != nullptr) r.add_modes(ModeName(mode));
   }

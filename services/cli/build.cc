@@ -54,6 +54,8 @@ int RunBuild(const BuildArgs& a) {
   o.seed = a.seed;
   o.overwrite = a.overwrite;
   o.show_progress = !a.quiet;
+  o.model_architecture = (*model)->identity().architecture;
+  o.model_parameters = (*model)->NumParameters();
   if (a.datastore) {
     o.datastore = true;
     o.model = model->get();

@@ -1,5 +1,7 @@
 #include "services/cli/eval_memorization.h"
 
+#include "services/cli/info.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <set>
@@ -137,6 +139,7 @@ int RunEvalMemorization(const EvalMemArgs& a) {
             {"seed", a.seed},
             {"exclude_own_document", a.exclude_own},
             {"by_prefix", by_prefix}};
+  j["model"] = ModelJson(served->info.model());
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
   }
@@ -236,6 +239,7 @@ int RunEvalExtraction(const EvalExtractionArgs& a) {
             {"longest_match", max_run},
             {"rankings", rankings},
             {"longest_examples", examples}};
+  j["model"] = ModelJson(served->info.model());
   if (!a.output.empty()) {
     if (auto s = rag::WriteFileAtomic(a.output, j.dump(2) + "\n"); !s.ok()) return Fail(s);
   }

@@ -1,5 +1,7 @@
 #include "services/cli/eval_perplexity.h"
 
+#include "services/cli/info.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -125,6 +127,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   const double nll = result->nll;
   json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents},
             {"tokens", tokens}, {"nll", nll},       {"perplexity", std::exp(nll)}};
+  j["model"] = ModelJson(info->model());
   if (IsMode(a.mode, services::Mode::kKnnLm) || IsMode(a.mode, services::Mode::kRetro)) j["exclude_own_document"] = a.exclude_own;
   if (IsMode(a.mode, services::Mode::kRetro)) {
     j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;

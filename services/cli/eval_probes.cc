@@ -1,5 +1,7 @@
 #include "services/cli/eval_probes.h"
 
+#include "services/cli/info.h"
+
 #include <cstdio>
 
 #include "common/file_util.h"
@@ -68,6 +70,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   if (progress) progress->Finish();
   json j = ProbeMetricsJson(report->overall);
   j["mode"] = a.mode;
+  j["model"] = ModelJson(served->info.model());
   j["file"] = a.probes;
   j["sentences_scored"] = sentences;
   j["exclude_evidence"] = a.exclude_evidence;

@@ -18,6 +18,7 @@
 #include "services/cli/eval_memorization.h"
 #include "services/cli/eval_perplexity.h"
 #include "services/cli/eval_probes.h"
+#include "services/cli/info.h"
 #include "services/cli/index_commands.h"
 #include "services/cli/lm_commands.h"
 #include "services/cli/serve.h"
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   commands.push_back(cli::AddAddCommand(&app));
   commands.push_back(cli::AddStatsCommand(&app));
   commands.push_back(cli::AddValidateCommand(&app));
+  commands.push_back(cli::AddInfoCommand(&app));
   auto* eval_cmd = app.add_subcommand("eval", "evaluations");
   eval_cmd->require_subcommand(1);
   eval_cmd->fallthrough();

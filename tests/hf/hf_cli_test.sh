@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# `rag` on Hugging Face model directories, end to end: a random GPT-2-layout
+# directory (vocab.json + merges.txt, names without the `transformer.`
+# prefix, fp16) and a random GPT-NeoX-layout one (tokenizer.json, 3 shards,
+# hub-style rotary_pct) made by tests/hf/make_hf_checkpoint.py with GPT-2's
+# real vocabulary. For each: `rag score` agrees with the independent numpy
+# forward (tests/hf/numpy_forward.py) within 1e-4 per token; `rag build
+# --datastore` with the loaded model, then `rag eval perplexity --mode
+# knnlm`, `rag eval probes` and `rag eval memorization` run; `rag serve`
+# answers Score exactly as in-process and its Info names the model; an index
+# built with one model is refused by the other.
+#
+# Usage: hf_cli_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR
+# (KEEP_TMP=1 keeps the working directory.)
+set -euo pipefail
+
+RAG="${1:?usage: hf_cli_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR}"
+SRC="${2:?}"
+VOCAB="${3:?}"
+PY=/usr/bin/python3
+MAKE="$SRC/tests/hf/make_hf_checkpoint.py"
+FORWARD="$SRC/tests/hf/numpy_forward.py"
+
+fail() { echo "hf_cli_test: FAIL: $*" >&2; exit 1; }
+step() { echo "hf_cli_test: $*" >&2; }
+
+[ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
+[ -f "$VOCAB/encoder.json" ] && [ -f "$VOCAB/vocab.bpe" ] ||
+  fail "no GPT-2 vocabulary in $VOCAB (scripts/prepare_corpus.sh fetches it)"
+"$PY" -c 'import numpy' || fail "$PY cannot import numpy (scripts/setup.sh installs python3-numpy)"
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/hf_cli_test.XXXXXX")"
+SERVER_PID=""
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+
+step "writing a 40-document corpus and 4 probes"
+"$PY" - "$TMP/corpus.jsonl" "$TMP/probes.jsonl" <<'EOF'
+import json, sys
+words = ("river stone bridge lantern harvest meadow copper violin orchard glacier thunder candle "
+         "harbour falcon pepper marble saddle compass willow ember quartz tide ledger prism").split()
+state = 4242
+def pick(seq):
+    global state
+    state = (state * 1103515245 + 12345) % (1 << 31)
+    return seq[(state >> 8) % len(seq)]
+with open(sys.argv[1], "w") as f:
+    for i in range(40):
+        text = " ".join(f"The {pick(words)} of the {pick(words)} is near the {pick(words)}." for _ in range(8))
+        f.write(json.dumps({"id": f"doc{i:02d}", "text": text}) + "\n")
+with open(sys.argv[2], "w") as f:
+    for sub, obj in [("river", "stone"), ("bridge", "lantern"), ("copper", "violin"), ("ember", "tide")]:
+        f.write(json.dumps({"sub_label": sub, "obj_label": obj, "predicate_id": "near",
+                            "template": "The [X] is near the [Y].", "candidates": words[:8] + [obj]}) + "\n")
+EOF
+
+"$PY" "$MAKE" --arch gpt2 --out "$TMP/gpt2" --gpt2-vocab "$VOCAB" --seed 11 --dtype float16 --prefix 0 \
+  --context 128 || fail "make_hf_checkpoint.py gpt2"
+"$PY" "$MAKE" --arch gpt_neox --out "$TMP/neox" --gpt2-vocab "$VOCAB" --seed 12 --shards 3 \
+  --rope-style old --rotary-pct 0.25 --parallel-residual 1 --context 128 || fail "make_hf_checkpoint.py gpt_neox"
+[ -f "$TMP/gpt2/vocab.json" ] && [ -f "$TMP/gpt2/merges.txt" ] || fail "gpt2 directory has no vocab.json/merges.txt"
+[ -f "$TMP/neox/tokenizer.json" ] && [ -f "$TMP/neox/model.safetensors.index.json" ] ||
+  fail "neox directory has no tokenizer.json or shard index"
+
+TEXT="The river of the stone is near the bridge. Ünïcödé, 1,234.5 things!"
+for arch in gpt2 neox; do
+  M="$TMP/$arch"
+  step "$arch: rag info"
+  "$RAG" info --model "$M" --json > "$TMP/$arch.info.json" || fail "$arch: rag info"
+  "$PY" - "$TMP/$arch.info.json" "$arch" <<'EOF' || fail "$arch: rag info does not describe the model"
+import json, sys
+j = json.load(open(sys.argv[1]))["model"]
+want = {"gpt2": "gpt2", "neox": "gpt_neox"}[sys.argv[2]]
+assert j["format"] == "huggingface" and j["architecture"] == want, j
+assert j["parameters"] > 3_000_000 and len(j["content_hash"]) == 16 and len(j["tokenizer_hash"]) == 16, j
+EOF
+
+  step "$arch: rag score against the numpy forward"
+  "$RAG" score --model "$M" --text "$TEXT" --json > "$TMP/$arch.score.json" || fail "$arch: rag score"
+  ids="$("$PY" -c 'import json,sys; print(",".join(["50256"] + [str(t["token"]) for t in json.load(open(sys.argv[1]))["token_logprobs"]]))' "$TMP/$arch.score.json")"
+  "$PY" "$FORWARD" "$M" --ids "$ids" > "$TMP/$arch.numpy.json" || fail "$arch: numpy forward"
+  "$PY" - "$TMP/$arch.score.json" "$TMP/$arch.numpy.json" <<'EOF' || fail "$arch: rag score disagrees with the numpy forward"
+import json, sys
+ours = [t["logprob"] for t in json.load(open(sys.argv[1]))["token_logprobs"]]
+ref = json.load(open(sys.argv[2]))["log_probs"][0]
+assert len(ours) == len(ref) > 10, (len(ours), len(ref))
+worst = max(abs(a - b) for a, b in zip(ours, ref))
+print(f"  {len(ours)} tokens, max |rag - numpy| = {worst:.2e}", file=sys.stderr)
+assert worst < 1e-4, worst
+EOF
+
+  step "$arch: rag build --datastore, eval perplexity --mode knnlm"
+  "$RAG" build --corpus "$TMP/corpus.jsonl" --model "$M" --out "$TMP/$arch.idx" --datastore --chunk-tokens 16 \
+    --continuation-tokens 16 --quiet > /dev/null || fail "$arch: rag build"
+  "$RAG" eval perplexity --model "$M" --index "$TMP/$arch.idx" --corpus "$TMP/corpus.jsonl" --split all \
+    --baseline none --mode knnlm --sweep "lambda=0,0.5" --quiet --json > "$TMP/$arch.ppl.json" ||
+    fail "$arch: eval perplexity --mode knnlm"
+  "$PY" - "$TMP/$arch.ppl.json" <<'EOF' || fail "$arch: kNN-LM perplexity"
+import json, math, sys
+j = json.load(open(sys.argv[1]))
+text = json.dumps(j)
+assert "perplexity" in text, j
+print("  " + text[:300], file=sys.stderr)
+EOF
+
+  step "$arch: eval probes, eval memorization"
+  "$RAG" eval probes --model "$M" --index "$TMP/$arch.idx" --probes "$TMP/probes.jsonl" --mode knnlm --quiet \
+    --json > "$TMP/$arch.probes.json" || fail "$arch: eval probes"
+  grep -q '"p_at_1"\|"P@1"\|p@1' "$TMP/$arch.probes.json" || fail "$arch: no P@1 in $(head -c 300 "$TMP/$arch.probes.json")"
+  "$RAG" eval memorization --model "$M" --index "$TMP/$arch.idx" --corpus "$TMP/corpus.jsonl" --split all \
+    --prefix-lengths 8,16 --suffix-tokens 8 --samples 4 --quiet --json > "$TMP/$arch.mem.json" ||
+    fail "$arch: eval memorization"
+done
+
+step "an index built with one model is refused by the other"
+if "$RAG" query --model "$TMP/neox" --index "$TMP/gpt2.idx" --text "river" > "$TMP/mismatch.out" 2>&1; then
+  fail "the GPT-NeoX model accepted the GPT-2 model's index"
+fi
+grep -q "was built with model" "$TMP/mismatch.out" || fail "unclear mismatch error: $(cat "$TMP/mismatch.out")"
+
+step "rag serve on the GPT-NeoX directory answers as in-process"
+"$RAG" serve --model "$TMP/neox" --index "$TMP/neox.idx" --listen 127.0.0.1:0 --port-file "$TMP/port" \
+  > "$TMP/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 300); do [ -s "$TMP/port" ] && break; sleep 0.1; done
+[ -s "$TMP/port" ] || { cat "$TMP/serve.log" >&2; fail "rag serve did not start"; }
+ADDR="127.0.0.1:$(cat "$TMP/port")"
+"$RAG" score --server "$ADDR" --text "$TEXT" --json > "$TMP/served.score.json" || fail "score over gRPC"
+cmp -s <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["token_logprobs"])' "$TMP/served.score.json") \
+       <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["token_logprobs"])' "$TMP/neox.score.json") ||
+  fail "served log-probs differ from in-process ones"
+"$RAG" info --server "$ADDR" --json > "$TMP/served.info.json" || fail "info over gRPC"
+cmp -s <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"])' "$TMP/served.info.json") \
+       <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"])' "$TMP/neox.info.json") ||
+  fail "served model identity differs: $(cat "$TMP/served.info.json")"
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || fail "rag serve did not stop cleanly"; SERVER_PID=""
+echo "hf_cli_test: ok (gpt2 and gpt_neox: score = numpy within 1e-4, knnlm, probes, memorization, serve)"
