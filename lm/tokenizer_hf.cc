@@ -33,9 +33,10 @@ std::string Dump(const Json& v) {
   return s;
 }
 
-// A component (normalizer, pre_tokenizer, model) as messages name it: its
-// "type" when it has one ("NFC"), else its JSON.
+// A component (normalizer, pre_tokenizer, model type) as messages name it:
+// its "type" when it has one ("NFC"), a bare string as is, else its JSON.
 std::string Describe(const Json& v) {
+  if (v.is_string()) return v.get<std::string>();
   if (v.is_object()) {
     auto type = v.find("type");
     if (type != v.end() && type->is_string()) return type->get<std::string>();
