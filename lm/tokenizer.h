@@ -1,5 +1,6 @@
 // Byte-level BPE tokenizer in the style of GPT-2: trains on our corpus,
-// reads GPT-2's encoder.json + vocab.bpe, and saves/loads its own JSON.
+// reads GPT-2's encoder.json + vocab.bpe and Hugging Face's tokenizer.json or
+// vocab.json + merges.txt, and saves/loads its own JSON.
 // Immutable after construction; Encode/Decode are thread-safe.
 //
 // Token ids
@@ -84,6 +85,34 @@ class Tokenizer {
   static absl::StatusOr<Tokenizer> LoadGpt2(const std::string& encoder_json_path,
                                             const std::string& vocab_bpe_path);
 
+  // Reads a Hugging Face `tokenizers` file (tokenizer.json) holding a GPT-2
+  // style byte-level BPE: model.type "BPE" with model.vocab {token: id} in
+  // GPT-2's bytes_to_unicode alphabet and model.merges as "left right"
+  // strings or ["left", "right"] pairs (tokenizers >= 0.20); added_tokens
+  // marked special become our special tokens. Accepted only when encoding
+  // is exactly ours: normalizer null; pre_tokenizer ByteLevel with
+  // add_prefix_space false and use_regex true or absent (alone or as the only
+  // member of a Sequence); model.dropout null; continuing_subword_prefix and
+  // end_of_word_suffix null or ""; byte_fallback and ignore_merges false or
+  // absent; no non-special added tokens; and our id layout (bytes 0..255,
+  // merge i makes 256 + i, special tokens after). post_processor, decoder,
+  // truncation and padding are ignored. NotFound if the file is missing;
+  // InvalidArgument naming the file, each unsupported field and its value
+  // ("normalizer NFC is not supported (expected null)"), or what differs in
+  // the id layout (e.g. GPT-NeoX's: specials at 0, bytes at 2..257), or the
+  // malformed part. GPT-2's vocabulary gives the same Hash() as LoadGpt2.
+  // Like every loader, special-token text in Encode() input stays plain bytes
+  // (Hugging Face would split it out as the special id).
+  static absl::StatusOr<Tokenizer> LoadHfTokenizerJson(const std::string& path);
+
+  // Reads the tokenizer of a Hugging Face model directory: `dir`/tokenizer.json
+  // when present (LoadHfTokenizerJson, its errors returned as they are),
+  // else `dir`/vocab.json + `dir`/merges.txt, which are GPT-2's encoder.json
+  // and vocab.bpe under other names (LoadGpt2; added_tokens.json and
+  // tokenizer_config.json are not read). NotFound naming `dir` and the files
+  // looked for when neither is there.
+  static absl::StatusOr<Tokenizer> LoadHfDirectory(const std::string& dir);
+
   // Writes ToJson() to `json_path` atomically (old file or new, never half).
   absl::Status Save(const std::string& json_path) const;
   // Canonical serialization in the format documented above.
@@ -125,6 +154,11 @@ class Tokenizer {
   static absl::StatusOr<Tokenizer> Build(std::vector<TokenId> byte_ids,
                                          std::vector<std::pair<TokenId, TokenId>> merges,
                                          std::vector<std::pair<std::string, TokenId>> specials);
+
+  // A vocabulary spelled in GPT-2's byte alphabet (lm/internal/string_vocab.h)
+  // mapped onto our id layout; the GPT-2 and Hugging Face readers end here.
+  struct StringVocab;
+  static absl::StatusOr<Tokenizer> FromStringVocab(const StringVocab& vocab);
 
   std::shared_ptr<const Impl> impl_;
 };

@@ -1,5 +1,7 @@
 // Tokenizer::LoadGpt2: reading OpenAI's GPT-2 vocabulary files
-// (encoder.json, vocab.bpe) into our id layout.
+// (encoder.json, vocab.bpe), and Tokenizer::FromStringVocab, which maps a
+// vocabulary spelled in GPT-2's byte alphabet onto our id layout (shared with
+// the Hugging Face reader, lm/tokenizer_hf.cc).
 #include <array>
 #include <string>
 #include <string_view>
@@ -9,15 +11,15 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/internal/string_vocab.h"
 #include "lm/tokenizer.h"
 
 namespace rag::lm {
-namespace {
+namespace internal {
 
-// GPT-2's bytes_to_unicode(): printable Latin-1 bytes map to themselves,
-// the other 68 to U+0100.. in byte order. Returned as UTF-8 strings.
 std::array<std::string, 256> BytesToUnicode() {
   std::array<bool, 256> printable{};
   for (int b = '!'; b <= '~'; ++b) printable[b] = true;
@@ -39,7 +41,7 @@ std::array<std::string, 256> BytesToUnicode() {
   return out;
 }
 
-}  // namespace
+}  // namespace internal
 
 absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_path,
                                                const std::string& vocab_bpe_path) {
@@ -76,61 +78,95 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_pa
     return Annotate(absl::InvalidArgumentError(e.what()), encoder_context);
   }
 
-  const std::array<std::string, 256> byte_strings = BytesToUnicode();
+  StringVocab vocab;
+  vocab.ids = std::move(encoder);
+  vocab.vocab_name = "encoder.json";
+  vocab.vocab_context = encoder_context;
+  vocab.merges_context = bpe_context;
+  // vocab.bpe: an optional "#version" first line, then "left right" lines;
+  // blank lines and CRLF endings are tolerated.
+  std::string_view rest = *bpe_text;
+  int line_number = 0;
+  vocab.next_merge = [&rest, &line_number](std::string* left, std::string* right) -> absl::StatusOr<bool> {
+    while (!rest.empty()) {
+      size_t eol = rest.find('\n');
+      std::string_view line = rest.substr(0, eol);
+      rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
+      ++line_number;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty() || (line_number == 1 && line.substr(0, 8) == "#version")) continue;
+      size_t space = line.find(' ');
+      if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
+          line.find(' ', space + 1) != std::string_view::npos) {
+        return absl::InvalidArgumentError("line " + std::to_string(line_number) + ": expected 'left right', got '" +
+                                          std::string(line) + "'");
+      }
+      left->assign(line.substr(0, space));
+      right->assign(line.substr(space + 1));
+      return true;
+    }
+    return false;
+  };
+  vocab.where = [&line_number] { return "line " + std::to_string(line_number) + ": "; };
+  return FromStringVocab(vocab);
+}
+
+absl::StatusOr<Tokenizer> Tokenizer::FromStringVocab(const StringVocab& vocab) {
+  const absl::flat_hash_map<std::string, TokenId>& ids = vocab.ids;
+  const std::array<std::string, 256> byte_strings = internal::BytesToUnicode();
   std::vector<TokenId> byte_ids(256);
   for (int b = 0; b < 256; ++b) {
-    auto it = encoder.find(byte_strings[b]);
-    if (it == encoder.end()) {
-      return Annotate(absl::InvalidArgumentError("no token for byte " + std::to_string(b)), encoder_context);
+    auto it = ids.find(byte_strings[b]);
+    if (it == ids.end()) {
+      return Annotate(absl::InvalidArgumentError("no token for byte " + std::to_string(b)), vocab.vocab_context);
     }
     byte_ids[b] = it->second;
   }
 
   std::vector<std::pair<TokenId, TokenId>> merges;
-  std::string_view rest = *bpe_text;
-  int line_number = 0;
-  while (!rest.empty()) {
-    size_t eol = rest.find('\n');
-    std::string_view line = rest.substr(0, eol);
-    rest = eol == std::string_view::npos ? std::string_view() : rest.substr(eol + 1);
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.empty() || (line_number == 1 && line.substr(0, 8) == "#version")) continue;
-    const std::string where = "line " + std::to_string(line_number) + ": ";
-    size_t space = line.find(' ');
-    if (space == std::string_view::npos || space == 0 || space + 1 == line.size() ||
-        line.find(' ', space + 1) != std::string_view::npos) {
-      return Annotate(absl::InvalidArgumentError(where + "expected 'left right', got '" + std::string(line) + "'"),
-                      bpe_context);
-    }
-    std::string left(line.substr(0, space));
-    std::string right(line.substr(space + 1));
-    auto left_it = encoder.find(left);
-    auto right_it = encoder.find(right);
-    auto merged_it = encoder.find(left + right);
-    if (left_it == encoder.end() || right_it == encoder.end() || merged_it == encoder.end()) {
-      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) +
-                                                 "' uses or makes a token missing from encoder.json"),
-                      bpe_context);
+  std::string left;
+  std::string right;
+  while (true) {
+    auto more = vocab.next_merge(&left, &right);
+    if (!more.ok()) return Annotate(more.status(), vocab.merges_context);
+    if (!*more) break;
+    const std::string merge_text = left + " " + right;
+    auto left_it = ids.find(left);
+    auto right_it = ids.find(right);
+    auto merged_it = ids.find(left + right);
+    if (left_it == ids.end() || right_it == ids.end() || merged_it == ids.end()) {
+      return Annotate(absl::InvalidArgumentError(vocab.where() + "merge '" + merge_text +
+                                                 "' uses or makes a token missing from " + vocab.vocab_name),
+                      vocab.merges_context);
     }
     // Our id layout (merge i creates id 256 + i) holds for GPT-2; a file
     // that breaks it is not one we can represent.
     const TokenId expected = static_cast<TokenId>(256 + merges.size());
     if (merged_it->second != expected) {
-      return Annotate(absl::InvalidArgumentError(where + "merge '" + std::string(line) + "' makes id " +
+      return Annotate(absl::InvalidArgumentError(vocab.where() + "merge '" + merge_text + "' makes id " +
                                                  std::to_string(merged_it->second) + ", expected " +
                                                  std::to_string(expected) + " (ids in merge order)"),
-                      bpe_context);
+                      vocab.merges_context);
     }
     merges.emplace_back(left_it->second, right_it->second);
   }
 
-  // What encoder.json holds beyond bytes and merges must be "<|...|>"
-  // special tokens; anything else means vocab.bpe is cut short.
+  // What the vocabulary holds beyond bytes and merges must be special
+  // tokens; anything else means the merges are cut short. encoder.json
+  // marks no specials, so there they are the "<|...|>" tokens.
   std::vector<std::pair<std::string, TokenId>> specials;
+  absl::flat_hash_set<std::string> listed;
+  if (vocab.specials.has_value()) {
+    specials = *vocab.specials;
+    for (const auto& special : specials) listed.insert(special.first);
+  }
   int unmade = 0;
-  for (const auto& [token, id] : encoder) {
+  for (const auto& [token, id] : ids) {
     if (id < static_cast<TokenId>(256 + merges.size())) continue;
+    if (vocab.specials.has_value()) {
+      if (!listed.contains(token)) ++unmade;
+      continue;
+    }
     const bool special = token.size() > 4 && token.compare(0, 2, "<|") == 0 &&
                          token.compare(token.size() - 2, 2, "|>") == 0;
     if (special) {
@@ -140,12 +176,12 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_pa
     }
   }
   if (unmade > 0) {
-    return Annotate(absl::InvalidArgumentError(std::to_string(unmade) +
-                                               " tokens of encoder.json are made by no merge (truncated file?)"),
-                    bpe_context);
+    return Annotate(absl::InvalidArgumentError(std::to_string(unmade) + " tokens of " + vocab.vocab_name +
+                                               " are made by no merge (truncated file?)"),
+                    vocab.merges_context);
   }
   auto tokenizer = Build(std::move(byte_ids), std::move(merges), std::move(specials));
-  if (!tokenizer.ok()) return Annotate(tokenizer.status(), bpe_context);
+  if (!tokenizer.ok()) return Annotate(tokenizer.status(), vocab.merges_context);
   return tokenizer;
 }
 
