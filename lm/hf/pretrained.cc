@@ -313,17 +313,6 @@ absl::Status LoadNeox(const SafetensorsWeights& w, const std::string& dir, Trans
 
 }  // namespace
 
-namespace {
-
-// tokenizer.json (the tokenizers library's file), else vocab.json +
-// merges.txt (GPT-2's files under the names the hub uses).
-absl::StatusOr<Tokenizer> LoadHfTokenizer(const std::string& dir) {
-  const fs::path vocab = fs::path(dir) / "vocab.json", merges = fs::path(dir) / "merges.txt";
-  if (fs::exists(vocab) && fs::exists(merges)) return Tokenizer::LoadGpt2(vocab.string(), merges.string());
-  return absl::NotFoundError("'" + dir + "' holds no tokenizer (looked for vocab.json + merges.txt)");
-}
-
-}  // namespace
 
 bool IsHfModelDir(const std::string& dir) {
   auto text = ReadFile((fs::path(dir) / kConfigFile).string());
@@ -384,7 +373,7 @@ absl::StatusOr<HfCheckpoint> LoadHfCheckpoint(const std::string& dir) {
 
 absl::StatusOr<std::unique_ptr<LanguageModel>> OpenHfModel(const std::string& dir) {
   RAG_ASSIGN_OR_RETURN(HfCheckpoint ck, LoadHfCheckpoint(dir));
-  RAG_ASSIGN_OR_RETURN(Tokenizer tokenizer, LoadHfTokenizer(dir));
+  RAG_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::LoadHfDirectory(dir));
   if (tokenizer.vocab_size() > ck.config.vocab_size) {
     return absl::InvalidArgumentError("'" + dir + "': the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                                       " tokens but config.json's vocab_size is " +

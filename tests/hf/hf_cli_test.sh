@@ -63,7 +63,7 @@ EOF
 "$PY" "$MAKE" --arch gpt2 --out "$TMP/gpt2" --gpt2-vocab "$VOCAB" --seed 11 --dtype float16 --prefix 0 \
   --context 128 || fail "make_hf_checkpoint.py gpt2"
 "$PY" "$MAKE" --arch gpt_neox --out "$TMP/neox" --gpt2-vocab "$VOCAB" --seed 12 --shards 3 \
-  --rope-style old --rotary-pct 0.25 --parallel-residual 1 --context 128 || fail "make_hf_checkpoint.py gpt_neox"
+  --rope-style old --rotary-pct 0.25 --parallel-residual 1 --context 128 --qk-std 0.2 || fail "make_hf_checkpoint.py gpt_neox"
 [ -f "$TMP/gpt2/vocab.json" ] && [ -f "$TMP/gpt2/merges.txt" ] || fail "gpt2 directory has no vocab.json/merges.txt"
 [ -f "$TMP/neox/tokenizer.json" ] && [ -f "$TMP/neox/model.safetensors.index.json" ] ||
   fail "neox directory has no tokenizer.json or shard index"
@@ -104,9 +104,12 @@ EOF
   "$PY" - "$TMP/$arch.ppl.json" <<'EOF' || fail "$arch: kNN-LM perplexity"
 import json, math, sys
 j = json.load(open(sys.argv[1]))
-text = json.dumps(j)
-assert "perplexity" in text, j
-print("  " + text[:300], file=sys.stderr)
+sweep = {row["lambda"]: row["perplexity"] for row in j["sweep"]}
+# lambda 0 is the loaded model alone; 0.5 mixes in the datastore its own
+# hidden states keyed, which on the indexed corpus itself must help a lot.
+assert abs(sweep[0.0] - j["lm_perplexity"]) < 1e-6 * j["lm_perplexity"], j
+assert math.isfinite(sweep[0.5]) and sweep[0.5] < 0.5 * sweep[0.0], sweep
+print(f"  perplexity lm {sweep[0.0]:.1f}, knnlm(0.5) {sweep[0.5]:.2f}", file=sys.stderr)
 EOF
 
   step "$arch: eval probes, eval memorization"
