@@ -42,6 +42,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/proc_status.h"
 #include "common/file_util.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
@@ -79,16 +80,6 @@ double CpuSeconds() {
 }
 
 double Mb(double bytes) { return bytes / (1024.0 * 1024.0); }
-
-// This process's resident set now, from /proc/self/status (bytes).
-double CurrentRss() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atof(line.c_str() + 6) * 1024.0;
-  }
-  return 0;
-}
 
 // Sum of the sizes of the regular files under `dir`.
 double DirBytes(const fs::path& dir) {
@@ -261,7 +252,7 @@ int main(int argc, char** argv) {
 
   // (b) Peak RSS. Both children start from this process as it is now (no
   // LibTorch threads, no model, no corpus).
-  const double parent_rss = CurrentRss();
+  const double parent_rss = rag::bench::ProcStatusBytes("VmRSS:");
   const double load_peak = PeakRssOfChild("load model", [&] {
     rag::lm::ConfigureRuntime(f.threads);
     auto model = rag::lm::LanguageModel::Open(f.model);

@@ -61,6 +61,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "bench/proc_status.h"
 #include "lm/hf/pretrained.h"
 #include "lm/model_config.h"
 #include "lm/runtime.h"
@@ -75,23 +76,6 @@ constexpr double kTargetMemoryRatio = 1.10;  // live RssAnon growth / parameter 
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// A field of /proc/self/status in bytes ("RssAnon:": heap, where the weights
-// live; "RssFile:": mapped file pages, reclaimable page cache).
-double StatusBytes(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) {
-      double kb = 0;
-      std::string digits = line.substr(field.size());
-      digits.erase(0, digits.find_first_not_of(" \t"));
-      digits = digits.substr(0, digits.find_first_of(" \t"));
-      if (absl::SimpleAtod(digits, &kb)) return 1024.0 * kb;
-    }
-  }
-  return 0;
 }
 
 // "256,1024" -> {256, 1024}; false on an empty list or a non-positive or
@@ -164,13 +148,13 @@ template <typename Build>
 MemoryFigures MeasureMemory(Build&& build) {
   MemoryFigures m;
   malloc_trim(0);
-  m.anon_before = StatusBytes("RssAnon:");
-  m.file_before = StatusBytes("RssFile:");
+  m.anon_before = rag::bench::ProcStatusBytes("RssAnon:");
+  m.file_before = rag::bench::ProcStatusBytes("RssFile:");
   build();
-  m.anon_after = StatusBytes("RssAnon:");
-  m.file_after = StatusBytes("RssFile:");
+  m.anon_after = rag::bench::ProcStatusBytes("RssAnon:");
+  m.file_after = rag::bench::ProcStatusBytes("RssFile:");
   malloc_trim(0);
-  m.anon_after_trim = StatusBytes("RssAnon:");
+  m.anon_after_trim = rag::bench::ProcStatusBytes("RssAnon:");
   return m;
 }
 

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/proc_status.h"
 #include "common/file_util.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/datastore_builder.h"
@@ -45,17 +46,6 @@ namespace fs = std::filesystem;
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// A resident-set field of this process in bytes: "RssAnon:" (heap: the
-// loaded FAISS index) or "RssFile:" (mapped file pages, reclaimable).
-double RssBytes(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) return 1024.0 * std::stod(line.substr(field.size()));
-  }
-  return 0;
 }
 
 std::vector<int> ParseInts(const std::string& csv) {
@@ -116,14 +106,14 @@ int main(int argc, char** argv) {
   int64_t keys = 0;
   std::string factory;
   {
-    const double anon = RssBytes("RssAnon:"), file = RssBytes("RssFile:");
+    const double anon = rag::bench::ProcStatusBytes("RssAnon:"), file = rag::bench::ProcStatusBytes("RssFile:");
     auto ds = rag::retriever::Datastore::Open(datastore_dir);
     if (!ds.ok()) return Fail(ds.status().ToString());
     keys = (*ds)->size();
     factory = (*ds)->factory();
     const double per = 1.0 / static_cast<double>(std::max<int64_t>(1, keys));
-    anon_per_key = (RssBytes("RssAnon:") - anon) * per;
-    file_per_key = (RssBytes("RssFile:") - file) * per;
+    anon_per_key = (rag::bench::ProcStatusBytes("RssAnon:") - anon) * per;
+    file_per_key = (rag::bench::ProcStatusBytes("RssFile:") - file) * per;
     disk_per_key = (*ds)->bytes_per_key();
   }
 

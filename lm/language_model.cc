@@ -12,11 +12,12 @@ LanguageModel::LanguageModel(TransformerConfig config, Tokenizer tokenizer, Tran
     : config_(std::move(config)), tokenizer_(std::move(tokenizer)), module_(std::move(module)) {}
 
 absl::Status LanguageModel::Save(const std::string& dir, const std::string& info_json) {
-  RAG_ASSIGN_OR_RETURN(nlohmann::json info, internal::BeginModelDir(dir, info_json));
-  RAG_RETURN_IF_ERROR(internal::WriteModelFiles(dir, module_.ptr(), config_.ToJson(), tokenizer_));
+  // Checked before anything is written, so a refused save leaves `dir` as it was.
   if (identity_.format != "rag") {
     return absl::FailedPreconditionError("a " + identity_.format + " model is not saved as a rag model directory");
   }
+  RAG_ASSIGN_OR_RETURN(nlohmann::json info, internal::BeginModelDir(dir, info_json));
+  RAG_RETURN_IF_ERROR(internal::WriteModelFiles(dir, module_.ptr(), config_.ToJson(), tokenizer_));
   RAG_ASSIGN_OR_RETURN(identity_.content_hash, ComputeContentHash(dir));
   return internal::FinishModelDir(dir, std::move(info), identity_.content_hash, tokenizer_, module_->NumParameters());
 }

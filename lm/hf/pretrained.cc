@@ -321,9 +321,9 @@ bool IsHfModelDir(const std::string& dir) {
   return j.is_object() && j.contains("model_type");
 }
 
-absl::StatusOr<TransformerConfig> ConfigFromHf(const std::string& config_json, std::string* model_type) {
-  json j = json::parse(config_json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
+namespace {
+
+absl::StatusOr<TransformerConfig> ConfigFromHfJson(const json& j, std::string* model_type) {
   ConfigReader r(j);
   std::string type;
   RAG_RETURN_IF_ERROR(r.Str("model_type", &type));
@@ -334,9 +334,10 @@ absl::StatusOr<TransformerConfig> ConfigFromHf(const std::string& config_json, s
   } else if (type == "gpt_neox") {
     RAG_RETURN_IF_ERROR(NeoxConfig(j, r, c));
   } else {
-    return absl::InvalidArgumentError("config.json: model_type '" + type +
-                                      "' is not supported (supported: gpt2, gpt_neox; export any other "
-                                      "architecture to TorchScript, see examples/)");
+    std::string supported;
+    for (const char* t : kSupportedModelTypes) supported += (supported.empty() ? "" : ", ") + std::string(t);
+    return absl::InvalidArgumentError("config.json: model_type '" + type + "' is not supported (supported: " +
+                                      supported + "; export any other architecture to TorchScript, see examples/)");
   }
   auto valid = c.Validate();
   if (!valid.ok()) return Annotate(valid, "config.json (" + type + ")");
@@ -344,19 +345,33 @@ absl::StatusOr<TransformerConfig> ConfigFromHf(const std::string& config_json, s
   return c;
 }
 
+absl::StatusOr<json> ParseConfig(const std::string& config_json) {
+  json j = json::parse(config_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
+  return j;
+}
+
+}  // namespace
+
+absl::StatusOr<TransformerConfig> ConfigFromHf(const std::string& config_json, std::string* model_type) {
+  RAG_ASSIGN_OR_RETURN(json j, ParseConfig(config_json));
+  return ConfigFromHfJson(j, model_type);
+}
+
 absl::StatusOr<HfCheckpoint> LoadHfCheckpoint(const std::string& dir) {
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
-  RAG_ASSIGN_OR_RETURN(std::string text, ReadFile(config_path));
   HfCheckpoint ck;
-  auto config = ConfigFromHf(text, &ck.model_type);
+  RAG_ASSIGN_OR_RETURN(ck.config_json, ReadFile(config_path));
+  auto j = ParseConfig(ck.config_json);
+  if (!j.ok()) return Annotate(j.status(), "'" + dir + "'");
+  auto config = ConfigFromHfJson(*j, &ck.model_type);
   if (!config.ok()) return Annotate(config.status(), "'" + dir + "'");
   ck.config = *config;
   RAG_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWeights> weights, SafetensorsWeights::Open(dir));
   ck.weight_files = weights->files();
 
   bool attention_bias = true;
-  json j = json::parse(text, nullptr, false);
-  RAG_RETURN_IF_ERROR(ConfigReader(j).Bool("attention_bias", &attention_bias));
+  RAG_RETURN_IF_ERROR(ConfigReader(*j).Bool("attention_bias", &attention_bias));
 
   torch::NoGradGuard no_grad;
   ck.module = TransformerLM(ck.config);
@@ -381,8 +396,7 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> OpenHfModel(const std::string& di
   }
   // The hash covers what decides the model's outputs: config.json's bytes,
   // the tokenizer's content and every weight file's bytes.
-  RAG_ASSIGN_OR_RETURN(std::string config_text, ReadFile((fs::path(dir) / kConfigFile).string()));
-  std::string hashed = "huggingface\n" + config_text + "\n" + tokenizer.Hash();
+  std::string hashed = "huggingface\n" + ck.config_json + "\n" + tokenizer.Hash();
   for (const std::string& file : ck.weight_files) {
     RAG_ASSIGN_OR_RETURN(std::string h, HashFileHex(file));
     hashed += "\n" + fs::path(file).filename().string() + " " + h;

@@ -51,6 +51,7 @@ struct HfCheckpoint {
   TransformerConfig config;
   TransformerLM module{nullptr};  // in eval mode, fp32
   std::vector<std::string> weight_files;
+  std::string config_json;  // config.json's bytes (what the content hash covers)
 };
 
 // Reads config.json and the safetensors weights of `dir` (no tokenizer).
