@@ -21,7 +21,9 @@ double Uniform(uint64_t* state) { return static_cast<double>(NextRandom(state) >
 }  // namespace
 
 TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state) {
-  auto l = logits.to(torch::kFloat32).contiguous();
+  auto l = logits.to(torch::kFloat32);
+  if (options.num_tokens > 0 && options.num_tokens < l.size(-1)) l = l.narrow(-1, 0, options.num_tokens);
+  l = l.contiguous();
   if (options.temperature <= 0) return static_cast<TokenId>(l.argmax().item<int64_t>());
   auto probs = torch::softmax(l / options.temperature, -1);
   auto sorted = probs.sort(/*dim=*/-1, /*descending=*/true);

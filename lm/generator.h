@@ -21,6 +21,10 @@ struct SamplingOptions {
   uint64_t seed = 0;           // sampling RNG seed. Default: 0
   bool stop_at_eot = true;     // stop after the end-of-text token. Default: true
   bool use_cache = true;       // false recomputes the prefix every step (for tests). Default: true
+  // Only ids below this are sampled: the tokenizer's vocabulary, which may be
+  // smaller than the model's output (Pythia has 50304 rows for 50277 tokens;
+  // the rest decode to nothing). 0 = every row. Default: 0
+  int64_t num_tokens = 0;
 };
 
 // Called with each generated token; returning false stops generation (a

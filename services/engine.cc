@@ -192,7 +192,11 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
     RAG_ASSIGN_OR_RETURN(torch::Tensor logprobs, strategy(p.mode).NextToken(p, tok.Encode(p.text)));
     v1::NextTokenResponse r;
     r.set_mode(ModeName(p.mode));
-    auto [values, indices] = logprobs.topk(std::min<int64_t>(p.top_n, logprobs.size(0)));
+    // Rows past the tokenizer's vocabulary (Pythia pads its output to 50304
+    // for 50277 tokens) are no token and are not listed; their mass stays in
+    // the distribution, so the listed probabilities are the model's own.
+    const torch::Tensor listed = logprobs.narrow(0, 0, std::min<int64_t>(logprobs.size(0), tok.vocab_size()));
+    auto [values, indices] = listed.topk(std::min<int64_t>(p.top_n, listed.size(0)));
     auto v = values.accessor<float, 1>();
     auto ix = indices.accessor<int64_t, 1>();
     for (int64_t i = 0; i < values.size(0); ++i) {

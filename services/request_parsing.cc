@@ -215,6 +215,7 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   p.sampling.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
   p.sampling.seed = s.seed();
   p.sampling.stop_at_eot = !request.ignore_eot();
+  p.sampling.num_tokens = ctx.vocab_size;  // never a row the tokenizer cannot decode
   if (request.prompt_token_ids_size() > 0) {
     if (!request.prompt().empty()) {
       return absl::InvalidArgumentError("give the prompt as text or as prompt_token_ids, not both");

@@ -1,5 +1,6 @@
 #include "lm/hf/pretrained.h"
 
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -141,9 +142,11 @@ absl::Status NeoxConfig(const json& j, const ConfigReader& r, TransformerConfig&
   return absl::OkStatus();
 }
 
-// One stored tensor as an fp32 torch tensor of the stored shape (a copy:
-// the mapped bytes may be unaligned, and fp16/bf16 need converting anyway).
-absl::StatusOr<torch::Tensor> ReadTensor(const TensorView& v, const std::string& where) {
+// One stored tensor as a torch tensor of the stored dtype and shape. When the
+// mapped bytes are aligned for the dtype (safetensors writers align them) it
+// is a view of the mapping, so loading keeps one copy of the weights: the
+// parameter's. Otherwise the bytes are copied into an aligned tensor.
+absl::StatusOr<torch::Tensor> StoredTensor(const TensorView& v, const std::string& where) {
   torch::ScalarType type;
   switch (v.dtype) {
     case Dtype::kF32: type = torch::kFloat32; break;
@@ -154,9 +157,15 @@ absl::StatusOr<torch::Tensor> ReadTensor(const TensorView& v, const std::string&
       return absl::InvalidArgumentError(where + ": tensor '" + v.name + "' has dtype " + DtypeName(v.dtype) +
                                         "; weights must be F32, F16, BF16 or F64");
   }
-  torch::Tensor t = torch::empty(v.shape, torch::TensorOptions().dtype(type));
+  const auto options = torch::TensorOptions().dtype(type);
+  const size_t element = DtypeBytes(v.dtype);
+  if (v.bytes > 0 && reinterpret_cast<uintptr_t>(v.data) % element == 0) {
+    // Only ever read (copy_ source), so the const_cast never leads to a write.
+    return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, options);
+  }
+  torch::Tensor t = torch::empty(v.shape, options);
   if (v.bytes > 0) std::memcpy(t.data_ptr(), v.data, v.bytes);
-  return type == torch::kFloat32 ? t : t.to(torch::kFloat32);
+  return t;
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
@@ -171,7 +180,11 @@ class WeightCopier {
  public:
   WeightCopier(const SafetensorsWeights& weights, std::string dir) : weights_(weights), dir_(std::move(dir)) {}
 
-  // `transform` maps the stored tensor (shape `stored`) to the parameter's layout.
+  // `transform` maps the stored tensor (shape `stored`) to the parameter's
+  // layout with view operations only (transpose, view, permute), so that
+  // copy_ reads the mapping directly and converts the dtype on the way: no
+  // temporary the size of a tensor is made (glibc would keep such
+  // temporaries in the heap, and loading would hold ~1.5 copies of the weights).
   absl::Status Copy(const std::string& name, const std::vector<int64_t>& stored, torch::Tensor& param,
                     const std::function<torch::Tensor(const torch::Tensor&)>& transform = nullptr) {
     auto view = weights_.Get(name);
@@ -181,9 +194,9 @@ class WeightCopier {
                                         ShapeString(view->shape) + " but config.json implies " +
                                         ShapeString(stored));
     }
-    RAG_ASSIGN_OR_RETURN(torch::Tensor t, ReadTensor(*view, "'" + dir_ + "'"));
+    RAG_ASSIGN_OR_RETURN(torch::Tensor t, StoredTensor(*view, "'" + dir_ + "'"));
     if (transform) t = transform(t);
-    param.copy_(t.reshape(param.sizes()));
+    param.view(t.sizes()).copy_(t);
     used_.insert(name);
     dtypes_.insert(DtypeName(view->dtype));
     return absl::OkStatus();
@@ -229,7 +242,7 @@ absl::StatusOr<std::string> FindPrefix(const SafetensorsWeights& w, const std::s
                                     "' is in the weights: not a checkpoint of this model_type");
 }
 
-torch::Tensor Transposed(const torch::Tensor& t) { return t.t().contiguous(); }
+torch::Tensor Transposed(const torch::Tensor& t) { return t.t(); }
 
 absl::Status LoadGpt2(const SafetensorsWeights& w, const std::string& dir, TransformerLMImpl& m,
                       WeightCopier& copy) {
@@ -274,10 +287,8 @@ absl::Status LoadNeox(const SafetensorsWeights& w, const std::string& dir, Trans
   RAG_ASSIGN_OR_RETURN(std::string p, FindPrefix(w, dir, "gpt_neox.", "embed_in.weight"));
   RAG_RETURN_IF_ERROR(copy.Copy(p + "embed_in.weight", {c.vocab_size, d}, m.token_embedding->weight));
   // query_key_value's rows are grouped per head, [H, 3, E]; ours [3, H, E].
-  auto regroup_weight = [=](const torch::Tensor& t) {
-    return t.view({heads, 3, e, d}).permute({1, 0, 2, 3}).reshape({3 * d, d});
-  };
-  auto regroup_bias = [=](const torch::Tensor& t) { return t.view({heads, 3, e}).permute({1, 0, 2}).reshape({3 * d}); };
+  auto regroup_weight = [=](const torch::Tensor& t) { return t.view({heads, 3, e, d}).permute({1, 0, 2, 3}); };
+  auto regroup_bias = [=](const torch::Tensor& t) { return t.view({heads, 3, e}).permute({1, 0, 2}); };
   for (int64_t i = 0; i < c.n_layers; ++i) {
     auto& b = m.blocks->at<BlockImpl>(static_cast<size_t>(i));
     const std::string h = p + "layers." + std::to_string(i) + ".";
