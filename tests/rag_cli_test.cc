@@ -100,6 +100,24 @@ TEST_F(RagCliTest, TrainScoreGenerateEvaluate) {
   EXPECT_NEAR(s["perplexity"].get<double>(), std::exp(s["nll"].get<double>()), 1e-6);
   EXPECT_EQ(s["token_logprobs"].size(), s["tokens"].get<size_t>());
 
+  // `rag tokenize` gives the ids score used, from the tokenizer alone (a
+  // directory holding nothing but tokenizer.json works), and --decode
+  // reads its --json ids back to the text.
+  std::vector<int> scored;
+  for (const auto& t : s["token_logprobs"]) scored.push_back(t["token"].get<int>());
+  const fs::path tok_only = dir_ / "tokenizer-only";
+  fs::create_directories(tok_only);
+  fs::copy_file(fs::path(model) / "tokenizer.json", tok_only / "tokenizer.json");
+  for (const std::string& dir : {model, tok_only.string()}) {
+    Result tok = Run({"tokenize", "--model", dir, "--text", "The cat sees the red house.", "--json"});
+    ASSERT_EQ(tok.exit_code, 0) << tok.err;
+    const json t = json::parse(tok.out);
+    EXPECT_EQ(t["ids"].get<std::vector<int>>(), scored) << dir;
+    Result back = Run({"tokenize", "--model", dir, "--decode", "--text", t["ids"].dump(), "--json"});
+    ASSERT_EQ(back.exit_code, 0) << back.err;
+    EXPECT_EQ(json::parse(back.out)["text"], "The cat sees the red house.") << dir;
+  }
+
   // A sentence from the training grammar is far more likely than noise.
   Result noise = Run({"score", "--model", model, "--text", "zq xv kkj wqp zzv bbq.", "--json"});
   ASSERT_EQ(noise.exit_code, 0);

@@ -22,6 +22,7 @@
 #include "services/cli/index_commands.h"
 #include "services/cli/lm_commands.h"
 #include "services/cli/serve.h"
+#include "services/cli/tokenize.h"
 #include "services/cli/train.h"
 #include "services/cli/validate.h"
 
@@ -54,6 +55,7 @@ int main(int argc, char** argv) {
   commands.push_back(cli::AddEvalMemorizationCommand(eval_cmd));
   commands.push_back(cli::AddEvalExtractionCommand(eval_cmd));
   commands.push_back(cli::AddCountCommand(&app));
+  commands.push_back(cli::AddTokenizeCommand(&app));
 
   CLI11_PARSE(app, argc, argv);
   if (threads < 0) {
