@@ -61,7 +61,7 @@
 //      then every byte that has no token (necessarily invalid UTF-8) becomes
 //      U+FFFD. Normalize() returns the text after this step.
 //   3. Added tokens with normalized=true are split out of the normalized gaps
-//      (matching the NFC of their text), leftmost-longest.
+//      (their text must already be in NFC), leftmost-longest.
 //   4. What remains is split by GPT-2's regex
 //        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //      (PCRE2, UTF + UCP; bytes that are not valid UTF-8 never match it and
