@@ -1,7 +1,7 @@
 // Tokenizer::LoadGpt2: reading OpenAI's GPT-2 vocabulary files
-// (encoder.json, vocab.bpe), and Tokenizer::FromStringVocab, which maps a
-// vocabulary spelled in GPT-2's byte alphabet onto our id layout (shared with
-// the Hugging Face reader, lm/tokenizer_hf.cc).
+// (encoder.json, vocab.bpe), and Tokenizer::FromStringVocab, which turns a
+// vocabulary spelled in GPT-2's byte alphabet into a Tokenizer::Layout
+// (shared with the Hugging Face reader, lm/tokenizer_hf.cc).
 #include <array>
 #include <string>
 #include <string_view>
@@ -15,6 +15,8 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "lm/internal/string_vocab.h"
+#include "lm/internal/text_normalizer.h"
+#include "lm/internal/tokenizer_layout.h"
 #include "lm/tokenizer.h"
 
 namespace rag::lm {
@@ -114,16 +116,21 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadGpt2(const std::string& encoder_json_pa
 absl::StatusOr<Tokenizer> Tokenizer::FromStringVocab(const StringVocab& vocab) {
   const absl::flat_hash_map<std::string, TokenId>& ids = vocab.ids;
   const std::array<std::string, 256> byte_strings = internal::BytesToUnicode();
-  std::vector<TokenId> byte_ids(256);
+  Layout layout;
+  layout.normalizer = vocab.normalizer;
+  layout.byte_ids.assign(256, -1);
+  absl::flat_hash_set<TokenId> made;  // byte tokens and merge results
   for (int b = 0; b < 256; ++b) {
     auto it = ids.find(byte_strings[b]);
     if (it == ids.end()) {
+      // GPT-NeoX has no token for the bytes that valid UTF-8 never holds.
+      if (internal::NeverInUtf8(static_cast<unsigned char>(b))) continue;
       return Annotate(absl::InvalidArgumentError("no token for byte " + std::to_string(b)), vocab.vocab_context);
     }
-    byte_ids[b] = it->second;
+    layout.byte_ids[b] = it->second;
+    made.insert(it->second);
   }
 
-  std::vector<std::pair<TokenId, TokenId>> merges;
   std::string left;
   std::string right;
   while (true) {
@@ -139,38 +146,32 @@ absl::StatusOr<Tokenizer> Tokenizer::FromStringVocab(const StringVocab& vocab) {
                                                  "' uses or makes a token missing from " + vocab.vocab_name),
                       vocab.merges_context);
     }
-    // Our id layout (merge i creates id 256 + i) holds for GPT-2; a file
-    // that breaks it is not one we can represent.
-    const TokenId expected = static_cast<TokenId>(256 + merges.size());
-    if (merged_it->second != expected) {
-      return Annotate(absl::InvalidArgumentError(vocab.where() + "merge '" + merge_text + "' makes id " +
-                                                 std::to_string(merged_it->second) + ", expected " +
-                                                 std::to_string(expected) + " (ids in merge order)"),
-                      vocab.merges_context);
-    }
-    merges.emplace_back(left_it->second, right_it->second);
+    // The merge makes whatever id the vocabulary gives left + right (GPT-2:
+    // 256 + rank; GPT-NeoX: 245 + rank); Build checks the ids fit together.
+    layout.merges.push_back({left_it->second, right_it->second, merged_it->second});
+    made.insert(merged_it->second);
   }
 
-  // What the vocabulary holds beyond bytes and merges must be special
-  // tokens; anything else means the merges are cut short. encoder.json
-  // marks no specials, so there they are the "<|...|>" tokens.
-  std::vector<std::pair<std::string, TokenId>> specials;
+  // What the vocabulary holds beyond bytes and merge results must be
+  // special or added tokens; anything else means the merges are cut short.
+  // encoder.json marks no specials, so there they are the "<|...|>" tokens.
   absl::flat_hash_set<std::string> listed;
   if (vocab.specials.has_value()) {
-    specials = *vocab.specials;
-    for (const auto& special : specials) listed.insert(special.first);
+    layout.specials = *vocab.specials;
+    for (const auto& special : layout.specials) listed.insert(special.first);
   }
+  for (const Layout::AddedToken& t : vocab.added) listed.insert(t.text);
   int unmade = 0;
   for (const auto& [token, id] : ids) {
-    if (id < static_cast<TokenId>(256 + merges.size())) continue;
-    if (vocab.specials.has_value()) {
+    if (made.contains(id)) continue;
+    if (vocab.specials.has_value() || listed.contains(token)) {
       if (!listed.contains(token)) ++unmade;
       continue;
     }
     const bool special = token.size() > 4 && token.compare(0, 2, "<|") == 0 &&
                          token.compare(token.size() - 2, 2, "|>") == 0;
     if (special) {
-      specials.emplace_back(token, id);
+      layout.specials.emplace_back(token, id);
     } else {
       ++unmade;
     }
@@ -180,7 +181,8 @@ absl::StatusOr<Tokenizer> Tokenizer::FromStringVocab(const StringVocab& vocab) {
                                                " are made by no merge (truncated file?)"),
                     vocab.merges_context);
   }
-  auto tokenizer = Build(std::move(byte_ids), std::move(merges), std::move(specials));
+  layout.added = vocab.added;
+  auto tokenizer = Build(std::move(layout));
   if (!tokenizer.ok()) return Annotate(tokenizer.status(), vocab.merges_context);
   return tokenizer;
 }

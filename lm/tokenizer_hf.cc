@@ -1,7 +1,8 @@
 // Tokenizer::LoadHfTokenizerJson and Tokenizer::LoadHfDirectory: reading the
 // tokenizer of a Hugging Face model directory (the `tokenizers` library's
-// tokenizer.json, or vocab.json + merges.txt) into our id layout. Accepts
-// only files whose encoding is exactly ours and says what differs otherwise.
+// tokenizer.json, or vocab.json + merges.txt): GPT-2's and GPT-NeoX-20B's
+// (Pythia's) byte-level BPE. Accepts only files whose encoding we reproduce
+// exactly and says what differs otherwise.
 #include <algorithm>
 #include <array>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "lm/internal/string_vocab.h"
+#include "lm/internal/tokenizer_layout.h"
 #include "lm/tokenizer.h"
 
 namespace rag::lm {
@@ -125,6 +127,9 @@ struct AddedToken {
   TokenId id;
   std::string content;
   bool special;
+  bool normalized;
+  // single_word, lstrip, rstrip: change where tokenizers matches the token.
+  std::vector<std::pair<std::string, Json>> match_flags;
 };
 
 absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& j) {
@@ -137,14 +142,31 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& j) {
     const std::string where = "added_tokens[" + std::to_string(i) + "]: ";
     std::optional<TokenId> id;
     if (t.is_object() && t.contains("id")) id = AsId(t["id"]);
-    auto content = t.is_object() ? t.find("content") : t.end();
-    auto special = t.is_object() ? t.find("special") : t.end();
+    auto field = [&t](const char* name) { return t.is_object() ? t.find(name) : t.end(); };
+    auto content = field("content");
+    bool flags_ok = true;
+    for (const char* name : {"special", "normalized", "single_word", "lstrip", "rstrip"}) {
+      auto f = field(name);
+      if (f != t.end() && !f->is_boolean()) flags_ok = false;
+    }
     if (!id.has_value() || content == t.end() || !content->is_string() || content->get<std::string>().empty() ||
-        (special != t.end() && !special->is_boolean())) {
+        !flags_ok) {
       return absl::InvalidArgumentError(where + "expected {\"id\": id, \"content\": text, \"special\": bool}, got " +
                                         Dump(t));
     }
-    out.push_back({*id, content->get<std::string>(), special != t.end() && special->get<bool>()});
+    AddedToken token;
+    token.id = *id;
+    token.content = content->get<std::string>();
+    auto special = field("special");
+    token.special = special != t.end() && special->get<bool>();
+    // tokenizers' AddedToken::from(content, special): normalized = !special.
+    auto normalized = field("normalized");
+    token.normalized = normalized != t.end() ? normalized->get<bool>() : !token.special;
+    for (const char* name : {"single_word", "lstrip", "rstrip"}) {
+      auto f = field(name);
+      if (f != t.end()) token.match_flags.emplace_back(name, *f);
+    }
+    out.push_back(std::move(token));
   }
   return out;
 }
@@ -175,48 +197,21 @@ absl::Status ParseVocab(const Json& model, absl::flat_hash_map<std::string, Toke
   return absl::OkStatus();
 }
 
-// What in the id layout differs from ours: the bytes at 0..255, the merges
-// making 256 + i (checked as they are read), then the special tokens; no
-// other added tokens.
-void CheckLayout(const absl::flat_hash_map<std::string, TokenId>& ids, const std::vector<AddedToken>& added,
-                 size_t num_merges, std::vector<std::string>* issues) {
-  const std::array<std::string, 256> byte_strings = internal::BytesToUnicode();
-  TokenId lowest = -1;
-  TokenId highest = -1;
-  for (const std::string& s : byte_strings) {
-    auto it = ids.find(s);
-    if (it == ids.end()) continue;  // FromStringVocab names the missing byte
-    lowest = lowest < 0 ? it->second : std::min(lowest, it->second);
-    highest = std::max(highest, it->second);
-  }
-  if (highest >= 256) {
-    issues->push_back("the byte tokens have ids " + std::to_string(lowest) + ".." + std::to_string(highest) +
-                      ", expected 0..255");
-  }
-  const int64_t first_special = 256 + static_cast<int64_t>(num_merges);
-  std::vector<std::string> early;
-  std::vector<std::string> plain;
+// What in the added tokens we cannot reproduce: match flags on non-special
+// tokens (special tokens are never matched in Encode input, so theirs do not
+// matter), and a missing <|endoftext|>.
+void CheckAddedTokens(const std::vector<AddedToken>& added, std::vector<std::string>* issues) {
   bool has_eot = false;
-  for (const AddedToken& t : added) {
-    const std::string shown = Dump(Json(t.content)) + " (id " + std::to_string(t.id) + ")";
-    if (!t.special) {
-      plain.push_back(shown);
-    } else if (t.id < first_special) {
-      early.push_back(shown);
-    }
+  for (size_t i = 0; i < added.size(); ++i) {
+    const AddedToken& t = added[i];
     if (t.special && t.content == kEndOfTextToken) has_eot = true;
-  }
-  auto some = [](const std::vector<std::string>& list) {
-    std::vector<std::string> head(list.begin(), list.begin() + std::min<size_t>(list.size(), 3));
-    return absl::StrJoin(head, ", ") + (list.size() > 3 ? ", ..." : "");
-  };
-  if (!early.empty()) {
-    issues->push_back("special tokens " + some(early) + " come before the merges' ids, expected ids from " +
-                      std::to_string(first_special) + " (after the 256 bytes and " + std::to_string(num_merges) +
-                      " merges)");
-  }
-  if (!plain.empty()) {
-    issues->push_back(std::to_string(plain.size()) + " non-special added tokens are not supported: " + some(plain));
+    if (t.special) continue;
+    for (const auto& [name, value] : t.match_flags) {
+      if (value != Json(false)) {
+        issues->push_back("added_tokens[" + std::to_string(i) + "] " + Dump(Json(t.content)) + ": " + name + " " +
+                          Dump(value) + " is not supported (expected false)");
+      }
+    }
   }
   if (!has_eot) issues->push_back(std::string("added_tokens has no special token ") + kEndOfTextToken);
 }
@@ -241,8 +236,13 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadHfTokenizerJson(const std::string& path
 
     std::vector<std::string> issues;
     auto normalizer = j.find("normalizer");
+    Layout::Normalizer normalizer_kind = Layout::Normalizer::kNone;
     if (normalizer != j.end() && !normalizer->is_null()) {
-      issues.push_back("normalizer " + Describe(*normalizer) + " is not supported (expected null)");
+      if (normalizer->is_object() && Describe(*normalizer) == "NFC") {
+        normalizer_kind = Layout::Normalizer::kNfc;  // GPT-NeoX
+      } else {
+        issues.push_back("normalizer " + Describe(*normalizer) + " is not supported (expected null or NFC)");
+      }
     }
     CheckPreTokenizer(j, &issues);
     auto type = model.find("type");
@@ -271,7 +271,10 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadHfTokenizerJson(const std::string& path
                          ? "gives it id " + std::to_string(by_text->second)
                          : "gives that id to " + Dump(Json(by_id->second))));
       }
-      if (!t.special) continue;
+      if (!t.special) {
+        vocab.added.push_back({t.content, t.id, t.normalized});
+        continue;
+      }
       specials.emplace_back(t.content, t.id);
       vocab.ids.emplace(t.content, t.id);
     }
@@ -281,13 +284,14 @@ absl::StatusOr<Tokenizer> Tokenizer::LoadHfTokenizerJson(const std::string& path
       return fail("model.merges must be an array of \"left right\" or [\"left\", \"right\"]");
     }
     const Json& merges = *merges_it;
-    CheckLayout(vocab.ids, *added, merges.size(), &issues);
+    CheckAddedTokens(*added, &issues);
     if (!issues.empty()) return fail(absl::StrJoin(issues, "; "));
 
     vocab.vocab_name = "model.vocab";
     vocab.vocab_context = context;
     vocab.merges_context = context;
     vocab.specials = std::move(specials);
+    vocab.normalizer = normalizer_kind;
     size_t next = 0;
     // tokenizers < 0.20 writes "left right"; later versions ["left", "right"]
     // (tokens may then hold spaces, which no byte-level token does).

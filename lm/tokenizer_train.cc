@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "lm/internal/bpe_pair.h"
 #include "lm/internal/pretokenizer.h"
+#include "lm/internal/tokenizer_layout.h"
 #include "lm/tokenizer.h"
 
 namespace rag::lm {
@@ -169,7 +170,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Train(const std::vector<std::string>& docum
   const TokenId eot = static_cast<TokenId>(256 + merges.size());
   std::vector<TokenId> byte_ids(256);
   for (int b = 0; b < 256; ++b) byte_ids[b] = b;
-  return Build(std::move(byte_ids), std::move(merges), {{kEndOfTextToken, eot}});
+  return Build(Layout::Canonical(std::move(byte_ids), merges, {{kEndOfTextToken, eot}}));
 }
 
 }  // namespace rag::lm

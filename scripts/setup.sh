@@ -13,7 +13,7 @@ PACKAGES=(
   python3-grpcio python3-protobuf
   libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libxxhash-dev
-  libzstd-dev libpcre2-dev libabsl-dev
+  libzstd-dev libpcre2-dev libabsl-dev libicu-dev
   python3 python3-numpy wordnet-base gnuplot-nox zlib1g-dev openssl
   clang libclang-rt-14-dev
 )

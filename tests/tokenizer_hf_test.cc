@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -107,10 +108,13 @@ Json SmallGpt2(int k) {
   return j;
 }
 
+// Writes `text` as a tokenizer.json and loads it; `path` (may be null) gets
+// where.
 absl::StatusOr<Tokenizer> LoadText(const std::string& text, std::string* path) {
-  *path = TempDir("edited") + "/tokenizer.json";
-  WriteText(*path, text);
-  return Tokenizer::LoadHfTokenizerJson(*path);
+  const std::string where = TempDir("edited") + "/tokenizer.json";
+  if (path != nullptr) *path = where;
+  WriteText(where, text);
+  return Tokenizer::LoadHfTokenizerJson(where);
 }
 
 // InvalidArgument naming the file and holding `needle`.
@@ -184,6 +188,9 @@ TEST(TokenizerHfTest, SameHashAsOpenAiFiles) {
                                  << OpenAiGpt2().status();
   EXPECT_EQ(HfGpt2()->Hash(), OpenAiGpt2()->Hash());
   EXPECT_EQ(HfGpt2()->ToJson(), OpenAiGpt2()->ToJson());
+  // The value every release has given: models' content hashes include it.
+  EXPECT_EQ(HfGpt2()->Hash(), "272e071cc2c5f835");
+  EXPECT_EQ(HfGpt2()->ToJson().rfind("{\n  \"format\": \"rag-byte-bpe\",\n  \"version\": 1,\n", 0), 0u);
 }
 
 TEST(TokenizerHfTest, BothMergeFormsGiveTheSameTokenizer) {
@@ -238,7 +245,8 @@ TEST(TokenizerHfTest, UnsupportedSettingsAreNamed) {
     return j.dump();
   };
   using P = Json::json_pointer;
-  ExpectRejected(with(P("/normalizer"), Json{{"type", "NFC"}}), "normalizer NFC is not supported");
+  ExpectRejected(with(P("/normalizer"), Json{{"type", "NFKC"}}), "normalizer NFKC is not supported (expected null or NFC)");
+  ExpectRejected(with(P("/normalizer"), "NFC"), "normalizer NFC is not supported");  // not an object
   ExpectRejected(with(P("/pre_tokenizer/add_prefix_space"), true),
                  "pre_tokenizer ByteLevel add_prefix_space true is not supported");
   ExpectRejected(with(P("/pre_tokenizer/use_regex"), false), "pre_tokenizer ByteLevel use_regex false");
@@ -259,43 +267,57 @@ TEST(TokenizerHfTest, UnsupportedSettingsAreNamed) {
   Json both = small;
   both["normalizer"] = Json{{"type", "NFKC"}};
   both["model"]["dropout"] = 0.5;
-  ExpectRejected(both.dump(), "normalizer NFKC is not supported (expected null); model.dropout 0.5");
+  ExpectRejected(both.dump(), "normalizer NFKC is not supported (expected null or NFC); model.dropout 0.5");
+}
+
+TEST(TokenizerHfTest, ReorderedMergesLoadAsAnotherTokenizer) {
+  ASSERT_REFERENCE_LOADED();
+  const int k = 10;
+  auto canonical = LoadText(SmallGpt2(k).dump(), nullptr);
+  ASSERT_TRUE(canonical.ok()) << canonical.status();
+  // "Ġ a" (makes 257) ranked before "Ġ t" (makes 256): each merge still
+  // makes the id model.vocab gives it, so this is a valid tokenizer, just
+  // not in the canonical layout -- written as version 2, another Hash().
+  Json swapped = SmallGpt2(k);
+  std::swap(swapped["model"]["merges"][0], swapped["model"]["merges"][1]);
+  auto t = LoadText(swapped.dump(), nullptr);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->merge(0), (std::pair<TokenId, TokenId>{220, 64}));
+  EXPECT_EQ(t->merge_result(0), 257);
+  EXPECT_EQ(t->merge_result(1), 256);
+  EXPECT_NE(t->ToJson().find("\"version\": 2"), std::string::npos);
+  EXPECT_NE(t->Hash(), canonical->Hash());
+  EXPECT_EQ(t->Encode(" the at"), canonical->Encode(" the at"));
 }
 
 TEST(TokenizerHfTest, IdLayoutWeCannotRepresentSaysWhatDiffers) {
   ASSERT_REFERENCE_LOADED();
   const int k = 10;
-  // GPT-NeoX-20B's layout (Pythia): <|endoftext|> 0, <|padding|> 1, bytes
-  // at 2..257, and non-special added whitespace tokens after the merges.
-  Json neox = SmallGpt2(k);
-  Json vocab = Json::object();
-  for (const auto& [token, id] : neox["model"]["vocab"].items()) {
-    if (token != kEndOfTextToken) vocab[token] = id.get<int>() + 2;
-  }
-  vocab[kEndOfTextToken] = 0;
-  vocab["<|padding|>"] = 1;
-  neox["model"]["vocab"] = vocab;
-  neox["added_tokens"] = Json::array({
-      Json{{"id", 0}, {"content", kEndOfTextToken}, {"special", true}},
-      Json{{"id", 1}, {"content", "<|padding|>"}, {"special", true}},
-      Json{{"id", 258 + k}, {"content", "  "}, {"special", false}},
-  });
-  const std::string text = neox.dump();
-  ExpectRejected(text, "the byte tokens have ids 2..257, expected 0..255");
-  ExpectRejected(text, "special tokens \"<|endoftext|>\" (id 0), \"<|padding|>\" (id 1) come before the merges' ids, "
-                       "expected ids from 266");
-  ExpectRejected(text, "1 non-special added tokens are not supported: \"  \" (id 268)");
-
-  // A non-special added token alone is refused too: tokenizers would split
-  // it out of the text before BPE.
-  Json plain = SmallGpt2(k);
-  plain["added_tokens"].push_back(Json{{"id", 257 + k}, {"content", "  "}, {"special", false}});
-  ExpectRejected(plain.dump(), "1 non-special added tokens are not supported");
-
-  // Merges out of id order: our layout needs merge i to make 256 + i.
-  Json swapped = SmallGpt2(k);
-  std::swap(swapped["model"]["merges"][0], swapped["model"]["merges"][1]);
-  ExpectRejected(swapped.dump(), "model.merges[0]: merge 'Ġ a' makes id 257, expected 256 (ids in merge order)");
+  // Merge 6 ("Ġt he", makes 262) moved first: it would use "Ġt" (256) before
+  // any merge made it.
+  Json early = SmallGpt2(k);
+  ASSERT_EQ(early["model"]["merges"][6], Json::array({"\xc4\xa0t", "he"}));
+  std::swap(early["model"]["merges"][0], early["model"]["merges"][6]);
+  ExpectRejected(early.dump(),
+                 "merge 0 [256, 258] uses id 256, which is neither a byte token nor made by an earlier merge");
+  // Two merges making one token: "Ġt he" and then "Ġth e".
+  Json twice = SmallGpt2(k);
+  twice["model"]["vocab"]["\xc4\xa0th"] = 256 + k;
+  twice["model"]["vocab"]["<|endoftext|>"] = 257 + k;
+  twice["added_tokens"][0]["id"] = 257 + k;
+  twice["model"]["merges"].push_back(Json::array({"\xc4\xa0t", "h"}));
+  twice["model"]["merges"].push_back(Json::array({"\xc4\xa0th", "e"}));
+  ExpectRejected(twice.dump(), "merge 11 [266, 68] has id 262, already used by merge 6 [256, 258]");
+  // A special token on a byte's id.
+  Json shared = SmallGpt2(k);
+  shared["model"]["vocab"].erase("<|endoftext|>");
+  shared["added_tokens"][0]["id"] = 71;
+  ExpectRejected(shared.dump(), "added token \"<|endoftext|>\" has id 71 but model.vocab gives that id to \"h\"");
+  // A byte that valid UTF-8 uses must have a token (GPT-NeoX may lack
+  // only 0xC0, 0xC1, 0xF5..0xFF).
+  Json no_h = SmallGpt2(k);
+  no_h["model"]["vocab"].erase("h");
+  ExpectRejected(no_h.dump(), "no token for byte 104");
 }
 
 TEST(TokenizerHfTest, MalformedFilesAreInvalidArgument) {
@@ -332,12 +354,8 @@ TEST(TokenizerHfTest, MalformedFilesAreInvalidArgument) {
   ExpectRejected(edit([](Json* j) { (*j)["added_tokens"][0]["special"] = "yes"; }), "added_tokens[0]: expected");
   ExpectRejected(edit([](Json* j) { (*j)["added_tokens"][0]["id"] = 265; }),
                  "added token \"<|endoftext|>\" has id 265 but model.vocab gives it id 266");
-  // A gap before the special token: Build's layout check.
-  ExpectRejected(edit([](Json* j) {
-                   (*j)["model"]["vocab"]["<|endoftext|>"] = 300;
-                   (*j)["added_tokens"][0]["id"] = 300;
-                 }),
-                 "expected id 266");
+  ExpectRejected(edit([](Json* j) { (*j)["added_tokens"][0]["content"] = ""; }), "added_tokens[0]: expected");
+  ExpectRejected(edit([](Json* j) { (*j)["added_tokens"][0]["lstrip"] = 1; }), "added_tokens[0]: expected");
   // Bytes that are not UTF-8 inside a string: still an error, not a throw.
   ExpectRejected("{\"model\": {\"type\": \"B\xff\"}}", "not valid JSON");
 
@@ -345,6 +363,292 @@ TEST(TokenizerHfTest, MalformedFilesAreInvalidArgument) {
   auto loaded = Tokenizer::LoadHfTokenizerJson(missing);
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound) << loaded.status();
   EXPECT_NE(loaded.status().message().find(missing), std::string::npos) << loaded.status();
+}
+
+TEST(TokenizerHfTest, IdsNothingUsesAreHoles) {
+  ASSERT_REFERENCE_LOADED();
+  // <|endoftext|> at 300 instead of 266: ids 266..299 are holes.
+  Json j = SmallGpt2(10);
+  j["model"]["vocab"]["<|endoftext|>"] = 300;
+  j["added_tokens"][0]["id"] = 300;
+  auto t = LoadText(j.dump(), nullptr);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->vocab_size(), 301);
+  EXPECT_EQ(t->eot_id(), 300);
+  EXPECT_EQ(t->TokenBytes(270), "");
+  auto hole = t->Decode({262, 270});
+  EXPECT_EQ(hole.status().code(), absl::StatusCode::kInvalidArgument) << hole.status();
+  EXPECT_NE(hole.status().message().find("270 at position 1 is no token"), std::string::npos) << hole.status();
+  auto eot = t->Decode({262, 300});
+  ASSERT_TRUE(eot.ok()) << eot.status();
+  EXPECT_EQ(*eot, " the<|endoftext|>");
+  auto copy = Tokenizer::FromJson(t->ToJson());
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(copy->Hash(), t->Hash());
+  EXPECT_EQ(copy->vocab_size(), 301);
+}
+
+// ---------------------------------------------------------------- GPT-NeoX
+
+// GPT-2's bytes_to_unicode(): byte b's token string (UTF-8).
+std::string ByteString(int b) {
+  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  int cp = b;
+  if (!printable) {
+    cp = 256;
+    for (int c = 0; c < b; ++c) {
+      const bool p = (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
+      if (!p) ++cp;
+    }
+  }
+  std::string utf8;
+  if (cp < 0x80) {
+    utf8.push_back(static_cast<char>(cp));
+  } else {
+    utf8.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    utf8.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return utf8;
+}
+
+// A miniature of GPT-NeoX-20B's tokenizer.json (Pythia's), laid out as it is:
+// <|endoftext|> 0 and <|padding|> 1 (special, also in model.vocab), the 256
+// byte tokens at 2..257 ordered by their character's code point, merge
+// results where model.vocab says (not 258 + rank), non-special whitespace
+// added tokens, NFC. The ids below are derived by hand from that order:
+// printable ASCII byte b is at b - 31 ('a' 66, 'b' 67, 'c' 68, 'e' 70,
+// 'f' 71, 'h' 73, 't' 85, ' ' is U+0120 'Ġ', index 188 + 32 -> 222);
+// 0xC3 'Ã' -> 129, 0xA9 '©' -> 104 (é = C3 A9); 0xCC 'Ì' -> 138 and 0x81
+// (U+0123) -> 225 (U+0301 = CC 81); 0xEF 'ï' 173, 0xBF '¿' 125, 0xBD '½' 123
+// (U+FFFD = EF BF BD).
+constexpr TokenId kA = 66, kB = 67, kC = 68, kE = 70, kF = 71, kT = 85, kSpace = 222;
+constexpr TokenId kHe = 400, kSpaceT = 300, kSpaceThe = 350, kEAcute = 310, kTwoSpaces = 320;
+constexpr TokenId kAdded2 = 500, kAdded3 = 501;
+
+Json NeoxLike() {
+  std::vector<std::pair<std::string, int>> bytes;
+  for (int b = 0; b < 256; ++b) bytes.emplace_back(ByteString(b), b);
+  std::sort(bytes.begin(), bytes.end(), [](const auto& x, const auto& y) {
+    auto cp = [](const std::string& s) {
+      return s.size() == 1 ? static_cast<int>(s[0]) : ((s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+    };
+    return cp(x.first) < cp(y.first);
+  });
+  Json vocab = Json::object();
+  vocab["<|endoftext|>"] = 0;
+  vocab["<|padding|>"] = 1;
+  for (size_t i = 0; i < bytes.size(); ++i) vocab[bytes[i].first] = 2 + static_cast<int>(i);
+  const std::string g = ByteString(' ');  // "Ġ"
+  vocab["he"] = kHe;
+  vocab[g + "t"] = kSpaceT;
+  vocab[g + "the"] = kSpaceThe;
+  vocab["\xc3\x83\xc2\xa9"] = kEAcute;  // "Ã©": é's two bytes
+  vocab[g + g] = kTwoSpaces;
+  Json merges = Json::array({"h e", g + " t", g + "t he", "\xc3\x83 \xc2\xa9", g + " " + g});
+  auto added = [](int id, const std::string& content, bool special) {
+    return Json{{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
+                {"rstrip", false},    {"normalized", !special}, {"special", special}};
+  };
+  Json j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  j["added_tokens"] = Json::array({added(0, "<|endoftext|>", true), added(1, "<|padding|>", true),
+                                   added(kAdded3, "   ", false), added(kAdded2, "  ", false)});
+  j["normalizer"] = Json{{"type", "NFC"}};
+  j["pre_tokenizer"] = Json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}};
+  j["post_processor"] = j["pre_tokenizer"];
+  j["decoder"] = j["pre_tokenizer"];
+  j["model"] = Json{{"type", "BPE"},          {"dropout", nullptr},           {"unk_token", nullptr},
+                    {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                    {"fuse_unk", false},      {"vocab", vocab},               {"merges", merges}};
+  return j;
+}
+
+const absl::StatusOr<Tokenizer>& Neox() {
+  static const auto* t = [] {
+    const std::string dir = TempDir("neox");
+    WriteText(dir + "/tokenizer.json", NeoxLike().dump(2));
+    return new absl::StatusOr<Tokenizer>(Tokenizer::LoadHfDirectory(dir));
+  }();
+  return *t;
+}
+
+#define ASSERT_NEOX_LOADED() ASSERT_TRUE(Neox().ok()) << Neox().status()
+
+using Ids = std::vector<TokenId>;
+
+TEST(TokenizerNeoxTest, LayoutAndMerges) {
+  ASSERT_NEOX_LOADED();
+  const Tokenizer& t = *Neox();
+  EXPECT_EQ(t.vocab_size(), kAdded3 + 1);
+  EXPECT_EQ(t.eot_id(), 0);
+  EXPECT_EQ(t.num_merges(), 5);
+  EXPECT_EQ(t.merge(0), (std::pair<TokenId, TokenId>{73, kE}));
+  EXPECT_EQ(t.merge_result(0), kHe);
+  EXPECT_EQ(t.merge_result(2), kSpaceThe);
+  EXPECT_EQ(t.TokenBytes(kSpaceThe), " the");
+  EXPECT_EQ(t.TokenBytes(kAdded3), "   ");
+  EXPECT_EQ(t.TokenBytes(1), "<|padding|>");
+  EXPECT_EQ(t.TokenBytes(258), "");  // a hole
+  // " the": h e -> 400 (rank 0), Ġ t -> 300 (rank 1), Ġt he -> 350 (rank 2).
+  EXPECT_EQ(t.Encode(" the"), (Ids{kSpaceThe}));
+  EXPECT_EQ(t.Encode("the"), (Ids{kT, kHe}));
+  EXPECT_EQ(t.Encode("the cat"), (Ids{kT, kHe, kSpace, kC, kA, kT}));
+}
+
+TEST(TokenizerNeoxTest, NfcBeforeSplitting) {
+  ASSERT_NEOX_LOADED();
+  const Tokenizer& t = *Neox();
+  // "café" precomposed: c a f + (Ã ©) -> 310.
+  const std::string composed = "caf\xc3\xa9";
+  const std::string decomposed = "cafe\xcc\x81";  // e + U+0301
+  EXPECT_EQ(t.Encode(composed), (Ids{kC, kA, kF, kEAcute}));
+  EXPECT_EQ(t.Encode(decomposed), (Ids{kC, kA, kF, kEAcute}));
+  EXPECT_EQ(t.Normalize(decomposed), composed);
+  auto back = t.Decode(t.Encode(decomposed));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, composed);
+  // Without the normalizer the combining mark stays: e, then U+0301 as its
+  // own piece (a mark is not \p{L}).
+  Json plain = NeoxLike();
+  plain["normalizer"] = nullptr;
+  auto raw = LoadText(plain.dump(), nullptr);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ(raw->Encode(decomposed), (Ids{kC, kA, kF, kE, 138, 225}));
+  EXPECT_EQ(raw->Normalize(decomposed), decomposed);
+  // NFC stops at invalid UTF-8: the invalid byte stays, and e + U+0301
+  // after it still composes.
+  const std::string split = "e\xff\xcc\x81" "e\xcc\x81";
+  EXPECT_EQ(t.Normalize(split), "e\xff\xcc\x81\xc3\xa9");
+}
+
+TEST(TokenizerNeoxTest, NonSpecialAddedTokensSplitFirst) {
+  ASSERT_NEOX_LOADED();
+  const Tokenizer& t = *Neox();
+  // Hugging Face splits added tokens out before the pre-tokenizer and BPE,
+  // longest match at the leftmost position first: "Hi  Hello" is Hi, "  ",
+  // Hello in Pythia (12764, 50276, 12092).
+  EXPECT_EQ(t.Encode("a  b"), (Ids{kA, kAdded2, kB}));
+  EXPECT_EQ(t.Encode("a   b"), (Ids{kA, kAdded3, kB}));
+  // Four spaces: "   " wins at the first space, " b" stays.
+  EXPECT_EQ(t.Encode("a    b"), (Ids{kA, kAdded3, kSpace, kB}));
+  EXPECT_EQ(t.Encode("  the"), (Ids{kAdded2, kT, kHe}));
+  EXPECT_EQ(t.Encode("a b"), (Ids{kA, kSpace, kB}));
+  // The merge "Ġ Ġ" (320) is unreachable: two spaces are always split out.
+  for (const std::string& text : {std::string("  "), std::string("x\n  \n")}) {
+    const Ids ids = t.Encode(text);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), kTwoSpaces), 0) << text;
+  }
+  // Special-token text stays plain bytes (the documented difference).
+  const Ids special = t.Encode("x<|padding|><|endoftext|>");
+  EXPECT_EQ(std::count(special.begin(), special.end(), 0), 0);
+  EXPECT_EQ(std::count(special.begin(), special.end(), 1), 0);
+  for (const std::string& text : {std::string("a    b\t  c"), std::string(" \n   \n"), std::string("<|padding|>")}) {
+    auto back = t.Decode(t.Encode(text));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, text);
+  }
+}
+
+TEST(TokenizerNeoxTest, RawAddedTokensMatchBeforeNormalizing) {
+  ASSERT_REFERENCE_LOADED();
+  // normalized=false: matched on the raw text, so a decomposed é inside it
+  // is not composed; the gaps around it are.
+  Json j = NeoxLike();
+  j["added_tokens"].push_back(Json{{"id", 600}, {"content", "e\xcc\x81!"}, {"special", false}, {"normalized", false}});
+  auto t = LoadText(j.dump(), nullptr);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->Encode("ce\xcc\x81!e\xcc\x81"), (Ids{kC, 600, kEAcute}));
+  EXPECT_EQ(t->Normalize("ce\xcc\x81!e\xcc\x81"), "ce\xcc\x81!\xc3\xa9");
+  // normalized=true with text NFC would change: refused (it could match
+  // without decoding back to what was matched).
+  j["added_tokens"].back()["normalized"] = true;
+  ExpectRejected(j.dump(), "added token \"e\xcc\x81!\" (normalized) is not in NFC");
+}
+
+TEST(TokenizerNeoxTest, BytesWithoutTokensBecomeReplacementCharacters) {
+  // GPT-NeoX-20B has no token for 0xC0, 0xC1 and 0xF5..0xFF, which never
+  // occur in valid UTF-8; in invalid input they become U+FFFD.
+  Json j = NeoxLike();
+  for (int b : {0xC0, 0xC1, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF}) {
+    j["model"]["vocab"].erase(ByteString(b));
+  }
+  auto t = LoadText(j.dump(), nullptr);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->Encode("\xff"), (Ids{173, 125, 123}));
+  EXPECT_EQ(t->Normalize("a\xff\x80"), "a\xef\xbf\xbd\x80");  // 0x80 has a token: kept
+  EXPECT_EQ(t->TokenBytes(189), "");  // 0xFF ('ÿ', index 187) left a hole
+  EXPECT_EQ(t->Decode({189}).status().code(), absl::StatusCode::kInvalidArgument);
+  std::mt19937 rng(11);
+  for (int i = 0; i < 200; ++i) {
+    std::string text;
+    for (int n = rng() % 40; n > 0; --n) text.push_back(static_cast<char>(rng() % 256));
+    const Ids ids = t->Encode(text);
+    auto back = t->Decode(ids);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, t->Normalize(text));
+  }
+}
+
+TEST(TokenizerNeoxTest, SavedAsVersion2AndLoadedBack) {
+  ASSERT_NEOX_LOADED();
+  const Tokenizer& t = *Neox();
+  const std::string json = t.ToJson();
+  EXPECT_NE(json.find("\"version\": 2,"), std::string::npos);
+  EXPECT_NE(json.find("\"normalizer\": \"nfc\","), std::string::npos);
+  EXPECT_NE(json.find("{\"id\": 500, \"text\": \"  \", \"normalized\": true}"), std::string::npos) << json;
+  EXPECT_NE(json.find("[73, 70, 400]"), std::string::npos);  // merge 0: h e -> 400
+  const std::string path = TempDir("neox_saved") + "/tokenizer.json";
+  ASSERT_TRUE(t.Save(path).ok());
+  auto loaded = Tokenizer::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->Hash(), t.Hash());
+  EXPECT_EQ(loaded->ToJson(), json);
+  EXPECT_EQ(loaded->eot_id(), 0);
+  EXPECT_EQ(loaded->vocab_size(), t.vocab_size());
+  for (const std::string& text : {std::string("cafe\xcc\x81 the  cat   \xff"), std::string("a    b"), std::string("")}) {
+    EXPECT_EQ(loaded->Encode(text), t.Encode(text)) << text;
+  }
+  // Version 1 cannot hold this layout.
+  std::string as_v1 = json;
+  as_v1.replace(as_v1.find("\"version\": 2"), 12, "\"version\": 1");
+  auto v1 = Tokenizer::FromJson(as_v1);
+  EXPECT_EQ(v1.status().code(), absl::StatusCode::kInvalidArgument) << v1.status();
+  // Broken version 2 files are errors, not crashes.
+  auto replace = [&json](const std::string& from, const std::string& to) {
+    std::string s = json;
+    const size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return at == std::string::npos ? s : s.replace(at, from.size(), to);
+  };
+  for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
+           {replace("\"nfc\"", "\"nfkc\""), "normalizer is 'nfkc'"},
+           {replace("[73, 70, 400]", "[73, 70]"), "merge 0 must be [left id, right id, result id]"},
+           {replace("[73, 70, 400]", "[73, 70, 66]"), "merge 0 [73, 70] has id 66, already used by byte 97"},
+           {replace("[73, 70, 400]", "[73, 400, 400]"), "uses id 400, which is neither"},
+           {replace("\"<|padding|>\": 1", "\"<|padding|>\": 500"), "has id 500, already used by"},
+           {replace("\"normalized\": true}", "\"normalized\": 1}"), "added token must be"},
+           {replace("\"vocab_size\": 502", "\"vocab_size\": 503"), "vocab_size is 503"},
+           {replace("\"byte_ids\": [", "\"byte_ids\": [-2, "), "field 'byte_ids'"},
+       }) {
+    auto broken = Tokenizer::FromJson(text);
+    EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument) << needle;
+    EXPECT_NE(broken.status().message().find(needle), std::string::npos) << broken.status();
+  }
+}
+
+TEST(TokenizerNeoxTest, UnsupportedAddedTokenFlagsAreNamed) {
+  for (const char* flag : {"single_word", "lstrip", "rstrip"}) {
+    Json j = NeoxLike();
+    j["added_tokens"][2][flag] = true;
+    ExpectRejected(j.dump(), std::string("added_tokens[2] \"   \": ") + flag + " true is not supported (expected false)");
+  }
+  // On special tokens the flags do not matter: they are never matched.
+  Json special = NeoxLike();
+  special["added_tokens"][1]["lstrip"] = true;
+  auto t = LoadText(special.dump(), nullptr);
+  EXPECT_TRUE(t.ok()) << t.status();
 }
 
 // ---------------------------------------------------------------- directories
@@ -371,13 +675,13 @@ TEST(TokenizerHfTest, DirectoryWithVocabAndMerges) {
   // tokenizer.json wins when present, and its error is not papered over by
   // falling back to vocab.json + merges.txt.
   ASSERT_REFERENCE_LOADED();
-  Json nfc = SmallGpt2(10);
-  nfc["normalizer"] = Json{{"type", "NFC"}};
-  WriteText(dir + "/tokenizer.json", nfc.dump());
+  Json nfkc = SmallGpt2(10);
+  nfkc["normalizer"] = Json{{"type", "NFKC"}};
+  WriteText(dir + "/tokenizer.json", nfkc.dump());
   auto preferred = Tokenizer::LoadHfDirectory(dir);
   EXPECT_EQ(preferred.status().code(), absl::StatusCode::kInvalidArgument) << preferred.status();
   EXPECT_NE(preferred.status().message().find("tokenizer.json"), std::string::npos) << preferred.status();
-  EXPECT_NE(preferred.status().message().find("normalizer NFC"), std::string::npos) << preferred.status();
+  EXPECT_NE(preferred.status().message().find("normalizer NFKC"), std::string::npos) << preferred.status();
 }
 
 TEST(TokenizerHfTest, DirectoryWithoutTokenizerIsNotFound) {

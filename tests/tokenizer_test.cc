@@ -102,12 +102,24 @@ TEST(TokenizerTrainTest, TinyCorpusMergesAreExact) {
   EXPECT_EQ(tokenizer.merge(0), Merge(97, 97));
   EXPECT_EQ(tokenizer.merge(1), Merge(97, 98));
   EXPECT_EQ(tokenizer.merge(2), Merge(256, 257));
+  EXPECT_EQ(tokenizer.merge_result(2), 258);
+  EXPECT_EQ(tokenizer.merge_result(3), -1);
   EXPECT_EQ(tokenizer.vocab_size(), 260);  // min_pair_count stopped early
   EXPECT_EQ(tokenizer.eot_id(), 259);
   EXPECT_EQ(tokenizer.TokenBytes(258), "aaab");
   EXPECT_EQ(tokenizer.Encode("aaabdaaabac"), (std::vector<TokenId>{258, 'd', 258, 'a', 'c'}));
   EXPECT_EQ(tokenizer.Encode("aaab"), (std::vector<TokenId>{258}));
   EXPECT_EQ(tokenizer.Encode("aa"), (std::vector<TokenId>{256}));
+  // Format version 1, byte for byte as every release wrote it: Hash() of
+  // existing tokenizers (and the content hashes of their models) must not
+  // change.
+  std::string byte_ids;
+  for (int b = 0; b < 256; ++b) byte_ids += (b > 0 ? ", " : "") + std::to_string(b);
+  EXPECT_EQ(tokenizer.ToJson(),
+            "{\n  \"format\": \"rag-byte-bpe\",\n  \"version\": 1,\n  \"pretokenizer\": \"gpt2\",\n"
+            "  \"vocab_size\": 260,\n  \"special_tokens\": {\"<|endoftext|>\": 259},\n  \"byte_ids\": [" +
+                byte_ids + "],\n  \"merges\": [\n    [97, 97],\n    [97, 98],\n    [256, 257]\n  ]\n}\n");
+  EXPECT_EQ(tokenizer.Hash(), "c203539481e49fae");
 }
 
 TEST(TokenizerTrainTest, VocabSizeCapsMerges) {
@@ -343,6 +355,10 @@ TEST(TokenizerGpt2Test, ReferenceEncoding) {
   const Tokenizer& gpt2 = *Gpt2();
   EXPECT_EQ(gpt2.vocab_size(), 50257);
   EXPECT_EQ(gpt2.eot_id(), 50256);
+  // Written as format version 1, byte for byte as every release did: the
+  // content hashes of models built on GPT-2 include this value.
+  EXPECT_EQ(gpt2.Hash(), "272e071cc2c5f835");
+  EXPECT_EQ(gpt2.Normalize("e\xcc\x81 \xff"), "e\xcc\x81 \xff");  // no normalizer
   EXPECT_EQ(gpt2.Encode("Hello world. The capital of France is Paris."),
             (std::vector<TokenId>{15496, 995, 13, 383, 3139, 286, 4881, 318, 6342, 13}));
   // Reference values from OpenAI's encoder.py.

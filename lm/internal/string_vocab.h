@@ -1,7 +1,7 @@
 // Tokenizer::StringVocab: a byte-level BPE vocabulary as GPT-2's files and
 // Hugging Face's spell it (token strings in GPT-2's bytes_to_unicode
-// alphabet), before Tokenizer::FromStringVocab (lm/tokenizer_gpt2.cc) maps it
-// onto our id layout. Shared by the GPT-2 and Hugging Face readers only. A
+// alphabet), before Tokenizer::FromStringVocab (lm/tokenizer_gpt2.cc) turns
+// it into a Tokenizer::Layout. Shared by the GPT-2 and Hugging Face readers only. A
 // plain value, used by one thread.
 #pragma once
 
@@ -14,6 +14,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "lm/internal/tokenizer_layout.h"
 #include "lm/tokenizer.h"
 
 namespace rag::lm {
@@ -33,10 +34,15 @@ struct Tokenizer::StringVocab {
   std::function<absl::StatusOr<bool>(std::string* left, std::string* right)> next_merge;
   // Names the merge last yielded, for messages: "line 7: ", "model.merges[3]: ".
   std::function<std::string()> where;
-  // nullopt: the tokens beyond the merges must look like "<|...|>" and are
-  // the special tokens (encoder.json). Otherwise exactly these (Hugging
-  // Face's added_tokens); each must also be in `ids` with the same id.
+  // nullopt: the tokens that are neither bytes nor made by a merge must
+  // look like "<|...|>" and are the special tokens (encoder.json).
+  // Otherwise exactly these (Hugging Face's added_tokens marked special);
+  // each must also be in `ids` with the same id.
   std::optional<std::vector<std::pair<std::string, TokenId>>> specials;
+  // Hugging Face's added tokens not marked special; their text is plain text,
+  // not in the byte alphabet. Tokens of `ids` with their text are theirs.
+  std::vector<Layout::AddedToken> added;
+  Layout::Normalizer normalizer = Layout::Normalizer::kNone;
 };
 
 namespace internal {
