@@ -45,11 +45,12 @@ std::string Gpt2Dir() {
 // token embeddings 0..i + position embedding i), logits tie to the token
 // embedding. Every position depends on the whole prefix and on its absolute
 // position, so a cache that dropped the prefix or shifted positions shows.
+// (Source compiled without Python's resolver: no torch.float32 and the like.)
 constexpr char kSource[] = R"JIT(
 def hidden(self, tokens):
     t = tokens.size(1)
     x = torch.embedding(self.wte, tokens)
-    steps = torch.arange(1, t + 1, dtype=torch.float32).unsqueeze(1)
+    steps = torch.cumsum(torch.ones_like(x), 1)
     x = torch.cumsum(x, 1) / steps + self.wpe[:t]
     return torch.layer_norm(x, [self.wte.size(1)], self.ln_w, self.ln_b, 1e-5)
 
@@ -392,7 +393,7 @@ TEST(TorchScriptLmErrorsTest, WrongShapesTypesAndFailuresAreReportedByTheProbe) 
                                          logits,
        DefaultConfig(), "expected [1, 2, 8]"},
       {"hidden returns float64",
-       "\ndef hidden(self, tokens):\n    return torch.embedding(self.wte, tokens).to(torch.float64)\n" + logits, DefaultConfig(),
+       "\ndef hidden(self, tokens):\n    return torch.embedding(self.wte, tokens).double()\n" + logits, DefaultConfig(),
        "expected Float"},
       {"hidden raises", "\ndef hidden(self, tokens):\n    assert tokens.size(1) > 100\n    return "
                         "torch.embedding(self.wte, tokens)\n" + logits,
