@@ -155,6 +155,10 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
                                          "it or --overwrite to start over");
   }
   RAG_ASSIGN_OR_RETURN(auto base, lm::LanguageModel::Open(job.base_dir));
+  if (base->module()->scripted()) {
+    return absl::FailedPreconditionError("--init '" + job.base_dir + "' is a " + base->identity().format +
+                                         " model; RETRO's decoder starts from a rag model's own layers");
+  }
   auto split_text = ReadFile((fs::path(job.base_dir) / lm::kSplitFile).string());
   if (!split_text.ok()) {
     return Annotate(split_text.status(), "--init '" + job.base_dir +

@@ -5,6 +5,7 @@
 #include "common/status.h"
 #include "lm/hf/pretrained.h"
 #include "lm/internal/model_dir.h"
+#include "lm/torchscript_lm.h"
 
 namespace rag::lm {
 
@@ -23,6 +24,8 @@ absl::Status LanguageModel::Save(const std::string& dir, const std::string& info
 }
 
 absl::StatusOr<std::unique_ptr<LanguageModel>> LanguageModel::Open(const std::string& dir) {
+  // Before the Hugging Face check: a TorchScript dir's config.json also has a model_type.
+  if (IsTorchScriptModelDir(dir)) return OpenTorchScriptModel(dir);
   if (hf::IsHfModelDir(dir)) return hf::OpenHfModel(dir);
   RAG_ASSIGN_OR_RETURN(std::string recorded, internal::ReadRecordedContentHash(dir, "model", "rag train"));
   RAG_ASSIGN_OR_RETURN(std::string hash, ComputeContentHash(dir));

@@ -24,8 +24,8 @@ inline constexpr char kCheckpointFile[] = "checkpoint.pt";
 
 // What a model is, as --json output, the Info rpc and index manifests show it.
 struct ModelIdentity {
-  std::string format = "rag";                   // "rag" (rag train) or "huggingface"
-  std::string architecture = "transformer_lm";  // "transformer_lm", "gpt2" or "gpt_neox"
+  std::string format = "rag";                   // "rag" (rag train), "huggingface" or "torchscript"
+  std::string architecture = "transformer_lm";  // "transformer_lm", "gpt2", "gpt_neox"; any for torchscript
   std::string stored_dtype = "F32";             // the weights' dtype on disk
   std::string content_hash;                     // "" until saved or opened
 };
@@ -37,8 +37,10 @@ class LanguageModel {
   // Loads a model directory and verifies its content hash. NotFound when the
   // directory or a file is missing (a training run that never finished has
   // no model_info.json), DataLoss when a file is corrupt or was modified.
-  // A Hugging Face directory (config.json with a model_type) is read by
-  // hf::OpenHfModel instead (lm/hf/pretrained.h).
+  // A TorchScript export (model.torchscript.pt, or config.json with
+  // model_type "torchscript") is read by OpenTorchScriptModel
+  // (lm/torchscript_lm.h); another Hugging Face directory (config.json with
+  // a model_type) by hf::OpenHfModel (lm/hf/pretrained.h).
   static absl::StatusOr<std::unique_ptr<LanguageModel>> Open(const std::string& dir);
 
   // Writes model.pt, config.json, tokenizer.json, then model_info.json with

@@ -67,6 +67,10 @@ absl::StatusOr<std::unique_ptr<RetroModel>> RetroModel::Open(const std::string& 
                        internal::ReadRecordedContentHash(dir, "RETRO model", "rag train --arch retro"));
   auto base = LanguageModel::Open((fs::path(dir) / kRetroBaseDir).string());
   if (!base.ok()) return Annotate(base.status(), "opening the base LM of RETRO model '" + dir + "'");
+  if ((*base)->module()->scripted()) {
+    return absl::FailedPreconditionError("the base LM of RETRO model '" + dir + "' is a " +
+                                         (*base)->identity().format + " model, which RETRO does not support");
+  }
   RAG_ASSIGN_OR_RETURN(std::string hash, RetroContentHash(dir, (*base)->content_hash()));
   RAG_RETURN_IF_ERROR(internal::CheckContentHash(dir, hash, recorded));
   RAG_ASSIGN_OR_RETURN(RetroConfig config, internal::ReadModelConfig<RetroConfig>(dir));

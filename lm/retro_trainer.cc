@@ -250,6 +250,11 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
                                                                    RetroTrainingData data, TokenId eot,
                                                                    std::string checkpoint_path, bool resume,
                                                                    TransformerLM* init) {
+  if (init != nullptr && (*init)->scripted()) {
+    return absl::InvalidArgumentError(
+        "RETRO cannot start from a TorchScript language model: its decoder copies the LM's own layers, which a "
+        "TorchScript module does not expose");
+  }
   RAG_RETURN_IF_ERROR(config.Validate());
   RAG_RETURN_IF_ERROR(ValidateTrainingLoopOptions(options));
   if (options.freeze_decoder && init == nullptr) {

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <limits>
+#include <set>
+#include <utility>
 
 namespace rag::lm {
 
@@ -119,7 +121,22 @@ TransformerLMImpl::TransformerLMImpl(const TransformerConfig& config) : config_(
   reset();
 }
 
+TransformerLMImpl::TransformerLMImpl(const TransformerConfig& config, std::shared_ptr<torch::jit::Module> script)
+    : config_(config), script_(std::move(script)) {
+  TORCH_CHECK(script_ != nullptr, "TransformerLM: null TorchScript module");
+  TORCH_CHECK(config_.Validate().ok(), "invalid TransformerConfig: ", config_.Validate().ToString());
+  // Tied weights may appear under several names; each storage counts once.
+  std::set<std::pair<const void*, int64_t>> seen;
+  for (const auto& p : script_->named_parameters(/*recurse=*/true)) {
+    if (!seen.insert({p.value.data_ptr(), p.value.numel()}).second) continue;
+    std::string name = "script/" + p.name;
+    for (char& c : name) c = c == '.' ? '/' : c;
+    register_parameter(name, p.value, p.value.requires_grad());
+  }
+}
+
 void TransformerLMImpl::reset() {
+  TORCH_CHECK(!script_, "TransformerLM: a TorchScript model has no layers to reset");
   token_embedding = register_module("token_embedding",
                                     torch::nn::Embedding(config_.vocab_size, config_.d_model));
   if (config_.positions == "learned") {
@@ -157,12 +174,31 @@ void TransformerLMImpl::reset() {
   }
 }
 
+void TransformerLMImpl::train(bool on) {
+  torch::nn::Module::train(on);
+  if (script_) script_->train(on);
+}
+
 torch::Tensor TransformerLMImpl::ForwardHidden(const torch::Tensor& tokens, KVCache* cache) {
   TORCH_CHECK(tokens.dim() == 2, "tokens: expected [B, T], got ", tokens.sizes());
   const int64_t t = tokens.size(1);
   const int64_t past = cache != nullptr ? cache->length() : 0;
   TORCH_CHECK(past + t <= config_.context, "sequence of ", past + t, " tokens exceeds the model context of ",
               config_.context);
+  if (script_) {
+    TORCH_CHECK(cache == nullptr || cache->keys.empty(), "KVCache: holds keys of a non-scripted model");
+    // [B, P + T]: the script always sees the sequence from position 0.
+    torch::Tensor all = past > 0 ? torch::cat({cache->tokens, tokens}, 1) : tokens;
+    c10::IValue out = script_->run_method("hidden", all);
+    TORCH_CHECK(out.isTensor(), "TorchScript hidden(): expected a Tensor, got ", out.tagKind());
+    torch::Tensor hidden = out.toTensor();  // [B, P + T, D]
+    TORCH_CHECK(hidden.dim() == 3 && hidden.size(0) == all.size(0) && hidden.size(1) == all.size(1) &&
+                    hidden.size(2) == config_.d_model,
+                "TorchScript hidden(): expected [", all.size(0), ", ", all.size(1), ", ", config_.d_model, "], got ",
+                hidden.sizes());
+    if (cache != nullptr) cache->tokens = all;
+    return past > 0 ? hidden.narrow(1, past, t) : hidden;  // [B, T, D]
+  }
   auto positions = torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
   auto x = token_embedding->forward(tokens);  // [B, T, D]
   if (config_.positions == "learned") x = x + position_embedding->forward(positions).unsqueeze(0);
@@ -180,6 +216,16 @@ torch::Tensor TransformerLMImpl::ForwardHidden(const torch::Tensor& tokens, KVCa
 
 torch::Tensor TransformerLMImpl::Logits(const torch::Tensor& hidden) {
   // [B, T, D] -> [B, T, V]
+  if (script_) {
+    c10::IValue out = script_->run_method("logits", hidden);
+    TORCH_CHECK(out.isTensor(), "TorchScript logits(): expected a Tensor, got ", out.tagKind());
+    torch::Tensor logits = out.toTensor();
+    TORCH_CHECK(logits.dim() == hidden.dim() && logits.size(-1) == config_.vocab_size &&
+                    logits.sizes().slice(0, logits.dim() - 1).equals(hidden.sizes().slice(0, hidden.dim() - 1)),
+                "TorchScript logits(): expected the input's leading dims and ", config_.vocab_size,
+                " logits, input ", hidden.sizes(), ", got ", logits.sizes());
+    return logits;
+  }
   return F::linear(hidden, output ? output->weight : token_embedding->weight);
 }
 
