@@ -14,6 +14,7 @@
 #include "common/progress.h"
 #include "common/status.h"
 #include "index_builder/retro_neighbours.h"
+#include "lm/data_split.h"
 #include "lm/embedder.h"
 #include "lm/language_model.h"
 #include "lm/retro_model.h"
@@ -159,18 +160,29 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
     return absl::FailedPreconditionError("--init '" + job.base_dir + "' is a " + base->identity().format +
                                          " model; RETRO's decoder starts from a rag model's own layers");
   }
-  auto split_text = ReadFile((fs::path(job.base_dir) / lm::kSplitFile).string());
-  if (!split_text.ok()) {
-    return Annotate(split_text.status(), "--init '" + job.base_dir +
-                                             "' has no split.json (train it with `rag train`), so RETRO cannot "
-                                             "keep the LM's held-out documents out of its training");
-  }
-  json split = json::parse(*split_text, nullptr, false);
-  if (split.is_discarded() || !split.contains("validation_ids") || !split["validation_ids"].is_array()) {
-    return absl::DataLossError("'" + job.base_dir + "/split.json' is malformed");
-  }
+  // A downloaded model was not trained here: there is no held-out side of
+  // its training to respect, so RETRO makes its own split of the index's
+  // documents below (RETRO-fitting a pretrained decoder, Borgeaud et al. 4.4).
+  const fs::path base_split = fs::path(job.base_dir) / lm::kSplitFile;
+  const bool own_split = base->identity().format == "huggingface" && !fs::exists(base_split);
   std::unordered_set<std::string> validation_ids;
-  for (const auto& id : split["validation_ids"]) validation_ids.insert(id.get<std::string>());
+  if (own_split) {
+    if (!(job.validation_fraction >= 0 && job.validation_fraction < 1)) {
+      return absl::InvalidArgumentError("validation fraction must be in [0, 1)");
+    }
+  } else {
+    auto split_text = ReadFile(base_split.string());
+    if (!split_text.ok()) {
+      return Annotate(split_text.status(), "--init '" + job.base_dir +
+                                               "' has no split.json (train it with `rag train`), so RETRO cannot "
+                                               "keep the LM's held-out documents out of its training");
+    }
+    json split = json::parse(*split_text, nullptr, false);
+    if (split.is_discarded() || !split.contains("validation_ids") || !split["validation_ids"].is_array()) {
+      return absl::DataLossError("'" + job.base_dir + "/split.json' is malformed");
+    }
+    for (const auto& id : split["validation_ids"]) validation_ids.insert(id.get<std::string>());
+  }
 
   auto embedder = lm::MakeLmEmbedder(base.get());
   RAG_ASSIGN_OR_RETURN(auto retriever, retriever::Retriever::Open(job.index_dir, embedder.get(), base->content_hash(),
@@ -215,6 +227,19 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
     if (doc_ids.empty() || doc_ids.back() != c.doc_id) doc_ids.push_back(c.doc_id);
     return true;
   }));
+  if (own_split) {
+    // Over all the index's documents (before --corpus or --exclude-documents
+    // narrow them), by id, so resuming or re-evaluating sees the same split.
+    std::vector<Document> ids;
+    for (const auto& id : doc_ids) ids.push_back({id, ""});
+    lm::DataSplit made = lm::SplitDocuments(std::move(ids), job.validation_fraction, job.trainer.seed);
+    for (const auto& d : made.validation) validation_ids.insert(d.id);
+    RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / lm::kSplitFile).string(),
+                                        lm::SplitToJson(made, job.validation_fraction, job.trainer.seed)));
+    std::fprintf(stderr, "train: '%s' has no split.json (a downloaded model): %zu of the index's %zu documents held "
+                 "out, recorded in %s\n", job.base_dir.c_str(), made.validation.size(), doc_ids.size(),
+                 (dir / lm::kSplitFile).c_str());
+  }
   const int64_t set_size = table.k * static_cast<int64_t>(table.tokens);
   const bool prompts = job.trainer.prompt_windows > 0;
   if (prompts && job.prompt_search != "dense" && job.prompt_search != "bm25") {

@@ -1,7 +1,8 @@
 // `rag train --arch retro` as a library call: open the base LM and the index
 // it built, precompute (or reuse the cached) neighbours of every indexed
 // chunk with its own document excluded, split the index's documents by the
-// base LM's split, train the RetroLM (retrofitting: the base LM's decoder
+// base LM's split (a downloaded base has none: one is made and recorded),
+// train the RetroLM (retrofitting: the base LM's decoder
 // frozen, encoder + CCA trained; or all weights), and save a RETRO model
 // directory (lm/retro_model.h). Resumable from the checkpoint in the output
 // directory.
@@ -50,6 +51,11 @@ struct RetroTrainJob {
   // cross-attention to copy, against RETRO's rule; docs/results.md found no
   // gain from 0.5 at 300 steps. Default: 0 (RETRO's rule)
   double prompt_own_document = 0.0;
+  // When the base LM has no split.json (a downloaded model, not trained
+  // here): the fraction of the index's documents held out of RETRO's
+  // training, by seeded id hash (lm::SplitDocuments with trainer.seed); the
+  // split is written to out_dir/split.json for the evaluations. Default: 0.05
+  double validation_fraction = 0.05;
   bool resume = false;                // continue from out_dir/checkpoint.pt
   bool overwrite = false;             // start over even if out_dir holds a run
 };

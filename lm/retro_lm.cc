@@ -511,13 +511,15 @@ torch::Tensor RetroLMImpl::ForwardHidden(const torch::Tensor& tokens, const torc
 }
 
 void RetroLMImpl::LoadDecoderFrom(TransformerLM& lm) {
-  const TransformerConfig& from = lm->config();
   const TransformerConfig& to = config_.decoder;
-  // Shapes are checked below; these change the function without changing a shape.
-  TORCH_CHECK(from.n_heads == to.n_heads && from.positions == to.positions && from.rope_base == to.rope_base &&
-                  from.layer_norm_eps == to.layer_norm_eps,
-              "LoadDecoderFrom: the language model's config differs from the decoder's: ", from.ToJson(), " vs ",
-              to.ToJson());
+  // Shapes are checked below, but many fields change the function without
+  // changing a shape (heads, positions, rope base and share, activation,
+  // parallel residual, eps): every field must agree, dropout aside (it is
+  // off at inference and a retrofit keeps the decoder's).
+  TransformerConfig from = lm->config();
+  from.dropout = to.dropout;
+  TORCH_CHECK(from.ToJson() == to.ToJson(), "LoadDecoderFrom: the language model's config differs from the decoder's: ",
+              from.ToJson(), " vs ", to.ToJson());
   torch::NoGradGuard no_grad;
   auto copy = [](const torch::OrderedDict<std::string, torch::Tensor>& source,
                  const torch::OrderedDict<std::string, torch::Tensor>& target, const char* what) {

@@ -1,10 +1,13 @@
 #include "lm/retro_model.h"
 
 #include <filesystem>
+#include <string>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/hf/pretrained.h"
 #include "lm/internal/model_dir.h"
 
 namespace rag::lm {
@@ -18,6 +21,17 @@ namespace {
 absl::StatusOr<std::string> RetroContentHash(const std::string& dir, const std::string& base_hash) {
   RAG_ASSIGN_OR_RETURN(std::string own, ComputeContentHash(dir));
   return HashHex("retro\n" + own + "\n" + base_hash);
+}
+
+// Copies `from` to `to` through a temporary file, so `to` is never half
+// written; streamed, as a pretrained model's weights can be gigabytes.
+absl::Status CopyFileAtomic(const std::string& from, const fs::path& to) {
+  std::error_code ec;
+  if (!fs::is_regular_file(from, ec)) return absl::NotFoundError("'" + from + "' does not exist");
+  const std::string tmp = to.string() + ".tmp";
+  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, ec);
+  if (ec) return absl::InternalError("copying '" + from + "' to '" + tmp + "': " + ec.message());
+  return DurableRename(tmp, to.string());
 }
 
 }  // namespace
@@ -35,19 +49,28 @@ RetroModel::RetroModel(RetroConfig config, RetroLM module, std::unique_ptr<Langu
 absl::Status RetroModel::Save(const std::string& dir, const std::string& base_dir, const std::string& info_json) {
   RAG_ASSIGN_OR_RETURN(json info, internal::BeginModelDir(dir, info_json));
 
-  // base/: a verified copy of the base LM (each file atomically).
+  // base/: a verified copy of the base LM (each file atomically), in its own
+  // format: a Hugging Face directory stays one, so base/ opens as it did.
   std::error_code ec;
   const fs::path base = fs::path(dir) / kRetroBaseDir;
+  const bool hf_base = hf::IsHfModelDir(base_dir);
   if (fs::weakly_canonical(base_dir, ec) != fs::weakly_canonical(base, ec)) {
+    std::vector<std::string> files;
+    if (hf_base) {
+      RAG_ASSIGN_OR_RETURN(files, hf::HfModelFiles(base_dir));
+    } else {
+      for (const char* f : {kConfigFile, kTokenizerFile, kWeightsFile, kInfoFile}) {
+        files.push_back((fs::path(base_dir) / f).string());  // model_info.json last: it vouches for the rest
+      }
+    }
+    // A previous base of another format or shard count must not linger.
+    fs::remove_all(base, ec);
     fs::create_directories(base, ec);
     if (ec) return absl::InternalError("creating '" + base.string() + "': " + ec.message());
-    fs::remove(base / kInfoFile, ec);
-    for (const char* f : {kConfigFile, kTokenizerFile, kWeightsFile, kInfoFile}) {
-      RAG_ASSIGN_OR_RETURN(std::string bytes, ReadFile((fs::path(base_dir) / f).string()));
-      RAG_RETURN_IF_ERROR(WriteFileAtomic((base / f).string(), bytes));
-    }
+    for (const std::string& from : files) RAG_RETURN_IF_ERROR(CopyFileAtomic(from, base / fs::path(from).filename()));
   }
-  RAG_ASSIGN_OR_RETURN(std::string base_hash, ComputeContentHash(base.string()));
+  RAG_ASSIGN_OR_RETURN(std::string base_hash,
+                       hf_base ? hf::HfContentHash(base.string()) : ComputeContentHash(base.string()));
   if (!base_->content_hash().empty() && base_hash != base_->content_hash()) {
     return absl::FailedPreconditionError("'" + base_dir + "' is not the base LM this RETRO model was built on");
   }

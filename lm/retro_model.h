@@ -6,8 +6,10 @@
 //   config.json       RetroConfig ("arch": "retro_lm")
 //   tokenizer.json    the base LM's
 //   model.pt          RetroLM weights
-//   split.json        the base LM's document split (copied when it has one)
-//   base/             the base LM's model directory (config, tokenizer, model.pt, model_info.json)
+//   split.json        the base LM's document split (copied when it has one; a
+//                     retrofit of a downloaded model writes the split it made)
+//   base/             the base LM's model directory (config, tokenizer, model.pt, model_info.json),
+//                     or for a Hugging Face base its config, tokenizer and safetensors files
 //   model_info.json   written last: arch, content hash, base hash, training record
 //
 // Once opened, inference methods are safe to call from many threads.
@@ -38,7 +40,8 @@ class RetroModel {
   static absl::StatusOr<std::unique_ptr<RetroModel>> Open(const std::string& dir);
 
   // Writes model.pt, config.json, tokenizer.json, base/ (a copy of
-  // `base_dir`, the base LM's directory), split.json, then model_info.json
+  // `base_dir`, the base LM's directory, in its format: hf::HfModelFiles of
+  // a Hugging Face one), split.json, then model_info.json
   // with `info_json` merged in; model_info.json comes last, so a crash
   // leaves no model that opens.
   absl::Status Save(const std::string& dir, const std::string& base_dir, const std::string& info_json = "{}");

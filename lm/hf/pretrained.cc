@@ -362,6 +362,18 @@ absl::StatusOr<json> ParseConfig(const std::string& config_json) {
   return j;
 }
 
+// The content hash covers what decides the model's outputs: config.json's
+// bytes, the tokenizer's content and every weight file's bytes.
+absl::StatusOr<std::string> HashHfModel(const std::string& config_json, const Tokenizer& tokenizer,
+                                        const std::vector<std::string>& weight_files) {
+  std::string hashed = "huggingface\n" + config_json + "\n" + tokenizer.Hash();
+  for (const std::string& file : weight_files) {
+    RAG_ASSIGN_OR_RETURN(std::string h, HashFileHex(file));
+    hashed += "\n" + fs::path(file).filename().string() + " " + h;
+  }
+  return HashHex(hashed);
+}
+
 }  // namespace
 
 absl::StatusOr<TransformerConfig> ConfigFromHf(const std::string& config_json, std::string* model_type) {
@@ -405,21 +417,45 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> OpenHfModel(const std::string& di
                                       " tokens but config.json's vocab_size is " +
                                       std::to_string(ck.config.vocab_size));
   }
-  // The hash covers what decides the model's outputs: config.json's bytes,
-  // the tokenizer's content and every weight file's bytes.
-  std::string hashed = "huggingface\n" + ck.config_json + "\n" + tokenizer.Hash();
-  for (const std::string& file : ck.weight_files) {
-    RAG_ASSIGN_OR_RETURN(std::string h, HashFileHex(file));
-    hashed += "\n" + fs::path(file).filename().string() + " " + h;
-  }
   ModelIdentity identity;
   identity.format = "huggingface";
   identity.architecture = ck.model_type;
   identity.stored_dtype = ck.stored_dtype;
-  identity.content_hash = HashHex(hashed);
+  RAG_ASSIGN_OR_RETURN(identity.content_hash, HashHfModel(ck.config_json, tokenizer, ck.weight_files));
   auto model = std::make_unique<LanguageModel>(ck.config, std::move(tokenizer), ck.module);
   model->SetIdentity(std::move(identity));
   return model;
+}
+
+absl::StatusOr<std::vector<std::string>> HfModelFiles(const std::string& dir) {
+  const fs::path root(dir);
+  std::vector<std::string> files = {(root / kConfigFile).string()};
+  // The tokenizer LoadHfDirectory reads: tokenizer.json wins.
+  if (fs::exists(root / "tokenizer.json")) {
+    files.push_back((root / "tokenizer.json").string());
+  } else {
+    files.push_back((root / "vocab.json").string());
+    files.push_back((root / "merges.txt").string());
+  }
+  // The weights SafetensorsWeights reads: model.safetensors wins over an index.
+  RAG_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWeights> weights, SafetensorsWeights::Open(dir));
+  if (!fs::exists(root / "model.safetensors")) files.push_back((root / "model.safetensors.index.json").string());
+  for (const std::string& f : weights->files()) files.push_back(f);
+  for (const std::string& f : files) {
+    if (!fs::is_regular_file(f)) return absl::NotFoundError("'" + dir + "' has no " + fs::path(f).filename().string());
+  }
+  // Not read here, but transformers reads them: a copy stays a hub directory.
+  for (const char* f : {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
+    if (fs::is_regular_file(root / f)) files.push_back((root / f).string());
+  }
+  return files;
+}
+
+absl::StatusOr<std::string> HfContentHash(const std::string& dir) {
+  RAG_ASSIGN_OR_RETURN(std::string config_json, ReadFile((fs::path(dir) / kConfigFile).string()));
+  RAG_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::LoadHfDirectory(dir));
+  RAG_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWeights> weights, SafetensorsWeights::Open(dir));
+  return HashHfModel(config_json, tokenizer, weights->files());
 }
 
 }  // namespace rag::lm::hf

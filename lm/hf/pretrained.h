@@ -60,6 +60,19 @@ struct HfCheckpoint {
 // does not have (so a different model is never half-loaded), a truncated file.
 absl::StatusOr<HfCheckpoint> LoadHfCheckpoint(const std::string& dir);
 
+// The files of `dir` that OpenHfModel reads (config.json; tokenizer.json,
+// else vocab.json + merges.txt; model.safetensors, else
+// model.safetensors.index.json and its shards) plus those of transformers'
+// small companions that are present (tokenizer_config.json,
+// special_tokens_map.json, generation_config.json), as paths: what a copy
+// of the model needs (lm::RetroModel keeps one under base/). NotFound when
+// a needed file is missing; the errors of SafetensorsWeights::Open.
+absl::StatusOr<std::vector<std::string>> HfModelFiles(const std::string& dir);
+
+// The content hash OpenHfModel gives `dir`, without building the model:
+// reads the tokenizer and hashes config.json and every weight file.
+absl::StatusOr<std::string> HfContentHash(const std::string& dir);
+
 // LoadHfCheckpoint plus the tokenizer (tokenizer.json, else vocab.json +
 // merges.txt) and a content hash over config.json, the tokenizer and every
 // weight file, as a LanguageModel.

@@ -68,6 +68,7 @@ int RunTrainRetro(const TrainArgs& a) {
   job.out_dir = a.out;
   job.index_dir = a.index;
   job.base_dir = a.init;
+  job.validation_fraction = a.validation_fraction;
   job.resume = a.resume;
   job.overwrite = a.overwrite;
   job.nprobe = a.nprobe;
@@ -190,7 +191,9 @@ Command AddTrainCommand(CLI::App* app) {
   cmd->add_option("--out", a->out, "model directory to write")->required();
   cmd->add_option("--arch", a->arch, "lm or retro")->capture_default_str();
   cmd->add_option("--index", a->index, "index directory (--arch retro)");
-  cmd->add_option("--init", a->init, "retro: the LM the index was built with (its decoder, tokenizer, split)");
+  cmd->add_option("--init", a->init,
+                  "retro: the LM the index was built with (its decoder, tokenizer, split): a `rag train` "
+                  "directory or a downloaded Hugging Face GPT-2 / GPT-NeoX one");
   cmd->add_flag("--train-all", a->train_all, "retro: train the decoder too (default: retrofit, decoder frozen)");
   cmd->add_option("--exclude-documents", a->exclude_documents,
                   "retro: a corpus (.jsonl/.txt/dir) whose document ids are never trained on nor retrieved "
@@ -231,7 +234,9 @@ Command AddTrainCommand(CLI::App* app) {
   cmd->add_option("--gpt2-vocab", a->gpt2_vocab,
                   "directory with GPT-2's encoder.json + vocab.bpe to use as the tokenizer");
   cmd->add_option("--vocab-size", a->vocab_size, "tokenizer vocabulary when one is trained")->capture_default_str();
-  cmd->add_option("--validation-fraction", a->validation_fraction, "fraction of documents held out")
+  cmd->add_option("--validation-fraction", a->validation_fraction,
+                  "fraction of documents held out (retro: only when --init has no split.json, i.e. a "
+                  "downloaded model)")
       ->capture_default_str();
   cmd->add_option("--checkpoint-every", a->checkpoint_every, "steps between checkpoints");
   cmd->add_option("--eval-every", a->eval_every, "steps between validation losses");
