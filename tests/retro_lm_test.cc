@@ -548,11 +548,75 @@ TEST(RetroLMRetrofitTest, LoadDecoderFromCopiesTheLanguageModel) {
            [](TransformerConfig& c) { c.d_ff = 128; }, [](TransformerConfig& c) { c.n_layers = 3; },
            [](TransformerConfig& c) { c.positions = "learned"; },
            [](TransformerConfig& c) { c.n_heads = 4; },  // same shapes, other function
+           // Pretrained architectures' switches: same shapes, other function.
+           [](TransformerConfig& c) { c.activation = "gelu_tanh"; },
+           [](TransformerConfig& c) { c.rotary_fraction = 0.5; },
+           [](TransformerConfig& c) { c.parallel_residual = true; },
+           [](TransformerConfig& c) { c.rope_base = 500.0; },
+           [](TransformerConfig& c) { c.layer_norm_eps = 1e-3; },
+           [](TransformerConfig& c) { c.tie_embeddings = false; },
        }) {
     TransformerConfig other = config.decoder;
     mutate(other);
     TransformerLM other_lm(other);
     EXPECT_THROW(model->LoadDecoderFrom(other_lm), c10::Error) << other.ToJson();
+  }
+}
+
+// The decoders of downloaded checkpoints (lm/hf/pretrained.h): GPT-2's
+// learned positions, tanh GELU and (here) a separate output layer; GPT-NeoX's
+// rotary positions on a quarter of each head and parallel residual. Loaded
+// into RETRO, the decoder computes exactly the language model wherever no
+// neighbour is attended, whatever the CCA weights: what RETRO-fitting a
+// frozen pretrained model relies on.
+TEST(RetroLMRetrofitTest, PretrainedDecoderLayoutsComputeTheLanguageModel) {
+  torch::NoGradGuard no_grad;
+  struct Layout {
+    std::string name;
+    std::function<void(TransformerConfig&)> apply;
+  };
+  const std::vector<Layout> layouts = {
+      {"gpt2",
+       [](TransformerConfig& c) {
+         c.positions = "learned";
+         c.activation = "gelu_tanh";
+         c.tie_embeddings = false;
+       }},
+      {"gpt_neox",
+       [](TransformerConfig& c) {
+         c.rotary_fraction = 0.25;  // 4 of 16 dims per head
+         c.parallel_residual = true;
+         c.tie_embeddings = false;
+       }},
+  };
+  for (const Layout& layout : layouts) {
+    SCOPED_TRACE(layout.name);
+    RetroConfig config = TinyRetroConfig(layout.name == "gpt2" ? "learned" : "rotary");
+    layout.apply(config.decoder);
+    RAG_ASSERT_OK(config.Validate());
+    torch::manual_seed(40);
+    TransformerLM lm(config.decoder);
+    for (auto& p : lm->parameters()) p.add_(torch::randn_like(p) * 0.1);  // LayerNorms and biases matter too
+    lm->eval();
+    ASSERT_TRUE(lm->output);
+    torch::manual_seed(41);
+    RetroLM model(config);
+    model->eval();
+    model->LoadDecoderFrom(lm);
+    Inputs in = MakeInputs(2, kContext, 42);
+    const auto expect = lm->forward(in.tokens);  // [B, T, V]
+
+    // Fresh CCA layers (zero output projections), neighbours attended.
+    EXPECT_LT(MaxAbsDiff(model->forward(in.tokens, in.neighbours, in.mask), expect), 1e-5);
+    RandomiseCca(model);
+    // No retrieval, and every neighbour missing: the decoder alone, exactly.
+    EXPECT_TRUE(torch::equal(model->forward(in.tokens, torch::Tensor(), torch::Tensor()), expect));
+    auto none = torch::zeros_like(in.mask);
+    EXPECT_TRUE(torch::equal(model->forward(in.tokens, in.neighbours, none), expect));
+    // With neighbours only chunk 0 (which attends nothing) stays the LM's.
+    auto with = model->forward(in.tokens, in.neighbours, in.mask);
+    EXPECT_TRUE(torch::equal(with.narrow(1, 0, kChunk), expect.narrow(1, 0, kChunk)));
+    EXPECT_GT(MaxAbsDiff(with, expect), 1e-3);
   }
 }
 

@@ -301,6 +301,49 @@ TEST(RetroTrainerTest, RetrofitFreezesTheDecoder) {
   }
 }
 
+// RETRO-fitting a downloaded model (Borgeaud et al. 4.4): decoders in the
+// GPT-2 layout (learned positions, tanh GELU, separate output layer) and the
+// GPT-NeoX one (rotary on a quarter of each head, parallel residual) stay
+// exactly the language model while the encoder and CCA learn.
+TEST(RetroTrainerTest, RetrofitOfPretrainedLayoutsKeepsTheLanguageModel) {
+  for (const std::string layout : {"gpt2", "gpt_neox"}) {
+    SCOPED_TRACE(layout);
+    RetroConfig config = TinyRetroConfig();
+    config.decoder.tie_embeddings = false;
+    if (layout == "gpt2") {
+      config.decoder.positions = "learned";
+      config.decoder.activation = "gelu_tanh";
+    } else {
+      config.decoder.rotary_fraction = 0.25;
+      config.decoder.parallel_residual = true;
+    }
+    TransformerLM init = MakeInitLM(config, 7);
+    RetroTrainingData data = MakeCopyData();
+    const RetroDocuments validation = data.validation;
+    auto t = RetroTrainer::Create(config, FastOptions(30, true), std::move(data), kEot, "/tmp/unused.pt", false, &init);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const double before = (*t)->ValidationLoss(true), plain_before = (*t)->ValidationLoss(false);
+    EXPECT_EQ(before, plain_before);  // zero CCA projections: retrieval changes nothing yet
+    for (int i = 0; i < 30; ++i) ASSERT_TRUE(std::isfinite((*t)->Step()));
+    const double after = (*t)->ValidationLoss(true), plain_after = (*t)->ValidationLoss(false);
+    EXPECT_LT(after, before - 0.05) << "the CCA did not learn from the neighbours";
+    EXPECT_EQ(plain_after, plain_before) << "the frozen decoder's function changed";
+
+    RetroLM& model = (*t)->model();
+    const auto init_params = init->named_parameters();
+    for (const auto& item : model->decoder->named_parameters()) {
+      const torch::Tensor* original = init_params.find(item.key());
+      ASSERT_NE(original, nullptr) << item.key();
+      EXPECT_TRUE(torch::equal(item.value(), *original)) << item.key() << " moved although the decoder is frozen";
+    }
+    torch::NoGradGuard no_grad;
+    model->eval();
+    init->eval();
+    RetroBatch batch = MakeRetroWindows(validation, {{0, 0}, {1, 2}}, config, kEot);
+    EXPECT_TRUE(torch::equal(model->forward(batch.tokens, torch::Tensor(), torch::Tensor()), init->forward(batch.tokens)));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Checkpoints
 
