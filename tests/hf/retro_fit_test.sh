@@ -3,8 +3,9 @@
 # pretrained decoder frozen, only the neighbour encoder and the chunked
 # cross-attention trained), end to end with `rag`: a random GPT-2-layout
 # directory (vocab.json + merges.txt, learned positions) and a random
-# GPT-NeoX-layout one (tokenizer.json, 2 shards, rotary on a quarter of each
-# head, parallel residual, untied output), made by
+# GPT-NeoX-layout one (Pythia's tokenizer.json layout with end-of-text at id 0,
+# 2 shards, rotary on a quarter of each head, parallel residual, untied
+# output), made by
 # tests/hf/make_hf_checkpoint.py with GPT-2's real vocabulary. For each:
 # `rag build --model DIR`, `rag train --arch retro --init DIR` for a few
 # steps, then
@@ -71,7 +72,8 @@ echo '{"chunk_size": 16, "neighbour_tokens": 32, "encoder_layers": 1}' > "$TMP/r
 "$PY" "$MAKE" --arch gpt2 --out "$TMP/gpt2" --gpt2-vocab "$VOCAB" --seed 21 --layers 2 --width 64 --heads 4 \
   --context 128 --dtype float32 || fail "make_hf_checkpoint.py gpt2"
 "$PY" "$MAKE" --arch gpt_neox --out "$TMP/neox" --gpt2-vocab "$VOCAB" --seed 22 --layers 2 --width 64 --heads 4 \
-  --context 128 --shards 2 --rotary-pct 0.25 --parallel-residual 1 --qk-std 0.2 || fail "make_hf_checkpoint.py gpt_neox"
+  --context 128 --shards 2 --rotary-pct 0.25 --parallel-residual 1 --qk-std 0.2 --tokenizer neox ||
+  fail "make_hf_checkpoint.py gpt_neox"
 
 TEXT="The copper of the violin is near the harbour. The river of the stone is near the bridge."
 # Max |a - b| over per-token log-probs of two `rag score --json` outputs; fails above $3.
