@@ -62,6 +62,7 @@ std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokeni
                       {"embed_batch", o.embed_batch},
                       {"index_factory", o.index_factory},
                       {"seed", o.seed}};
+  if (o.shard.count != 1) j["shard"] = o.shard.ToString();
   if (o.datastore) {
     j["datastore"] = {{"factory", o.datastore_factory}, {"split", o.datastore_split}, {"docs", o.datastore_doc_ids}};
   }
@@ -244,6 +245,15 @@ absl::Status TrainFromFile(const EmbeddingsFile& file, uint64_t seed, VectorInde
 
 }  // namespace
 
+void KeepShardDocuments(const retriever::ShardSpec& shard, std::vector<Document>* documents) {
+  if (shard.count == 1) return;
+  std::vector<Document> kept;
+  for (auto& d : *documents) {
+    if (retriever::ShardOfDocument(d.id, shard.count) == shard.index) kept.push_back(std::move(d));
+  }
+  *documents = std::move(kept);
+}
+
 absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, const lm::Tokenizer& tokenizer,
                                     lm::Embedder& embedder, const std::string& model_hash,
                                     const BuildOptions& o, const std::atomic<bool>* stop) {
@@ -277,6 +287,13 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   if (fs::exists(out)) {
     if (!o.overwrite) {
       return absl::FailedPreconditionError("'" + o.out_dir + "' already exists; pass --overwrite to replace it");
+    }
+  }
+  for (const auto& d : documents) {
+    if (retriever::ShardOfDocument(d.id, o.shard.count) != o.shard.index) {
+      return absl::InvalidArgumentError("document '" + d.id + "' belongs to shard " +
+                                        std::to_string(retriever::ShardOfDocument(d.id, o.shard.count)) + ", not " +
+                                        o.shard.ToString() + " (KeepShardDocuments drops them)");
     }
   }
   const std::string fingerprint = BuildFingerprint(documents, tokenizer, embedder, model_hash, o);
@@ -433,6 +450,8 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   }
 
   m.created_by = "rag 0.1.0";
+  m.shard_id = o.shard.index;
+  m.shard_count = o.shard.count;
   m.created_at = NowUtc();
   m.corpus_path = o.corpus_path;
   for (const auto& d : documents) m.bytes += static_cast<int64_t>(d.text.size());

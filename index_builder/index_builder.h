@@ -22,6 +22,7 @@
 #include "lm/language_model.h"
 #include "lm/tokenizer.h"
 #include "retriever/manifest.h"
+#include "retriever/shard.h"
 
 namespace rag::index_builder {
 
@@ -58,7 +59,16 @@ struct BuildOptions {
   std::string datastore_factory;                // "" = chosen from the key count
   std::vector<std::string> datastore_doc_ids;   // subset of the corpus; empty = all
   std::string datastore_split = "all";          // recorded in the manifest: "all" or "train"
+
+  // The shard this build makes (`rag build --shard`): every document must
+  // belong to it (KeepShardDocuments), and the manifest records it.
+  // Default: 0/1, the whole corpus
+  retriever::ShardSpec shard;
 };
+
+// Drops the documents that another shard owns (retriever::ShardOfDocument),
+// keeping the order of the rest.
+void KeepShardDocuments(const retriever::ShardSpec& shard, std::vector<Document>* documents);
 
 // Builds the index. `model_hash` and `tokenizer_hash` identify the model the
 // index will be served with (recorded in the manifest). Cancelled when

@@ -31,6 +31,7 @@ std::string Manifest::ToJson() const {
   j["created_by"] = created_by;
   j["created_at"] = created_at;
   j["shard_id"] = shard_id;
+  if (shard_count != 1) j["shard_count"] = shard_count;
   j["corpus"] = {{"path", corpus_path}, {"documents", documents}, {"tokens", tokens}, {"bytes", bytes},
                 {"documents_added", documents_added}};
   j["chunking"] = {{"chunk_tokens", chunk_tokens}, {"continuation_tokens", continuation_tokens}, {"chunks", chunks}};
@@ -42,6 +43,7 @@ std::string Manifest::ToJson() const {
   }
   j["faiss"] = {{"requested_factory", requested_factory}, {"index_factory", index_factory},
                 {"note", factory_note}, {"version", faiss_version}, {"vectors", vectors}};
+  if (!trained_index_hash.empty()) j["faiss"]["trained_index_hash"] = trained_index_hash;
   if (datastore_keys > 0) {
     j["datastore"] = {{"keys", datastore_keys}, {"index_factory", datastore_factory}, {"split", datastore_split}};
   }
@@ -75,6 +77,11 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     m.created_by = j.value("created_by", "");
     m.created_at = j.value("created_at", "");
     m.shard_id = static_cast<int>(IntegerOr(j, "shard_id", 0));
+    m.shard_count = static_cast<int>(IntegerOr(j, "shard_count", 1));
+    if (m.shard_count < 1 || m.shard_id < 0 || m.shard_id >= m.shard_count) {
+      return absl::DataLossError("manifest has shard_id " + std::to_string(m.shard_id) + " of shard_count " +
+                                 std::to_string(m.shard_count));
+    }
     const json& c = j.at("corpus");
     m.corpus_path = c.value("path", "");
     m.documents = Integer(c, "documents");
@@ -99,6 +106,7 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     m.factory_note = f.value("note", "");
     m.faiss_version = f.value("version", "");
     m.vectors = Integer(f, "vectors");
+    m.trained_index_hash = f.value("trained_index_hash", "");
     m.checksums = j.at("checksums").get<std::map<std::string, std::string>>();
     if (j.contains("datastore")) {
       const json& ds = j.at("datastore");

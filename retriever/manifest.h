@@ -38,7 +38,10 @@ struct Manifest {
   int format_version = kManifestFormatVersion;
   std::string created_by;         // "rag <version>"
   std::string created_at;         // UTC, ISO 8601
-  int shard_id = 0;               // for the sharded scale-out plan
+  // Sharding (retriever/shard.h): this index holds the documents with
+  // ShardOfDocument(id, shard_count) == shard_id; 0 of 1 = the whole corpus.
+  int shard_id = 0;
+  int shard_count = 1;
 
   // Corpus
   std::string corpus_path;
@@ -69,6 +72,11 @@ struct Manifest {
   std::string factory_note;       // why it differs from the request, if it does
   std::string faiss_version;
   int64_t vectors = 0;
+  // XXH3-64 (16 hex digits) of the trained, empty FAISS index the vectors
+  // were added to (`rag build --train-only`, then `--trained`): shards that
+  // share it share coarse quantizer and codebooks, so their searches and a
+  // merge equal one index's. "" when the index was trained by its own build.
+  std::string trained_index_hash;
 
   // kNN-LM datastore (datastore/), when built: one key per token of the
   // documents it covers ("all", or the model's "train" split).

@@ -45,6 +45,28 @@ TEST(ManifestTest, RoundTripsAndCarriesASelfChecksum) {
   RAG_EXPECT_OK(Manifest::FromJson(j.dump()).status());
 }
 
+TEST(ManifestTest, CarriesTheShardAndTheTrainedIndexHash) {
+  Manifest m = Sample();
+  m.shard_id = 2;
+  m.shard_count = 4;
+  m.trained_index_hash = "00112233445566ff";
+  auto back = Manifest::FromJson(m.ToJson());
+  RAG_ASSERT_OK(back.status());
+  EXPECT_EQ(back->shard_id, 2);
+  EXPECT_EQ(back->shard_count, 4);
+  EXPECT_EQ(back->trained_index_hash, "00112233445566ff");
+  // A whole index (0 of 1, its own training) reads back as one.
+  auto whole = Manifest::FromJson(Sample().ToJson());
+  RAG_ASSERT_OK(whole.status());
+  EXPECT_EQ(whole->shard_count, 1);
+  EXPECT_EQ(whole->trained_index_hash, "");
+  // A shard outside its count is damage, not a shard.
+  auto j = nlohmann::json::parse(m.ToJson());
+  j.erase("self_checksum");
+  j["shard_id"] = 4;
+  EXPECT_EQ(Manifest::FromJson(j.dump()).status().code(), absl::StatusCode::kDataLoss);
+}
+
 // Found by fuzz_manifest: a float where a count belongs was converted to an
 // integer unchecked (undefined behaviour under UBSan).
 TEST(ManifestTest, NonIntegerCountsAreDataLossNotUndefinedBehaviour) {

@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::Languag
 }
 
 struct BuildArgs {
-  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all";
+  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all", shard;
   bool datastore = false;
   int chunk_tokens = 64, continuation_tokens = 64;
   int64_t batch = 64;
@@ -38,10 +38,20 @@ int RunBuild(const BuildArgs& a) {
   auto model = OpenModel(a.model);
   if (!model.ok()) return Fail(model.status());
   rag::index_builder::CorpusStats stats;
+  rag::retriever::ShardSpec shard;
+  if (!a.shard.empty()) {
+    auto s = rag::retriever::ParseShardSpec(a.shard);
+    if (!s.ok()) return Fail(s.status());
+    shard = *s;
+  }
   auto docs = rag::index_builder::ReadCorpus(a.corpus, &stats);
   if (!docs.ok()) return Fail(docs.status());
   std::fprintf(stderr, "build: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
                static_cast<double>(stats.bytes) / 1e6);
+  if (shard.count > 1) {
+    rag::index_builder::KeepShardDocuments(shard, &*docs);
+    std::fprintf(stderr, "build: shard %s keeps %zu documents\n", shard.ToString().c_str(), docs->size());
+  }
   auto embedder = MakeEmbedder(model->get(), a.embedder);
   if (!embedder.ok()) return Fail(embedder.status());
   rag::index_builder::BuildOptions o;
@@ -53,6 +63,7 @@ int RunBuild(const BuildArgs& a) {
   o.embed_batch = a.batch;
   o.seed = a.seed;
   o.overwrite = a.overwrite;
+  o.shard = shard;
   o.show_progress = !a.quiet;
   o.model_architecture = (*model)->identity().architecture;
   o.model_parameters = (*model)->NumParameters();
@@ -107,6 +118,9 @@ Command AddBuildCommand(CLI::App* app) {
                   "FAISS factory of the datastore (default: from its size)");
   cmd->add_option("--datastore-split", a->datastore_split, "all, or train: only the model's training documents")
       ->capture_default_str();
+  cmd->add_option("--shard", a->shard,
+                  "build shard i of N (i/N) of the documents, by a stable hash of their ids; auto or auto/N take "
+                  "the rank (and size) from mpirun, Slurm arrays or Kubernetes Indexed Jobs");
   cmd->add_flag("--json", a->json_out, "print the manifest as JSON");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return {cmd, [a] { return RunBuild(*a); }};
