@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,6 +27,8 @@ struct Chunk {
 bool operator==(const Chunk& a, const Chunk& b) {
   return a.doc_id == b.doc_id && a.offset == b.offset && a.distance == b.distance;
 }
+
+void PrintTo(const Chunk& c, std::ostream* os) { *os << "(" << c.doc_id << ", " << c.offset << ", " << c.distance << ")"; }
 
 TEST(TopKTest, ChunksOrderByDistanceThenDocumentThenOffset) {
   std::vector<Chunk> v = {{"b", 0, 1.0f}, {"a", 64, 1.0f}, {"a", 0, 1.0f}, {"z", 0, 0.5f}, {"a", 0, 2.0f}};
