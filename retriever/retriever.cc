@@ -8,6 +8,7 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "retriever/leakage.h"
+#include "retriever/topk.h"
 
 namespace rag::retriever {
 namespace fs = std::filesystem;
@@ -263,22 +264,41 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
     auto doc = store_->GetDocument(id);
     if (doc.ok()) excluded.insert(doc->index);
   }
+  const size_t k = static_cast<size_t>(options.k);
   std::vector<std::vector<Neighbour>> results(queries.size());
   for (size_t q = 0; q < queries.size(); ++q) {
-    std::vector<std::pair<ChunkId, float>> found;
-    {
-      std::shared_lock<std::shared_mutex> lock(bm25_mu_);
-      found = bm25_->Search(queries[q], options.k, [&](ChunkId c) {
-        return !excluded.empty() && excluded.count(bm25_->doc_index(c)) > 0;
-      });
-    }
-    std::vector<ChunkId> ids;
-    for (const auto& f : found) ids.push_back(f.first);
-    RAG_ASSIGN_OR_RETURN(std::vector<ChunkRecord> records, store_->GetChunks(ids));
-    for (size_t j = 0; j < records.size(); ++j) {
-      ChunkRecord& rec = records[j];
-      results[q].push_back({rec.id, std::move(rec.doc_id), rec.offset, std::move(rec.tokens),
-                            std::move(rec.continuation), -found[j].second});
+    // Bm25Index::Search breaks equal scores by chunk id (insertion order):
+    // ask for k, then double while a tie may continue past the k-th
+    // (retriever/topk.h), so the top k is the same however the documents
+    // were added. Excluded chunks are skipped inside the search.
+    for (int64_t fetch = options.k;; fetch *= 2) {
+      std::vector<std::pair<ChunkId, float>> found;
+      int64_t chunks = 0;
+      {
+        std::shared_lock<std::shared_mutex> lock(bm25_mu_);
+        chunks = bm25_->num_chunks();
+        fetch = std::min(fetch, chunks);
+        found = bm25_->Search(queries[q], static_cast<int>(fetch), [&](ChunkId c) {
+          return !excluded.empty() && excluded.count(bm25_->doc_index(c)) > 0;
+        });
+      }
+      const bool may_hold_more = static_cast<int64_t>(found.size()) == fetch && fetch < chunks;
+      const float last = found.empty() ? 0.0f : -found.back().second;
+      std::vector<ChunkId> ids;
+      for (const auto& f : found) ids.push_back(f.first);
+      RAG_ASSIGN_OR_RETURN(std::vector<ChunkRecord> records, store_->GetChunks(ids));
+      std::vector<Neighbour> candidates;
+      candidates.reserve(records.size());
+      for (size_t j = 0; j < records.size(); ++j) {
+        ChunkRecord& rec = records[j];
+        candidates.push_back({rec.id, std::move(rec.doc_id), rec.offset, std::move(rec.tokens),
+                              std::move(rec.continuation), -found[j].second});
+      }
+      std::sort(candidates.begin(), candidates.end(), ChunkNeighbourOrder());
+      if (MustFetchMore(candidates, k, last, may_hold_more)) continue;
+      KeepFirst(&candidates, k);
+      results[q] = std::move(candidates);
+      break;
     }
   }
   return results;
@@ -314,50 +334,72 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchEmbeddings(
   if (nq == 0) return results;
   const int64_t total = num_vectors();
   const std::unordered_set<std::string> excluded(options.exclude_doc_ids.begin(), options.exclude_doc_ids.end());
+  const size_t k = static_cast<size_t>(options.k);
+  const size_t dim = static_cast<size_t>(index_->dim());
 
-  // Over-retrieve when excluding: start at 2k and double until every query
-  // has k eligible chunks or the whole index was searched.
-  int64_t fetch = excluded.empty() ? options.k : std::min<int64_t>(2 * options.k, VectorIndex::kMaxK);
-  std::vector<bool> done(static_cast<size_t>(nq), false);
-  while (true) {
-    fetch = std::min<int64_t>(fetch, std::min<int64_t>(total, VectorIndex::kMaxK));
-    if (fetch <= 0) return results;
+  // Fetch k (2k when excluding) and double, searching again only the
+  // queries whose top k is not settled yet (retriever/topk.h): fewer than k
+  // eligible chunks, or the k-th distance tied with the last one fetched.
+  // The cap is the index's size (then nothing is left unfetched) or kMaxK.
+  const int64_t cap = std::min<int64_t>(total, VectorIndex::kMaxK);
+  int64_t fetch = excluded.empty() ? options.k : 2 * static_cast<int64_t>(options.k);
+  std::vector<int64_t> pending(static_cast<size_t>(nq));
+  for (size_t q = 0; q < pending.size(); ++q) pending[q] = static_cast<int64_t>(q);
+  std::vector<float> batch;
+  while (!pending.empty()) {
+    const int64_t f = std::min(fetch, cap);
+    if (f <= 0) return results;
+    const int64_t np = static_cast<int64_t>(pending.size());
+    const float* qptr = embeddings;
+    if (np != nq) {
+      batch.resize(static_cast<size_t>(np) * dim);
+      for (int64_t i = 0; i < np; ++i) {
+        std::copy_n(embeddings + static_cast<size_t>(pending[static_cast<size_t>(i)]) * dim, dim,
+                    batch.data() + static_cast<size_t>(i) * dim);
+      }
+      qptr = batch.data();
+    }
     std::vector<float> distances;
     std::vector<int64_t> ids;
     {
       std::shared_lock<std::shared_mutex> lock(index_mu_);
-      RAG_RETURN_IF_ERROR(
-          index_->Search(embeddings, nq, static_cast<int>(fetch), options.nprobe, &distances, &ids));
+      RAG_RETURN_IF_ERROR(index_->Search(qptr, np, static_cast<int>(f), options.nprobe, &distances, &ids));
     }
-    bool all_done = true;
-    for (int64_t q = 0; q < nq; ++q) {
-      if (done[q]) continue;
+    std::vector<int64_t> still_pending;
+    for (int64_t i = 0; i < np; ++i) {
+      const int64_t q = pending[static_cast<size_t>(i)];
       std::vector<ChunkId> chunk_ids;
       std::vector<float> chunk_dist;
-      for (int64_t j = 0; j < fetch; ++j) {
-        if (ids[q * fetch + j] < 0) continue;
-        chunk_ids.push_back(ids[q * fetch + j]);
-        chunk_dist.push_back(distances[q * fetch + j]);
+      for (int64_t j = 0; j < f; ++j) {
+        const size_t at = static_cast<size_t>(i * f + j);
+        if (ids[at] < 0) continue;
+        chunk_ids.push_back(ids[at]);
+        chunk_dist.push_back(distances[at]);
       }
+      // Fewer than f results: the index (or the IVF lists probed) has no more.
+      const bool may_hold_more = static_cast<int64_t>(chunk_ids.size()) == f && f < cap;
+      const float last = chunk_dist.empty() ? 0.0f : chunk_dist.back();
       RAG_ASSIGN_OR_RETURN(std::vector<ChunkRecord> records, store_->GetChunks(chunk_ids));
-      std::vector<Neighbour> kept;
-      for (size_t j = 0; j < records.size() && static_cast<int>(kept.size()) < options.k; ++j) {
+      std::vector<Neighbour> candidates;
+      candidates.reserve(records.size());
+      for (size_t j = 0; j < records.size(); ++j) {
         if (excluded.count(records[j].doc_id)) continue;
         ChunkRecord& rec = records[j];
-        kept.push_back({rec.id, std::move(rec.doc_id), rec.offset, std::move(rec.tokens),
-                        std::move(rec.continuation), chunk_dist[j]});
+        candidates.push_back({rec.id, std::move(rec.doc_id), rec.offset, std::move(rec.tokens),
+                              std::move(rec.continuation), chunk_dist[j]});
       }
-      const bool exhausted = fetch >= std::min<int64_t>(total, VectorIndex::kMaxK);
-      if (static_cast<int>(kept.size()) >= options.k || exhausted) {
-        results[q] = std::move(kept);
-        done[q] = true;
-      } else {
-        all_done = false;
+      std::sort(candidates.begin(), candidates.end(), ChunkNeighbourOrder());
+      if (MustFetchMore(candidates, k, last, may_hold_more)) {
+        still_pending.push_back(q);
+        continue;
       }
+      KeepFirst(&candidates, k);
+      results[static_cast<size_t>(q)] = std::move(candidates);
     }
-    if (all_done) return results;
-    fetch *= 2;
+    pending = std::move(still_pending);
+    fetch = 2 * f;
   }
+  return results;
 }
 
 }  // namespace rag::retriever

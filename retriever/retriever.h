@@ -94,13 +94,18 @@ class Retriever {
   ~Retriever();
 
   // Neighbours for each query (token ids), nearest first; fewer than k only
-  // when the index has fewer eligible chunks. InvalidArgument for k outside
-  // [1, kMaxK] or an empty query.
+  // when the index has fewer eligible chunks. The top k is canonical
+  // (retriever/topk.h): equal distances are ordered by (doc_id, offset), and
+  // a tie at the k-th place is fetched whole before the cut, so the result
+  // does not depend on the order documents were added, and N shards' lists
+  // merged by the same order equal one index's (ties running past kMaxK
+  // candidates excepted). InvalidArgument for k outside [1, kMaxK] or an
+  // empty query.
   absl::StatusOr<std::vector<std::vector<Neighbour>>> Search(const std::vector<std::vector<Token>>& queries,
                                                              const SearchOptions& options) const;
   // The same for nq query vectors already embedded ([nq, dim] float32,
   // row-major, the embedder's space), e.g. the rows of embeddings.f32 when
-  // RETRO precomputes the neighbours of every indexed chunk.
+  // RETRO precomputes the neighbours of every indexed chunk. Same order.
   absl::StatusOr<std::vector<std::vector<Neighbour>>> SearchEmbeddings(const float* embeddings, int64_t nq,
                                                                        const SearchOptions& options) const;
 
