@@ -230,16 +230,26 @@ class Datastore {
   // For each of the nq queries ([nq, dim] float32, row-major) its k nearest
   // keys, nearest first, in (*out)[q] (resized to nq). Approximate: the
   // candidates come from keys.faiss, visiting `nprobe` IVF lists (<= 0 keeps
-  // the index's setting; ignored by Flat). Fewer than k only when the index
-  // yields fewer eligible keys.
+  // the index's setting; ignored by Flat), and from the added keys (exact).
+  // Fewer than k only when the index yields fewer eligible keys.
+  // The top k is canonical (retriever/topk.h): equal distances are ordered
+  // by (value, doc, key_id), and a tie at the k-th place is fetched whole
+  // (2k, 4k, ... candidates, at most VectorIndex::kMaxK) before the cut, from
+  // keys.faiss and from the added keys alike. So the kept (value, distance)
+  // multiset, all the kNN-LM distribution depends on, does not depend on the
+  // order keys were written or added, and N shards' lists merged by the same
+  // order give one datastore's (doc and key_id are local numbers and may
+  // differ).
   // `exclude_doc`: empty, or one entry per query; keys whose doc equals
   // exclude_doc[q] are never returned for query q (-1 excludes nothing).
-  // The index is then over-queried (2k, 4k, ... candidates, at most
-  // VectorIndex::kMaxK) until k eligible keys remain or it has no more.
+  // The index is then over-queried the same way until k eligible keys
+  // remain or it has no more.
   // `exact`: the distances of the k results are recomputed from the stored
   // fp16 keys (squared L2, as FAISS reports) and the results re-sorted by
   // them (the kNN-LM paper's option for PQ indexes); otherwise distances are
-  // the index's. InvalidArgument for k outside [1, VectorIndex::kMaxK],
+  // the index's. The cut is still made on the index's distances; among keys
+  // with the k-th's index distance and value that straddle it, the exactly
+  // nearest are kept. InvalidArgument for k outside [1, VectorIndex::kMaxK],
   // nq < 0, null queries, or an exclude_doc of the wrong length.
   absl::Status Search(const float* queries, int64_t nq, int k, int nprobe, const std::vector<int32_t>& exclude_doc,
                       bool exact, std::vector<std::vector<DatastoreNeighbour>>* out) const;
@@ -286,7 +296,8 @@ class Datastore {
   // torn or corrupt record (a crash mid-append: never acknowledged).
   absl::Status LoadAdded(const std::function<bool(const std::string&)>& keep);
   // Merges into each (*out)[q] the k nearest added keys not of document
-  // exclude_doc[q] (exact distances), keeping the k nearest, sorted.
+  // exclude_doc[q] (exact distances; a tie at the k-th fetched whole),
+  // keeping the k first in DatastoreNeighbourOrder.
   // Caller holds the added keys' lock. Fails only on an internal FAISS
   // error (or memory).
   absl::Status MergeAdded(const float* queries, int64_t nq, int k, const std::vector<int32_t>& exclude_doc,

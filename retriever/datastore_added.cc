@@ -21,6 +21,7 @@
 #include "retriever/internal/added_log.h"
 #include "retriever/internal/datastore_format.h"
 #include "retriever/internal/posix_io.h"
+#include "retriever/topk.h"
 #include "retriever/vector_index.h"
 
 namespace rag::retriever {
@@ -144,25 +145,63 @@ absl::Status Datastore::MergeAdded(const float* queries, int64_t nq, int k, cons
   if (n == 0 || nq == 0) return absl::OkStatus();
   // Exact squared L2 of every query to every added key, by one matrix
   // product (a scalar loop cost 50 ms per probe sentence with a few thousand
-  // added keys); excluded documents' keys never come back.
+  // added keys); excluded documents' keys never come back. ExactSearchL2
+  // breaks equal distances by insertion order, so a query whose k-th added
+  // key may tie with one not returned is searched again with twice as many
+  // (retriever/topk.h); its added candidates then hold every key as near as
+  // their k-th, and the merge with the index's candidates (tie-complete the
+  // same way) is cut in the canonical order.
+  const size_t kk = static_cast<size_t>(k);
+  const size_t d = static_cast<size_t>(dim_);
+  const int64_t limit = std::min<int64_t>(n, VectorIndex::kMaxK);
+  std::vector<int64_t> pending(static_cast<size_t>(nq));
+  for (size_t q = 0; q < pending.size(); ++q) pending[q] = static_cast<int64_t>(q);
+  std::vector<float> batch_queries;
+  std::vector<int32_t> batch_exclude;
   std::vector<float> dist;
   std::vector<int64_t> idx;
-  const absl::Status s = ExactSearchL2(queries, nq, added_->keys.data(), n, dim_, k, added_->docs.data(),
-                                       exclude_doc.empty() ? nullptr : exclude_doc.data(), &dist, &idx);
-  if (!s.ok()) return s;
-  const auto nearer = [](const DatastoreNeighbour& a, const DatastoreNeighbour& b) {
-    return a.distance < b.distance || (a.distance == b.distance && a.key_id < b.key_id);
-  };
-  for (int64_t qi = 0; qi < nq; ++qi) {
-    std::vector<DatastoreNeighbour>& kept = (*out)[static_cast<size_t>(qi)];
-    for (int j = 0; j < k; ++j) {
-      const size_t at = static_cast<size_t>(qi) * static_cast<size_t>(k) + static_cast<size_t>(j);
-      if (idx[at] < 0) break;
-      const size_t i = static_cast<size_t>(idx[at]);
-      kept.push_back({rows_ + static_cast<int64_t>(i), added_->values[i], added_->docs[i], dist[at]});
+  for (int64_t fetch = k; !pending.empty(); fetch *= 2) {
+    const int64_t f = std::min(fetch, limit);
+    const int64_t np = static_cast<int64_t>(pending.size());
+    const float* qptr = queries;
+    const int32_t* eptr = exclude_doc.empty() ? nullptr : exclude_doc.data();
+    if (np != nq) {
+      batch_queries.resize(static_cast<size_t>(np) * d);
+      batch_exclude.clear();
+      for (int64_t i = 0; i < np; ++i) {
+        const size_t q = static_cast<size_t>(pending[static_cast<size_t>(i)]);
+        std::memcpy(batch_queries.data() + static_cast<size_t>(i) * d, queries + q * d, d * sizeof(float));
+        if (eptr != nullptr) batch_exclude.push_back(exclude_doc[q]);
+      }
+      qptr = batch_queries.data();
+      if (eptr != nullptr) eptr = batch_exclude.data();
     }
-    std::sort(kept.begin(), kept.end(), nearer);
-    if (static_cast<int>(kept.size()) > k) kept.resize(static_cast<size_t>(k));
+    const absl::Status s = ExactSearchL2(qptr, np, added_->keys.data(), n, dim_, static_cast<int>(f),
+                                         added_->docs.data(), eptr, &dist, &idx);
+    if (!s.ok()) return s;
+    std::vector<int64_t> still_pending;
+    for (int64_t i = 0; i < np; ++i) {
+      const int64_t qi = pending[static_cast<size_t>(i)];
+      std::vector<DatastoreNeighbour> added;
+      float last = 0;
+      for (int64_t j = 0; j < f; ++j) {
+        const size_t at = static_cast<size_t>(i * f + j);
+        if (idx[at] < 0) break;  // excluded keys come back as -1, after the rest
+        const size_t a = static_cast<size_t>(idx[at]);
+        added.push_back({rows_ + static_cast<int64_t>(a), added_->values[a], added_->docs[a], dist[at]});
+        last = std::max(last, dist[at]);
+      }
+      std::sort(added.begin(), added.end(), DatastoreNeighbourOrder());
+      if (MustFetchMore(added, kk, last, static_cast<int64_t>(added.size()) == f && f < limit)) {
+        still_pending.push_back(qi);
+        continue;
+      }
+      std::vector<DatastoreNeighbour>& kept = (*out)[static_cast<size_t>(qi)];
+      kept.insert(kept.end(), added.begin(), added.end());
+      std::sort(kept.begin(), kept.end(), DatastoreNeighbourOrder());
+      KeepFirst(&kept, kk);
+    }
+    pending = std::move(still_pending);
   }
   return absl::OkStatus();
 }

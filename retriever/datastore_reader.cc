@@ -22,6 +22,7 @@
 #include "retriever/internal/added_log.h"
 #include "retriever/internal/datastore_format.h"
 #include "retriever/internal/posix_io.h"
+#include "retriever/topk.h"
 #include "retriever/vector_index.h"
 
 namespace rag::retriever {
@@ -221,9 +222,11 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
   bool any_exclusion = false;
   for (int64_t q = 0; q < nq && !any_exclusion; ++q) any_exclusion = excluded_doc(q) >= 0;
 
-  // Over-retrieve when excluding: 2k, 4k, ... until each query has k
-  // eligible keys, the index has no more for it, or kMaxK is reached. Only
-  // the queries still short are searched again.
+  // Fetch k (2k when excluding) and double, searching again only the
+  // queries whose top k is not settled yet (retriever/topk.h): fewer than k
+  // eligible keys, or the k-th distance tied with the last one fetched,
+  // while the index may hold more and kMaxK allows.
+  const size_t kk = static_cast<size_t>(k);
   std::vector<int64_t> pending(limit > 0 ? static_cast<size_t>(nq) : 0);
   for (size_t q = 0; q < pending.size(); ++q) pending[q] = static_cast<int64_t>(q);
   int64_t fetch = any_exclusion ? 2 * static_cast<int64_t>(k) : k;
@@ -248,9 +251,10 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
       const int64_t q = pending[static_cast<size_t>(i)];
       const int32_t excluded = excluded_doc(q);
       std::vector<DatastoreNeighbour> kept;
-      kept.reserve(static_cast<size_t>(k));
+      kept.reserve(static_cast<size_t>(f));
       int64_t found = 0;
-      // The k values and docs sit at random rows of two mapped files: ask
+      float last = 0;
+      // The values and docs sit at random rows of two mapped files: ask
       // for all their cache lines first, then read them (a cache miss each
       // otherwise, a sixth of kNN-LM scoring time at k = 1024).
       for (int64_t j = 0; j < f; ++j) {
@@ -267,24 +271,41 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
                                      std::to_string(rows_));
         }
         ++found;
-        if (static_cast<int>(kept.size()) >= k) continue;
+        last = std::max(last, distances[static_cast<size_t>(i * f + j)]);
         const int32_t doc = doc_data_[id];
         if (excluded >= 0 && doc == excluded) continue;
-        kept.push_back({id, value_data_[id], doc, distances[static_cast<size_t>(i * f + j)]});
+        kept.push_back({id, value_data_[id], doc, last});
       }
+      // FAISS returns nearest first, ties in id order: re-order canonically.
+      std::sort(kept.begin(), kept.end(), DatastoreNeighbourOrder());
       // found < f: the index (e.g. the probed IVF lists) has nothing more.
-      if (static_cast<int>(kept.size()) >= k || found < f || f >= limit) {
-        if (exact) {
-          const float* query = queries + static_cast<size_t>(q) * d;
-          for (DatastoreNeighbour& nb : kept) nb.distance = ExactDistance(query, nb.key_id);
-          std::stable_sort(kept.begin(), kept.end(), [](const DatastoreNeighbour& a, const DatastoreNeighbour& b) {
-            return a.distance < b.distance || (a.distance == b.distance && a.key_id < b.key_id);
-          });
-        }
-        (*out)[static_cast<size_t>(q)] = std::move(kept);
-      } else {
+      if (MustFetchMore(kept, kk, last, found == f && f < limit)) {
         still_pending.push_back(q);
+        continue;
       }
+      const float* query = queries + static_cast<size_t>(q) * d;
+      if (exact && kept.size() > kk) {
+        // Keys with the k-th's index distance and value straddle the cut:
+        // which of them are kept changes the exact distances returned (PQ
+        // gives different keys one code), so the cut takes the exactly
+        // nearest of them (then doc, key), the same ones in every shard.
+        const DatastoreNeighbour& kth = kept[kk - 1];
+        auto same = [&](const DatastoreNeighbour& nb) { return nb.distance == kth.distance && nb.value == kth.value; };
+        size_t lo = kk - 1, hi = kk;
+        while (lo > 0 && same(kept[lo - 1])) --lo;
+        while (hi < kept.size() && same(kept[hi])) ++hi;
+        if (hi > kk) {
+          for (size_t j = lo; j < hi; ++j) kept[j].distance = ExactDistance(query, kept[j].key_id);
+          std::sort(kept.begin() + static_cast<std::ptrdiff_t>(lo), kept.begin() + static_cast<std::ptrdiff_t>(hi),
+                    DatastoreNeighbourOrder());
+        }
+      }
+      KeepFirst(&kept, kk);
+      if (exact) {
+        for (DatastoreNeighbour& nb : kept) nb.distance = ExactDistance(query, nb.key_id);
+        std::sort(kept.begin(), kept.end(), DatastoreNeighbourOrder());
+      }
+      (*out)[static_cast<size_t>(q)] = std::move(kept);
     }
     pending = std::move(still_pending);
     fetch = 2 * f;

@@ -378,7 +378,7 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchEmbeddings(
       }
       // Fewer than f results: the index (or the IVF lists probed) has no more.
       const bool may_hold_more = static_cast<int64_t>(chunk_ids.size()) == f && f < cap;
-      const float last = chunk_dist.empty() ? 0.0f : chunk_dist.back();
+      const float last = chunk_dist.empty() ? 0.0f : *std::max_element(chunk_dist.begin(), chunk_dist.end());
       RAG_ASSIGN_OR_RETURN(std::vector<ChunkRecord> records, store_->GetChunks(chunk_ids));
       std::vector<Neighbour> candidates;
       candidates.reserve(records.size());
