@@ -1,6 +1,7 @@
 // Tests for retriever::Datastore and DatastoreWriter: fp16 conversion, search
 // against an fp32 brute force, IVF-PQ with exact re-ranking, document
-// exclusion, resumed writes, and corrupt or unfinished datastores.
+// exclusion, canonical ties at the k-th place, resumed writes, and corrupt or
+// unfinished datastores.
 #include "retriever/datastore.h"
 
 #include <gtest/gtest.h>
@@ -538,6 +539,101 @@ TEST(DatastoreIvfTest, IvfPqWithExactReRanking) {
   std::cerr << "IVF64,PQ8 nprobe 16: recall@10 " << recall_exact << ", top-1 approx " << top1_approx << " exact "
             << top1_exact << " of " << nq << ", max rel. distance error vs fp32 " << max_rel_fp32 << ", bytes/key "
             << ds.bytes_per_key() << "\n";
+}
+
+// --- canonical ties (retriever/topk.h) ---
+
+// 200 gaussian keys, then five copies of one more key K with values
+// `copy_values` in that order (documents 100, 101, ...).
+Rows RowsWithCopies(const std::vector<int32_t>& copy_values, std::vector<float>* k_out) {
+  Rows r = MakeRows(GaussianKeys(200, kDim, /*seed=*/21), kDim);
+  const std::vector<float> k = GaussianKeys(1, kDim, /*seed=*/22);
+  for (size_t i = 0; i < copy_values.size(); ++i) {
+    r.keys.insert(r.keys.end(), k.begin(), k.end());
+    r.values.push_back(copy_values[i]);
+    r.docs.push_back(100 + static_cast<int32_t>(i));
+  }
+  *k_out = k;
+  return r;
+}
+
+std::vector<int32_t> Values(const std::vector<DatastoreNeighbour>& row) {
+  std::vector<int32_t> v;
+  for (const auto& nb : row) v.push_back(nb.value);
+  return v;
+}
+
+// Five keys at one distance, k = 3: the kept ones are those with the
+// smallest values, whichever order they were written in. Written largest
+// value first, FAISS's first fetch (3, ties by id) holds the values 50, 40
+// and 30 only: the answer needs the tie completed by a second fetch.
+TEST(DatastoreTiesTest, TieAtTheKthPlaceKeepsTheSmallestValuesWhateverTheOrder) {
+  std::vector<std::vector<std::pair<int32_t, float>>> answers;
+  for (const std::vector<int32_t>& order : {std::vector<int32_t>{50, 40, 30, 20, 10},
+                                            std::vector<int32_t>{10, 20, 30, 40, 50},
+                                            std::vector<int32_t>{30, 50, 10, 40, 20}}) {
+    testing::TempDir dir;
+    std::vector<float> query;
+    const Rows r = RowsWithCopies(order, &query);
+    RAG_ASSERT_OK(WriteDatastore(dir.path(), r, 64, Factory("Flat")).status());
+    auto ds = Datastore::Open(dir.path());
+    RAG_ASSERT_OK(ds.status());
+    for (bool exact : {false, true}) {
+      std::vector<std::vector<DatastoreNeighbour>> res;
+      RAG_ASSERT_OK((*ds)->Search(query.data(), 1, 3, 0, {}, exact, &res));
+      ASSERT_EQ(res[0].size(), 3u);
+      EXPECT_EQ(Values(res[0]), (std::vector<int32_t>{10, 20, 30})) << "exact " << exact;
+      for (const auto& nb : res[0]) {
+        EXPECT_EQ(nb.distance, res[0][0].distance);
+        EXPECT_EQ(r.values[static_cast<size_t>(nb.key_id)], nb.value);
+      }
+      if (!exact) {
+        std::vector<std::pair<int32_t, float>> a;
+        for (const auto& nb : res[0]) a.push_back({nb.value, nb.distance});
+        answers.push_back(a);
+      }
+      // Excluding the document of value 10 moves the cut one further.
+      const int32_t doc10 = res[0][0].doc;
+      RAG_ASSERT_OK((*ds)->Search(query.data(), 1, 3, 0, {doc10}, exact, &res));
+      EXPECT_EQ(Values(res[0]), (std::vector<int32_t>{20, 30, 40})) << "exact " << exact;
+    }
+  }
+  ASSERT_EQ(answers.size(), 3u);
+  EXPECT_EQ(answers[0], answers[1]);
+  EXPECT_EQ(answers[0], answers[2]);
+}
+
+// The same for keys added to a served datastore (searched exactly, outside
+// keys.faiss): added largest value first, the exact search's first fetch
+// (ties by insertion order) misses 20 and 10.
+TEST(DatastoreTiesTest, TieAmongAddedKeysIsCompletedToo) {
+  testing::TempDir dir;
+  const Rows built = MakeRows(GaussianKeys(200, kDim, /*seed=*/21), kDim);
+  RAG_ASSERT_OK(WriteDatastore(dir.path(), built, 64, Factory("Flat")).status());
+  auto ds = Datastore::Open(dir.path());
+  RAG_ASSERT_OK(ds.status());
+  const std::vector<float> k = GaussianKeys(1, kDim, /*seed=*/22);
+  int32_t doc = 100;
+  for (int32_t value : {50, 40, 30, 20, 10}) {
+    RAG_ASSERT_OK(
+        (*ds)->AddDocumentKeys("copy-" + std::to_string(value), k.data(), &value, doc++, 1, /*durable=*/false));
+  }
+  for (bool exact : {false, true}) {
+    std::vector<std::vector<DatastoreNeighbour>> res;
+    // Two queries, so the second fetch searches only the one still open.
+    std::vector<float> queries = GaussianKeys(1, kDim, /*seed=*/23);
+    queries.insert(queries.end(), k.begin(), k.end());
+    RAG_ASSERT_OK((*ds)->Search(queries.data(), 2, 3, 0, {}, exact, &res));
+    ASSERT_EQ(res[1].size(), 3u);
+    EXPECT_EQ(Values(res[1]), (std::vector<int32_t>{10, 20, 30})) << "exact " << exact;
+    for (const auto& nb : res[1]) {
+      EXPECT_GE(nb.key_id, 200);
+      EXPECT_EQ(nb.distance, res[1][0].distance);
+    }
+    EXPECT_EQ(res[0].size(), 3u);
+    RAG_ASSERT_OK((*ds)->Search(queries.data(), 2, 3, 0, {200, 104}, exact, &res));  // 104: the value 10
+    EXPECT_EQ(Values(res[1]), (std::vector<int32_t>{20, 30, 40})) << "exact " << exact;
+  }
 }
 
 TEST(DatastoreFactoryTest, DefaultAndAdaptedFactories) {
