@@ -147,7 +147,9 @@ TEST_P(ShardIndexTest, ShardsSearchedAndMergedEqualTheSingleIndex) {
     for (int s = 0; s < n; ++s) {
       shards[s] = BuildShard(s, n, &global[s]);
       total += shards[s]->size();
-      if (n > 1) EXPECT_GT(shards[s]->size(), kVectors / n / 2) << "shard " << s << " of " << n;
+      if (n > 1) {
+        EXPECT_GT(shards[s]->size(), kVectors / n / 2) << "shard " << s << " of " << n;
+      }
     }
     ASSERT_EQ(total, kVectors);
     int tied_at_cut = 0;
