@@ -66,6 +66,7 @@ absl::StatusOr<retriever::DatastoreInfo> BuildDatastore(const std::vector<Docume
   finish.factory = o.index_factory;
   finish.seed = o.seed;
   finish.show_progress = o.show_progress;
+  finish.trained_index = o.trained_index;
   RAG_RETURN_IF_ERROR(writer->IndexInBackground(finish, total));
 
   Progress progress("build: datastore", total, "keys");

@@ -25,6 +25,9 @@ struct DatastoreBuildOptions {
   uint64_t seed = 1234;         // document order and FAISS training sample. Default: 1234
   int64_t sync_every_tokens = 1 << 16;  // rows between durable checkpoints. Default: 65536
   bool show_progress = true;
+  // A trained, empty key index to add the keys to instead of training one
+  // (DatastoreFinishOptions::trained_index). Default: "" (train)
+  std::string trained_index;
 };
 
 // Builds the datastore over the documents `selected` indexes into

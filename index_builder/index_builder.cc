@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -24,6 +25,7 @@
 #include "common/progress.h"
 #include "common/status.h"
 #include "index_builder/datastore_builder.h"
+#include "index_builder/trained_index.h"
 #include "retriever/token_counts.h"
 #include "retriever/chunk_store.h"
 #include "retriever/vector_index.h"
@@ -42,7 +44,8 @@ constexpr char kBuildArgsFile[] = "build_args.json";
 // What must match for a partial build to be resumed: the corpus content,
 // the model, the chunking and the factory.
 std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokenizer& tok, lm::Embedder& embedder,
-                             const std::string& model_hash, const BuildOptions& o) {
+                             const std::string& model_hash, const BuildOptions& o,
+                             const TrainedIndexRecord* trained) {
   XXH3_state_t* st = XXH3_createState();
   XXH3_64bits_reset(st);
   for (const auto& d : docs) {
@@ -63,6 +66,10 @@ std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokeni
                       {"index_factory", o.index_factory},
                       {"seed", o.seed}};
   if (o.shard.count != 1) j["shard"] = o.shard.ToString();
+  // Another trained index means other vectors in every list: start over.
+  if (trained != nullptr) {
+    j["trained"] = {{"index", trained->trained_index_hash}, {"datastore", trained->datastore_trained_hash}};
+  }
   if (o.datastore) {
     j["datastore"] = {{"factory", o.datastore_factory}, {"split", o.datastore_split}, {"docs", o.datastore_doc_ids}};
   }
@@ -243,6 +250,40 @@ absl::Status TrainFromFile(const EmbeddingsFile& file, uint64_t seed, VectorInde
   return index.Train(sample.data(), m, seed);
 }
 
+// The trained index of `--trained`, checked against what this build brings.
+absl::StatusOr<std::optional<TrainedIndexRecord>> LoadTrained(const lm::Tokenizer& tokenizer, lm::Embedder& embedder,
+                                                              const std::string& model_hash, const BuildOptions& o) {
+  if (o.trained_dir.empty()) return std::optional<TrainedIndexRecord>();
+  auto trained = TrainedIndexRecord::Load(o.trained_dir);
+  if (!trained.ok()) return Annotate(trained.status(), "--trained");
+  BuildIdentity b;
+  b.model_hash = model_hash;
+  b.tokenizer_hash = tokenizer.Hash();
+  b.embedder_hash = embedder.hash();
+  b.dim = embedder.dim();
+  b.chunk_tokens = o.chunk_tokens;
+  b.continuation_tokens = o.continuation_tokens;
+  b.index_factory = o.index_factory;
+  b.datastore = o.datastore;
+  b.datastore_factory = o.datastore_factory;
+  RAG_RETURN_IF_ERROR(Annotate(CheckTrainedMatches(*trained, b), "--trained '" + o.trained_dir + "'"));
+  return std::optional<TrainedIndexRecord>(std::move(trained).value());
+}
+
+// A copy of the trained, empty chunk index to add this build's vectors to.
+absl::StatusOr<std::unique_ptr<VectorIndex>> OpenTrainedChunkIndex(const std::string& trained_dir,
+                                                                   const TrainedIndexRecord& trained) {
+  const std::string path = (fs::path(trained_dir) / kTrainedChunkIndexFile).string();
+  RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Open(path));
+  if (!index->is_trained() || index->size() != 0 || index->dim() != trained.dim ||
+      index->factory() != trained.index_factory) {
+    return absl::FailedPreconditionError("'" + path + "' is not the trained, empty " + trained.index_factory +
+                                         " index of dim " + std::to_string(trained.dim) + " that " +
+                                         kTrainedRecordFile + " describes");
+  }
+  return index;
+}
+
 }  // namespace
 
 void KeepShardDocuments(const retriever::ShardSpec& shard, std::vector<Document>* documents) {
@@ -296,7 +337,10 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
                                         o.shard.ToString() + " (KeepShardDocuments drops them)");
     }
   }
-  const std::string fingerprint = BuildFingerprint(documents, tokenizer, embedder, model_hash, o);
+  RAG_ASSIGN_OR_RETURN(const std::optional<TrainedIndexRecord> trained,
+                       LoadTrained(tokenizer, embedder, model_hash, o));
+  const std::string fingerprint =
+      BuildFingerprint(documents, tokenizer, embedder, model_hash, o, trained ? &*trained : nullptr);
   if (fs::exists(work)) {
     auto previous = ReadFile((work / kBuildArgsFile).string());
     // A build killed after creating the directory but before recording its
@@ -346,15 +390,27 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   const auto index_t0 = std::chrono::steady_clock::now();
   const int dim = embedder.dim();
   const int64_t n = m.chunks;
-  const std::string requested = o.index_factory.empty() ? VectorIndex::DefaultFactory(n, dim) : o.index_factory;
-  RAG_ASSIGN_OR_RETURN(retriever::FactoryChoice choice, VectorIndex::AdaptFactory(requested, n, dim));
+  // With --trained the factory is the trained index's, chosen for the
+  // whole corpus; otherwise for this build's vectors.
+  retriever::FactoryChoice choice;
+  if (trained) {
+    choice = {trained->index_factory, trained->factory_note};
+  } else {
+    const std::string requested = o.index_factory.empty() ? VectorIndex::DefaultFactory(n, dim) : o.index_factory;
+    RAG_ASSIGN_OR_RETURN(choice, VectorIndex::AdaptFactory(requested, n, dim));
+  }
   if (!choice.note.empty()) std::fprintf(stderr, "build: %s\n", choice.note.c_str());
   std::fprintf(stderr, "build: index %s over %lld vectors of dim %d\n", choice.factory.c_str(),
                static_cast<long long>(n), dim);
   {
     const std::string emb_path = (work / retriever::kEmbeddingsFile).string();
     RAG_ASSIGN_OR_RETURN(auto file, EmbeddingsFile::Open(emb_path, n, dim));
-    RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Create(dim, choice.factory));
+    std::unique_ptr<VectorIndex> index;
+    if (trained) {
+      RAG_ASSIGN_OR_RETURN(index, OpenTrainedChunkIndex(o.trained_dir, *trained));
+    } else {
+      RAG_ASSIGN_OR_RETURN(index, VectorIndex::Create(dim, choice.factory));
+    }
     if (!index->is_trained()) {
       auto t0 = std::chrono::steady_clock::now();
       RAG_RETURN_IF_ERROR(Annotate(TrainFromFile(*file, o.seed, *index), "training the index"));
@@ -440,10 +496,12 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     dso.index_factory = o.datastore_factory;
     dso.seed = o.seed;
     dso.show_progress = o.show_progress;
+    if (trained) dso.trained_index = (fs::path(o.trained_dir) / kTrainedDatastoreIndexFile).string();
     RAG_ASSIGN_OR_RETURN(retriever::DatastoreInfo info, BuildDatastore(documents, selected, doc_index, *o.model, dso, stop));
     m.datastore_keys = info.rows;
     m.datastore_factory = info.index_factory;
     m.datastore_split = o.datastore_split;
+    if (trained) m.datastore_trained_index_hash = trained->datastore_trained_hash;
     for (const auto& [file, sum] : info.checksums) {
       m.checksums[std::string(retriever::kDatastoreDir) + "/" + file] = sum;
     }
@@ -464,7 +522,8 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   m.embedder = embedder.description();
   m.embedder_hash = embedder.hash();
   m.dim = dim;
-  m.requested_factory = o.index_factory;
+  m.requested_factory = trained ? trained->requested_factory : o.index_factory;
+  if (trained) m.trained_index_hash = trained->trained_index_hash;
   m.index_factory = choice.factory;
   m.factory_note = choice.note;
   m.faiss_version = VectorIndex::FaissVersion();

@@ -64,6 +64,15 @@ struct BuildOptions {
   // belong to it (KeepShardDocuments), and the manifest records it.
   // Default: 0/1, the whole corpus
   retriever::ShardSpec shard;
+
+  // A trained index from `rag build --train-only` (its directory): stage 3
+  // adds the vectors to a copy of it instead of training, and with
+  // `datastore` the keys go into a copy of its key index, so that every
+  // shard shares one training. Refused (FailedPrecondition, naming the
+  // field) when its model, tokenizer, embedder, dim or chunking differ from
+  // this build's, or index_factory / datastore_factory is given and differs.
+  // Default: "" (train here)
+  std::string trained_dir;
 };
 
 // Drops the documents that another shard owns (retriever::ShardOfDocument),

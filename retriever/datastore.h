@@ -40,10 +40,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "retriever/vector_index.h"
 
 namespace rag::retriever {
-
-class VectorIndex;
 
 inline constexpr int kDatastoreFormatVersion = 1;
 inline constexpr char kDatastoreKeysFile[] = "keys.f16";
@@ -105,7 +104,28 @@ struct DatastoreFinishOptions {
   int64_t batch_rows = 0;
   // Progress lines (count, rate, ETA) on stderr. Default: false
   bool show_progress = false;
+  // A trained, empty key index (a VectorIndex file: `rag build --train-only
+  // --datastore`, shared by all shards) that the keys are added to, in
+  // place of one trained here: `factory`, `seed` and `max_train` then play
+  // no part, and its dim must be the datastore's (FailedPrecondition
+  // otherwise, or when it is untrained or holds keys). Default: "" (train)
+  std::string trained_index;
 };
+
+// The key index DatastoreWriter builds over `total` keys of `dim`
+// dimensions, before training: options.factory (or
+// VectorIndex::DefaultFactory(total, dim)) through VectorIndex::AdaptFactory,
+// and how many keys its training sample holds (the datastore's own sample
+// rule: 64 keys per IVF list, at least 20000, at most options.max_train
+// when set; 0 when the index needs no training). Ignores
+// options.trained_index. The one owner of these choices: DatastoreWriter
+// and `rag build --train-only --datastore` both ask here.
+struct DatastoreIndexPlan {
+  std::unique_ptr<VectorIndex> index;
+  FactoryChoice choice;
+  int64_t sample_rows = 0;
+};
+absl::StatusOr<DatastoreIndexPlan> PlanDatastoreIndex(const DatastoreFinishOptions& options, int64_t total, int dim);
 
 // Builds a datastore by appending rows in batches. Resumable: Sync makes the
 // rows so far durable, and a writer created with resume = true goes on from
@@ -177,6 +197,14 @@ class DatastoreWriter {
   absl::StatusOr<DatastoreInfo> Finish(const DatastoreFinishOptions& options = {});
   // Shorthand for Finish with those three options and the other defaults.
   absl::StatusOr<DatastoreInfo> Finish(const std::string& factory, uint64_t seed, bool show_progress);
+
+  // Completes the datastore with a key index built elsewhere (`rag merge`:
+  // the shards' keys.faiss merged), which must hold exactly rows() keys of
+  // dim() dimensions in row order: writes the payload checksums into the
+  // headers and saves `index` as keys.faiss. FailedPrecondition when the
+  // counts or dims disagree or after IndexInBackground; the caller vouches
+  // that key i of the index is row i.
+  absl::StatusOr<DatastoreInfo> FinishWithIndex(const VectorIndex& index);
 
  private:
   struct Files;

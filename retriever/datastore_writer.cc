@@ -391,6 +391,40 @@ absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const DatastoreFinishOptio
   return info;
 }
 
+absl::StatusOr<DatastoreInfo> DatastoreWriter::FinishWithIndex(const VectorIndex& index) {
+  const std::string context = "finishing datastore '" + dir_ + "' with a given index";
+  if (finished_) return absl::FailedPreconditionError(context + ": the writer is already finished");
+  if (!broken_.ok())
+    return absl::FailedPreconditionError(context + ": the writer failed earlier: " + broken_.ToString());
+  if (background_ != nullptr) return absl::FailedPreconditionError(context + ": it is indexing in the background");
+  if (index.size() != rows_ || index.dim() != dim_) {
+    return absl::FailedPreconditionError(context + ": the index holds " + std::to_string(index.size()) +
+                                         " keys of dim " + std::to_string(index.dim()) + ", the datastore " +
+                                         std::to_string(rows_) + " of dim " + std::to_string(dim_));
+  }
+  finished_ = true;
+  absl::Status s = FsyncAll();
+  if (s.ok()) s = WriteHeaders(/*with_hashes=*/true);
+  if (s.ok()) s = FsyncAll();
+  RAG_RETURN_IF_ERROR(Annotate(s, context));
+  // keys.faiss last: its presence marks the datastore finished.
+  RAG_RETURN_IF_ERROR(Annotate(index.Save(PathIn(dir_, kDatastoreIndexFile)), context));
+  DatastoreInfo info;
+  info.rows = rows_;
+  info.dim = dim_;
+  info.index_factory = index.factory();
+  for (const char* name : {kDatastoreKeysFile, kDatastoreValuesFile, kDatastoreDocsFile, kDatastoreIndexFile}) {
+    auto hex = HashFileHex(PathIn(dir_, name));
+    if (!hex.ok()) return Annotate(hex.status(), context);
+    info.checksums[name] = *hex;
+  }
+  return info;
+}
+
+absl::StatusOr<DatastoreIndexPlan> PlanDatastoreIndex(const DatastoreFinishOptions& options, int64_t total, int dim) {
+  return internal::PlanDatastoreIndexImpl(options, total, dim);
+}
+
 absl::StatusOr<DatastoreInfo> DatastoreWriter::Finish(const std::string& factory, uint64_t seed, bool show_progress) {
   DatastoreFinishOptions options;
   options.factory = factory;

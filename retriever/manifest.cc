@@ -46,6 +46,7 @@ std::string Manifest::ToJson() const {
   if (!trained_index_hash.empty()) j["faiss"]["trained_index_hash"] = trained_index_hash;
   if (datastore_keys > 0) {
     j["datastore"] = {{"keys", datastore_keys}, {"index_factory", datastore_factory}, {"split", datastore_split}};
+    if (!datastore_trained_index_hash.empty()) j["datastore"]["trained_index_hash"] = datastore_trained_index_hash;
   }
   j["checksums"] = checksums;
   // Over the compact dump of everything else, so any damaged byte (even in a
@@ -113,6 +114,7 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
       m.datastore_keys = Integer(ds, "keys");
       m.datastore_factory = ds.value("index_factory", "");
       m.datastore_split = ds.value("split", "all");
+      m.datastore_trained_index_hash = ds.value("trained_index_hash", "");
     }
   } catch (const json::exception& e) {
     return absl::DataLossError(std::string("manifest is malformed: ") + e.what());

@@ -83,6 +83,10 @@ struct Manifest {
   int64_t datastore_keys = 0;
   std::string datastore_factory;
   std::string datastore_split;
+  // XXH3-64 hex of the trained, empty key index the keys were added to
+  // (`rag build --train-only --datastore`, then `--trained`); "" when the
+  // datastore trained its own.
+  std::string datastore_trained_index_hash;
 
   std::map<std::string, std::string> checksums;  // file name -> XXH3 hex (datastore files as "datastore/<name>")
 

@@ -2,6 +2,7 @@
 
 #include <faiss/IVFlib.h>
 #include <faiss/Index.h>
+#include <faiss/clone_index.h>
 #include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFPQ.h>
@@ -384,6 +385,54 @@ absl::Status VectorIndex::Add(const float* x, int64_t n) {
     index_->add(n, x);
   } catch (...) {
     return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> VectorIndex::TrainedStateHash() const {
+  const std::string context = "hashing the trained state of index '" + factory_ + "'";
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  try {
+    std::unique_ptr<faiss::Index> empty(faiss::clone_index(index_.get()));
+    empty->reset();
+    faiss::VectorIOWriter writer;
+    faiss::write_index(empty.get(), &writer);
+    return Checksum64(writer.data.data(), writer.data.size());
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
+  }
+}
+
+absl::Status VectorIndex::MergeFrom(VectorIndex& other) {
+  const std::string context = "merging index '" + other.factory_ + "' into '" + factory_ + "'";
+  if (&other == this) return absl::InvalidArgumentError(context + ": an index cannot be merged into itself");
+  if (read_only_ || other.read_only_) {
+    return absl::FailedPreconditionError(context + ": an index opened with mmap is read-only");
+  }
+  if (dim() != other.dim()) {
+    return absl::FailedPreconditionError(context + ": dim " + std::to_string(dim()) + " vs " +
+                                         std::to_string(other.dim()));
+  }
+  if (factory_ != other.factory_) return absl::FailedPreconditionError(context + ": the factories differ");
+  if (!is_trained() || !other.is_trained()) return absl::FailedPreconditionError(context + ": index is not trained");
+  RAG_ASSIGN_OR_RETURN(uint64_t mine, TrainedStateHash());
+  RAG_ASSIGN_OR_RETURN(uint64_t theirs, other.TrainedStateHash());
+  if (mine != theirs) {
+    return absl::FailedPreconditionError(context +
+                                         ": the indexes were trained separately (their coarse quantizers or "
+                                         "codebooks differ); build shards on one `rag build --train-only` index");
+  }
+  if (other.size() == 0) return absl::OkStatus();
+  AllCoresForFaiss cores;
+  try {
+    // An IVF stores each vector's id in its list, so the moved ones are
+    // shifted past ours; flat-code indexes number vectors by position and
+    // take no shift (FAISS refuses one).
+    const faiss::Index::idx_t shift = NlistOf(index_.get()) > 0 ? index_->ntotal : 0;
+    index_->check_compatible_for_merge(*other.index_);
+    index_->merge_from(*other.index_, shift);
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kFailedPrecondition, context);
   }
   return absl::OkStatus();
 }

@@ -163,6 +163,24 @@ class VectorIndex {
   absl::Status Search(const float* queries, int64_t nq, int k, int nprobe, std::vector<float>* distances,
                       std::vector<int64_t>* ids) const;
 
+  // Moves every vector of `other` into this index, FAISS's own merge_from:
+  // they get ids size() .. size() + other.size() - 1 in their order in
+  // `other`, and `other` is left empty. The result searches exactly as one
+  // index to which this index's vectors and then other's had been added
+  // (`rag merge` of shards built on one trained index). FailedPrecondition,
+  // with nothing moved, when the two differ in dim or factory, when their
+  // trained state differs (TrainedStateHash: a shard trained on its own),
+  // when either is read-only or untrained, or when FAISS cannot merge the
+  // index type (e.g. HNSW, IndexRefine).
+  absl::Status MergeFrom(VectorIndex& other);
+
+  // XXH3-64 of the index's trained state alone: the FAISS serialization of
+  // a copy with every vector removed. Equal for two indexes made by adding
+  // vectors to copies of one trained index, whatever was added; different
+  // (in practice) for indexes trained separately. Holds a copy of the index
+  // while it runs. Internal on FAISS failure.
+  absl::StatusOr<uint64_t> TrainedStateHash() const;
+
   // Writes the index to `path` atomically (a temporary file next to it,
   // fsync, rename): readers see the old file or the new one. Concurrent
   // Saves to the same path from one process are safe; the last rename wins.

@@ -30,6 +30,19 @@ void LowestThreadPriority() { ::setpriority(PRIO_PROCESS, static_cast<id_t>(::sy
 
 }  // namespace
 
+absl::StatusOr<DatastoreIndexPlan> PlanDatastoreIndexImpl(const DatastoreFinishOptions& options, int64_t total,
+                                                          int dim) {
+  DatastoreIndexPlan plan;
+  const std::string requested = options.factory.empty() ? VectorIndex::DefaultFactory(total, dim) : options.factory;
+  const int64_t trainable = options.max_train > 0 ? std::min(total, options.max_train) : total;
+  RAG_ASSIGN_OR_RETURN(plan.choice, VectorIndex::AdaptFactory(requested, trainable, dim));
+  RAG_ASSIGN_OR_RETURN(plan.index, VectorIndex::Create(dim, plan.choice.factory));
+  if (!plan.index->is_trained()) {
+    plan.sample_rows = plan.index->TrainingSampleSize(total, options.max_train, kDatastoreTrainingSample);
+  }
+  return plan;
+}
+
 KeyIndexer::KeyIndexer(const DatastoreFinishOptions& options, int dim, int keys_fd, std::string keys_path,
                        StreamingChecksum payload_hash)
     : options_(options),
@@ -43,19 +56,37 @@ absl::StatusOr<std::unique_ptr<KeyIndexer>> KeyIndexer::Create(const DatastoreFi
                                                                std::string keys_path) {
   RAG_ASSIGN_OR_RETURN(StreamingChecksum hash, StreamingChecksum::Create());
   auto k = std::unique_ptr<KeyIndexer>(new KeyIndexer(options, dim, keys_fd, std::move(keys_path), std::move(hash)));
-  const std::string requested = options.factory.empty() ? VectorIndex::DefaultFactory(total, dim) : options.factory;
-  const int64_t trainable = options.max_train > 0 ? std::min(total, options.max_train) : total;
-  RAG_ASSIGN_OR_RETURN(k->choice_, VectorIndex::AdaptFactory(requested, trainable, dim));
-  RAG_ASSIGN_OR_RETURN(k->index_, VectorIndex::Create(dim, k->choice_.factory));
-  if (!k->index_->is_trained()) {
-    k->sample_ = k->index_->TrainingSampleSize(total, options.max_train, kDatastoreTrainingSample);
-    k->train_from_ = prefix_sample ? std::min(total, std::max(4 * k->sample_, total / 4)) : total;
+  if (!options.trained_index.empty()) {
+    RAG_ASSIGN_OR_RETURN(k->index_, OpenTrainedKeyIndex(options.trained_index, dim));
+    k->choice_ = {k->index_->factory(), ""};
+  } else {
+    RAG_ASSIGN_OR_RETURN(DatastoreIndexPlan plan, PlanDatastoreIndex(options, total, dim));
+    k->choice_ = plan.choice;
+    k->index_ = std::move(plan.index);
+    k->sample_ = plan.sample_rows;
+    if (!k->index_->is_trained()) {
+      k->train_from_ = prefix_sample ? std::min(total, std::max(4 * k->sample_, total / 4)) : total;
+    }
   }
   const int64_t batch =
       options.batch_rows > 0 ? options.batch_rows : std::max<int64_t>(1, kAddBatchBytes / (4 * int64_t{dim}));
   k->batch_ = batch;
   k->index_->Reserve(total);
   return k;
+}
+
+absl::StatusOr<std::unique_ptr<VectorIndex>> OpenTrainedKeyIndex(const std::string& path, int dim) {
+  const std::string context = "trained datastore index '" + path + "'";
+  auto index = VectorIndex::Open(path);
+  if (!index.ok()) return Annotate(index.status(), context);
+  if ((*index)->dim() != dim) {
+    return absl::FailedPreconditionError(context + ": dim " + std::to_string((*index)->dim()) +
+                                         ", the model's hidden states have " + std::to_string(dim));
+  }
+  if (!(*index)->is_trained() || (*index)->size() != 0) {
+    return absl::FailedPreconditionError(context + ": not a trained, empty index (made by rag build --train-only)");
+  }
+  return index;
 }
 
 absl::Status KeyIndexer::Train(int64_t rows) {
@@ -101,7 +132,8 @@ absl::Status KeyIndexer::AddUpTo(int64_t rows, const std::atomic<bool>* cancel) 
 }
 
 bool SameFinishOptions(const DatastoreFinishOptions& a, const DatastoreFinishOptions& b) {
-  return a.factory == b.factory && a.seed == b.seed && a.max_train == b.max_train && a.batch_rows == b.batch_rows;
+  return a.factory == b.factory && a.seed == b.seed && a.max_train == b.max_train && a.batch_rows == b.batch_rows &&
+         a.trained_index == b.trained_index;
 }
 
 BackgroundIndexer::BackgroundIndexer(const DatastoreFinishOptions& options, std::unique_ptr<KeyIndexer> indexer,

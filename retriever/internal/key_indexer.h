@@ -70,6 +70,14 @@ class KeyIndexer {
   std::vector<float> floats_;
 };
 
+// PlanDatastoreIndex (retriever/datastore.h), where the sample rule lives.
+absl::StatusOr<DatastoreIndexPlan> PlanDatastoreIndexImpl(const DatastoreFinishOptions& options, int64_t total,
+                                                          int dim);
+
+// Opens DatastoreFinishOptions::trained_index: a trained, empty index of
+// `dim` dimensions, else FailedPrecondition (or Open's error) naming `path`.
+absl::StatusOr<std::unique_ptr<VectorIndex>> OpenTrainedKeyIndex(const std::string& path, int dim);
+
 // Whether Finish got the options IndexInBackground got.
 bool SameFinishOptions(const DatastoreFinishOptions& a, const DatastoreFinishOptions& b);
 

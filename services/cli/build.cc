@@ -7,6 +7,7 @@
 #include "common/status.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
+#include "index_builder/trained_index.h"
 #include "lm/data_split.h"
 #include "lm/embedder.h"
 
@@ -26,19 +27,70 @@ absl::StatusOr<std::unique_ptr<rag::lm::Embedder>> MakeEmbedder(rag::lm::Languag
 }
 
 struct BuildArgs {
-  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all", shard;
-  bool datastore = false;
+  std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all", shard, trained;
+  bool datastore = false, train_only = false;
   int chunk_tokens = 64, continuation_tokens = 64;
   int64_t batch = 64;
   uint64_t seed = 1234;
   bool overwrite = false, json_out = false, quiet = false;
 };
 
+// The ids of the documents the datastore covers: all ("" split) or the
+// model's training split (held-out documents never in the datastore, for
+// honest validation numbers). Empty = all.
+absl::StatusOr<std::vector<std::string>> DatastoreDocIds(const BuildArgs& a, const std::vector<rag::Document>& docs) {
+  std::vector<std::string> ids;
+  if (a.datastore_split == "all") return ids;
+  if (a.datastore_split != "train") return absl::InvalidArgumentError("--datastore-split must be all or train");
+  auto split = rag::ReadFile((fs::path(a.model) / rag::lm::kSplitFile).string());
+  if (!split.ok()) return rag::Annotate(split.status(), "--datastore-split train needs the model's split");
+  auto train = rag::lm::SelectSplit(docs, *split, "train");
+  if (!train.ok()) return train.status();
+  for (const auto& d : *train) ids.push_back(d.id);
+  return ids;
+}
+
+// `rag build --train-only`: the whole corpus, no shard.
+int RunTrainOnly(const BuildArgs& a, rag::lm::LanguageModel* model, const std::vector<rag::Document>& docs,
+                 rag::lm::Embedder& embedder) {
+  rag::index_builder::TrainOnlyOptions o;
+  o.out_dir = a.out;
+  o.corpus_path = a.corpus;
+  o.index_factory = a.factory;
+  o.chunk_tokens = a.chunk_tokens;
+  o.continuation_tokens = a.continuation_tokens;
+  o.embed_batch = a.batch;
+  o.seed = a.seed;
+  o.overwrite = a.overwrite;
+  o.show_progress = !a.quiet;
+  if (a.datastore) {
+    o.datastore = true;
+    o.model = model;
+    o.datastore_factory = a.datastore_factory;
+    auto ids = DatastoreDocIds(a, docs);
+    if (!ids.ok()) return Fail(ids.status());
+    o.datastore_doc_ids = *std::move(ids);
+  }
+  InstallStopHandlers();
+  auto r = rag::index_builder::TrainIndexOnly(docs, model->tokenizer(), embedder, model->content_hash(), o, &g_stop);
+  if (!r.ok()) return Fail(r.status());
+  if (a.json_out) {
+    PrintJson(json::parse(r->ToJson()));
+  } else {
+    std::printf("trained %s: index %s for %lld chunks (dim %d), hash %s\n", a.out.c_str(), r->index_factory.c_str(),
+                static_cast<long long>(r->chunks), r->dim, r->trained_index_hash.c_str());
+  }
+  return 0;
+}
+
 int RunBuild(const BuildArgs& a) {
   auto model = OpenModel(a.model);
   if (!model.ok()) return Fail(model.status());
   rag::index_builder::CorpusStats stats;
   rag::retriever::ShardSpec shard;
+  if (a.train_only && (!a.shard.empty() || !a.trained.empty())) {
+    return Fail(absl::InvalidArgumentError("--train-only trains on the whole corpus: --shard and --trained do not apply"));
+  }
   if (!a.shard.empty()) {
     auto s = rag::retriever::ParseShardSpec(a.shard);
     if (!s.ok()) return Fail(s.status());
@@ -54,6 +106,7 @@ int RunBuild(const BuildArgs& a) {
   }
   auto embedder = MakeEmbedder(model->get(), a.embedder);
   if (!embedder.ok()) return Fail(embedder.status());
+  if (a.train_only) return RunTrainOnly(a, model->get(), *docs, **embedder);
   rag::index_builder::BuildOptions o;
   o.out_dir = a.out;
   o.corpus_path = a.corpus;
@@ -64,6 +117,7 @@ int RunBuild(const BuildArgs& a) {
   o.seed = a.seed;
   o.overwrite = a.overwrite;
   o.shard = shard;
+  o.trained_dir = a.trained;
   o.show_progress = !a.quiet;
   o.model_architecture = (*model)->identity().architecture;
   o.model_parameters = (*model)->NumParameters();
@@ -72,16 +126,9 @@ int RunBuild(const BuildArgs& a) {
     o.model = model->get();
     o.datastore_factory = a.datastore_factory;
     o.datastore_split = a.datastore_split;
-    if (a.datastore_split == "train") {
-      // Held-out documents never in the datastore: honest validation numbers.
-      auto split = rag::ReadFile((fs::path(a.model) / rag::lm::kSplitFile).string());
-      if (!split.ok()) return Fail(rag::Annotate(split.status(), "--datastore-split train needs the model's split"));
-      auto train = rag::lm::SelectSplit(*docs, *split, "train");
-      if (!train.ok()) return Fail(train.status());
-      for (const auto& d : *train) o.datastore_doc_ids.push_back(d.id);
-    } else if (a.datastore_split != "all") {
-      return Fail(absl::InvalidArgumentError("--datastore-split must be all or train"));
-    }
+    auto ids = DatastoreDocIds(a, *docs);
+    if (!ids.ok()) return Fail(ids.status());
+    o.datastore_doc_ids = *std::move(ids);
   }
   InstallStopHandlers();
   auto m =
@@ -121,6 +168,11 @@ Command AddBuildCommand(CLI::App* app) {
   cmd->add_option("--shard", a->shard,
                   "build shard i of N (i/N) of the documents, by a stable hash of their ids; auto or auto/N take "
                   "the rank (and size) from mpirun, Slurm arrays or Kubernetes Indexed Jobs");
+  cmd->add_flag("--train-only", a->train_only,
+                "only train the FAISS index (and with --datastore the key index) on a sample of the whole corpus, "
+                "into --out, for shard builds to share via --trained");
+  cmd->add_option("--trained", a->trained,
+                  "add the vectors to a copy of this --train-only index instead of training (shards must share one)");
   cmd->add_flag("--json", a->json_out, "print the manifest as JSON");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
   return {cmd, [a] { return RunBuild(*a); }};

@@ -21,6 +21,7 @@
 #include "services/cli/info.h"
 #include "services/cli/index_commands.h"
 #include "services/cli/lm_commands.h"
+#include "services/cli/merge.h"
 #include "services/cli/serve.h"
 #include "services/cli/tokenize.h"
 #include "services/cli/train.h"
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   commands.push_back(cli::AddScoreCommand(&app));
   commands.push_back(cli::AddGenerateCommand(&app));
   commands.push_back(cli::AddBuildCommand(&app));
+  commands.push_back(cli::AddMergeCommand(&app));
   commands.push_back(cli::AddQueryCommand(&app));
   commands.push_back(cli::AddNextTokenCommand(&app));
   commands.push_back(cli::AddServeCommand(&app));
