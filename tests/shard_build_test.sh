@@ -170,6 +170,7 @@ mpirun_args=(--oversubscribe --bind-to none -n 2)
 [ "$(id -u)" -ne 0 ] || mpirun_args+=(--allow-run-as-root)
 start=$SECONDS
 # Each rank writes its own --out, named from the rank mpirun gives it.
+# shellcheck disable=SC2016  # expanded by each rank's sh, not here
 MPI_OUT="$TMP/mpi" "${clean_env[@]}" mpirun "${mpirun_args[@]}" \
   sh -c 'exec "$0" "$@" --shard auto --out "$MPI_OUT-$OMPI_COMM_WORLD_RANK"' "$RAG" "${build_args[@]}" \
   >"$TMP/mpirun.log" 2>&1 || { cat "$TMP/mpirun.log" >&2; fail "mpirun -n 2 rag build --shard auto failed"; }
@@ -203,7 +204,7 @@ refused() {
   [ "$rc" -ne 0 ] || { cat "$TMP/bad.log" >&2; fail "$what: accepted"; }
   [ "$rc" -lt 128 ] || { cat "$TMP/bad.log" >&2; fail "$what: died from signal $((rc - 128))"; }
   grep -qE "$pattern" "$TMP/bad.log" || { cat "$TMP/bad.log" >&2; fail "$what: the message does not match /$pattern/"; }
-  [ ! -e "$TMP/bad" ] && [ ! -e "$TMP/bad.partial" ] || fail "$what: wrote an index directory"
+  if [ -e "$TMP/bad" ] || [ -e "$TMP/bad.partial" ]; then fail "$what: wrote an index directory"; fi
   step "refused, exit $rc: $what: $(grep -m1 'error' "$TMP/bad.log")"
 }
 refused "--shard 2/2" "shard 2 is outside 0\.\.1" -- --shard 2/2
