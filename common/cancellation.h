@@ -6,14 +6,37 @@
 // engine call on its own thread.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <optional>
 #include <utility>
 
 namespace rag {
 
 namespace internal {
 inline thread_local const std::function<bool()>* current_cancellation = nullptr;
+inline thread_local std::optional<std::chrono::system_clock::time_point> current_deadline;
 }  // namespace internal
+
+// The deadline of the call this thread serves, if it has one: what a
+// sharded front gives the calls it makes to its shards on the call's behalf.
+inline std::optional<std::chrono::system_clock::time_point> CurrentDeadline() { return internal::current_deadline; }
+
+// Installs `deadline` as this thread's until destroyed (nesting restores the
+// outer one).
+class ScopedDeadline {
+ public:
+  explicit ScopedDeadline(std::optional<std::chrono::system_clock::time_point> deadline)
+      : previous_(internal::current_deadline) {
+    internal::current_deadline = deadline;
+  }
+  ~ScopedDeadline() { internal::current_deadline = previous_; }
+  ScopedDeadline(const ScopedDeadline&) = delete;
+  ScopedDeadline& operator=(const ScopedDeadline&) = delete;
+
+ private:
+  std::optional<std::chrono::system_clock::time_point> previous_;
+};
 
 // True when the call this thread serves was cancelled; false when none is
 // installed (in-process use).

@@ -67,7 +67,7 @@ NeighbourSet NeighbourSetFromCandidates(const std::vector<Neighbour>& candidates
   return Assemble(candidates, query, target, options, /*check_exclusion=*/true);
 }
 
-absl::StatusOr<std::vector<NeighbourSet>> BuildNeighbourSets(const Retriever& retriever, const NeighbourQueries& q,
+absl::StatusOr<std::vector<NeighbourSet>> BuildNeighbourSets(const ChunkSearcher& retriever, const NeighbourQueries& q,
                                                              const NeighbourSetOptions& o) {
   RAG_RETURN_IF_ERROR(Validate(o));
   // Precomputed vectors serve a dense search only; bm25 reads the tokens.
@@ -95,7 +95,7 @@ absl::StatusOr<std::vector<NeighbourSet>> BuildNeighbourSets(const Retriever& re
   so.method = o.method;
   so.exclude_doc_ids = o.exclude_doc_ids;
   const int64_t batch = o.batch > 0 ? o.batch : n;
-  const int64_t dim = by_vector && batch < n ? retriever.manifest().dim : 0;
+  const int64_t dim = by_vector && batch < n ? retriever.dim() : 0;
   const std::vector<Token> none;
   for (int64_t b = 0; b < n; b += batch) {
     const int64_t end = std::min(n, b + batch);

@@ -3,7 +3,8 @@
 // (fetching spares when the leakage filter may drop some), drop leaking
 // candidates, lay each kept one out as R tokens (re-cut on its query, or as
 // stored) and pad to K x R with a presence mask. Plain token ids, no
-// LibTorch. Thread-safe: stateless functions over a const Retriever.
+// LibTorch. Thread-safe: stateless functions over a const ChunkSearcher
+// (retriever/searcher.h: the local Retriever or a sharded front).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "retriever/chunk_store.h"
 #include "retriever/retriever.h"
+#include "retriever/searcher.h"
 
 namespace rag::retriever {
 
@@ -95,7 +97,7 @@ NeighbourSet NeighbourSetFromCandidates(const std::vector<Neighbour>& candidates
 // searched with exclude_doc_ids excluded, then as NeighbourSetFromCandidates.
 // InvalidArgument for k < 1, tokens < 1, a negative filter, spares or batch,
 // or queries whose tokens, rows and targets disagree; the search's errors.
-absl::StatusOr<std::vector<NeighbourSet>> BuildNeighbourSets(const Retriever& retriever,
+absl::StatusOr<std::vector<NeighbourSet>> BuildNeighbourSets(const ChunkSearcher& retriever,
                                                              const NeighbourQueries& queries,
                                                              const NeighbourSetOptions& options);
 

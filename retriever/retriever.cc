@@ -29,6 +29,7 @@ absl::StatusOr<std::unique_ptr<Retriever>> Retriever::Open(const std::string& in
   r->writable_ = writable;
   r->manifest_ = dir->manifest();
   const Manifest& m = r->manifest_;
+  r->dim_ = m.dim;
   r->embedder_ = embedder;
   r->store_ = dir->chunk_store();
   r->index_ = dir->vectors();

@@ -25,6 +25,7 @@
 #include "retriever/chunk_store.h"
 #include "retriever/index_dir.h"
 #include "retriever/manifest.h"
+#include "retriever/searcher.h"
 #include "retriever/vector_index.h"
 
 namespace rag::retriever {
@@ -79,7 +80,7 @@ struct SearchOptions {
   std::string method = "dense";
 };
 
-class Retriever {
+class Retriever : public ChunkSearcher {
  public:
   // Opens INDEX_DIR read-only. `embedder` (not owned, must outlive the
   // retriever) must be the embedding function the index was built with, and
@@ -91,7 +92,7 @@ class Retriever {
   static absl::StatusOr<std::unique_ptr<Retriever>> Open(const std::string& index_dir, lm::Embedder* embedder,
                                                          const std::string& model_hash,
                                                          const std::string& tokenizer_hash, bool writable = false);
-  ~Retriever();
+  ~Retriever() override;
 
   // Neighbours for each query (token ids), nearest first; fewer than k only
   // when the index has fewer eligible chunks. The top k is canonical
@@ -102,12 +103,13 @@ class Retriever {
   // candidates excepted). InvalidArgument for k outside [1, kMaxK] or an
   // empty query.
   absl::StatusOr<std::vector<std::vector<Neighbour>>> Search(const std::vector<std::vector<Token>>& queries,
-                                                             const SearchOptions& options) const;
+                                                             const SearchOptions& options) const override;
   // The same for nq query vectors already embedded ([nq, dim] float32,
   // row-major, the embedder's space), e.g. the rows of embeddings.f32 when
   // RETRO precomputes the neighbours of every indexed chunk. Same order.
   absl::StatusOr<std::vector<std::vector<Neighbour>>> SearchEmbeddings(const float* embeddings, int64_t nq,
-                                                                       const SearchOptions& options) const;
+                                                                       const SearchOptions& options) const override;
+  int dim() const override { return dim_; }
 
   // Writable only. Stores the document (fsynced), embeds its chunks and adds
   // them to the vector index; on return the document is durable and
@@ -149,6 +151,7 @@ class Retriever {
   absl::Status CheckpointLocked();
 
   bool writable_ = false;
+  int dim_ = 0;  // the manifest's
   lm::Embedder* embedder_ = nullptr;
   // Owns the chunk store and the vector index; store_ and index_ point into it.
   std::unique_ptr<IndexDir> dir_;

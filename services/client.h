@@ -50,6 +50,9 @@ class GrpcBackend : public Backend {
   // Deadline of every call from now on, seconds; 0 = none. The server stops
   // working on a call whose deadline passed.
   void set_rpc_timeout(double seconds) { rpc_timeout_s_ = seconds; }
+  // The connection, for stubs of other services on the same server (a
+  // sharded front's internal Shard calls).
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
   struct Stubs;

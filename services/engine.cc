@@ -53,7 +53,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     }
     auto split = ReadFile((fs::path(options.model_dir) / lm::kSplitFile).string());
     if (split.ok()) e->split_json_ = std::move(*split);
-    if (!options.index_dir.empty()) {
+    if (!options.index_dir.empty() && !options.shards.empty()) {
+      return absl::InvalidArgumentError("serve an index (--index) or a set of shards (--shards), not both");
+    }
+    if (!options.index_dir.empty() || !options.shards.empty()) {
       if (options.embedder_path.empty()) {
         e->embedder_ = lm::MakeLmEmbedder(e->model_);
       } else {
@@ -61,11 +64,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
         if (!emb.ok()) return Annotate(emb.status(), "loading the embedder");
         e->embedder_ = std::move(*emb);
       }
-      lm::Embedder* embedder = e->embedder_.get();
-      if (options.batch_embeddings) {
-        e->batching_embedder_ = lm::MakeBatchingEmbedder(embedder);
-        embedder = e->batching_embedder_.get();
-      }
+    }
+    lm::Embedder* embedder = e->embedder_.get();
+    if (embedder != nullptr && options.batch_embeddings) {
+      e->batching_embedder_ = lm::MakeBatchingEmbedder(embedder);
+      embedder = e->batching_embedder_.get();
+    }
+    if (!options.shards.empty()) {
+      FrontIdentity front;
+      front.model_hash = e->model_->content_hash();
+      front.tokenizer_hash = e->model_->tokenizer().Hash();
+      front.embedder_hash = e->embedder_->hash();
+      front.key_dim = static_cast<int>(e->model_->config().d_model);
+      RAG_ASSIGN_OR_RETURN(e->shards_, ShardSet::Open(options.shards, front, embedder, options.shard_options));
+      e->searcher_ = e->shards_.get();
+      e->keys_ = e->shards_->keys();
+    }
+    if (!options.index_dir.empty()) {
       RAG_ASSIGN_OR_RETURN(e->retriever_,
                            retriever::Retriever::Open(options.index_dir, embedder, e->model_->content_hash(),
                                                       e->model_->tokenizer().Hash(), options.writable_index));
@@ -81,13 +96,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
                          [self](const std::vector<retriever::Token>& t) { return self->DocumentKeys(t); },
                          e->retriever_->writable()),
                      "adding the keys of added documents to the datastore"));
+        e->local_keys_ = std::make_unique<retriever::LocalKeySearcher>(e->datastore_.get(), &store);
+        e->keys_ = e->local_keys_.get();
       }
+      e->searcher_ = e->retriever_.get();
     }
     // One strategy per mode this server can run (what Info lists).
-    const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->datastore_.get()};
+    const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->searcher_, e->keys_};
     auto& modes = e->strategies_;
     modes[static_cast<int>(Mode::kLm)] = std::make_unique<LmMode>(served);
-    if (served.datastore != nullptr) modes[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
+    if (served.keys != nullptr) modes[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
     if (served.retro != nullptr) modes[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
     return e;
   });
@@ -100,8 +118,8 @@ Engine::~Engine() { retriever_.reset(); }
 ParseContext Engine::parse_context() const {
   ParseContext ctx;
   ctx.limits = options_.limits;
-  ctx.has_index = retriever_ != nullptr;
-  ctx.has_datastore = datastore_ != nullptr;
+  ctx.has_index = searcher_ != nullptr;
+  ctx.has_datastore = keys_ != nullptr;
   ctx.retro_chunk_size = retro_ != nullptr ? retro_->config().chunk_size : 0;
   ctx.vocab_size = model_->tokenizer().vocab_size();
   return ctx;
@@ -125,8 +143,14 @@ absl::Status Engine::AddDatastoreKeys(const std::string& doc_id) {
 }
 
 absl::Status Engine::NeedIndex(const char* rpc) const {
-  if (retriever_ != nullptr) return absl::OkStatus();
+  if (searcher_ != nullptr) return absl::OkStatus();
   return absl::FailedPreconditionError(std::string(rpc) + " needs an index, and none is served (start with --index)");
+}
+
+absl::Status Engine::NeedLocalIndex(const char* rpc) const {
+  if (retriever_ != nullptr) return absl::OkStatus();
+  return absl::FailedPreconditionError(std::string(rpc) + " is a shard server's rpc, and this server holds no index" +
+                                       (shards_ != nullptr ? " (it is a sharded front)" : ""));
 }
 
 absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& request) {
@@ -137,7 +161,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
     const auto& tok = model_->tokenizer();
     std::vector<std::vector<retriever::Token>> queries;
     for (const std::string& text : p.texts) queries.push_back(tok.Encode(text));
-    RAG_ASSIGN_OR_RETURN(auto results, retriever_->Search(queries, p.options));
+    RAG_ASSIGN_OR_RETURN(auto results, searcher_->Search(queries, p.options));
     v1::SearchResponse response;
     for (const auto& list : results) {
       v1::NeighbourList* out = response.add_results();
@@ -272,6 +296,11 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
 
 absl::StatusOr<v1::StatsResponse> Engine::Stats() {
   RAG_RETURN_IF_ERROR(NeedIndex("Stats"));
+  if (shards_ != nullptr) {
+    RAG_ASSIGN_OR_RETURN(v1::StatsResponse r, shards_->Stats());
+    r.set_active_requests(active_calls_.load());  // the front's own
+    return r;
+  }
   const retriever::Manifest m = retriever_->manifest();
   const auto& store = retriever_->chunk_store();
   v1::StatsResponse r;
@@ -297,9 +326,101 @@ absl::StatusOr<v1::StatsResponse> Engine::Stats() {
   return r;
 }
 
+namespace {
+
+// The [queries, dim] rows of a Shard request: InvalidArgument unless `dim`
+// is the index's and the floats are whole rows, within the batch limit.
+absl::StatusOr<int64_t> QueryRows(int64_t floats, int dim, int index_dim, int64_t max_rows, const char* field) {
+  if (dim != index_dim) {
+    return absl::InvalidArgumentError(std::string(field) + ": dim " + std::to_string(dim) + ", the index's is " +
+                                      std::to_string(index_dim));
+  }
+  if (dim <= 0 || floats % dim != 0) {
+    return absl::InvalidArgumentError(std::string(field) + ": " + std::to_string(floats) +
+                                      " floats are not whole rows of dim " + std::to_string(dim));
+  }
+  const int64_t rows = floats / dim;
+  if (rows > max_rows) {
+    return absl::ResourceExhaustedError(std::string(field) + ": " + std::to_string(rows) + " queries, over the " +
+                                        std::to_string(max_rows) + " one request may carry");
+  }
+  return rows;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::SearchResponse> Engine::SearchVectors(const v1::SearchVectorsRequest& request) {
+  const ActiveCall active(&active_calls_);
+  return Guarded("SearchVectors", [&]() -> absl::StatusOr<v1::SearchResponse> {
+    RAG_RETURN_IF_ERROR(NeedLocalIndex("SearchVectors"));
+    // A front searches RETRO's over-fetched candidates in batches of 64
+    // chunks, and a Search batch is at most max_batch texts.
+    const int64_t max_rows = std::max<int64_t>(options_.limits.max_batch, 1024);
+    RAG_ASSIGN_OR_RETURN(const int64_t rows, QueryRows(request.vectors_size(), request.dim(), retriever_->dim(),
+                                                       max_rows, "vectors"));
+    retriever::SearchOptions o;
+    o.k = request.k() == 0 ? retriever::kDefaultSearchK : request.k();
+    o.nprobe = request.nprobe() == 0 ? retriever::kDefaultNprobe : request.nprobe();
+    o.exclude_doc_ids.assign(request.exclude_doc_ids().begin(), request.exclude_doc_ids().end());
+    RAG_ASSIGN_OR_RETURN(auto results, retriever_->SearchEmbeddings(request.vectors().data(), rows, o));
+    v1::SearchResponse response;
+    for (const auto& list : results) {
+      v1::NeighbourList* out = response.add_results();
+      for (const auto& n : list) {
+        // Tokens only: the front decodes the texts it returns.
+        v1::Neighbour* nb = out->add_neighbours();
+        nb->set_chunk_id(n.chunk_id);
+        nb->set_doc_id(n.doc_id);
+        nb->set_offset(n.offset);
+        nb->set_distance(n.distance);
+        nb->mutable_token_ids()->Add(n.tokens.begin(), n.tokens.end());
+        nb->mutable_continuation_ids()->Add(n.continuation.begin(), n.continuation.end());
+      }
+    }
+    return response;
+  });
+}
+
+absl::StatusOr<v1::SearchKeysResponse> Engine::SearchKeys(const v1::SearchKeysRequest& request) {
+  const ActiveCall active(&active_calls_);
+  return Guarded("SearchKeys", [&]() -> absl::StatusOr<v1::SearchKeysResponse> {
+    RAG_RETURN_IF_ERROR(NeedLocalIndex("SearchKeys"));
+    if (local_keys_ == nullptr) return absl::FailedPreconditionError("SearchKeys: this shard has no kNN-LM datastore");
+    // kNN-LM searches a text's positions in blocks of 256.
+    RAG_ASSIGN_OR_RETURN(const int64_t rows,
+                         QueryRows(request.queries_size(), request.dim(), local_keys_->dim(), 4096, "queries"));
+    retriever::KeySearchOptions o;
+    o.k = request.k();
+    o.nprobe = request.nprobe() == 0 ? kDefaultKnnNprobe : request.nprobe();
+    o.exact = request.exact();
+    o.exclude_doc_id = request.exclude_doc_id();
+    std::vector<std::vector<retriever::DatastoreNeighbour>> found;
+    RAG_RETURN_IF_ERROR(local_keys_->Search(request.queries().data(), rows, o, &found));
+    v1::SearchKeysResponse response;
+    for (const auto& list : found) {
+      v1::DatastoreKeyList* out = response.add_results();
+      for (const auto& n : list) {
+        v1::DatastoreKey* key = out->add_keys();
+        key->set_key_id(n.key_id);
+        key->set_value(n.value);
+        key->set_doc(n.doc);
+        key->set_distance(n.distance);
+      }
+    }
+    return response;
+  });
+}
+
 absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse* totals) {
   return Guarded("AddDocuments", [&]() -> absl::Status {
     RAG_RETURN_IF_ERROR(NeedIndex("AddDocuments"));
+    if (shards_ != nullptr) {
+      if (!options_.writable_index) {
+        return absl::FailedPreconditionError("the front is served read-only (restart rag serve without --read-only)");
+      }
+      RAG_RETURN_IF_ERROR(ValidateDocument(d, options_.limits));
+      return shards_->AddDocument(d, totals);
+    }
     if (!retriever_->writable()) {
       return absl::FailedPreconditionError("the index is served read-only (restart rag serve without --read-only)");
     }
@@ -334,6 +455,13 @@ absl::Status Engine::AddDocument(const v1::Document& d, v1::AddDocumentsResponse
 
 absl::Status Engine::FinishAdd(v1::AddDocumentsResponse* totals) {
   RAG_RETURN_IF_ERROR(NeedIndex("AddDocuments"));
+  if (shards_ != nullptr) {
+    // Each shard saved its index when its document's stream ended.
+    RAG_ASSIGN_OR_RETURN(v1::StatsResponse stats, shards_->Stats());
+    totals->set_documents(stats.documents());
+    totals->set_chunks(stats.chunks());
+    return absl::OkStatus();
+  }
   if (retriever_->writable()) RAG_RETURN_IF_ERROR(retriever_->Checkpoint());
   totals->set_documents(retriever_->chunk_store().num_documents());
   totals->set_chunks(retriever_->chunk_store().num_chunks());

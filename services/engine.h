@@ -24,12 +24,18 @@
 #include "services/backend.h"
 #include "services/mode_strategy.h"
 #include "services/request_parsing.h"
+#include "services/shard_set.h"
 
 namespace rag::services {
 
 struct EngineOptions {
   std::string model_dir;        // required
   std::string index_dir;        // "" serves the model only
+  // A sharded front: the addresses of the shard servers (any order) whose
+  // indexes together form the served index; exclusive with index_dir.
+  // Default: none
+  std::vector<std::string> shards;
+  ShardSetOptions shard_options;  // toward the shards
   std::string embedder_path;    // TorchScript encoder the index was built with; "" = the LM's
   bool writable_index = false;  // allow AddDocuments. Default: false
   // Concurrent Search (and AddDocuments) calls share the embedder's forward
@@ -52,6 +58,10 @@ class Engine : public Backend {
                                                 const GenerateCallback& on_token) override;
   absl::StatusOr<v1::InfoResponse> Info() override;
   absl::StatusOr<v1::StatsResponse> Stats() override;
+  // The internal Shard service (proto/rag.proto): searches of this server's
+  // own index by vector and by kNN-LM key, for a sharded front.
+  absl::StatusOr<v1::SearchResponse> SearchVectors(const v1::SearchVectorsRequest& request);
+  absl::StatusOr<v1::SearchKeysResponse> SearchKeys(const v1::SearchKeysRequest& request);
   // AddDocument for each, then FinishAdd.
   absl::StatusOr<v1::AddDocumentsResponse> AddDocuments(const std::vector<v1::Document>& documents,
                                                         const AddCallback& on_progress) override;
@@ -69,7 +79,7 @@ class Engine : public Backend {
   lm::LanguageModel& model() { return *model_; }
   // The RETRO model when the model directory holds one, else null.
   lm::RetroModel* retro() { return retro_.get(); }
-  bool has_index() const { return retriever_ != nullptr; }
+  bool has_index() const { return searcher_ != nullptr; }
 
  private:
   // Counts a Search, Score, NextToken or Generate call while it runs.
@@ -88,6 +98,8 @@ class Engine : public Backend {
   // What requests are checked against (limits, what is served).
   ParseContext parse_context() const;
   absl::Status NeedIndex(const char* rpc) const;
+  // The Shard service's: an index held here, not behind a front.
+  absl::Status NeedLocalIndex(const char* rpc) const;
   // The strategy of `mode` (ParseMode refuses a mode that is not served).
   const ModeStrategy& strategy(Mode mode) const { return *strategies_[static_cast<int>(mode)]; }
   // The datastore keys of a document's tokens: the LM's hidden states.
@@ -105,6 +117,10 @@ class Engine : public Backend {
   std::unique_ptr<lm::Embedder> batching_embedder_;  // over embedder_, when options.batch_embeddings
   std::unique_ptr<retriever::Retriever> retriever_;
   std::unique_ptr<retriever::Datastore> datastore_;  // INDEX_DIR/datastore, when built
+  std::unique_ptr<retriever::LocalKeySearcher> local_keys_;  // over datastore_
+  std::unique_ptr<ShardSet> shards_;                         // a front's index
+  const retriever::ChunkSearcher* searcher_ = nullptr;       // retriever_ or shards_; null without an index
+  const retriever::KeySearcher* keys_ = nullptr;             // local_keys_ or shards_'; null without a datastore
   std::string split_json_;
   std::unique_ptr<ModeStrategy> strategies_[kNumModes];  // by Mode; null for a mode not served
   std::atomic<int64_t> active_calls_{0};

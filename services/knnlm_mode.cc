@@ -24,34 +24,31 @@ void SplitNeighbours(const std::vector<retriever::DatastoreNeighbour>& list, std
 
 }  // namespace
 
-int32_t KnnLmMode::ExcludedDocument(const KnnParams& p) const {
-  if (p.exclude_doc_id.empty() || served_.retriever == nullptr) return -1;
-  auto doc = served_.retriever->chunk_store().GetDocument(p.exclude_doc_id);
-  return doc.ok() ? static_cast<int32_t>(doc->index) : -1;
-}
-
-absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const KnnParams& p, int32_t exclude_doc,
+absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
                                         std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const {
   constexpr int64_t kBlock = 256;
   out->clear();
   out->reserve(static_cast<size_t>(n));
+  retriever::KeySearchOptions o;
+  o.k = p.knn.k;
+  o.nprobe = p.nprobe;
+  o.exact = p.exact;
+  o.exclude_doc_id = p.exclude_doc_id;
   std::vector<std::vector<retriever::DatastoreNeighbour>> block;
-  const int64_t dim = served_.datastore->dim();
+  const int64_t dim = served_.keys->dim();
   for (int64_t i = 0; i < n; i += kBlock) {
     const int64_t b = std::min(kBlock, n - i);
-    RAG_RETURN_IF_ERROR(served_.datastore->Search(hidden + i * dim, b, p.knn.k, p.nprobe,
-                                                  std::vector<int32_t>(static_cast<size_t>(b), exclude_doc), p.exact,
-                                                  &block));
+    RAG_RETURN_IF_ERROR(served_.keys->Search(hidden + i * dim, b, o, &block));
     for (auto& list : block) out->push_back(std::move(list));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<torch::Tensor> KnnLmMode::KnnDistribution(const torch::Tensor& hidden, const torch::Tensor& lm_logprobs,
-                                                         const KnnParams& p, int32_t exclude_doc) const {
+                                                         const KnnParams& p) const {
   torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
   std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
-  RAG_RETURN_IF_ERROR(SearchDatastore(h.data_ptr<float>(), 1, p, exclude_doc, &nb));
+  RAG_RETURN_IF_ERROR(SearchDatastore(h.data_ptr<float>(), 1, p, &nb));
   std::vector<int32_t> values;
   std::vector<float> distances;
   SplitNeighbours(nb[0], &values, &distances);
@@ -61,7 +58,6 @@ absl::StatusOr<torch::Tensor> KnnLmMode::KnnDistribution(const torch::Tensor& hi
 
 absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const std::vector<lm::TokenId>& ids,
                                                     v1::ScoreResponse* response) const {
-  const int32_t exclude_doc = ExcludedDocument(p.knn);
   lm::ScoreOptions so;
   so.stride = p.stride;
   so.should_stop = rag::Cancelled;
@@ -70,7 +66,7 @@ absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const 
   if (rag::Cancelled()) return CallCancelled();
   std::vector<std::vector<retriever::DatastoreNeighbour>> neighbours;
   RAG_RETURN_IF_ERROR(
-      SearchDatastore(scored.hidden.data_ptr<float>(), scored.hidden.size(0), p.knn, exclude_doc, &neighbours));
+      SearchDatastore(scored.hidden.data_ptr<float>(), scored.hidden.size(0), p.knn, &neighbours));
   std::vector<float> logprobs;
   std::vector<int32_t> values;
   std::vector<float> distances;
@@ -92,20 +88,18 @@ absl::StatusOr<torch::Tensor> KnnLmMode::NextToken(const NextTokenParams& p,
   torch::Tensor hidden;
   torch::Tensor logprobs =
       lm::NextTokenLogProbs(served_.model->module(), ids, served_.model->tokenizer().eot_id(), &hidden);
-  return KnnDistribution(hidden, logprobs, p.knn, ExcludedDocument(p.knn));
+  return KnnDistribution(hidden, logprobs, p.knn);
 }
 
 absl::StatusOr<std::vector<lm::TokenId>> KnnLmMode::Generate(const GenerateParams& p,
                                                              const std::vector<lm::TokenId>& prompt,
                                                              const lm::TokenCallback& emit,
                                                              v1::GenerateResponse* /*done*/) const {
-  const int32_t exclude_doc = ExcludedDocument(p.knn);
   absl::Status hook_status;
   // Sampling from log p_knnlm is sampling from p_knnlm: softmax is
   // shift-invariant, so temperature, top-k and top-p apply unchanged.
-  lm::LogitsHook hook = [this, &p, exclude_doc, &hook_status](const torch::Tensor& hidden,
-                                                              const torch::Tensor& logits) {
-    auto mixed = KnnDistribution(hidden, torch::log_softmax(logits, -1), p.knn, exclude_doc);
+  lm::LogitsHook hook = [this, &p, &hook_status](const torch::Tensor& hidden, const torch::Tensor& logits) {
+    auto mixed = KnnDistribution(hidden, torch::log_softmax(logits, -1), p.knn);
     if (!mixed.ok()) {
       hook_status = mixed.status();
       return logits;

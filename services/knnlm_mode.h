@@ -11,7 +11,7 @@ namespace rag::services {
 
 class KnnLmMode : public ModeStrategy {
  public:
-  // served.retriever and served.datastore must be set.
+  // served.keys must be set.
   explicit KnnLmMode(ServedModels served) : served_(served) {}
 
   absl::StatusOr<std::vector<float>> Score(const ScoreParams& p, const std::vector<lm::TokenId>& ids,
@@ -22,15 +22,14 @@ class KnnLmMode : public ModeStrategy {
                                                     v1::GenerateResponse* done) const override;
 
  private:
-  // The document index of p.exclude_doc_id, or -1 (none, or not held).
-  int32_t ExcludedDocument(const KnnParams& p) const;
-  // Neighbours of `n` hidden states [n, D], in blocks (bounded memory).
-  absl::Status SearchDatastore(const float* hidden, int64_t n, const KnnParams& p, int32_t exclude_doc,
+  // Neighbours of `n` hidden states [n, D], in blocks (bounded memory),
+  // p.exclude_doc_id's keys excluded.
+  absl::Status SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
                                std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const;
   // The kNN-LM next-token log-distribution [V] at one position: the
   // neighbours of `hidden` [D] mixed into `lm_logprobs` [V].
   absl::StatusOr<torch::Tensor> KnnDistribution(const torch::Tensor& hidden, const torch::Tensor& lm_logprobs,
-                                                const KnnParams& p, int32_t exclude_doc) const;
+                                                const KnnParams& p) const;
 
   ServedModels served_;
 };

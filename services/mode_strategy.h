@@ -19,6 +19,7 @@
 #include "proto/rag.pb.h"
 #include "retriever/datastore.h"
 #include "retriever/retriever.h"
+#include "retriever/searcher.h"
 #include "services/request_parsing.h"
 
 namespace rag::services {
@@ -28,8 +29,11 @@ namespace rag::services {
 struct ServedModels {
   lm::LanguageModel* model = nullptr;         // the LM (a RETRO model's base LM)
   lm::RetroModel* retro = nullptr;            // null unless a RETRO model is served
-  retriever::Retriever* retriever = nullptr;  // null without an index
-  retriever::Datastore* datastore = nullptr;  // null without a kNN-LM datastore
+  // The index held by this process; null without one, and on a sharded
+  // front (whose index is `searcher`).
+  retriever::Retriever* retriever = nullptr;
+  const retriever::ChunkSearcher* searcher = nullptr;  // null without an index
+  const retriever::KeySearcher* keys = nullptr;        // null without a kNN-LM datastore
 };
 
 class ModeStrategy {

@@ -31,7 +31,7 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::ve
                                                                    const RetroParams& p, int64_t* filtered,
                                                                    int64_t padding) const {
   const auto& c = served_.retro->config();
-  const retriever::Retriever& index = *served_.retriever;
+  const retriever::ChunkSearcher& index = *served_.searcher;
   const int64_t m = c.chunk_size;
   const int64_t n = static_cast<int64_t>(ids.size());
   const int64_t chunks = (n + m - 1) / m;
@@ -59,14 +59,21 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::ve
   if (p.retrieval == Retrieval::kRandom) {
     // Seeded by the text, so the control is reproducible; as many draws as
     // the filter's over-fetch, filter on or off.
+    if (served_.retriever == nullptr) {
+      // A front's chunk numbers are per shard: a uniform draw needs the
+      // shards' sizes and a second round trip; not served (yet).
+      return absl::FailedPreconditionError("retrieval \"random\" needs the index in this server, not behind a "
+                                           "sharded front");
+    }
+    const retriever::Retriever& local = *served_.retriever;
     std::mt19937_64 rng(XXH3_64bits(ids.data(), ids.size() * sizeof(lm::TokenId)));
-    const int64_t total = index.num_vectors();
+    const int64_t total = local.num_vectors();
     for (int64_t j = 0; j < queries; ++j) {
       std::vector<retriever::ChunkId> drawn;
       for (int64_t i = 0; i < retriever::kLeakageOverFetch * o.k && total > 0; ++i) {
         drawn.push_back(static_cast<int64_t>(rng() % total));
       }
-      RAG_ASSIGN_OR_RETURN(auto records, index.chunk_store().GetChunks(drawn));
+      RAG_ASSIGN_OR_RETURN(auto records, local.chunk_store().GetChunks(drawn));
       std::vector<retriever::Neighbour> list;
       for (auto& rec : records) {
         list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});

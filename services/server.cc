@@ -100,6 +100,13 @@ std::function<bool()> CancellationOf(const grpc::ServerContext* context) {
   return [context] { return context->IsCancelled() || std::chrono::system_clock::now() > context->deadline(); };
 }
 
+// The call's deadline, none when the client set none (gRPC's "infinite").
+std::optional<std::chrono::system_clock::time_point> DeadlineOf(const grpc::ServerContext* context) {
+  const auto d = context->deadline();
+  if (d >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) return std::nullopt;
+  return d;
+}
+
 // A unary rpc: checks the token, calls the engine, logs, converts the status.
 template <typename Response, typename Call>
 grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, const std::string& detail,
@@ -107,6 +114,7 @@ grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* 
   RequestLog log(shared.log, rpc, context);
   if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a, detail);
   const ScopedCancellation cancellation(CancellationOf(context));
+  const ScopedDeadline deadline(DeadlineOf(context));
   absl::StatusOr<Response> r = call();
   if (!r.ok()) return log.Finish(ToGrpc(r.status(), context), detail);
   *response = std::move(*r);
@@ -153,6 +161,7 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     const std::string detail = "max_tokens=" + std::to_string(request->max_tokens());
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, detail);
     const ScopedCancellation cancellation(CancellationOf(context));
+    const ScopedDeadline deadline(DeadlineOf(context));
     // A failed Write means the client is gone: stop generating rather than
     // compute tokens nobody reads (a cancelled call or a passed deadline
     // stops it through the cancellation check above).
@@ -213,6 +222,31 @@ class IndexService final : public v1::Index::Service {
   const Shared& s_;
 };
 
+// The internal service a sharded front calls (proto/rag.proto "Shard").
+class ShardService final : public v1::Shard::Service {
+ public:
+  explicit ShardService(const Shared* shared) : s_(*shared) {}
+
+  grpc::Status SearchVectors(grpc::ServerContext* context, const v1::SearchVectorsRequest* request,
+                             v1::SearchResponse* response) override {
+    return Answer(
+        s_, "SearchVectors", context,
+        "floats=" + std::to_string(request->vectors_size()) + " k=" + std::to_string(request->k()),
+        [&] { return s_.engine->SearchVectors(*request); }, response);
+  }
+
+  grpc::Status SearchKeys(grpc::ServerContext* context, const v1::SearchKeysRequest* request,
+                          v1::SearchKeysResponse* response) override {
+    return Answer(
+        s_, "SearchKeys", context,
+        "floats=" + std::to_string(request->queries_size()) + " k=" + std::to_string(request->k()),
+        [&] { return s_.engine->SearchKeys(*request); }, response);
+  }
+
+ private:
+  const Shared& s_;
+};
+
 }  // namespace
 
 bool IsLoopback(const std::string& listen) {
@@ -222,11 +256,13 @@ bool IsLoopback(const std::string& listen) {
 }
 
 struct Server::Services {
-  explicit Services(Shared s) : shared(std::move(s)), retrieval(&shared), lm(&shared), index(&shared) {}
+  explicit Services(Shared s)
+      : shared(std::move(s)), retrieval(&shared), lm(&shared), index(&shared), shard(&shared) {}
   Shared shared;  // before the services, which keep a reference to it
   RetrievalService retrieval;
   LanguageModelService lm;
   IndexService index;
+  ShardService shard;
 };
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const ServerOptions& options) {
@@ -272,6 +308,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
   builder.RegisterService(&s->services_->retrieval);
   builder.RegisterService(&s->services_->lm);
   builder.RegisterService(&s->services_->index);
+  builder.RegisterService(&s->services_->shard);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError("cannot listen on '" + options.listen +

@@ -83,21 +83,29 @@ void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index) {
                   "name the server's certificate carries, when not the --server host");
 }
 
+absl::StatusOr<services::ClientSecurity> MakeClientSecurity(const std::string& auth_token_file, bool tls,
+                                                            const std::string& tls_ca,
+                                                            const std::string& tls_server_name) {
+  services::ClientSecurity security;
+  if (!auth_token_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(std::string token, ReadFile(auth_token_file));
+    security.auth_token = std::string(absl::StripAsciiWhitespace(token));
+  }
+  security.tls = tls || !tls_ca.empty();
+  if (!tls_ca.empty()) {
+    RAG_ASSIGN_OR_RETURN(security.tls_ca_pem, ReadFile(tls_ca));
+  }
+  security.tls_server_name = tls_server_name;
+  return security;
+}
+
 absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& t, bool need_index, bool writable) {
   if (!t.server.empty() && (!t.model.empty() || !t.index.empty())) {
     return absl::InvalidArgumentError("give either --server ADDR or --model MODEL_DIR [--index INDEX_DIR], not both");
   }
   if (!t.server.empty()) {
-    services::ClientSecurity security;
-    if (!t.auth_token_file.empty()) {
-      RAG_ASSIGN_OR_RETURN(std::string token, ReadFile(t.auth_token_file));
-      security.auth_token = std::string(absl::StripAsciiWhitespace(token));
-    }
-    security.tls = t.tls || !t.tls_ca.empty();
-    if (!t.tls_ca.empty()) {
-      RAG_ASSIGN_OR_RETURN(security.tls_ca_pem, ReadFile(t.tls_ca));
-    }
-    security.tls_server_name = t.tls_server_name;
+    RAG_ASSIGN_OR_RETURN(services::ClientSecurity security,
+                         MakeClientSecurity(t.auth_token_file, t.tls, t.tls_ca, t.tls_server_name));
     RAG_ASSIGN_OR_RETURN(auto client, services::GrpcBackend::Connect(t.server, t.connect_timeout, security));
     client->set_rpc_timeout(t.rpc_timeout);
     return std::unique_ptr<services::Backend>(std::move(client));

@@ -21,6 +21,7 @@
 #include "lm/tokenizer.h"
 #include "proto/rag.pb.h"
 #include "services/backend.h"
+#include "services/client.h"
 #include "services/request_parsing.h"
 
 namespace rag::cli {
@@ -79,6 +80,12 @@ struct TargetArgs {
 };
 
 void AddTargetOptions(CLI::App* cmd, TargetArgs* t, bool with_index);
+
+// How a client proves itself to a server and checks it: the token read from
+// its file (whitespace trimmed), TLS when `tls` or a CA file is given.
+absl::StatusOr<services::ClientSecurity> MakeClientSecurity(const std::string& auth_token_file, bool tls,
+                                                            const std::string& tls_ca,
+                                                            const std::string& tls_server_name);
 
 // The target's backend: a gRPC client, or an in-process Engine (index
 // required when `need_index`; opened for adds when `writable`).

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "services/engine.h"
@@ -15,17 +17,49 @@ namespace {
 struct ServeArgs {
   std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
   std::string tls_cert, tls_key, auth_token_file;
+  // A sharded front: the shards and how to reach them.
+  std::string shards, shards_file, shard_auth_token_file, shard_tls_ca, shard_tls_server_name;
+  bool shard_tls = false;
+  double shard_timeout = 60, shard_connect_timeout = 10;
   rag::services::EngineLimits limits;
   int max_message_bytes = 64 << 20;
   bool read_only = false;
   bool no_embed_batching = false;
 };
 
+// The shard addresses of --shards (comma-separated) and --shards-file (one
+// per line, # comments).
+absl::StatusOr<std::vector<std::string>> ShardAddresses(const ServeArgs& a) {
+  std::vector<std::string> out;
+  auto add = [&](absl::string_view list, absl::string_view separators) {
+    for (absl::string_view item : absl::StrSplit(list, absl::ByAnyChar(separators))) {
+      item = absl::StripAsciiWhitespace(item.substr(0, item.find('#')));
+      if (!item.empty()) out.emplace_back(item);
+    }
+  };
+  add(a.shards, ",");
+  if (!a.shards_file.empty()) {
+    RAG_ASSIGN_OR_RETURN(std::string text, rag::ReadFile(a.shards_file));
+    for (absl::string_view line : absl::StrSplit(text, '\n')) add(line.substr(0, line.find('#')), ",");
+  }
+  return out;
+}
+
 int RunServe(const ServeArgs& a) {
   if (a.log_level != "info" && a.log_level != "debug") {
     return Fail(absl::InvalidArgumentError("--log-level must be info or debug"));
   }
   rag::services::EngineOptions eo;
+  auto shards = ShardAddresses(a);
+  if (!shards.ok()) return Fail(shards.status());
+  eo.shards = *shards;
+  if (!eo.shards.empty()) {
+    auto security = MakeClientSecurity(a.shard_auth_token_file, a.shard_tls, a.shard_tls_ca, a.shard_tls_server_name);
+    if (!security.ok()) return Fail(security.status());
+    eo.shard_options.security = *security;
+    eo.shard_options.rpc_timeout_s = a.shard_timeout;
+    eo.shard_options.connect_timeout_s = a.shard_connect_timeout;
+  }
   eo.model_dir = a.model;
   eo.index_dir = a.index;
   eo.embedder_path = a.embedder;
@@ -53,8 +87,11 @@ int RunServe(const ServeArgs& a) {
   if (!server.ok()) return Fail(server.status());
   const int port = (*server)->port();
   const std::string host = a.listen.substr(0, a.listen.rfind(':'));
-  std::fprintf(stderr, "serve: model %s%s%s; listening on %s:%d (Ctrl-C or SIGTERM stops)\n", a.model.c_str(),
-               a.index.empty() ? "" : ", index ", a.index.c_str(), host.c_str(), port);
+  const std::string what = !a.index.empty()        ? ", index " + a.index
+                           : !eo.shards.empty() ? ", front of " + std::to_string(eo.shards.size()) + " shards"
+                                                : "";
+  std::fprintf(stderr, "serve: model %s%s; listening on %s:%d (Ctrl-C or SIGTERM stops)\n", a.model.c_str(),
+               what.c_str(), host.c_str(), port);
   if (!a.port_file.empty()) {
     if (auto s = rag::WriteFileAtomic(a.port_file, std::to_string(port) + "\n"); !s.ok()) return Fail(s);
   }
@@ -94,6 +131,23 @@ Command AddServeCommand(CLI::App* app) {
   cmd->add_option("--tls-key", a->tls_key, "PEM private key of --tls-cert");
   cmd->add_option("--auth-token-file", a->auth_token_file,
                   "file with a bearer token every rpc must carry (`authorization: Bearer <token>`)");
+  cmd->add_option("--shards", a->shards,
+                  "serve as a front of these shard servers (host:port,host:port,...; each a `rag serve --index` of "
+                  "one shard), answering as one index")
+      ->excludes("--index");
+  cmd->add_option("--shards-file", a->shards_file, "file of shard addresses, one per line (# comments)")
+      ->excludes("--index");
+  cmd->add_option("--shard-auth-token-file", a->shard_auth_token_file,
+                  "file with the bearer token the shards expect");
+  cmd->add_flag("--shard-tls", a->shard_tls, "reach the shards over TLS (system roots or --shard-tls-ca)");
+  cmd->add_option("--shard-tls-ca", a->shard_tls_ca, "PEM root certificate(s) that verify the shards (implies --shard-tls)");
+  cmd->add_option("--shard-tls-server-name", a->shard_tls_server_name,
+                  "name the shards' certificates carry, when not their address's host");
+  cmd->add_option("--shard-timeout", a->shard_timeout,
+                  "deadline of a call to the shards, seconds, when the request has none")
+      ->capture_default_str();
+  cmd->add_option("--shard-connect-timeout", a->shard_connect_timeout, "seconds to wait for each shard at start")
+      ->capture_default_str();
   return {cmd, [a] { return RunServe(*a); }};
 }
 
