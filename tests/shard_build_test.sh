@@ -13,7 +13,7 @@
 #     set by hand, pick the same shards;
 #  4. bad specs fail with a clear message, a non-zero exit and nothing
 #     written: 2/2, auto without launcher variables, auto/3 under a launcher
-#     of 2, auto with JOB_COMPLETION_INDEX only.
+#     of 2, auto with JOB_COMPLETION_INDEX only, a shard that holds no document.
 #
 # Usage: shard_build_test.sh RAG_BINARY   (KEEP_TMP=1 keeps files)
 set -euo pipefail
@@ -214,4 +214,14 @@ refused "--shard auto/3 under mpirun -n 2" "gives 2 shards, not 3" \
   OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 -- --shard auto/3
 refused "--shard auto in an Indexed Job (no count)" "JOB_COMPLETION_INDEX gives no shard count; use --shard auto/N" \
   JOB_COMPLETION_INDEX=1 -- --shard auto
+# A shard the hash leaves empty (200 documents over 1000 shards): the first
+# shard number no id maps to, found with the independent hash.
+empty="$("$PY" - "$TMP/corpus.jsonl" <<'EOF'
+import json, sys, xxhash
+used = {xxhash.xxh3_64_intdigest(json.loads(l)["id"].encode("utf-8")) % 1000 for l in open(sys.argv[1], encoding="utf-8")}
+print(min(set(range(1000)) - used))
+EOF
+)"
+refused "--shard $empty/1000, which holds no document" "shard $empty/1000 holds none of the corpus's 200 documents" \
+  -- --shard "$empty/1000"
 step "PASS"

@@ -101,8 +101,16 @@ int RunBuild(const BuildArgs& a) {
   std::fprintf(stderr, "build: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
                static_cast<double>(stats.bytes) / 1e6);
   if (shard.count > 1) {
+    const size_t all = docs->size();
     rag::index_builder::KeepShardDocuments(shard, &*docs);
     std::fprintf(stderr, "build: shard %s keeps %zu documents\n", shard.ToString().c_str(), docs->size());
+    // An index holds at least one chunk (FAISS training, the chunk store's
+    // bookkeeping); a shard the hash left empty is a corpus split too finely.
+    if (docs->empty() && all > 0) {
+      return Fail(absl::FailedPreconditionError(
+          "shard " + shard.ToString() + " holds none of the corpus's " + std::to_string(all) +
+          " documents (ids are split by a hash, not evenly); an empty shard cannot be built: use fewer shards"));
+    }
   }
   auto embedder = MakeEmbedder(model->get(), a.embedder);
   if (!embedder.ok()) return Fail(embedder.status());
