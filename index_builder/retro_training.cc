@@ -202,7 +202,10 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError("creating '" + job.out_dir + "': " + ec.message());
-  if (job.overwrite && !job.resume) fs::remove(dir / lm::kInfoFile, ec);
+  // Data-parallel, rank 0 alone writes the model directory (the neighbour
+  // table, identical on every rank, is written atomically by each).
+  const bool writer = job.trainer.dist == nullptr || job.trainer.dist->is_root();
+  if (job.overwrite && !job.resume && writer) fs::remove(dir / lm::kInfoFile, ec);
 
   RetroNeighbourOptions no;
   no.k = static_cast<int>(config.neighbours);
@@ -234,8 +237,10 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
     for (const auto& id : doc_ids) ids.push_back({id, ""});
     lm::DataSplit made = lm::SplitDocuments(std::move(ids), job.validation_fraction, job.trainer.seed);
     for (const auto& d : made.validation) validation_ids.insert(d.id);
-    RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / lm::kSplitFile).string(),
-                                        lm::SplitToJson(made, job.validation_fraction, job.trainer.seed)));
+    if (writer) {
+      RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / lm::kSplitFile).string(),
+                                          lm::SplitToJson(made, job.validation_fraction, job.trainer.seed)));
+    }
     std::fprintf(stderr, "train: '%s' has no split.json (a downloaded model): %zu of the index's %zu documents held "
                  "out, recorded in %s\n", job.base_dir.c_str(), made.validation.size(), doc_ids.size(),
                  (dir / lm::kSplitFile).c_str());
@@ -318,6 +323,7 @@ absl::StatusOr<RetroTrainSummary> TrainRetro(const RetroTrainJob& job, const std
   summary.prompt_loss = trainer->PromptValidationLoss(true);
   summary.prompt_loss_no_retrieval = trainer->PromptValidationLoss(false);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!writer) return summary;  // rank 0 saves the (identical) model
   trainer->model()->eval();
   lm::RetroModel model(config, trainer->model(), std::move(base));
   auto finite = [](double v) { return std::isfinite(v) ? json(v) : json(); };

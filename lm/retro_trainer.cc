@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -61,6 +62,22 @@ torch::Tensor BatchLoss(RetroLM& model, const RetroBatch& batch, bool retrieval,
     options.reduction(torch::kMean);
   }
   return F::cross_entropy(logits.view({-1, logits.size(-1)}), batch.targets.view({-1}), options);
+}
+
+// Rows [first, first + count) of `batch`.
+RetroBatch BatchRows(const RetroBatch& batch, int64_t first, int64_t count) {
+  return {batch.tokens.narrow(0, first, count), batch.targets.narrow(0, first, count),
+          batch.neighbours.narrow(0, first, count), batch.mask.narrow(0, first, count)};
+}
+
+// This rank's share of the mean loss over the targets of the global
+// `batch`: its rows' token sum over the global target count, so that the
+// ranks' shares (and their gradients) sum to the single-process mean even
+// though windows that run past a document's end hold fewer targets.
+torch::Tensor ShareOfMeanLoss(RetroLM& model, const RetroBatch& batch, const BatchShare& share) {
+  const int64_t targets = batch.targets.ge(0).sum().item<int64_t>();
+  auto sum = BatchLoss(model, BatchRows(batch, share.first, share.count), true, /*sum=*/true);
+  return sum / static_cast<double>(std::max<int64_t>(1, targets));
 }
 
 }  // namespace
@@ -296,8 +313,18 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
     for (size_t i = 0; i < cap; ++i) t->validation_windows_.push_back(all[i * all.size() / cap]);
   }
 
-  torch::manual_seed(options.seed);
+  if (options.dist != nullptr && options.prompt_windows % options.dist->world_size() != 0) {
+    return absl::InvalidArgumentError("--dist: the " + std::to_string(options.prompt_windows) +
+                                      " prompt windows per step are not divisible by the " +
+                                      std::to_string(options.dist->world_size()) +
+                                      " ranks; choose --prompt-windows as a multiple of WORLD_SIZE");
+  }
   try {
+    // Ranks run as threads of one process (tests) share the CPU generator:
+    // seeding and drawing the initial weights is one critical section.
+    static std::mutex init_mutex;
+    std::lock_guard<std::mutex> lock(init_mutex);
+    torch::manual_seed(options.seed);
     t->model_ = RetroLM(config);
     if (init != nullptr) t->model_->LoadDecoderFrom(*init);
   } catch (const c10::Error& e) {
@@ -318,6 +345,17 @@ absl::StatusOr<std::unique_ptr<RetroTrainer>> RetroTrainer::Create(const RetroCo
                                                            "RETRO config"},
                                             "retro train");
   if (resume) RAG_RETURN_IF_ERROR(t->loop_->Resume());
+  std::ostringstream model;
+  model << config.ToJson() << "|freeze=" << options.freeze_decoder << "|eot=" << eot
+        << "|prompt_windows=" << options.prompt_windows;
+  RAG_RETURN_IF_ERROR(t->loop_->JoinGroup(
+      {{"RETRO config", model.str()},
+       {"corpus", std::to_string(t->data_.train.tokens.size()) + " training documents with neighbours, hash " +
+                      std::to_string(HashDocuments(t->data_.train))},
+       {"prompt windows", std::to_string(t->data_.train_prompts.size()) + " training prompt windows, hash " +
+                              std::to_string(HashPrompts(t->data_.train_prompts))},
+       {"validation data", std::to_string(t->data_.validation.tokens.size()) + " documents, hash " +
+                               std::to_string(HashDocuments(t->data_.validation))}}));
   return t;
 }
 
@@ -355,6 +393,18 @@ std::vector<size_t> RetroTrainer::PromptWindowsForStep(int64_t step) const {
 
 torch::Tensor RetroTrainer::StepLoss(int64_t step) {
   RetroBatch batch = BatchForStep(step);
+  const BatchShare share = ShareOfBatch(options_, options_.batch_size);
+  if (share.world_size > 1) {
+    // Data-parallel: this rank's rows of the same global batch (and of the
+    // same prompt windows), each term scaled by its global target count.
+    auto loss = ShareOfMeanLoss(model_, batch, share);
+    if (const std::vector<size_t> prompts = PromptWindowsForStep(step); !prompts.empty()) {
+      const BatchShare prompt_share = ShareOfBatch(options_, static_cast<int64_t>(prompts.size()));
+      loss = loss + ShareOfMeanLoss(model_, MakeRetroPromptWindows(data_.train_prompts, prompts, config_, eot_),
+                                    prompt_share);
+    }
+    return loss;
+  }
   // Mean over the targets inside the documents; every window has at least one.
   auto loss = BatchLoss(model_, batch, true);
   if (const std::vector<size_t> prompts = PromptWindowsForStep(step); !prompts.empty()) {

@@ -74,15 +74,21 @@ absl::StatusOr<TrainSummary> TrainLanguageModel(std::vector<Document> documents,
                                          "' already holds a model or checkpoint; pass --resume to continue "
                                          "it or --overwrite to start over");
   }
+  // Data-parallel, rank 0 alone writes the model directory; the other ranks
+  // compute the same split and tokenizer (deterministic from the seed and
+  // corpus) and only read it. The ranks' corpora are compared at the start.
+  const bool writer = job.trainer.dist == nullptr || job.trainer.dist->is_root();
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError("creating '" + job.out_dir + "': " + ec.message());
-  if (job.overwrite) fs::remove(dir / kInfoFile, ec);
+  if (job.overwrite && writer) fs::remove(dir / kInfoFile, ec);
 
   DataSplit split = SplitDocuments(std::move(documents), job.validation_fraction, job.trainer.seed);
   if (split.train.empty()) return absl::InvalidArgumentError("no training documents after the split");
-  RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / kSplitFile).string(),
-                                      SplitToJson(split, job.validation_fraction, job.trainer.seed)));
+  if (writer) {
+    RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / kSplitFile).string(),
+                                        SplitToJson(split, job.validation_fraction, job.trainer.seed)));
+  }
 
   // The tokenizer is trained on the training side only, and reused when the
   // directory already has one (a resumed run, or one a user brought).
@@ -101,7 +107,7 @@ absl::StatusOr<TrainSummary> TrainLanguageModel(std::vector<Document> documents,
     topts.show_progress = job.trainer.show_progress;
     tokenizer = Tokenizer::Train(texts, topts);
     if (!tokenizer.ok()) return Annotate(tokenizer.status(), "training tokenizer");
-    RAG_RETURN_IF_ERROR(tokenizer->Save(tok_path));
+    if (writer) RAG_RETURN_IF_ERROR(tokenizer->Save(tok_path));
   }
   config.vocab_size = tokenizer->vocab_size();
   if (!job.config_overrides_json.empty()) {
@@ -137,6 +143,7 @@ absl::StatusOr<TrainSummary> TrainLanguageModel(std::vector<Document> documents,
   summary.validation_loss = trainer->ValidationLoss();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
+  if (!writer) return summary;  // rank 0 saves the (identical) model
   trainer->model()->eval();
   LanguageModel model(config, std::move(*tokenizer), trainer->model());
   nlohmann::json info = {{"arch", "lm"},

@@ -40,7 +40,10 @@ absl::StatusOr<TrainerOptions> PresetTrainerOptions(const std::string& preset);
 
 // Runs the job. Cancelled when `*stop` was raised (a checkpoint is saved);
 // FailedPrecondition when out_dir already holds a run and neither resume
-// nor overwrite is set.
+// nor overwrite is set. Data-parallel (job.trainer.dist), every rank runs
+// the job with the same arguments and corpus; rank 0 alone writes out_dir,
+// and a resume reads the checkpoint on every rank (out_dir on a filesystem
+// every rank sees, or a copy of it).
 absl::StatusOr<TrainSummary> TrainLanguageModel(std::vector<Document> documents, const TrainJob& job,
                                                 const std::atomic<bool>* stop = nullptr);
 

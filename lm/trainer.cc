@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <mutex>
 #include <random>
 #include <sstream>
 
@@ -34,8 +35,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TransformerConfig
       return absl::InvalidArgumentError("training token id " + std::to_string(id) + " outside the vocabulary");
     }
   }
-  torch::manual_seed(options.seed);
-  t->model_ = TransformerLM(config);
+  {
+    // Ranks run as threads of one process (tests) share the CPU generator:
+    // seeding and drawing the initial weights is one critical section.
+    static std::mutex init_mutex;
+    std::lock_guard<std::mutex> lock(init_mutex);
+    torch::manual_seed(options.seed);
+    t->model_ = TransformerLM(config);
+  }
   t->model_->train();
   TrainingTask* task = t.get();  // a private base: converted here, where it is accessible
   t->loop_ = std::make_unique<TrainingLoop>(options, task, t->model_.ptr(), t->model_->parameters(),
@@ -43,6 +50,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TransformerConfig
                                                            "model config"},
                                             "train");
   if (resume) RAG_RETURN_IF_ERROR(t->loop_->Resume());
+  RAG_RETURN_IF_ERROR(t->loop_->JoinGroup(
+      {{"model config", config.ToJson() + "|seq=" + std::to_string(t->seq_len_)},
+       {"corpus", std::to_string(t->data_.train.size()) + " training tokens, XXH3 " +
+                      std::to_string(XXH3_64bits(t->data_.train.data(), t->data_.train.size() * sizeof(TokenId)))},
+       {"validation data",
+        std::to_string(t->data_.validation.size()) + " tokens, XXH3 " +
+            std::to_string(XXH3_64bits(t->data_.validation.data(), t->data_.validation.size() * sizeof(TokenId)))}}));
   return t;
 }
 
@@ -63,10 +77,16 @@ torch::Tensor Trainer::BatchForStep(int64_t step) const {
 
 torch::Tensor Trainer::StepLoss(int64_t step) {
   auto batch = BatchForStep(step);                        // [B, S + 1]
+  // Data-parallel: this rank's rows of the same global batch ([B/N, S + 1]).
+  const BatchShare share = ShareOfBatch(options_, batch.size(0));
+  if (share.world_size > 1) batch = batch.narrow(0, share.first, share.count);
   auto inputs = batch.narrow(1, 0, seq_len_);             // [B, S]
   auto targets = batch.narrow(1, 1, seq_len_);            // [B, S]
   auto logits = model_->forward(inputs);                  // [B, S, V]
-  return torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
+  auto loss = torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
+  // Every row has S targets, so the global mean is the mean of the ranks'
+  // means: shares of loss / N sum to it (and their gradients to its).
+  return share.world_size > 1 ? loss / static_cast<double>(share.world_size) : loss;
 }
 
 double Trainer::Step() { return loop_->Step(); }

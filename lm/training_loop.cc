@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <random>
 #include <sstream>
 
 #include "common/progress.h"
@@ -35,6 +37,13 @@ std::string ScheduleFingerprint(const TrainingLoopOptions& options) {
   return s.str();
 }
 
+BatchShare ShareOfBatch(const TrainingLoopOptions& options, int64_t global_rows) {
+  if (options.dist == nullptr) return {0, global_rows, 1};
+  const int n = options.dist->world_size();
+  const int64_t rows = global_rows / n;  // JoinGroup refused a batch not divisible by n
+  return {options.dist->rank() * rows, rows, n};
+}
+
 TrainingLoop::TrainingLoop(const TrainingLoopOptions& options, TrainingTask* task,
                            std::shared_ptr<torch::nn::Module> model, std::vector<torch::Tensor> parameters,
                            CheckpointSpec checkpoint, std::string progress_label)
@@ -57,15 +66,66 @@ TrainingLoop::TrainingLoop(const TrainingLoopOptions& options, TrainingTask* tas
 }
 
 absl::Status TrainingLoop::Resume() {
-  return internal::LoadCheckpoint(checkpoint_.path, checkpoint_.fingerprint, checkpoint_.config_name, *model_,
-                                  *optimizer_, &step_, &history_);
+  const int64_t world = options_.dist == nullptr ? 1 : options_.dist->world_size();
+  return internal::LoadCheckpoint(checkpoint_.path, checkpoint_.fingerprint, checkpoint_.config_name, world,
+                                  *model_, *optimizer_, &step_, &history_);
+}
+
+absl::Status TrainingLoop::JoinGroup(const std::vector<FingerprintField>& fields) {
+  DistContext* dist = options_.dist;
+  if (dist == nullptr) return absl::OkStatus();
+  const int n = dist->world_size();
+  if (options_.batch_size % n != 0) {
+    // Each rank must hold an equal share of the one global batch, or the
+    // ranks' gradients would not add up to a single process's.
+    return absl::InvalidArgumentError("--dist: the batch of " + std::to_string(options_.batch_size) +
+                                      " sequences is not divisible by the " + std::to_string(n) +
+                                      " ranks; choose --batch-size as a multiple of WORLD_SIZE");
+  }
+  std::vector<FingerprintField> all = fields;
+  std::ostringstream schedule;
+  schedule << "steps=" << options_.steps << ScheduleFingerprint(options_) << "|clip=" << options_.grad_clip
+           << "|betas=" << options_.beta1 << "," << options_.beta2 << "|checkpoint_every=" << options_.checkpoint_every
+           << "|eval_every=" << options_.eval_every << "|eval_batches=" << options_.eval_batches;
+  all.emplace_back("training options", schedule.str());
+  all.emplace_back("step resumed at", std::to_string(step_));
+  RAG_RETURN_IF_ERROR(dist->CheckSame(all));
+  std::vector<torch::Tensor> state = model_->parameters();
+  for (const auto& b : model_->buffers()) state.push_back(b);
+  RAG_RETURN_IF_ERROR(dist->BroadcastFromRoot(state));
+  if (dist->rank() != 0) {
+    // Dropout masks must differ between ranks (each masks its own rows) and
+    // be reproducible: seeded by (seed, rank, step). Rank 0 keeps the stream
+    // a single process (or the checkpoint) has.
+    std::seed_seq seq{options_.seed, static_cast<uint64_t>(dist->rank()), static_cast<uint64_t>(step_)};
+    uint32_t words[2];
+    seq.generate(words, words + 2);
+    torch::manual_seed((static_cast<uint64_t>(words[0]) << 32) | words[1]);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status TrainingLoop::SaveCheckpoint() {
-  return internal::SaveCheckpoint(checkpoint_.path, *model_, *optimizer_, step_, history_, checkpoint_.fingerprint);
+  const int64_t world = options_.dist == nullptr ? 1 : options_.dist->world_size();
+  absl::Status saved = absl::OkStatus();
+  if (options_.dist == nullptr || options_.dist->is_root()) {
+    saved = internal::SaveCheckpoint(checkpoint_.path, *model_, *optimizer_, step_, history_, checkpoint_.fingerprint,
+                                     world);
+  }
+  if (options_.dist == nullptr) return saved;
+  // The barrier after the checkpoint: no rank runs ahead of a checkpoint a
+  // resume would start from, and a failed write stops every rank.
+  return options_.dist->Agree(saved, "the checkpoint at step " + std::to_string(step_));
 }
 
 double TrainingLoop::Step() {
+  bool stop_any = false;
+  absl::StatusOr<double> loss = DoStep(false, &stop_any);
+  return loss.ok() ? *loss : std::numeric_limits<double>::quiet_NaN();
+}
+
+absl::StatusOr<double> TrainingLoop::DoStep(bool stop_here, bool* stop_any) {
+  *stop_any = stop_here;
   const double lr = LearningRate(step_);
   for (auto& group : optimizer_->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -76,28 +136,91 @@ double TrainingLoop::Step() {
   optimizer_->zero_grad();
   torch::Tensor loss = task_->StepLoss(step_);
   loss.backward();
+  double value;
+  if (options_.dist == nullptr) {
+    value = loss.item<double>();
+  } else {
+    RAG_ASSIGN_OR_RETURN(value, AllreduceStep(loss, stop_here, stop_any));
+  }
+  // Data-parallel, clipping sees the summed gradients: the same global norm
+  // (and the same AdamW step) on every rank as in one process.
   if (options_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(parameters_, options_.grad_clip);
   optimizer_->step();
-  const double value = loss.item<double>();
   history_.push_back({step_, value, lr});
   ++step_;
   return value;
 }
 
+absl::StatusOr<double> TrainingLoop::AllreduceStep(const torch::Tensor& loss, bool stop_here, bool* stop_any) {
+  torch::NoGradGuard no_grad;
+  // One buffer: [gradients of every parameter | one "has a gradient" flag
+  // per parameter | the loss share | the stop flag]. A parameter no rank
+  // produced a gradient for stays without one, as in one process (AdamW
+  // then skips it, weight decay included).
+  const auto dtype = parameters_.empty() ? torch::kFloat : parameters_.front().scalar_type();
+  std::vector<torch::Tensor> parts;
+  parts.reserve(parameters_.size() + 1);
+  auto flags = torch::zeros({static_cast<int64_t>(parameters_.size()) + 2}, dtype);
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    const auto& p = parameters_[i];
+    if (p.grad().defined()) {
+      parts.push_back(p.grad().reshape({-1}).to(dtype));
+      flags[static_cast<int64_t>(i)] = 1;
+    } else {
+      parts.push_back(torch::zeros({p.numel()}, dtype));
+    }
+  }
+  flags[static_cast<int64_t>(parameters_.size())] = loss.detach().to(dtype);
+  flags[static_cast<int64_t>(parameters_.size()) + 1] = stop_here ? 1 : 0;
+  parts.push_back(flags);
+  torch::Tensor flat = torch::cat(parts);
+  RAG_RETURN_IF_ERROR(options_.dist->AllreduceSum(flat, "gradients at step " + std::to_string(step_)));
+  int64_t offset = 0;
+  const int64_t flag_base = flat.numel() - flags.numel();
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    auto& p = parameters_[i];
+    const int64_t n = p.numel();
+    if (flat[flag_base + static_cast<int64_t>(i)].item<double>() > 0) {
+      auto summed = flat.narrow(0, offset, n).view(p.sizes()).to(p.scalar_type());
+      if (p.grad().defined()) {
+        p.mutable_grad().copy_(summed);
+      } else {
+        p.mutable_grad() = summed.clone();
+      }
+    }
+    offset += n;
+  }
+  *stop_any = flat[flag_base + static_cast<int64_t>(parameters_.size()) + 1].item<double>() > 0;
+  return flat[flag_base + static_cast<int64_t>(parameters_.size())].item<double>();
+}
+
 absl::Status TrainingLoop::Run(const std::atomic<bool>* stop) {
   std::unique_ptr<Progress> progress;
-  if (options_.show_progress) progress = std::make_unique<Progress>(progress_label_, options_.steps, "steps");
+  const bool root = options_.dist == nullptr || options_.dist->is_root();
+  if (options_.show_progress && root) {
+    progress = std::make_unique<Progress>(progress_label_, options_.steps, "steps");
+  }
   const auto started = std::chrono::steady_clock::now();
   const int64_t first_step = step_;
   std::vector<double> evaluation;  // none yet in this run
+  auto interrupted = [&]() -> absl::Status {
+    if (progress) progress->Finish("interrupted");
+    RAG_RETURN_IF_ERROR(SaveCheckpoint());
+    return absl::CancelledError("training interrupted at step " + std::to_string(step_) +
+                                "; checkpoint saved, continue with --resume");
+  };
   while (step_ < options_.steps) {
-    if (stop != nullptr && stop->load()) {
-      if (progress) progress->Finish("interrupted");
-      RAG_RETURN_IF_ERROR(SaveCheckpoint());
-      return absl::CancelledError("training interrupted at step " + std::to_string(step_) +
-                                  "; checkpoint saved, continue with --resume");
+    const bool stop_here = stop != nullptr && stop->load();
+    // Data-parallel, the stop request travels with the step's allreduce so
+    // that every rank stops after the same step.
+    if (stop_here && options_.dist == nullptr) return interrupted();
+    bool stop_any = false;
+    absl::StatusOr<double> step_loss = DoStep(stop_here, &stop_any);
+    if (!step_loss.ok()) {
+      if (progress) progress->Finish("failed");
+      return step_loss.status();
     }
-    const double loss = Step();
+    const double loss = *step_loss;
     if (options_.eval_every > 0 && step_ % options_.eval_every == 0) evaluation = task_->Evaluate();
     if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0 && step_ < options_.steps) {
       RAG_RETURN_IF_ERROR(SaveCheckpoint());
@@ -109,6 +232,7 @@ absl::Status TrainingLoop::Run(const std::atomic<bool>* stop) {
       progress->Update(step_, extra);
       if (step_ == options_.steps) progress->Finish(extra);
     }
+    if (stop_any && step_ < options_.steps) return interrupted();
   }
   return SaveCheckpoint();
 }

@@ -3,7 +3,10 @@
 // clipping, validation and checkpoints on schedule, exact resume (weights,
 // optimizer moments, CPU RNG, step, loss history) and the progress line. A
 // trainer supplies the loss of a step's batch, its evaluation and its
-// progress fields through TrainingTask. Not thread-safe.
+// progress fields through TrainingTask. With a DistContext in the options
+// the step is data-parallel: each rank's share of the loss, one flat
+// allreduce of the gradients, then identical clipping and AdamW on every
+// rank (lm/distributed.h). Not thread-safe.
 #pragma once
 
 #include <torch/torch.h>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "lm/distributed.h"
 
 namespace rag::lm {
 
@@ -34,7 +38,12 @@ struct TrainingLoopOptions {
   int64_t eval_every = 100;        // steps between validation losses; 0 = never. Default: 100
   int64_t eval_batches = 4;        // validation batches per evaluation. Default: 4
   uint64_t seed = 1234;            // weights init, batches and dropout. Default: 1234
-  bool show_progress = true;       // progress line on stderr. Default: true
+  bool show_progress = true;       // progress line on stderr (rank 0's only). Default: true
+  // Data-parallel group this process trains in (not owned; outlives the
+  // trainer); nullptr = one process. Every rank must run the same options on
+  // the same data: the global batch of a step is the one a single process
+  // would use, and rank r computes its batch_size / N rows. Default: nullptr
+  DistContext* dist = nullptr;
 };
 
 // InvalidArgument when steps < 1, batch_size < 1 or lr <= 0.
@@ -48,6 +57,15 @@ double ScheduledLearningRate(const TrainingLoopOptions& options, int64_t step);
 // a checkpoint fingerprint, as both trainers have always written it (each
 // adds its config, data hash, clip and, for RETRO, betas around it).
 std::string ScheduleFingerprint(const TrainingLoopOptions& options);
+
+// The rows [first, first + count) of a step's global batch this process
+// computes: all of them without options.dist, else rank r's equal share.
+struct BatchShare {
+  int64_t first;
+  int64_t count;
+  int world_size;
+};
+BatchShare ShareOfBatch(const TrainingLoopOptions& options, int64_t global_rows);
 
 struct TrainingRecord {
   int64_t step;
@@ -71,6 +89,10 @@ class TrainingTask {
   virtual ~TrainingTask() = default;
   // The loss of `step`'s batch: a scalar the loop calls backward() on. The
   // batch must be a function of (seed, step) alone so resuming is exact.
+  // Data-parallel (options.dist set): this rank's share of the global
+  // batch's loss, scaled so that the ranks' shares SUM to the loss one
+  // process computes on the whole batch (e.g. a token sum over the global
+  // token count); the loop sums gradients and shares over the ranks.
   virtual torch::Tensor StepLoss(int64_t step) = 0;
   // Validation numbers, every eval_every steps (after the step), kept for
   // ProgressLine. Must leave the model in training mode.
@@ -95,10 +117,21 @@ class TrainingLoop {
                std::vector<torch::Tensor> parameters, CheckpointSpec checkpoint, std::string progress_label);
 
   // Restores the state saved at the checkpoint path. DataLoss for an
-  // unreadable checkpoint, FailedPrecondition when its fingerprint differs.
+  // unreadable checkpoint, FailedPrecondition when its fingerprint differs
+  // or it was written by a run of another number of processes.
   absl::Status Resume();
 
-  // One optimizer step on the batch of the current step. Returns its loss.
+  // Data-parallel start (a no-op without options.dist), after Resume() if
+  // any: InvalidArgument when batch_size is not divisible by the ranks;
+  // FailedPrecondition naming the rank and field when the ranks' `fields`
+  // (config, corpus...), options or resumed steps differ; then rank 0's
+  // weights and buffers are broadcast and checked, and the ranks' dropout
+  // RNGs are set apart.
+  absl::Status JoinGroup(const std::vector<FingerprintField>& fields);
+
+  // One optimizer step on the batch of the current step. Returns its loss
+  // (data-parallel: the global batch's; NaN when a collective failed, which
+  // Run() reports as an error).
   double Step();
 
   // Runs until options.steps: evaluating, checkpointing and showing
@@ -113,6 +146,13 @@ class TrainingLoop {
   double LearningRate(int64_t step) const { return ScheduledLearningRate(options_, step); }
 
  private:
+  // The optimizer step; data-parallel, `stop_here` is this rank's stop
+  // request and *stop_any whether any rank made one (same on every rank).
+  absl::StatusOr<double> DoStep(bool stop_here, bool* stop_any);
+  // Sums the gradients of parameters_ and the loss share over the ranks:
+  // one flat buffer, one allreduce.
+  absl::StatusOr<double> AllreduceStep(const torch::Tensor& loss, bool stop_here, bool* stop_any);
+
   TrainingLoopOptions options_;
   TrainingTask* task_;
   std::shared_ptr<torch::nn::Module> model_;

@@ -17,6 +17,7 @@ PACKAGES=(
   python3 python3-numpy wordnet-base gnuplot-nox zlib1g-dev openssl
   clang libclang-rt-14-dev
   openmpi-bin python3-xxhash
+  libgloo-dev
 )
 
 # npm fetches the corpus and node runs the tokenizer's reference

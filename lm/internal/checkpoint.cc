@@ -19,7 +19,7 @@ int64_t FingerprintHash(const std::string& fp) {
 
 absl::Status SaveCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
                             int64_t step, const std::vector<TrainingRecord>& history,
-                            const std::string& fingerprint) {
+                            const std::string& fingerprint, int64_t world_size) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   try {
     torch::serialize::OutputArchive archive;
@@ -42,6 +42,7 @@ absl::Status SaveCheckpoint(const std::string& path, torch::nn::Module& model, t
     archive.write("losses", torch::tensor(losses, torch::kDouble));
     archive.write("lrs", torch::tensor(lrs, torch::kDouble));
     archive.write("fingerprint", torch::tensor(FingerprintHash(fingerprint)));
+    archive.write("world_size", torch::tensor(world_size, torch::kLong));
     archive.save_to(tmp);
   } catch (const c10::Error& e) {
     return absl::InternalError("writing checkpoint '" + tmp + "': " + e.what_without_backtrace());
@@ -50,8 +51,8 @@ absl::Status SaveCheckpoint(const std::string& path, torch::nn::Module& model, t
 }
 
 absl::Status LoadCheckpoint(const std::string& path, const std::string& fingerprint, const std::string& what,
-                            torch::nn::Module& model, torch::optim::Optimizer& optimizer, int64_t* step,
-                            std::vector<TrainingRecord>* history) {
+                            int64_t world_size, torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                            int64_t* step, std::vector<TrainingRecord>* history) {
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path);
@@ -60,6 +61,17 @@ absl::Status LoadCheckpoint(const std::string& path, const std::string& fingerpr
     if (fp.item<int64_t>() != FingerprintHash(fingerprint)) {
       return absl::FailedPreconditionError("checkpoint '" + path + "' was written with a different " + what +
                                            ", training options or corpus; resume with the same arguments");
+    }
+    // The dropout RNG saved is rank 0's and each rank's share of a batch
+    // depends on N: a resume continues the run it was, with the same N.
+    torch::Tensor saved_world;
+    const int64_t written_by = archive.try_read("world_size", saved_world) ? saved_world.item<int64_t>() : 1;
+    if (written_by != world_size) {
+      return absl::FailedPreconditionError(
+          "checkpoint '" + path + "' was written by a run of " + std::to_string(written_by) +
+          " process(es) and this run has " + std::to_string(world_size) + "; resume it with " +
+          (written_by == 1 ? std::string("one process (no --dist, or WORLD_SIZE=1)")
+                           : "--dist and WORLD_SIZE=" + std::to_string(written_by)));
     }
     torch::serialize::InputArchive model_archive, optim_archive;
     archive.read("model", model_archive);

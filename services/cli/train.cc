@@ -1,13 +1,16 @@
 #include "services/cli/train.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "common/file_util.h"
 #include "common/status.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/retro_training.h"
+#include "lm/distributed.h"
 #include "lm/train_pipeline.h"
 
 namespace rag::cli {
@@ -28,7 +31,28 @@ struct TrainArgs {
   uint64_t seed = 1234;
   bool resume = false, overwrite = false, json_out = false, quiet = false, train_all = false;
   int nprobe = rag::retriever::kDefaultNprobe;
+  bool dist = false;
+  std::string dist_store, dist_interface;
+  double dist_timeout = 300;
 };
+
+// With --dist, joins the data-parallel group the launcher's environment
+// describes (lm/distributed.h); nullptr without.
+absl::StatusOr<std::unique_ptr<rag::lm::DistContext>> JoinGroupIfDist(const TrainArgs& a) {
+  if (!a.dist) {
+    if (!a.dist_store.empty() || !a.dist_interface.empty()) {
+      return absl::InvalidArgumentError("--dist-store and --dist-interface apply to --dist only");
+    }
+    return std::unique_ptr<rag::lm::DistContext>();
+  }
+  rag::lm::DistOptions o;
+  o.store_path = a.dist_store;
+  o.interface = a.dist_interface;
+  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.dist_timeout * 1000));
+  auto ctx = rag::lm::DistContext::FromEnvironment(o);
+  if (ctx.ok()) std::fprintf(stderr, "train: data-parallel, %s\n", (*ctx)->Describe().c_str());
+  return ctx;
+}
 
 // Trainer flags common to both architectures, over `o`'s preset values.
 template <typename Options>
@@ -82,9 +106,13 @@ int RunTrainRetro(const TrainArgs& a) {
     if (!text.ok()) return Fail(rag::Annotate(text.status(), "--config"));
     job.config_overrides_json = *text;
   }
+  auto group = JoinGroupIfDist(a);
+  if (!group.ok()) return Fail(group.status());
+  job.trainer.dist = group->get();
   InstallStopHandlers();
   auto summary = rag::index_builder::TrainRetro(job, &g_stop);
   if (!summary.ok()) return Fail(summary.status());
+  if (*group && !(*group)->is_root()) return 0;  // rank 0 reports
   json j = {{"model_dir", a.out},
             {"arch", "retro"},
             {"retrofit", !a.train_all},
@@ -146,7 +174,11 @@ int RunTrain(const TrainArgs& a) {
   if (!docs.ok()) return Fail(docs.status());
   std::fprintf(stderr, "train: corpus %s: %zu documents, %.1f MB\n", a.corpus.c_str(), stats.documents,
                static_cast<double>(stats.bytes) / 1e6);
-  if (!a.gpt2_vocab.empty()) {
+  auto group = JoinGroupIfDist(a);
+  if (!group.ok()) return Fail(group.status());
+  job.trainer.dist = group->get();
+  const bool root = !*group || (*group)->is_root();
+  if (!a.gpt2_vocab.empty() && root) {
     // Bring GPT-2's vocabulary instead of training one: it becomes the
     // model directory's tokenizer.json, which training then reuses.
     const fs::path tok_path = fs::path(a.out) / rag::lm::kTokenizerFile;
@@ -160,9 +192,14 @@ int RunTrain(const TrainArgs& a) {
     fs::create_directories(a.out, ec);
     if (auto s = tok->Save(tok_path.string()); !s.ok()) return Fail(s);
   }
+  if (!a.gpt2_vocab.empty() && *group) {
+    // The other ranks read the tokenizer rank 0 just wrote (--out shared).
+    if (auto s = (*group)->Barrier("writing the GPT-2 tokenizer"); !s.ok()) return Fail(s);
+  }
   InstallStopHandlers();
   auto summary = rag::lm::TrainLanguageModel(std::move(*docs), job, &g_stop);
   if (!summary.ok()) return Fail(summary.status());
+  if (!root) return 0;  // rank 0 reports
   json j = {{"model_dir", a.out},
             {"steps", summary->steps},
             {"train_tokens", summary->train_tokens},
@@ -245,6 +282,20 @@ Command AddTrainCommand(CLI::App* app) {
   cmd->add_flag("--overwrite", a->overwrite, "start over even if --out holds a run");
   cmd->add_flag("--json", a->json_out, "print the summary as JSON");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");
+  cmd->add_flag("--dist", a->dist,
+                "data-parallel training over c10d/Gloo: rank and world from RANK/WORLD_SIZE (torchrun style), "
+                "mpirun's or srun's variables, rendezvous at MASTER_ADDR:MASTER_PORT (rank 0 serves); "
+                "--batch-size must be divisible by the world size; rank 0 writes --out");
+  cmd->add_option("--dist-store", a->dist_store,
+                  "--dist: rendezvous through this file (c10d FileStore, one machine or a shared filesystem) "
+                  "instead of MASTER_ADDR:MASTER_PORT");
+  cmd->add_option("--dist-interface", a->dist_interface,
+                  "--dist: network interface (e.g. eth0) or address Gloo binds (default: the one that reaches "
+                  "MASTER_ADDR)");
+  cmd->add_option("--dist-timeout", a->dist_timeout,
+                  "--dist: seconds before a silent rank counts as dead (rendezvous and every collective)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   return {cmd, [a] { return RunTrain(*a); }};
 }
 
