@@ -39,9 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# No launcher variables from whatever runs the tests leak in.
+# No launcher variables from whatever runs the tests leak in. OpenBLAS is
+# held to one thread: it sizes its pool from the CPUs a process may use, and
+# mpirun binds each rank to a core, so pools would differ between launchers
+# and with them the rounding of every matrix product.
 clean_env=(env -u RANK -u WORLD_SIZE -u MASTER_ADDR -u MASTER_PORT -u OMPI_COMM_WORLD_RANK -u OMPI_COMM_WORLD_SIZE
-           -u SLURM_PROCID -u SLURM_NTASKS)
+           -u SLURM_PROCID -u SLURM_NTASKS OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)
 
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -65,8 +68,10 @@ echo '{"dropout": 0.0, "context": 32}' >"$TMP/config.json"
 
 # The same arguments for every run; a checkpoint every 10 steps so that a
 # kill mid-run leaves one to resume from.
-train_args=(--threads 1 train --corpus "$TMP/corpus.jsonl" --preset tiny --config "$TMP/config.json" --steps 100
-            --batch-size 8 --seq-len 32 --vocab-size 300 --checkpoint-every 10 --eval-every 0 --quiet --json)
+base_args=(--threads 1 train --corpus "$TMP/corpus.jsonl" --preset tiny --config "$TMP/config.json" --steps 100
+           --seq-len 32 --vocab-size 300 --checkpoint-every 10 --eval-every 0 --quiet --json)
+train_args=("${base_args[@]}" --batch-size 8)
+rank_args=("${train_args[@]}")  # what two_ranks runs
 
 # same A.json B.json LABEL TOLERANCE: steps, final_train_loss and
 # validation_loss within TOLERANCE (relative; 0 = bit-equal).
@@ -83,15 +88,16 @@ print(f"{label}: steps {ja['steps']}, train loss {ja['final_train_loss']:.6f}, v
 EOF
 }
 
-# two_ranks OUT LOGPREFIX EXTRA...: ranks 0 and 1 started by hand, in the background.
+# two_ranks OUT LOGPREFIX EXTRA...: ranks 0 and 1 started by hand, in the
+# background, with a collective timeout of $DIST_TIMEOUT s (60 unless set).
 two_ranks() {
   local out="$1" log="$2" port
   shift 2
   port="$(free_port)"
   PIDS=()
   for r in 0 1; do
-    "${clean_env[@]}" RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-      "$RAG" "${train_args[@]}" --out "$out" --dist --dist-timeout 60 "$@" >"$log.$r.json" 2>"$log.$r.log" &
+    "${clean_env[@]}" RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" \
+      "$RAG" "${rank_args[@]}" --out "$out" --dist --dist-timeout "${DIST_TIMEOUT:-60}" "$@" >"$log.$r.json" 2>"$log.$r.log" &
     PIDS+=($!)
   done
 }
@@ -114,14 +120,15 @@ same "$TMP/single.json" "$TMP/two.0.json" "N=1 vs N=2" 1e-4
 
 step "2. mpirun -n 2"
 port="$(free_port)"
-"${clean_env[@]}" MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 300 \
-  mpirun --oversubscribe --allow-run-as-root -n 2 -x MASTER_ADDR -x MASTER_PORT \
+"${clean_env[@]}" MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" timeout 300 \
+  mpirun --oversubscribe --allow-run-as-root -n 2 -x MASTER_ADDR -x MASTER_PORT -x OPENBLAS_NUM_THREADS \
+  -x OMP_NUM_THREADS \
   "$RAG" "${train_args[@]}" --out "$TMP/mpi" --dist --dist-timeout 60 >"$TMP/mpi.json" 2>"$TMP/mpi.log" ||
   { cat "$TMP/mpi.log" >&2; fail "mpirun -n 2 rag train --dist failed"; }
 same "$TMP/two.0.json" "$TMP/mpi.json" "hand-started vs mpirun" 0
 
 step "3. rank 1 killed mid-run, then a resume"
-two_ranks "$TMP/killed" "$TMP/killed" --dist-timeout 30
+DIST_TIMEOUT=30 two_ranks "$TMP/killed" "$TMP/killed"
 for _ in $(seq 1 600); do
   [ -f "$TMP/killed/checkpoint.pt" ] && break
   kill -0 "${PIDS[0]}" 2>/dev/null || break
@@ -146,7 +153,9 @@ step "4. mismatches give their errors"
 expect_error() {  # expect_error LOG PATTERN LABEL
   grep -q -- "$2" "$1" || { cat "$1" >&2; fail "$3: no '$2' in the error"; }
 }
-two_ranks "$TMP/odd" "$TMP/odd" --batch-size 7
+rank_args=("${base_args[@]}" --batch-size 7)
+two_ranks "$TMP/odd" "$TMP/odd"
+rank_args=("${train_args[@]}")
 for i in 0 1; do
   if wait "${PIDS[$i]}"; then fail "--batch-size 7 over 2 ranks succeeded"; fi
 done
@@ -156,7 +165,7 @@ if "${clean_env[@]}" RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 "$RAG" "${train_a
     >/dev/null 2>"$TMP/noport.log"; then fail "--dist without MASTER_PORT succeeded"; fi
 expect_error "$TMP/noport.log" "MASTER_PORT is not set" "no MASTER_PORT"
 port="$(free_port)"
-if "${clean_env[@]}" RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port timeout 60 "$RAG" "${train_args[@]}" \
+if "${clean_env[@]}" RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT="$port" timeout 60 "$RAG" "${train_args[@]}" \
     --out "$TMP/y" --dist --dist-timeout 2 >/dev/null 2>"$TMP/unreachable.log"; then
   fail "a rank without a master succeeded"
 fi
