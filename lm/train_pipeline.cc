@@ -139,6 +139,8 @@ absl::StatusOr<TrainSummary> TrainLanguageModel(std::vector<Document> documents,
   double sum = 0;
   for (size_t i = hist.size() - tail; i < hist.size(); ++i) sum += hist[i].loss;
   summary.steps = trainer->step();
+  summary.step_times = trainer->step_times();
+  summary.tokens_per_step = job.trainer.batch_size * trainer->seq_len();
   summary.final_loss = sum / static_cast<double>(tail);
   summary.validation_loss = trainer->ValidationLoss();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -33,6 +33,8 @@ struct TrainSummary {
   double final_loss = 0;         // mean training loss over the last 5% of steps
   double validation_loss = 0;    // nats/token on the trainer's validation windows
   double seconds = 0;
+  StepTimes step_times;          // this process's steps (this run only)
+  int64_t tokens_per_step = 0;   // global batch x sequence length
 };
 
 // Trainer defaults that suit each preset (steps, batch, learning rate).

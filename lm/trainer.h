@@ -58,6 +58,7 @@ class Trainer : private TrainingTask {
 
   TransformerLM& model() { return model_; }
   int64_t step() const { return loop_->step(); }
+  const StepTimes& step_times() const { return loop_->step_times(); }
   const std::vector<TrainingRecord>& history() const { return loop_->history(); }
   double LearningRate(int64_t step) const { return loop_->LearningRate(step); }
   int64_t seq_len() const { return seq_len_; }

@@ -126,6 +126,7 @@ double TrainingLoop::Step() {
 
 absl::StatusOr<double> TrainingLoop::DoStep(bool stop_here, bool* stop_any) {
   *stop_any = stop_here;
+  const auto step_started = std::chrono::steady_clock::now();
   const double lr = LearningRate(step_);
   for (auto& group : optimizer_->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -140,7 +141,9 @@ absl::StatusOr<double> TrainingLoop::DoStep(bool stop_here, bool* stop_any) {
   if (options_.dist == nullptr) {
     value = loss.item<double>();
   } else {
+    const auto t0 = std::chrono::steady_clock::now();
     RAG_ASSIGN_OR_RETURN(value, AllreduceStep(loss, stop_here, stop_any));
+    times_.allreduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   // Data-parallel, clipping sees the summed gradients: the same global norm
   // (and the same AdamW step) on every rank as in one process.
@@ -148,6 +151,8 @@ absl::StatusOr<double> TrainingLoop::DoStep(bool stop_here, bool* stop_any) {
   optimizer_->step();
   history_.push_back({step_, value, lr});
   ++step_;
+  ++times_.steps;
+  times_.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
   return value;
 }
 
@@ -174,6 +179,7 @@ absl::StatusOr<double> TrainingLoop::AllreduceStep(const torch::Tensor& loss, bo
   flags[static_cast<int64_t>(parameters_.size()) + 1] = stop_here ? 1 : 0;
   parts.push_back(flags);
   torch::Tensor flat = torch::cat(parts);
+  times_.allreduce_bytes = flat.numel() * static_cast<int64_t>(flat.element_size());
   RAG_RETURN_IF_ERROR(options_.dist->AllreduceSum(flat, "gradients at step " + std::to_string(step_)));
   int64_t offset = 0;
   const int64_t flag_base = flat.numel() - flags.numel();

@@ -74,6 +74,16 @@ struct TrainingRecord {
 };
 
 // What the loop tells the task's progress line after a step.
+// Where a process's optimizer steps spent their time (bench_dist_train):
+// the whole step (batch, forward, backward, allreduce, clip, AdamW) and, data-
+// parallel, the allreduce alone (flattening and copying back included).
+struct StepTimes {
+  int64_t steps = 0;               // steps this process ran
+  double step_seconds = 0;         // their total wall time
+  double allreduce_seconds = 0;    // of which in AllreduceStep
+  int64_t allreduce_bytes = 0;     // size of one step's flat buffer (0 in one process)
+};
+
 struct StepReport {
   int64_t step;                          // steps done, this one included
   double loss;                           // this step's training loss
@@ -144,6 +154,7 @@ class TrainingLoop {
   int64_t step() const { return step_; }
   const std::vector<TrainingRecord>& history() const { return history_; }
   double LearningRate(int64_t step) const { return ScheduledLearningRate(options_, step); }
+  const StepTimes& step_times() const { return times_; }
 
  private:
   // The optimizer step; data-parallel, `stop_here` is this rank's stop
@@ -162,6 +173,7 @@ class TrainingLoop {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   int64_t step_ = 0;
   std::vector<TrainingRecord> history_;
+  StepTimes times_;
 };
 
 }  // namespace rag::lm

@@ -207,6 +207,15 @@ int RunTrain(const TrainArgs& a) {
             {"final_train_loss", summary->final_loss},
             {"validation_loss", summary->validation_loss},
             {"seconds", summary->seconds}};
+  // Step costs of this run (rank 0's): what bench/bench_dist_train.sh reads.
+  const auto& t = summary->step_times;
+  if (t.steps > 0) {
+    j["step_seconds"] = t.step_seconds;
+    j["steps_timed"] = t.steps;
+    j["train_tokens_per_second"] = static_cast<double>(summary->tokens_per_step * t.steps) / t.step_seconds;
+    j["allreduce_ms_per_step"] = 1e3 * t.allreduce_seconds / static_cast<double>(t.steps);
+    j["allreduce_bytes_per_step"] = t.allreduce_bytes;
+  }
   if (a.json_out) {
     PrintJson(j);
   } else {
