@@ -43,7 +43,7 @@ arm_n1() {
     "$W/n1.json" "$1" >> "$W/runs.jsonl"
 }
 arm_n2() {
-  local port p0 p1
+  local port p0 p1 r
   rm -rf "$W/n2"
   port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   for r in 0 1; do
