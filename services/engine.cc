@@ -33,6 +33,18 @@ auto Guarded(const char* what, F&& fn) -> decltype(fn()) {
   }
 }
 
+// The fields of a neighbour that Search and a shard's SearchVectors both
+// return as they are: id, offset, distance and the exact token ids.
+v1::Neighbour* AddNeighbour(const retriever::Neighbour& n, v1::NeighbourList* out) {
+  v1::Neighbour* nb = out->add_neighbours();
+  nb->set_chunk_id(n.chunk_id);
+  nb->set_offset(n.offset);
+  nb->set_distance(n.distance);
+  nb->mutable_token_ids()->Add(n.tokens.begin(), n.tokens.end());
+  nb->mutable_continuation_ids()->Add(n.continuation.begin(), n.continuation.end());
+  return nb;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
@@ -166,15 +178,10 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
     for (const auto& list : results) {
       v1::NeighbourList* out = response.add_results();
       for (const auto& n : list) {
-        v1::Neighbour* nb = out->add_neighbours();
-        nb->set_chunk_id(n.chunk_id);
+        v1::Neighbour* nb = AddNeighbour(n, out);
         nb->set_doc_id(ToValidUtf8(n.doc_id));
-        nb->set_offset(n.offset);
         nb->set_text(DecodeToValidUtf8(tok, n.tokens));
         nb->set_continuation(DecodeToValidUtf8(tok, n.continuation));
-        nb->set_distance(n.distance);
-        nb->mutable_token_ids()->Add(n.tokens.begin(), n.tokens.end());
-        nb->mutable_continuation_ids()->Add(n.continuation.begin(), n.continuation.end());
       }
     }
     return response;
@@ -368,13 +375,7 @@ absl::StatusOr<v1::SearchResponse> Engine::SearchVectors(const v1::SearchVectors
       v1::NeighbourList* out = response.add_results();
       for (const auto& n : list) {
         // Tokens only: the front decodes the texts it returns.
-        v1::Neighbour* nb = out->add_neighbours();
-        nb->set_chunk_id(n.chunk_id);
-        nb->set_doc_id(n.doc_id);
-        nb->set_offset(n.offset);
-        nb->set_distance(n.distance);
-        nb->mutable_token_ids()->Add(n.tokens.begin(), n.tokens.end());
-        nb->mutable_continuation_ids()->Add(n.continuation.begin(), n.continuation.end());
+        AddNeighbour(n, out)->set_doc_id(n.doc_id);
       }
     }
     return response;
