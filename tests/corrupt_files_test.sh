@@ -41,6 +41,7 @@ damage() {
       [ "$2" = flip-last ] && at=$((size - 1))
       local byte
       byte=$(od -An -tu1 -j "$at" -N1 "$f" | tr -d ' ')
+      # shellcheck disable=SC2059  # the format is the flipped byte's octal escape
       printf "$(printf '\\%03o' $((byte ^ 0x5a)))" | dd of="$f" bs=1 seek="$at" conv=notrunc status=none ;;
   esac
 }
@@ -73,12 +74,20 @@ for f in $files; do
     checked=$((checked + 1))
   done
 done
-step "index: $checked damaged copies refused by rag validate"
+nfiles=$(echo "$files" | wc -w)
+# Every file, every kind: a damage that was silently skipped would shrink this.
+[ "$checked" -eq $((4 * nfiles)) ] || fail "index: $checked damaged copies tried, not 4 x $nfiles files"
+for want in ./manifest.json ./datastore/keys.f16 ./datastore/values.i32 ./datastore/docs.i32 ./datastore/keys.faiss; do
+  echo "$files" | grep -qxF "$want" || fail "index: $want is not among the damaged files ($files)"
+done
+echo "$files" | grep -q '\.sst$' || fail "index: no RocksDB table file among the damaged files"
+step "index: $checked damaged copies ($nfiles files x 4) refused by rag validate"
 
 checked=0
-# The files a model is loaded from (model_info.json is a report no command
-# reads; corrupt checkpoints are trainer_test's).
-for f in config.json model.pt tokenizer.json; do
+# The files a model is loaded from (corrupt checkpoints are trainer_test's);
+# model_info.json carries the content hash and its own checksum.
+model_files=(config.json model.pt tokenizer.json model_info.json)
+for f in "${model_files[@]}"; do
   for kind in half empty flip-middle flip-last; do
     rm -rf "$TMP/damaged-model"
     cp -r "$TMP/model" "$TMP/damaged-model"
@@ -87,5 +96,6 @@ for f in config.json model.pt tokenizer.json; do
     checked=$((checked + 1))
   done
 done
+[ "$checked" -eq $((4 * ${#model_files[@]})) ] || fail "model: $checked damaged copies tried, not 4 x ${#model_files[@]} files"
 step "model: $checked damaged copies refused by rag score"
 step "PASS"

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "tests/status_matchers.h"
 #include "tests/lm_test_util.h"
 #include "tests/test_util.h"
@@ -62,6 +64,27 @@ TEST(LanguageModelTest, CorruptOrTruncatedWeightsAreDataLoss) {
   EXPECT_EQ(flipped.status().code(), absl::StatusCode::kDataLoss) << flipped.status();
   fs::resize_file(weights, size / 3);
   EXPECT_EQ(LanguageModel::Open(dir.path()).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(LanguageModelTest, EditedRecordIsDataLossButAVersionOneRecordStillOpens) {
+  testing::TempDir dir;
+  auto model = MakeModel();
+  RAG_ASSERT_OK(model->Save(dir.path(), R"({"note": "test"})"));
+  const std::string info_path = dir / kInfoFile;
+  auto info = nlohmann::json::parse(std::ifstream(info_path));
+  ASSERT_EQ(info["format_version"], 2);
+  ASSERT_TRUE(info.contains("self_checksum"));
+  // A field no hash covers: only the record's own checksum sees the change.
+  info["note"] = "tesT";
+  std::ofstream(info_path, std::ios::trunc) << info.dump(2);
+  auto edited = LanguageModel::Open(dir.path());
+  EXPECT_EQ(edited.status().code(), absl::StatusCode::kDataLoss) << edited.status();
+  EXPECT_NE(edited.status().message().find("self_checksum"), std::string::npos) << edited.status();
+  // A record written before self checksums (format 1) opens: its hashes are checked.
+  info.erase("self_checksum");
+  info["format_version"] = 1;
+  std::ofstream(info_path, std::ios::trunc) << info.dump(2);
+  RAG_EXPECT_OK(LanguageModel::Open(dir.path()).status());
 }
 
 TEST(LanguageModelTest, WeightsThatMatchTheHashButNotTheFormatAreDataLoss) {

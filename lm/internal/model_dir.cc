@@ -6,6 +6,9 @@ namespace rag::lm {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+constexpr char kSelfChecksumKey[] = "self_checksum";
+// model_info.json's format_version from which it carries kSelfChecksumKey.
+constexpr int64_t kInfoFormatWithChecksum = 2;
 
 absl::StatusOr<std::string> ComputeContentHash(const std::string& dir) {
   RAG_ASSIGN_OR_RETURN(std::string config_text, ReadFile((fs::path(dir) / kConfigFile).string()));
@@ -45,7 +48,11 @@ absl::Status FinishModelDir(const std::string& dir, json info, const std::string
   info["content_hash"] = content_hash;
   info["tokenizer_hash"] = tokenizer.Hash();
   info["parameters"] = parameters;
-  info["format_version"] = 1;
+  info["format_version"] = kInfoFormatWithChecksum;
+  // The record vouches for the other files; its own checksum makes a damaged
+  // byte anywhere in it (not only in the hashes) an error.
+  info.erase(kSelfChecksumKey);
+  info[kSelfChecksumKey] = HashHex(info.dump());
   return WriteFileAtomic((fs::path(dir) / kInfoFile).string(), info.dump(2) + "\n");
 }
 
@@ -60,6 +67,15 @@ absl::StatusOr<std::string> ReadRecordedContentHash(const std::string& dir, cons
   }
   RAG_ASSIGN_OR_RETURN(std::string info_text, ReadFile(info_path.string()));
   json info = json::parse(info_text, nullptr, false);
+  // Version 1 (before self checksums) is still read: its hashes are checked.
+  if (info.is_object() && info.contains("format_version") && info["format_version"].is_number_integer() &&
+      info["format_version"].get<int64_t>() >= kInfoFormatWithChecksum) {
+    const json stored = info.contains(kSelfChecksumKey) ? info[kSelfChecksumKey] : json();
+    info.erase(kSelfChecksumKey);
+    if (!stored.is_string() || stored.get<std::string>() != HashHex(info.dump())) {
+      return absl::DataLossError("'" + info_path.string() + "' is corrupt (its self_checksum does not match)");
+    }
+  }
   if (info.is_discarded() || !info.is_object() || !info.contains("content_hash") ||
       !info["content_hash"].is_string()) {
     return absl::DataLossError("'" + info_path.string() + "' is corrupt (no content_hash)");

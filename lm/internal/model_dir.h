@@ -33,8 +33,9 @@ absl::StatusOr<nlohmann::json> BeginModelDir(const std::string& dir, const std::
 absl::Status WriteModelFiles(const std::string& dir, const std::shared_ptr<torch::nn::Module>& module,
                              const std::string& config_json, const Tokenizer& tokenizer);
 
-// Adds content_hash, tokenizer_hash, parameters and format_version to `info`
-// and writes it as model_info.json: the last file, that makes `dir` open.
+// Adds content_hash, tokenizer_hash, parameters, format_version (2) and a
+// self_checksum over the rest to `info`, and writes it as model_info.json:
+// the last file, that makes `dir` open.
 absl::Status FinishModelDir(const std::string& dir, nlohmann::json info, const std::string& content_hash,
                             const Tokenizer& tokenizer, int64_t parameters);
 
