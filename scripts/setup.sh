@@ -16,7 +16,7 @@ PACKAGES=(
   libzstd-dev libpcre2-dev libabsl-dev libicu-dev
   python3 python3-numpy wordnet-base gnuplot-nox zlib1g-dev openssl
   clang libclang-rt-14-dev
-  openmpi-bin python3-xxhash
+  openmpi-bin python3-xxhash time bc
   libgloo-dev
 )
 

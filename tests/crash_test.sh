@@ -33,7 +33,7 @@ trap cleanup EXIT
 step "corpus and tiny model"
 words=(river stone bridge lantern harvest meadow copper violin orchard glacier thunder candle harbour falcon
        pepper marble saddle compass willow ember quartz tide ledger prism cobalt fern summit anvil basket whistle)
-for i in $(seq 0 149); do
+for i in $(seq 0 399); do
   text="Document $i:"
   for _ in $(seq 1 40); do text+=" ${words[RANDOM % ${#words[@]}]}"; done
   printf '{"id": "doc-%03d", "text": "%s."}\n' "$i" "$text"
@@ -57,11 +57,24 @@ print(s["documents"], s["chunks"], s["tokens"], s["vectors"], end=" ")'
 }
 
 step "reference build"
-start=$SECONDS
-build "$TMP/ref" >"$TMP/ref.log" 2>&1 || { cat "$TMP/ref.log" >&2; fail "reference build failed"; }
-ref_seconds=$((SECONDS - start))
+# Timed twice: the whole command, and the window in which OUT.partial exists
+# (start-up, reading and tokenizing come before it; exit after its rename).
+start=$(date +%s.%N)
+build "$TMP/ref" >"$TMP/ref.log" 2>&1 &
+pid=$!
+begun=""
+renamed=""
+while kill -0 "$pid" 2>/dev/null; do
+  if [ -z "$begun" ] && [ -d "$TMP/ref.partial" ]; then begun=$(date +%s.%N); fi
+  if [ -z "$renamed" ] && [ -d "$TMP/ref" ]; then renamed=$(date +%s.%N); fi
+  sleep 0.005
+done
+wait "$pid" || { cat "$TMP/ref.log" >&2; fail "reference build failed"; }
+ref_seconds=$(echo "$(date +%s.%N) - $start" | bc)
+if [ -z "$begun" ] || [ -z "$renamed" ]; then fail "the reference build's $TMP/ref.partial was not seen before its rename"; fi
+window_seconds=$(echo "$renamed - $begun" | bc)
 ref="$(summary "$TMP/ref")"
-step "reference: $ref (documents chunks tokens vectors, datastore checksum), ${ref_seconds}s"
+step "reference: $ref (documents chunks tokens vectors, datastore checksum), ${ref_seconds}s, OUT.partial for ${window_seconds}s"
 
 # A kill between creating OUT.partial and recording the build's arguments
 # there leaves an empty directory: the next build must start afresh, not
@@ -72,16 +85,28 @@ grep -q "never started" "$TMP/never.log" || fail "the empty partial directory wa
 [ "$(summary "$TMP/never")" = "$ref" ] || fail "the build over an empty partial directory differs from the reference"
 step "an empty partial directory (killed before the arguments were recorded) is started afresh"
 
+# A kill lands mid-build when the build has begun (OUT.partial exists) and
+# not finished (no OUT). The first kill of a trial comes once OUT.partial
+# exists, within half the time the reference's OUT.partial existed; later
+# ones anywhere up to the reference's whole time.
+mid_build_kills=0
 for trial in $(seq 1 "$TRIALS"); do
   out="$TMP/build-$trial"
   kills=$((1 + RANDOM % 3))
   for k in $(seq 1 "$kills"); do
     "$RAG" "${build_args[@]}" --out "$out" >>"$TMP/build-$trial.log" 2>&1 &
     pid=$!
-    sleep "$(pause 0.2 "$((ref_seconds + 1))")"
+    if [ "$k" = 1 ]; then
+      # Once the build has begun: start-up alone can outlast a short pause.
+      for _ in $(seq 1 300); do [ -d "$out.partial" ] && break; sleep 0.01; done
+      sleep "$(pause 0 "$(echo "0.5 * $window_seconds" | bc)")"
+    else
+      sleep "$(pause 0.2 "$(echo "$ref_seconds + 1" | bc)")"
+    fi
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     [ -d "$out" ] && break  # it finished before the kill
+    [ -d "$out.partial" ] && mid_build_kills=$((mid_build_kills + 1))
   done
   if [ ! -d "$out" ]; then
     build "$out" >>"$TMP/build-$trial.log" 2>&1 ||
@@ -92,6 +117,14 @@ for trial in $(seq 1 "$TRIALS"); do
   [ "$got" = "$ref" ] || fail "trial $trial: after $kills kills the index holds '$got', not '$ref'"
   step "build trial $trial: up to $kills kills, resumed, validates, equals the reference"
 done
+# A run whose kills all came too early or too late would have tested
+# nothing: require one mid-build kill a trial, and at least one resume from
+# real progress (embedded chunks or stored datastore keys).
+[ "$mid_build_kills" -ge "$TRIALS" ] ||
+  fail "only $mid_build_kills kills landed mid-build in $TRIALS trials (the reference's OUT.partial existed for ${window_seconds}s)"
+resumed=$(cat "$TMP"/build-*.log | grep -cE "resuming embedding at chunk [1-9]|datastore: resuming at key [1-9]" || true)
+[ "$resumed" -ge 1 ] || fail "no rerun resumed from embedded chunks or stored keys: every kill came before any progress"
+step "$mid_build_kills kills landed mid-build; $resumed reruns resumed from saved progress"
 
 step "kills of rag serve during AddDocuments"
 cp -r "$TMP/ref" "$TMP/live"
@@ -145,7 +178,7 @@ for trial in $(seq 1 "$TRIALS"); do
 done
 
 # Every acknowledged document is present: re-adding them all is all skips.
-cat $(cat "$acked") >"$TMP/all-acked.jsonl"
+xargs cat <"$acked" >"$TMP/all-acked.jsonl"
 n_acked=$(wc -l <"$TMP/all-acked.jsonl")
 [ "$n_acked" -gt 0 ] || fail "no batch was acknowledged: the kills came too early to test anything"
 "$RAG" --threads 1 add --model "$TMP/model" --index "$TMP/live" --corpus "$TMP/all-acked.jsonl" --skip-existing \

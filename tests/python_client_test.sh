@@ -242,4 +242,53 @@ set -e
 SERVER_PID=""
 [ "$rc" -eq 0 ] || server_fail "rag serve exited with status $rc after SIGTERM (expected 0)"
 
+# ---------------------------------------------------------------------------
+step "TLS and a bearer token: a second server, and the client's --tls-ca and --auth-token-file"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$TMP/key.pem" -out "$TMP/cert.pem" \
+  >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; fail "openssl could not make a test certificate"; }
+echo "py-client-s3cret-token-77" >"$TMP/token"
+echo "py-client-s3cret-token-78" >"$TMP/wrong-token"
+rm -f "$TMP/port"
+"$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 --port-file "$TMP/port" \
+  --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" --auth-token-file "$TMP/token" >"$TMP/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 600); do
+  [ -s "$TMP/port" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || server_fail "rag serve (TLS, token) exited before writing its port file"
+  sleep 0.1
+done
+[ -s "$TMP/port" ] || server_fail "rag serve (TLS, token) wrote no port file within 60 s"
+ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+client --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/token" score --text "$QUERY" --json >"$TMP/score_tls_py.json" ||
+  server_fail "rag_client.py score over TLS with the token failed"
+"$RAG" score --server "$ADDR" --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/token" --text "$QUERY" --json \
+  >"$TMP/score_tls_cli.json" || server_fail "rag score over TLS with the token failed"
+compare score "$TMP/score_tls_py.json" "$TMP/score_tls_cli.json"
+compare score "$TMP/score_tls_py.json" "$TMP/score_cli.json"  # the same model and text as the plain server
+client --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/token" generate --prompt "The river" --max-tokens 5 \
+  --seed 7 --json >"$TMP/gen_tls_py.json" || server_fail "rag_client.py generate (a stream) over TLS with the token failed"
+# expect_refused WHAT CODE ARGS...: the client fails and names the gRPC code.
+expect_refused() {
+  local what="$1" code="$2" rc
+  shift 2
+  set +e
+  client "$@" score --text "$QUERY" >"$TMP/refused.out" 2>"$TMP/refused.err"
+  rc=$?
+  set -e
+  [ "$rc" -ne 0 ] || fail "$what: the call succeeded: $(cat "$TMP/refused.out")"
+  grep -q "$code" "$TMP/refused.err" || fail "$what: no $code in: $(cat "$TMP/refused.err")"
+  step "$what: refused with $code"
+}
+expect_refused "TLS, no token" UNAUTHENTICATED --tls-ca "$TMP/cert.pem"
+expect_refused "TLS, a wrong token" UNAUTHENTICATED --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/wrong-token"
+expect_refused "the token over plaintext to a TLS server" UNAVAILABLE --auth-token-file "$TMP/token" --timeout 5
+kill -TERM "$SERVER_PID"
+set +e
+wait "$SERVER_PID"
+rc=$?
+set -e
+SERVER_PID=""
+[ "$rc" -eq 0 ] || server_fail "rag serve (TLS, token) exited with status $rc after SIGTERM (expected 0)"
+
 step "PASS in $((SECONDS - START)) s"

@@ -198,13 +198,28 @@ TEST_F(RetroEngineTest, NextTokenMatchesScoring) {
   auto engine = Open();
   ASSERT_NE(engine, nullptr);
   auto& tok = engine->model().tokenizer();
-  const auto ids = tok.Encode((*docs_)[3].text);
-  ASSERT_GT(ids.size(), 40u);
-  const std::vector<lm::TokenId> prefix(ids.begin(), ids.begin() + 40);
-  v1::ScoreRequest score = Retro(*tok.Decode(std::vector<lm::TokenId>(ids.begin(), ids.begin() + 41)), "off");
+  // A cut where both decoded texts re-tokenise to the same ids (byte-level
+  // BPE can merge across a cut), chosen deterministically so the test always
+  // runs: the first document from the fourth on with such a cut at 40..47.
+  std::vector<lm::TokenId> ids;
+  size_t cut = 0;
+  for (size_t d = 3; d < docs_->size() && cut == 0; ++d) {
+    ids = tok.Encode((*docs_)[d].text);
+    for (size_t n = 40; n < 48 && n + 1 < ids.size(); ++n) {
+      const std::vector<lm::TokenId> a(ids.begin(), ids.begin() + n), b(ids.begin(), ids.begin() + n + 1);
+      if (tok.Encode(*tok.Decode(a)) == a && tok.Encode(*tok.Decode(b)) == b) {
+        cut = n;
+        break;
+      }
+    }
+  }
+  ASSERT_GT(cut, 0u) << "no document has a cut at 40..47 tokens that re-tokenises to itself";
+  const std::vector<lm::TokenId> prefix(ids.begin(), ids.begin() + cut);
+  v1::ScoreRequest score = Retro(*tok.Decode(std::vector<lm::TokenId>(ids.begin(), ids.begin() + cut + 1)), "off");
   score.set_per_token(true);
   auto s = engine->Score(score);
   RAG_ASSERT_OK(s.status());
+  ASSERT_EQ(s->tokens(), static_cast<int64_t>(cut + 1));
   v1::NextTokenRequest next;
   next.set_text(*tok.Decode(prefix));
   next.set_mode("retro");
@@ -212,10 +227,9 @@ TEST_F(RetroEngineTest, NextTokenMatchesScoring) {
   next.set_top_n(1000);
   auto n = engine->NextToken(next);
   RAG_ASSERT_OK(n.status());
-  if (tok.Encode(next.text()) != prefix || s->tokens() != 41) GTEST_SKIP() << "the decoded prefix re-tokenises differently";
   for (const auto& t : n->tokens()) {
-    if (t.id() == ids[40]) {
-      EXPECT_NEAR(t.logprob(), s->token_scores(40).logprob(), 1e-4);
+    if (t.id() == ids[cut]) {
+      EXPECT_NEAR(t.logprob(), s->token_scores(static_cast<int>(cut)).logprob(), 1e-4);
       return;
     }
   }
