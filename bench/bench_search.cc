@@ -84,7 +84,14 @@ int main(int argc, char** argv) {
   while (static_cast<int>(texts.size()) < std::max(queries, 32)) {
     const auto& d = (*docs)[rng() % docs->size()];
     if (d.text.size() < 400) continue;
-    texts.push_back(d.text.substr(rng() % (d.text.size() - 300), 200));
+    // Cut at UTF-8 character boundaries: a window through a multi-byte
+    // character is not valid UTF-8 and gRPC refuses to send it.
+    auto boundary = [&](size_t i) {
+      while (i < d.text.size() && (static_cast<unsigned char>(d.text[i]) & 0xC0) == 0x80) ++i;
+      return i;
+    };
+    const size_t begin = boundary(rng() % (d.text.size() - 300)), end = boundary(begin + 200);
+    texts.push_back(d.text.substr(begin, end - begin));
   }
 
   std::printf("bench_search: model %s, index %s, %d queries, k %d, threads %d, %u cores\n", model.c_str(),
