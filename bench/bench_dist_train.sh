@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Data-parallel training cost on one 2-core machine (issue 23): the same
-# training run as one process on both cores (N1: --threads 2, OpenBLAS 2)
-# and as two ranks of `rag train --dist` on one core each (N2: taskset,
-# --threads 1, OpenBLAS 1), alternated over ROUNDS rounds (order flipped
-# every other round). Each run's `--json` summary (rank 0's) gives training
+# training run as one process on both cores (N1: --threads 2, OpenBLAS 2),
+# as one process on one core (N1-1t: taskset, --threads 1, OpenBLAS 1: what
+# each rank of N2 has, so N2 / (2 x N1-1t) is data parallelism's own
+# efficiency, apart from how well one process uses two threads) and as two
+# ranks of `rag train --dist` on one core each (N2: taskset, --threads 1,
+# OpenBLAS 1), alternated over ROUNDS rounds (order rotated every round). Each run's `--json` summary (rank 0's) gives training
 # tokens/s over its steps, the allreduce's milliseconds per step and the
 # bytes of one step's flat gradient buffer; from those, what a multi-host run
 # sends per step per rank (a ring allreduce: 2 (N-1)/N x the buffer).
@@ -42,6 +44,13 @@ arm_n1() {
   "$PY" -c 'import json, sys; j = json.load(open(sys.argv[1])); j.update(arm="N1", round=int(sys.argv[2])); print(json.dumps(j))' \
     "$W/n1.json" "$1" >> "$W/runs.jsonl"
 }
+arm_n1_1t() {
+  rm -rf "$W/n1-1t"
+  "${clean_env[@]}" OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 taskset -c 0 "$RAG" --threads 1 "${args[@]}" \
+    --out "$W/n1-1t" > "$W/n1-1t.json"
+  "$PY" -c 'import json, sys; j = json.load(open(sys.argv[1])); j.update(arm="N1-1t", round=int(sys.argv[2])); print(json.dumps(j))' \
+    "$W/n1-1t.json" "$1" >> "$W/runs.jsonl"
+}
 arm_n2() {
   local port p0 p1 r
   rm -rf "$W/n2"
@@ -57,8 +66,11 @@ arm_n2() {
   "$PY" -c 'import json, sys; j = json.load(open(sys.argv[1])); j.update(arm="N2", round=int(sys.argv[2])); print(json.dumps(j))' \
     "$W/n2.0.json" "$1" >> "$W/runs.jsonl"
 }
+arms=(arm_n1 arm_n2 arm_n1_1t)
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then order=(arm_n1 arm_n2); else order=(arm_n2 arm_n1); fi
+  # Rotate so each arm runs first, second and third in turn.
+  k=$(((r - 1) % 3))
+  order=("${arms[@]:k}" "${arms[@]:0:k}")
   for a in "${order[@]}"; do say "round $r/$ROUNDS: $a"; "$a" "$r"; done
 done
 
@@ -68,11 +80,16 @@ runs = [json.loads(l) for l in open(sys.argv[1])]
 def med(arm, key):
     return statistics.median(r[key] for r in runs if r["arm"] == arm)
 n1, n2 = med("N1", "train_tokens_per_second"), med("N2", "train_tokens_per_second")
+n1_1t = med("N1-1t", "train_tokens_per_second")
 buf = max(r["allreduce_bytes_per_step"] for r in runs if r["arm"] == "N2")
 res = {
     "docs": int(sys.argv[3]), "steps": int(sys.argv[4]), "preset": sys.argv[5],
-    "tokens_per_second": {"N1_2threads": n1, "N2_1thread_each": n2},
+    "tokens_per_second": {"N1_2threads": n1, "N1_1thread": n1_1t, "N2_1thread_each": n2},
     "speedup_N2_over_N1": n2 / n1,
+    "speedup_N1_2threads_over_1thread": n1 / n1_1t,
+    # Data parallelism's own efficiency: N2 against two perfect copies of a one-core run.
+    "efficiency_N2_over_2x_N1_1thread": n2 / (2 * n1_1t),
+    "step_ms_N1_1thread": 1e3 * med("N1-1t", "step_seconds") / med("N1-1t", "steps_timed"),
     "allreduce_ms_per_step_N2": med("N2", "allreduce_ms_per_step"),
     "step_ms_N2": 1e3 * med("N2", "step_seconds") / med("N2", "steps_timed"),
     "step_ms_N1": 1e3 * med("N1", "step_seconds") / med("N1", "steps_timed"),
