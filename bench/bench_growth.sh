@@ -60,6 +60,16 @@ serve() {  # serve NAME ARGS...: starts `rag serve`, sets SERVED_PID
   cat "$W/$1.log" >&2; say "rag serve ($1) did not start"; exit 1
 }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+# in_round_order ROUND ITEMS...: the items as given in odd rounds, reversed in even ones.
+in_round_order() {
+  local r="$1" i
+  shift
+  local items=("$@") out=()
+  for ((i = 0; i < ${#items[@]}; i++)); do
+    if [ $((r % 2)) = 1 ]; then out+=("${items[i]}"); else out+=("${items[${#items[@]} - 1 - i]}"); fi
+  done
+  echo "${out[*]}"
+}
 
 pipeline_one() {  # pipeline_one ROUND CORPUS_NAME
   local r="$1" name="$2" corpus="$DATA/growth/$2.jsonl" idx="$W/idx-$2" t wall peak_kb p50 port rss_served
@@ -115,11 +125,7 @@ if [[ " $PARTS " == *" pipeline "* ]]; then
   echo "{\"corpus\": \"model-only\", \"served_rss_bytes\": $bare_rss}" >> "$PIPELINE"
   read -r -a corpora <<< "${CORPORA:-brown brown_sotu brown_sotu_books}"
   for r in $(seq 1 "$ROUNDS"); do
-    order=("${corpora[@]}")
-    if [ $((r % 2)) = 0 ]; then
-      order=()
-      for ((i = ${#corpora[@]} - 1; i >= 0; i--)); do order+=("${corpora[i]}"); done
-    fi
+    read -r -a order <<< "$(in_round_order "$r" "${corpora[@]}")"
     for c in "${order[@]}"; do pipeline_one "$r" "$c"; done
   done
 fi
@@ -127,11 +133,7 @@ fi
 if [[ " $PARTS " == *" synthetic "* ]]; then
   read -r -a sizes <<< "$SIZES"
   for r in $(seq 1 "$SYN_ROUNDS"); do
-    order=("${sizes[@]}")
-    if [ $((r % 2)) = 0 ]; then
-      order=()
-      for ((i = ${#sizes[@]} - 1; i >= 0; i--)); do order+=("${sizes[i]}"); done
-    fi
+    read -r -a order <<< "$(in_round_order "$r" "${sizes[@]}")"
     for n in "${order[@]}"; do
       say "round $r: synthetic n = $n"
       "$FAISS_GROWTH" --n "$n" --dim "$SYN_DIM" --tmp "$W" | sed "s/^{/{\"round\": $r, /" >> "$SYNTHETIC"

@@ -43,16 +43,11 @@ def fit(x, y, law):
     if law == "power":
         p, loga = np.polyfit(np.log(x), np.log(y), 1)
         return {"law": law, "a": float(np.exp(loga)), "p": float(p)}
-    if law == "ivf_add":
-        (a, b), *_ = np.linalg.lstsq(np.stack([x, x * np.sqrt(x)], axis=1), y, rcond=None)
-        pred = a * x + b * x * np.sqrt(x)
-        ss = float(((y - pred) ** 2).sum())
-        tot = float(((y - y.mean()) ** 2).sum()) or 1.0
-        return {"law": law, "a": float(a), "b": float(b), "r2": 1 - ss / tot}
-    basis = np.sqrt(x) if law == "sqrt" else x
-    b, a = np.polyfit(basis, y, 1)
-    pred = a + b * basis
-    ss = float(((y - pred) ** 2).sum())
+    # y = a * first + b * second, least squares.
+    first, second = {"linear": (np.ones_like(x), x), "sqrt": (np.ones_like(x), np.sqrt(x)),
+                     "ivf_add": (x, x * np.sqrt(x))}[law]
+    (a, b), *_ = np.linalg.lstsq(np.stack([first, second], axis=1), y, rcond=None)
+    ss = float(((y - (a * first + b * second)) ** 2).sum())
     tot = float(((y - y.mean()) ** 2).sum()) or 1.0
     return {"law": law, "a": float(a), "b": float(b), "r2": 1 - ss / tot}
 

@@ -5,12 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "common/self_checksum.h"
 #include "common/status.h"
 
 namespace rag::retriever {
 namespace {
 using nlohmann::json;
-constexpr char kSelfChecksumKey[] = "self_checksum";
 
 // nlohmann converts a float to an integer without a range check (undefined
 // behaviour for 1e33, found by fuzz_manifest): counts must be integers.
@@ -49,9 +49,7 @@ std::string Manifest::ToJson() const {
     if (!datastore_trained_index_hash.empty()) j["datastore"]["trained_index_hash"] = datastore_trained_index_hash;
   }
   j["checksums"] = checksums;
-  // Over the compact dump of everything else, so any damaged byte (even in a
-  // free-text field, which no other check reads) is caught at load.
-  j[kSelfChecksumKey] = HashHex(j.dump());
+  AddSelfChecksum(&j);
   return j.dump(2) + "\n";
 }
 
@@ -68,12 +66,8 @@ absl::StatusOr<Manifest> Manifest::FromJson(const std::string& json_text) {
     }
     if (m.format_version < 1) return absl::DataLossError("manifest has an invalid format_version");
     // Older manifests have no self-checksum; a present one must match.
-    if (j.contains(kSelfChecksumKey)) {
-      const json stored = j[kSelfChecksumKey];
-      j.erase(kSelfChecksumKey);
-      if (!stored.is_string() || stored.get<std::string>() != HashHex(j.dump())) {
-        return absl::DataLossError("manifest is corrupt: its self_checksum does not match its content");
-      }
+    if (j.contains(kSelfChecksumKey) && !TakeSelfChecksumMatches(&j)) {
+      return absl::DataLossError("manifest is corrupt: its self_checksum does not match its content");
     }
     m.created_by = j.value("created_by", "");
     m.created_at = j.value("created_at", "");

@@ -91,17 +91,26 @@ step "building the index"
 "$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --quiet \
   >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; fail "rag build failed"; }
 
+# start_server WHAT [SERVE_OPTIONS...]: rag serve on the test's model and
+# index at an ephemeral loopback port; sets SERVER_PID and ADDR.
+start_server() {
+  local what="$1"
+  shift
+  rm -f "$TMP/port"
+  "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 \
+    --port-file "$TMP/port" "$@" >"$TMP/serve.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 600); do
+    [ -s "$TMP/port" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || server_fail "$what exited before writing its port file"
+    sleep 0.1
+  done
+  [ -s "$TMP/port" ] || server_fail "$what wrote no port file within 60 s"
+  ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+}
+
 step "starting rag serve on an ephemeral port"
-"$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 \
-  --port-file "$TMP/port" >"$TMP/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || server_fail "rag serve exited before writing its port file"
-  sleep 0.1
-done
-[ -s "$TMP/port" ] || server_fail "rag serve wrote no port file within 60 s"
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+start_server "rag serve"
 step "server at $ADDR (pid $SERVER_PID)"
 
 client() { "$PY" "$CLIENT" --server "$ADDR" --stubs "$TMP/stubs" "$@"; }
@@ -249,17 +258,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
   >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; fail "openssl could not make a test certificate"; }
 echo "py-client-s3cret-token-77" >"$TMP/token"
 echo "py-client-s3cret-token-78" >"$TMP/wrong-token"
-rm -f "$TMP/port"
-"$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 --port-file "$TMP/port" \
-  --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" --auth-token-file "$TMP/token" >"$TMP/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || server_fail "rag serve (TLS, token) exited before writing its port file"
-  sleep 0.1
-done
-[ -s "$TMP/port" ] || server_fail "rag serve (TLS, token) wrote no port file within 60 s"
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+start_server "rag serve (TLS, token)" --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem" \
+  --auth-token-file "$TMP/token"
 client --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/token" score --text "$QUERY" --json >"$TMP/score_tls_py.json" ||
   server_fail "rag_client.py score over TLS with the token failed"
 "$RAG" score --server "$ADDR" --tls-ca "$TMP/cert.pem" --auth-token-file "$TMP/token" --text "$QUERY" --json \

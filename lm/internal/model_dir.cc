@@ -2,12 +2,13 @@
 
 #include <unistd.h>
 
+#include "common/self_checksum.h"
+
 namespace rag::lm {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-constexpr char kSelfChecksumKey[] = "self_checksum";
-// model_info.json's format_version from which it carries kSelfChecksumKey.
+// model_info.json's format_version from which it carries a self_checksum.
 constexpr int64_t kInfoFormatWithChecksum = 2;
 
 absl::StatusOr<std::string> ComputeContentHash(const std::string& dir) {
@@ -51,8 +52,7 @@ absl::Status FinishModelDir(const std::string& dir, json info, const std::string
   info["format_version"] = kInfoFormatWithChecksum;
   // The record vouches for the other files; its own checksum makes a damaged
   // byte anywhere in it (not only in the hashes) an error.
-  info.erase(kSelfChecksumKey);
-  info[kSelfChecksumKey] = HashHex(info.dump());
+  AddSelfChecksum(&info);
   return WriteFileAtomic((fs::path(dir) / kInfoFile).string(), info.dump(2) + "\n");
 }
 
@@ -70,9 +70,7 @@ absl::StatusOr<std::string> ReadRecordedContentHash(const std::string& dir, cons
   // Version 1 (before self checksums) is still read: its hashes are checked.
   if (info.is_object() && info.contains("format_version") && info["format_version"].is_number_integer() &&
       info["format_version"].get<int64_t>() >= kInfoFormatWithChecksum) {
-    const json stored = info.contains(kSelfChecksumKey) ? info[kSelfChecksumKey] : json();
-    info.erase(kSelfChecksumKey);
-    if (!stored.is_string() || stored.get<std::string>() != HashHex(info.dump())) {
+    if (!TakeSelfChecksumMatches(&info)) {
       return absl::DataLossError("'" + info_path.string() + "' is corrupt (its self_checksum does not match)");
     }
   }
