@@ -222,14 +222,15 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
   bool any_exclusion = false;
   for (int64_t q = 0; q < nq && !any_exclusion; ++q) any_exclusion = excluded_doc(q) >= 0;
 
-  // Fetch k (2k when excluding) and double, searching again only the
+  // Fetch k + 1 (2k when excluding) and double, searching again only the
   // queries whose top k is not settled yet (retriever/topk.h): fewer than k
   // eligible keys, or the k-th distance tied with the last one fetched,
-  // while the index may hold more and kMaxK allows.
+  // while the index may hold more and kMaxK allows. Why k + 1: with k the
+  // k-th is always the last one fetched, so every query was searched twice.
   const size_t kk = static_cast<size_t>(k);
   std::vector<int64_t> pending(limit > 0 ? static_cast<size_t>(nq) : 0);
   for (size_t q = 0; q < pending.size(); ++q) pending[q] = static_cast<int64_t>(q);
-  int64_t fetch = any_exclusion ? 2 * static_cast<int64_t>(k) : k;
+  int64_t fetch = any_exclusion ? 2 * static_cast<int64_t>(k) : static_cast<int64_t>(k) + 1;
   std::vector<float> batch_queries;
   std::vector<float> distances;
   std::vector<int64_t> ids;
