@@ -64,14 +64,21 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::vector<int> ParseInts(const std::string& csv) {
-  std::vector<int> out;
+
+std::vector<std::string> Split(const std::string& csv) {
+  std::vector<std::string> out;
   size_t start = 0;
   while (start <= csv.size()) {
     const size_t comma = std::min(csv.find(',', start), csv.size());
-    if (comma > start) out.push_back(std::stoi(csv.substr(start, comma - start)));
+    if (comma > start) out.push_back(csv.substr(start, comma - start));
     start = comma + 1;
   }
+  return out;
+}
+
+std::vector<int> ParseInts(const std::string& csv) {
+  std::vector<int> out;
+  for (const std::string& s : Split(csv)) out.push_back(std::stoi(s));
   return out;
 }
 
@@ -90,7 +97,7 @@ struct Arm {
   int lm_arm = 0;  // index of the lm arm on the same path
   std::vector<double> seconds, ratio;
   double logprob = 0;  // of the first round (every round scores the same)
-  int64_t tokens = 0;
+  int64_t tokens = 0, retrievals = 0;
   double Perplexity() const { return std::exp(-logprob / static_cast<double>(std::max<int64_t>(1, tokens))); }
 };
 
@@ -98,6 +105,7 @@ struct Arm {
 
 int main(int argc, char** argv) {
   std::string model_dir, index_dir, corpus = "data/brown/brown.jsonl", nprobes = "1,2,4,8,16", ks = "1024";
+  std::string min_entropies = "0";
   std::string build_factory = "IVF256,PQ32", out_path;
   int docs = 6, docs_offset = 0, ref_nprobe = 64, build_docs = 20, rounds = 5;
   std::string parts = "ab";
@@ -112,6 +120,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--nprobe", nprobes, "comma-separated nprobe values of the trade-off curve")->capture_default_str();
   app.add_option("--k", ks, "comma-separated k values of the trade-off curve")->capture_default_str();
+  app.add_option("--min-entropy", min_entropies,
+                 "comma-separated adaptive-retrieval thresholds (nats) of the trade-off curve")
+      ->capture_default_str();
   app.add_option("--ref-nprobe", ref_nprobe, "nprobe of the reference search (exact distances)")->capture_default_str();
   app.add_option("--lambda", lambda, "kNN-LM interpolation weight of the curve's arms")->capture_default_str();
   app.add_option("--build-docs", build_docs, "training documents of part (b)'s datastore (0: all)")
@@ -205,14 +216,18 @@ int main(int argc, char** argv) {
     add("knnlm served defaults", "in-process", engine->get(), default_req, 0);
     add("lm", "grpc", client->get(), lm_req, 2);
     add("knnlm served defaults", "grpc", client->get(), default_req, 2);
-    for (int k : ParseInts(ks)) {
-      for (int np : ParseInts(nprobes)) {
-        rag::v1::ScoreRequest r;
-        r.set_mode("knnlm");
-        r.mutable_knn()->set_nprobe(np);
-        r.mutable_knn()->set_k(k);
-        r.mutable_knn()->set_lambda(lambda);
-        add("knnlm nprobe " + std::to_string(np) + " k " + std::to_string(k), "in-process", engine->get(), r, 0);
+    for (const std::string& me : Split(min_entropies)) {
+      for (int k : ParseInts(ks)) {
+        for (int np : ParseInts(nprobes)) {
+          rag::v1::ScoreRequest r;
+          r.set_mode("knnlm");
+          r.mutable_knn()->set_nprobe(np);
+          r.mutable_knn()->set_k(k);
+          r.mutable_knn()->set_lambda(lambda);
+          r.mutable_knn()->set_min_lm_entropy(std::stof(me));
+          add("knnlm nprobe " + std::to_string(np) + " k " + std::to_string(k) + " H>=" + me, "in-process",
+              engine->get(), r, 0);
+        }
       }
     }
     Arm ref;
@@ -221,6 +236,7 @@ int main(int argc, char** argv) {
     ref.request.mutable_knn()->set_nprobe(ref_nprobe);
     ref.request.mutable_knn()->set_exact_distances(true);
     ref.request.mutable_knn()->set_lambda(lambda);
+    ref.request.mutable_knn()->set_min_lm_entropy(0);  // every position searched
     rag::v1::ScoreRequest ref_default = ref.request;  // the reference of the served defaults' lambda
     ref_default.mutable_knn()->set_lambda(rag::lm::kDefaultKnnLambda);
 
@@ -229,7 +245,12 @@ int main(int argc, char** argv) {
     double ref_logprob = 0, ref_default_logprob = 0;
     int64_t ref_tokens = 0;
     for (const auto& doc : *validation) {
+      const bool same_lambda = ref_default.knn().lambda() == ref.request.knn().lambda();
       for (auto* r : {&ref.request, &ref_default}) {
+        if (r == &ref_default && same_lambda) {
+          ref_default_logprob = ref_logprob;
+          continue;
+        }
         rag::v1::ScoreRequest req = *r;
         req.set_text(doc.text);
         auto s = (*engine)->Score(req);
@@ -263,6 +284,7 @@ int main(int argc, char** argv) {
           if (round == 0) {
             a.tokens += s->tokens();
             a.logprob += s->logprob_sum();
+            a.retrievals += s->retrievals();
           }
         }
       }
@@ -278,8 +300,8 @@ int main(int argc, char** argv) {
                 rag::lm::kDefaultKnnLambda, rounds);
     std::printf("reference (%s): perplexity %.3f at lambda %.2f, %.3f at the served lambda\n", ref.label.c_str(),
                 ref_ppl, lambda, ref_default_ppl);
-    std::printf("%-30s %-11s %11s %8s %15s %11s %9s\n", "arm", "path", "tokens/s", "vs lm", "(min .. max)",
-                "perplexity", "vs ref");
+    std::printf("%-36s %-11s %10s %8s %15s %9s %11s %9s\n", "arm", "path", "tokens/s", "vs lm", "(min .. max)",
+                "searched", "perplexity", "vs ref");
     json arms_json = json::array();
     for (const auto& a : arms) {
       const bool is_lm = a.request.mode() == "lm";
@@ -289,16 +311,19 @@ int main(int argc, char** argv) {
       std::vector<double> rates;
       for (double s : a.seconds) rates.push_back(static_cast<double>(a.tokens) / s);
       const json ratio = rag::bench::RoundsJson(a.ratio);
-      std::printf("%-30s %-11s %11.1f %8.3f  (%.3f .. %.3f) %11.3f %+8.2f%%\n", a.label.c_str(), a.path.c_str(),
-                  rag::bench::Median(rates), ratio["median"].get<double>(), ratio["min"].get<double>(),
-                  ratio["max"].get<double>(), ppl, 100 * ppl_vs_ref);
+      const double searched = static_cast<double>(a.retrievals) / static_cast<double>(std::max<int64_t>(1, a.tokens));
+      std::printf("%-36s %-11s %10.1f %8.3f  (%.3f .. %.3f) %8.1f%% %11.3f %+8.2f%%\n", a.label.c_str(),
+                  a.path.c_str(), rag::bench::Median(rates), ratio["median"].get<double>(), ratio["min"].get<double>(),
+                  ratio["max"].get<double>(), 100 * searched, ppl, 100 * ppl_vs_ref);
       json aj = {{"label", a.label},
                  {"path", a.path},
                  {"request_knn", a.request.has_knn() ? json{{"nprobe", a.request.knn().nprobe()},
                                                             {"k", a.request.knn().k()},
-                                                            {"lambda", a.request.knn().lambda()}}
+                                                            {"lambda", a.request.knn().lambda()},
+                                                            {"min_lm_entropy", a.request.knn().min_lm_entropy()}}
                                                       : json(nullptr)},
                  {"tokens", a.tokens},
+                 {"searched_fraction", is_lm ? json(nullptr) : json(searched)},
                  {"seconds", rag::bench::RoundsJson(a.seconds)},
                  {"tokens_per_s", rag::bench::RoundsJson(rates)},
                  {"ratio_to_lm", ratio},
@@ -318,7 +343,8 @@ int main(int argc, char** argv) {
                          {"served_defaults",
                           {{"k", rag::lm::kDefaultKnnK},
                            {"nprobe", rag::services::kDefaultKnnNprobe},
-                           {"lambda", rag::lm::kDefaultKnnLambda}}},
+                           {"lambda", rag::lm::kDefaultKnnLambda},
+                           {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy}}},
                          {"reference", {{"label", ref.label}, {"perplexity", ref_ppl},
                                         {"perplexity_served_lambda", ref_default_ppl}}},
                          {"arms", arms_json}};

@@ -32,6 +32,10 @@ float KnnLogProb(const int32_t* values, const float* distances, int64_t n, Token
   return static_cast<float>(std::log(mass) - log_z);
 }
 
+float Entropy(const torch::Tensor& logprobs) {
+  return torch::special::entr(logprobs.exp()).sum().item<float>();
+}
+
 float InterpolateLogProb(float lm_logprob, float knn_logprob, double lambda) {
   if (lambda <= 0) return lm_logprob;
   if (lambda >= 1) return knn_logprob;

@@ -21,12 +21,25 @@ namespace rag::lm {
 inline constexpr int kDefaultKnnK = 1024;
 inline constexpr double kDefaultKnnLambda = 0.25;
 inline constexpr double kDefaultKnnTemperature = 1.0;
+// Adaptive retrieval's threshold (KnnOptions::min_entropy), nats; 0 (off)
+// searches at every position, the paper's kNN-LM. Off by default: on the
+// first 6 Brown validation documents (bench_knnlm, docs/results.md issue 24)
+// the small model's confident positions gain from the neighbours too:
+// searching 71.5% of positions (>= 5 nats) cost +0.6% perplexity, 52.6%
+// (>= 5.5) +4.5%, and the speed gained was less than nprobe and k give.
+inline constexpr double kDefaultKnnMinEntropy = 0.0;
 
 struct KnnOptions {
   int k = kDefaultKnnK;                           // neighbours per position. Default: 1024
   double lambda = kDefaultKnnLambda;              // weight of p_knn, in [0, 1]. Default: 0.25
   double temperature = kDefaultKnnTemperature;    // divides the distances; > 0. Default: 1.0
+  // Search only where the LM's next-token entropy (nats) is at least this;
+  // elsewhere p = p_lm. 0 = everywhere. Default: kDefaultKnnMinEntropy
+  double min_entropy = kDefaultKnnMinEntropy;
 };
+
+// Entropy of a distribution given as log-probabilities [V], in nats.
+float Entropy(const torch::Tensor& logprobs);
 
 // log p_knn(target) from n neighbours' next tokens and distances; -inf when
 // no neighbour has that token or n == 0.

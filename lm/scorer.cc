@@ -18,7 +18,8 @@ namespace {
 // The sliding-window pass behind ScoreTokens and ScoreTokensWithHidden; the
 // hidden states are collected only when `hidden_out` is set.
 std::vector<float> ScoreWindows(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
-                                const ScoreOptions& options, torch::Tensor* hidden_out, bool logprobs = true) {
+                                const ScoreOptions& options, torch::Tensor* hidden_out, bool logprobs = true,
+                                std::vector<float>* entropy_out = nullptr) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   std::vector<float> out;
   if (n == 0) return out;
@@ -63,15 +64,20 @@ std::vector<float> ScoreWindows(TransformerLM& model, const std::vector<TokenId>
     auto x = torch::stack(inputs);                        // [B, T]
     auto y = torch::stack(targets);                       // [B, T]
     auto hidden = model->ForwardHidden(x);  // [B, T, D]
-    torch::Tensor picked;
+    torch::Tensor picked, entropy;
     if (logprobs) {
       auto logp = torch::log_softmax(model->Logits(hidden), -1);                // [B, T, V]
       picked = logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).contiguous();   // [B, T]
+      if (entropy_out != nullptr) entropy = torch::special::entr(logp.exp()).sum(-1).contiguous();  // [B, T]
     }
     for (size_t w = i; w < j; ++w) {
       if (logprobs) {
         auto acc = picked.accessor<float, 2>();
         for (int64_t k = windows[w].first_new; k < len; ++k) out.push_back(acc[w - i][k]);
+        if (entropy_out != nullptr) {
+          auto ent = entropy.accessor<float, 2>();
+          for (int64_t k = windows[w].first_new; k < len; ++k) entropy_out->push_back(ent[w - i][k]);
+        }
       }
       if (hidden_out != nullptr) {
         hidden_rows.push_back(hidden[w - i].narrow(0, windows[w].first_new, len - windows[w].first_new));
@@ -103,7 +109,8 @@ torch::Tensor HiddenStates(TransformerLM& model, const std::vector<TokenId>& tok
 ScoredTokens ScoreTokensWithHidden(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
                                    const ScoreOptions& options) {
   ScoredTokens r;
-  r.logprobs = ScoreWindows(model, tokens, bos, options, &r.hidden);
+  r.logprobs = ScoreWindows(model, tokens, bos, options, &r.hidden, /*logprobs=*/true,
+                            options.entropy ? &r.entropy : nullptr);
   return r;
 }
 

@@ -23,6 +23,10 @@ struct ScoreOptions {
   // holds only the tokens scored so far (the caller, which knows why it
   // stopped, discards it). Default: none
   std::function<bool()> should_stop;
+  // ScoreTokensWithHidden only: also the entropy of the LM's next-token
+  // distribution at every scored position (ScoredTokens::entropy), the
+  // signal of kNN-LM's adaptive retrieval. Default: false
+  bool entropy = false;
 };
 
 // log p(tokens[i] | bos, tokens[0..i-1]) for every i, in nats. `bos` (the
@@ -37,6 +41,9 @@ std::vector<float> ScoreTokens(TransformerLM& model, const std::vector<TokenId>&
 struct ScoredTokens {
   std::vector<float> logprobs;  // [n], as ScoreTokens
   torch::Tensor hidden;         // [n, D] float32; undefined for empty input
+  // [n] with ScoreOptions::entropy: -sum_v p(v) log p(v) of the distribution
+  // that predicted token i, in nats; empty otherwise.
+  std::vector<float> entropy;
 };
 ScoredTokens ScoreTokensWithHidden(TransformerLM& model, const std::vector<TokenId>& tokens, TokenId bos,
                                    const ScoreOptions& options = {});

@@ -1,6 +1,7 @@
 #include "services/knnlm_mode.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "common/cancellation.h"
@@ -46,6 +47,8 @@ absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const Kn
 
 absl::StatusOr<torch::Tensor> KnnLmMode::KnnDistribution(const torch::Tensor& hidden, const torch::Tensor& lm_logprobs,
                                                          const KnnParams& p) const {
+  // Adaptive retrieval: where the LM is sure enough, it predicts alone.
+  if (p.knn.min_entropy > 0 && lm::Entropy(lm_logprobs) < p.knn.min_entropy) return lm_logprobs;
   torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
   std::vector<std::vector<retriever::DatastoreNeighbour>> nb;
   RAG_RETURN_IF_ERROR(SearchDatastore(h.data_ptr<float>(), 1, p, &nb));
@@ -61,17 +64,43 @@ absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const 
   lm::ScoreOptions so;
   so.stride = p.stride;
   so.should_stop = rag::Cancelled;
+  const double min_entropy = p.knn.knn.min_entropy;
+  so.entropy = min_entropy > 0;
   lm::ScoredTokens scored =
       lm::ScoreTokensWithHidden(served_.model->module(), ids, served_.model->tokenizer().eot_id(), so);
   if (rag::Cancelled()) return CallCancelled();
+  // Adaptive retrieval: only the positions where the LM is unsure enough
+  // are searched (row `searched[j]` of the hidden states is query j).
+  torch::Tensor queries = scored.hidden;
+  std::vector<int64_t> query_of(ids.size(), -1);
+  if (min_entropy > 0 && !ids.empty()) {
+    std::vector<int64_t> searched;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (scored.entropy[i] >= min_entropy) {
+        query_of[i] = static_cast<int64_t>(searched.size());
+        searched.push_back(static_cast<int64_t>(i));
+      }
+    }
+    queries = scored.hidden.index_select(0, torch::tensor(searched, torch::kLong)).contiguous();
+  } else {
+    for (size_t i = 0; i < ids.size(); ++i) query_of[i] = static_cast<int64_t>(i);
+  }
   std::vector<std::vector<retriever::DatastoreNeighbour>> neighbours;
-  RAG_RETURN_IF_ERROR(
-      SearchDatastore(scored.hidden.data_ptr<float>(), scored.hidden.size(0), p.knn, &neighbours));
+  RAG_RETURN_IF_ERROR(SearchDatastore(queries.data_ptr<float>(), queries.size(0), p.knn, &neighbours));
+  response->set_retrievals(static_cast<int64_t>(neighbours.size()));
   std::vector<float> logprobs;
   std::vector<int32_t> values;
   std::vector<float> distances;
   for (size_t i = 0; i < ids.size(); ++i) {
-    SplitNeighbours(neighbours[i], &values, &distances);
+    if (query_of[i] < 0) {
+      logprobs.push_back(scored.logprobs[i]);
+      if (p.components) {
+        response->add_lm_logprobs(scored.logprobs[i]);
+        response->add_knn_logprobs(-std::numeric_limits<float>::infinity());
+      }
+      continue;
+    }
+    SplitNeighbours(neighbours[static_cast<size_t>(query_of[i])], &values, &distances);
     const float knn = lm::KnnLogProb(values.data(), distances.data(), static_cast<int64_t>(values.size()), ids[i],
                                      p.knn.knn.temperature);
     logprobs.push_back(lm::InterpolateLogProb(scored.logprobs[i], knn, p.knn.knn.lambda));

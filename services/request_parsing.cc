@@ -43,6 +43,12 @@ absl::StatusOr<KnnParams> ParseKnn(const v1::KnnOptions& o, const std::string& e
   p.nprobe = o.nprobe() == 0 ? kDefaultKnnNprobe : o.nprobe();
   RAG_RETURN_IF_ERROR(CheckNprobe(p.nprobe, o.nprobe(), "knn.nprobe"));
   p.exact = o.exact_distances();
+  if (o.has_min_lm_entropy()) {
+    if (!(o.min_lm_entropy() >= 0) || !std::isfinite(o.min_lm_entropy())) {
+      return absl::InvalidArgumentError("knn.min_lm_entropy must be >= 0 (nats)");
+    }
+    p.knn.min_entropy = o.min_lm_entropy();
+  }
   p.exclude_doc_id = exclude_doc_id;
   return p;
 }

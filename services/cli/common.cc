@@ -135,6 +135,10 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
   cmd->add_option("--nprobe", k->nprobe,
                   absl::StrCat("knnlm: IVF lists of the datastore to visit (default ", services::kDefaultKnnNprobe, ")"));
   cmd->add_flag("--exact-distances", k->exact, "knnlm: recompute neighbour distances from the stored keys");
+  cmd->add_option("--min-lm-entropy", k->min_lm_entropy,
+                  absl::StrCat("knnlm: search the datastore only where the LM's next-token entropy is at least this "
+                               "many nats, p_lm alone elsewhere; 0 = everywhere (default ",
+                               lm::kDefaultKnnMinEntropy, ")"));
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
   cmd->add_option("--search-method", k->search_method, "retro: how neighbours are found, dense or bm25 (default dense)")
       ->check(CLI::IsMember({"dense", "bm25"}));

@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& 
 // The kNN-LM knobs of interfaces.md (--k, --lambda, --temperature); unset
 // values (NaN, 0) take the server's defaults.
 struct KnnArgs {
-  double lambda = std::nan(""), temperature = std::nan("");
+  double lambda = std::nan(""), temperature = std::nan(""), min_lm_entropy = std::nan("");
   int k = 0, nprobe = 0;
   bool exact = false;
   // retro: on, off or random ("" = on); leakage filter in tokens (-1 = the
@@ -105,7 +105,7 @@ struct KnnArgs {
   std::string search_method;  // retro: dense or bm25 ("" = dense)
 };
 
-// --lambda, `temperature_flag`, --k, --nprobe, --exact-distances,
+// --lambda, `temperature_flag`, --k, --nprobe, --exact-distances, --min-lm-entropy,
 // --retrieval, --search-method.
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag);
 // --leakage-filter.
@@ -119,6 +119,7 @@ void SetKnn(const KnnArgs& k, Request* req) {
   knn->set_k(k.k);
   knn->set_nprobe(k.nprobe);
   if (!std::isnan(k.temperature)) knn->set_temperature(static_cast<float>(k.temperature));
+  if (!std::isnan(k.min_lm_entropy)) knn->set_min_lm_entropy(static_cast<float>(k.min_lm_entropy));
   req->mutable_retro()->set_retrieval(k.retrieval);
   if constexpr (!std::is_same_v<Request, rag::v1::GenerateRequest>) knn->set_exact_distances(k.exact);
   if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {
