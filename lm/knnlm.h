@@ -25,8 +25,9 @@ inline constexpr double kDefaultKnnTemperature = 1.0;
 // searches at every position, the paper's kNN-LM. Off by default: on the
 // first 6 Brown validation documents (bench_knnlm, docs/results.md issue 24)
 // the small model's confident positions gain from the neighbours too:
-// searching 71.5% of positions (>= 5 nats) cost +0.6% perplexity, 52.6%
-// (>= 5.5) +4.5%, and the speed gained was less than nprobe and k give.
+// searching 71.5% of positions (>= 5 nats) cost +1.2 to +1.3% perplexity
+// over searching all, 52.6% (>= 5.5) +4.8 to +5.1%, for less speed than
+// nprobe and k give.
 inline constexpr double kDefaultKnnMinEntropy = 0.0;
 
 struct KnnOptions {

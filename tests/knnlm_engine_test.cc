@@ -3,12 +3,15 @@
 // indexes: exact neighbours, so the effects below are deterministic).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <limits>
 
 #include "common/status.h"
 #include "eval/probes.h"
 #include "index_builder/index_builder.h"
 #include "lm/embedder.h"
+#include "lm/scorer.h"
 #include "services/client.h"
 #include "services/engine.h"
 #include "services/server.h"
@@ -133,6 +136,98 @@ TEST_F(KnnLmEngineTest, LambdaOneWithOneNeighbourPutsAllMassOnItsToken) {
   RAG_ASSERT_OK(next.status());
   EXPECT_NEAR(next->tokens(0).probability(), 1.0f, 1e-5);
   EXPECT_NEAR(next->tokens(1).probability(), 0.0f, 1e-6);
+}
+
+// Adaptive retrieval (KnnOptions.min_lm_entropy): a position is searched
+// iff the LM's next-token entropy reaches the threshold, and then scores as
+// the full kNN-LM; elsewhere it scores as the LM alone. The entropies are
+// computed here from NextTokenLogProbs on each prefix, apart from the
+// scorer's batched windows.
+TEST_F(KnnLmEngineTest, AdaptiveRetrievalSearchesOnlyWhereTheLmIsUnsure) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  const Document& d = (*docs_)[3];
+  const auto ids = model_->tokenizer().Encode(d.text);
+  ASSERT_GE(ids.size(), 8u);
+  ASSERT_LT(ids.size(), static_cast<size_t>(model_->config().context));  // one window: same conditioning
+  std::vector<float> entropy;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::vector<lm::TokenId> prefix(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(i));
+    torch::Tensor logp = lm::NextTokenLogProbs(model_->module(), prefix, model_->tokenizer().eot_id());
+    entropy.push_back(-(logp.exp() * logp).sum().item<float>());
+  }
+  // A threshold in the widest gap between sorted entropies near the middle,
+  // so float noise between the two computations cannot flip a position.
+  std::vector<float> sorted = entropy;
+  std::sort(sorted.begin(), sorted.end());
+  size_t gap = sorted.size() / 4;
+  for (size_t i = sorted.size() / 4; i + 1 < 3 * sorted.size() / 4; ++i) {
+    if (sorted[i + 1] - sorted[i] > sorted[gap + 1] - sorted[gap]) gap = i;
+  }
+  ASSERT_GT(sorted[gap + 1] - sorted[gap], 1e-3f);
+  const float threshold = 0.5f * (sorted[gap] + sorted[gap + 1]);
+
+  auto request = [&](float min_entropy) {
+    v1::ScoreRequest r = Knn(d.text, 0.5f);
+    r.set_per_token(true);
+    r.set_components(true);
+    r.mutable_knn()->set_min_lm_entropy(min_entropy);
+    return r;
+  };
+  v1::ScoreRequest lm_request;
+  lm_request.set_text(d.text);
+  lm_request.set_per_token(true);
+  auto lm = engine->Score(lm_request);
+  auto full = engine->Score(request(0));
+  auto adaptive = engine->Score(request(threshold));
+  auto none = engine->Score(request(1e6f));
+  RAG_ASSERT_OK(lm.status());
+  RAG_ASSERT_OK(full.status());
+  RAG_ASSERT_OK(adaptive.status());
+  RAG_ASSERT_OK(none.status());
+  ASSERT_EQ(adaptive->token_scores_size(), static_cast<int>(ids.size()));
+  EXPECT_EQ(full->retrievals(), static_cast<int64_t>(ids.size()));
+  EXPECT_EQ(none->retrievals(), 0);
+  EXPECT_EQ(none->logprob_sum(), lm->logprob_sum());
+  int64_t searched = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int n = static_cast<int>(i);
+    if (entropy[i] >= threshold) {
+      ++searched;
+      EXPECT_EQ(adaptive->token_scores(n).logprob(), full->token_scores(n).logprob()) << "position " << i;
+      EXPECT_EQ(adaptive->knn_logprobs(n), full->knn_logprobs(n)) << "position " << i;
+    } else {
+      EXPECT_EQ(adaptive->token_scores(n).logprob(), lm->token_scores(n).logprob()) << "position " << i;
+      EXPECT_EQ(adaptive->knn_logprobs(n), -std::numeric_limits<float>::infinity()) << "position " << i;
+    }
+  }
+  EXPECT_EQ(adaptive->retrievals(), searched);
+  EXPECT_GT(searched, 0);
+  EXPECT_LT(searched, static_cast<int64_t>(ids.size()));
+
+  // NextToken: below the threshold the LM's distribution comes back as is.
+  v1::NextTokenRequest next;
+  next.set_text(d.text);
+  next.set_mode("knnlm");
+  next.mutable_knn()->set_lambda(1.0f);
+  next.mutable_knn()->set_k(1);
+  next.mutable_knn()->set_min_lm_entropy(1e6f);
+  next.set_top_n(3);
+  v1::NextTokenRequest next_lm = next;
+  next_lm.set_mode("lm");
+  next_lm.clear_knn();
+  auto a = engine->NextToken(next);
+  auto b = engine->NextToken(next_lm);
+  RAG_ASSERT_OK(a.status());
+  RAG_ASSERT_OK(b.status());
+  ASSERT_EQ(a->tokens_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(a->tokens(i).id(), b->tokens(i).id());
+    EXPECT_FLOAT_EQ(a->tokens(i).probability(), b->tokens(i).probability());
+  }
+  // ... and a negative threshold is refused.
+  v1::ScoreRequest bad = request(-1.0f);
+  EXPECT_EQ(engine->Score(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {

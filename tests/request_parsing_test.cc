@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <string>
 
 namespace rag::services {
@@ -53,6 +55,16 @@ TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {
   EXPECT_DOUBLE_EQ(p->knn.knn.lambda, 0.25);
   EXPECT_DOUBLE_EQ(p->knn.knn.temperature, 1.0);
   EXPECT_EQ(p->knn.nprobe, kDefaultKnnNprobe);
+  EXPECT_DOUBLE_EQ(p->knn.knn.min_entropy, lm::kDefaultKnnMinEntropy);
+  r.mutable_knn()->set_min_lm_entropy(-0.5f);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.min_lm_entropy");
+  r.mutable_knn()->set_min_lm_entropy(std::numeric_limits<float>::quiet_NaN());
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.min_lm_entropy");
+  r.mutable_knn()->set_min_lm_entropy(4.5f);
+  p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_DOUBLE_EQ(p->knn.knn.min_entropy, 4.5);
+  r.mutable_knn()->clear_min_lm_entropy();
   r.mutable_knn()->set_lambda(1.5f);
   ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.lambda");
   r.mutable_knn()->set_lambda(0.5f);

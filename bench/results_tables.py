@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The tables of docs/results.md, generated from the benches' JSON files
+under bench/results/ (issue 24): a reader reruns a bench, points the table at
+its JSON, and gets the table back; nobody types figures by hand.
+
+    results_tables.py [--check | --write] [RESULTS_MD]
+
+A generated table sits between two markers in RESULTS_MD (default
+docs/results.md):
+
+    <!-- results-table RENDERER bench/results/FILE.json -->
+    | ... the table ... |
+    <!-- /results-table -->
+
+RENDERER names a function below that turns the JSON into Markdown. --check
+(the default; scripts/test.sh runs it) exits 1 naming every table that
+differs from what its JSON gives; --write rewrites them in place.
+"""
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = re.compile(r"(<!-- results-table (\S+) (\S+) -->\n)(.*?)(<!-- /results-table -->)", re.S)
+
+
+def pct(x):
+    return f"{100 * x:+.2f}%"
+
+
+def knnlm_scoring(j):
+    """bench_knnlm part (a): one row per arm, medians of the rounds."""
+    s = j["scoring"]
+    ref = s["reference"]
+    d = s["served_defaults"]
+    out = [f"{len(j['inputs']['validation_docs'])} validation documents from #{j['inputs']['docs_offset']} "
+           f"({s['tokens']:,} tokens), datastore {j['inputs']['keys']:,} keys `{j['inputs']['factory']}`, "
+           f"{j['machine']['cores']} cores ({j['machine']['cpu']}), commit `{j['machine']['git_commit'][:12]}`, "
+           f"median of {j['rounds']} rounds (min .. max). Served defaults: k {d['k']}, nprobe {d['nprobe']}, "
+           f"λ {d['lambda']}. Reference ({ref['label']}): perplexity {ref['perplexity']:.3f}.",
+           "",
+           "| arm | path | tokens/s | vs lm (min .. max) | positions searched | perplexity | vs reference |",
+           "|---|---|---|---|---|---|---|"]
+    for a in s["arms"]:
+        r = a["ratio_to_lm"]
+        is_lm = a["perplexity_over_reference"] is None
+        vs = "" if is_lm else pct(a["perplexity_over_reference"])
+        # Files written before adaptive retrieval existed searched every position.
+        searched = "" if is_lm else f"{100 * a.get('searched_fraction', 1.0):.1f}%"
+        label = f"**{a['label']}**" if a["label"].startswith("knnlm served") else a["label"]
+        out.append(f"| {label} | {a['path']} | {a['tokens_per_s']['median']:,.1f} | "
+                   f"{r['median']:.3f} ({r['min']:.3f} .. {r['max']:.3f}) | {searched} | {a['perplexity']:.2f} | {vs} |")
+    return "\n".join(out) + "\n"
+
+
+def knnlm_build(j):
+    """bench_knnlm part (b): the datastore build against the raw forward."""
+    b = j["build"]
+    r = b["ratio_build_over_raw"]
+    return "\n".join([
+        f"{b['train_docs']} training documents, {b['keys']:,} keys, factory `{b['factory']}`, "
+        f"median of {j['rounds']} rounds, commit `{j['machine']['git_commit'][:12]}`.",
+        "",
+        "| path | seconds (median) | keys/s | vs raw (min .. max) |",
+        "|---|---|---|---|",
+        f"| raw forward (`lm::HiddenStates`) | {b['raw_forward_s']['median']:.2f} | "
+        f"{b['keys'] / b['raw_forward_s']['median']:,.1f} | 1.000 |",
+        f"| builder, whole (keys + FAISS; {b['faiss_after_last_key_s']['median']:.1f} s of FAISS after the last key) | "
+        f"{b['build_s']['median']:.2f} | {b['keys'] / b['build_s']['median']:,.1f} | "
+        f"{r['median']:.3f} ({r['min']:.3f} .. {r['max']:.3f}) |"]) + "\n"
+
+
+def search_latency(j):
+    """bench_search: Search over gRPC against in-process, nq 1 and 32."""
+    out = [f"{j['inputs']['queries']} queries, k {j['inputs']['k']}, {j['machine']['cores']} cores "
+           f"({j['machine']['cpu']}), commit `{j['machine']['git_commit'][:12]}`, median of {j['rounds']} rounds "
+           f"(min .. max).",
+           "",
+           "| nq | path | p50 ms | p99 ms | queries/s |",
+           "|---|---|---|---|---|"]
+    for nq in ("nq1", "nq32"):
+        if nq not in j:
+            continue
+        for path, v in j[nq]["paths"].items():
+            out.append(f"| {nq[2:]} | {path} | {v['p50_ms']['median']:.3f} ({v['p50_ms']['min']:.3f} .. "
+                       f"{v['p50_ms']['max']:.3f}) | {v['p99_ms']['median']:.3f} | {v['qps']['median']:,.1f} |")
+        r = j[nq]["p50_ratio_grpc_over_in_process"]
+        out.append(f"| {nq[2:]} | **gRPC / in-process, p50** | **{r['median']:.3f}** ({r['min']:.3f} .. "
+                   f"{r['max']:.3f}) | | |")
+    return "\n".join(out) + "\n"
+
+
+def trainer_overhead(j):
+    """bench_trainer: the trainer's step against the bare loop's."""
+    i = j["inputs"]
+    r = j["ratio_trainer_over_bare"]
+    t = j["tokens_per_round"]
+    return "\n".join([
+        f"Preset `{i['preset']}` ({i['parameters']:,} parameters), batch {i['batch']} x {i['seq']} tokens, "
+        f"{i['steps_per_round']} steps per side per round, {j['threads']} thread(s), {j['machine']['cores']} cores, "
+        f"commit `{j['machine']['git_commit'][:12]}`, median of {j['rounds']} rounds (min .. max).",
+        "",
+        "| side | tokens/s | ratio to bare |",
+        "|---|---|---|",
+        f"| bare loop (zero_grad, forward, backward, AdamW step) | {t / j['bare_s']['median']:,.0f} | 1.000 |",
+        f"| `Trainer::Step` (+ batch sampling, LR schedule, clipping) | {t / j['trainer_s']['median']:,.0f} | "
+        f"**{r['median']:.3f}** ({r['min']:.3f} .. {r['max']:.3f}) |"]) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead)}
+
+
+def main():
+    args = sys.argv[1:]
+    mode = "--check"
+    if args and args[0] in ("--check", "--write"):
+        mode = args.pop(0)
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        sys.exit(__doc__)
+    path = args[0] if args else os.path.join(ROOT, "docs", "results.md")
+    text = open(path).read()
+    problems = []
+
+    def render(m):
+        name, source = m.group(2), m.group(3)
+        if name not in RENDERERS:
+            problems.append(f"{source}: unknown renderer '{name}' (known: {', '.join(sorted(RENDERERS))})")
+            return m.group(0)
+        try:
+            table = RENDERERS[name](json.load(open(os.path.join(ROOT, source))))
+        except (OSError, ValueError, KeyError) as e:
+            problems.append(f"{source}: cannot render '{name}': {e!r}")
+            return m.group(0)
+        if table != m.group(4):
+            problems.append(f"{source}: the '{name}' table in {path} differs from what its JSON gives")
+        return m.group(1) + table + m.group(5)
+
+    new_text, n = BLOCK.subn(render, text)
+    if mode == "--write":
+        if new_text != text:
+            open(path, "w").write(new_text)
+        unrendered = [p for p in problems if "differs" not in p]
+        for p in unrendered:
+            print(f"results_tables: {p}", file=sys.stderr)
+        print(f"results_tables: {n} table(s) written in {path}")
+        sys.exit(1 if unrendered else 0)
+    for p in problems:
+        print(f"results_tables: {p}", file=sys.stderr)
+    if problems:
+        print("results_tables: run `python3 bench/results_tables.py --write` after a rerun", file=sys.stderr)
+        sys.exit(1)
+    print(f"results_tables: {n} table(s) in {path} match their JSON")
+
+
+if __name__ == "__main__":
+    main()
