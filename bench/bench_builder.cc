@@ -1,26 +1,30 @@
 // Index builder against its raw parts, measured in one run:
-//  (a) throughput of BuildIndex's embed stage (read chunks from RocksDB,
-//      embed, append to embeddings.f32) against Embedder::Embed alone on the
-//      same chunk batches (target: ratio builder/raw >= 0.85);
-//  (b) peak RSS of a build against the size of the index it writes
-//      (target: <= 2x). Each build runs in a forked child and its peak is
+//  (a) throughput of the whole BuildIndex (chunking, the chunk store,
+//      embedding, FAISS training and adding, saving) against the raw
+//      embedding forward (Embedder::Embed alone on the same chunk batches);
+//      issue 24 target: ratio >= 0.9 with a trained IVF-PQ factory on all of
+//      Brown. The embed stage alone (read chunks, embed, append) is printed
+//      next to it. Median of --rounds rounds, the order flipped every round;
+//  (b) memory growth of a build over the size of the index it writes:
+//      (peak RSS of the build - peak RSS of loading the model) / index bytes
+//      on disk (issue 24 target: <= 2, on Brown and on a corpus >= 4x
+//      larger). Each build runs in a forked child and its peak is
 //      ru_maxrss from wait4, so nothing else this process does counts.
 //      Two corpus sizes (the first --docs-small and the first --docs
 //      documents) give the marginal ratio (peak_big - peak_small) /
 //      (index_big - index_small): the memory the build costs per byte of
-//      index once the fixed costs (LibTorch, the model) are paid. That is the
-//      figure compared to the target; the raw ratio peak / index of each size
-//      is printed next to it, with the index size at which it would reach 2x.
+//      index once the fixed costs (LibTorch, the model) are paid (printed for
+//      reference, as issue 3 compared it); the raw ratio peak / index of each
+//      size next to it, with the index size at which it would reach 2x.
 //      Both sizes are also built again with the real build's embeddings read
 //      back instead of computed ("replay"): same index, no forward pass, so
 //      the peak is the builder's own memory, not the embedding working set.
 //
 //   build/bench/bench_builder --model MODEL_DIR [--corpus data/brown/brown.jsonl] [--docs N]
 //       [--docs-small N (default: a quarter of --docs)] [--batch 64] [--chunk-tokens 64]
-//       [--index-factory F] [--rounds 3] [--threads N]
+//       [--index-factory F] [--rounds 5] [--threads N] [--out bench/results/builder.json]
 //
-// Throughput is the best of --rounds interleaved rounds for each side, so a
-// burst of other load on the machine (a compile) does not decide the ratio.
+// Every round's figures and the memory figures go to --out as JSON.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,8 +46,10 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_report.h"
 #include "bench/proc_status.h"
 #include "common/file_util.h"
+#include "common/status.h"
 #include "index_builder/corpus_reader.h"
 #include "index_builder/index_builder.h"
 #include "lm/embedder.h"
@@ -64,7 +70,8 @@ struct Flags {
   int64_t docs_small = 0;     // the small corpus of (b); 0 = a quarter of the --docs corpus
   int64_t batch = 64;         // chunks per embedding batch (`rag build --batch-size`)
   int chunk_tokens = 64;
-  int64_t rounds = 3;
+  int64_t rounds = 5;
+  std::string out;            // JSON result file; "" = none
   int threads = static_cast<int>(std::thread::hardware_concurrency());
 };
 
@@ -203,7 +210,8 @@ int main(int argc, char** argv) {
   app.add_option("--batch", f.batch, "chunks per embedding batch (`rag build --batch-size`)")->capture_default_str();
   app.add_option("--chunk-tokens", f.chunk_tokens, "tokens per chunk")->capture_default_str();
   app.add_option("--index-factory", f.index_factory, "FAISS factory string (default: the builder's choice)");
-  app.add_option("--rounds", f.rounds, "interleaved throughput rounds (the best counts)")->capture_default_str();
+  app.add_option("--rounds", f.rounds, "alternated throughput rounds (medians over them)")->capture_default_str();
+  app.add_option("--out", f.out, "JSON file for each round's figures and the memory figures");
   app.add_option("--threads", f.threads, "LibTorch intra-op threads (default: every core)");
   CLI11_PARSE(app, argc, argv);
   if (!fs::exists(f.corpus)) { std::fprintf(stderr, "corpus '%s' does not exist (--corpus)\n", f.corpus.c_str()); return 2; }
@@ -335,8 +343,25 @@ int main(int argc, char** argv) {
 
   std::vector<double> builder_s, raw_s, store_s, index_s, total_s, raw_cpu, total_cpu;
   bool identical = true;
-  for (int64_t r = 0; r < f.rounds; ++r) {  // interleaved rounds: drift hits both sides alike
+  for (int64_t r = 0; r < f.rounds; ++r) {  // alternated rounds: drift hits both sides alike
     const fs::path out_dir = tmp / ("round" + std::to_string(r));
+    std::string raw;
+    auto raw_pass = [&]() -> absl::Status {
+      raw.clear();
+      raw.reserve(static_cast<size_t>(chunks) * static_cast<size_t>(embedder->dim()) * sizeof(float));
+      const auto t0 = std::chrono::steady_clock::now();
+      const double c0 = CpuSeconds();
+      for (const auto& batch : batches) {
+        RAG_RETURN_IF_ERROR(embedder->Embed(batch, &out));
+        raw.append(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float));
+      }
+      raw_s.push_back(Seconds(t0));
+      raw_cpu.push_back(CpuSeconds() - c0);
+      return absl::OkStatus();
+    };
+    if (r % 2 == 1) {
+      if (auto s = raw_pass(); !s.ok()) return Fail("embedding", s);
+    }
     rag::index_builder::BuildTimings t;
     auto t0 = std::chrono::steady_clock::now();
     double c0 = CpuSeconds();
@@ -349,17 +374,9 @@ int main(int argc, char** argv) {
     builder_s.push_back(t.embed_s);
     store_s.push_back(t.store_s);
     index_s.push_back(t.index_s);
-
-    std::string raw;
-    raw.reserve(static_cast<size_t>(chunks) * static_cast<size_t>(embedder->dim()) * sizeof(float));
-    t0 = std::chrono::steady_clock::now();
-    c0 = CpuSeconds();
-    for (const auto& batch : batches) {
-      if (auto s = embedder->Embed(batch, &out); !s.ok()) return Fail("embedding", s);
-      raw.append(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float));
+    if (r % 2 == 0) {
+      if (auto s = raw_pass(); !s.ok()) return Fail("embedding", s);
     }
-    raw_s.push_back(Seconds(t0));
-    raw_cpu.push_back(CpuSeconds() - c0);
     // Same batches, same function: the builder's file must hold exactly these bytes.
     auto written = rag::ReadFile((out_dir / rag::retriever::kEmbeddingsFile).string());
     identical = identical && written.ok() && *written == raw;
@@ -367,10 +384,13 @@ int main(int argc, char** argv) {
     fs::remove_all(out_dir, ec);
   }
 
-  auto best = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
+  auto best = [](const std::vector<double>& v) { return rag::bench::Median(v); };  // medians over the rounds
   const double n = static_cast<double>(chunks);
   const double builder_cps = n / best(builder_s), raw_cps = n / best(raw_s);
   const double ratio = builder_cps / raw_cps;
+  std::vector<double> whole_ratio;  // raw forward s / whole BuildIndex s, per round
+  for (size_t r = 0; r < raw_s.size(); ++r) whole_ratio.push_back(raw_s[r] / total_s[r]);
+  const double whole = rag::bench::Median(whole_ratio);
   std::printf("corpus: %s, %lld documents (--docs %lld), %lld tokens, %lld chunks of <= %d tokens\n",
               f.corpus.c_str(), static_cast<long long>(manifest->documents), static_cast<long long>(f.docs),
               static_cast<long long>(manifest->tokens), static_cast<long long>(chunks), f.chunk_tokens);
@@ -383,19 +403,22 @@ int main(int argc, char** argv) {
     std::printf("  %5lld  %9.3f  %19.3f  %13.3f  %13.3f  %16.3f  |  %15.3f  %16.3f\n", static_cast<long long>(r),
                 raw_s[r], builder_s[r], store_s[r], index_s[r], total_s[r], raw_cpu[r], total_cpu[r]);
   }
-  std::printf("  best of %lld rounds                               seconds   chunks/s\n",
+  std::printf("  median of %lld rounds                            seconds   chunks/s\n",
               static_cast<long long>(f.rounds));
   std::printf("  raw Embedder::Embed, same batches             %8.3f %10.1f\n", best(raw_s), raw_cps);
   std::printf("  BuildIndex embed stage (read+embed+append)    %8.3f %10.1f\n", best(builder_s), builder_cps);
+  std::printf("  whole BuildIndex (chunk, store, embed, FAISS) %8.3f %10.1f\n", best(total_s), n / best(total_s));
   std::printf("  builder output identical to raw embeddings: %s\n", identical ? "yes" : "NO");
-  std::printf("  ratio builder/raw (wall, best rounds): %.3f (target >= 0.85) %s\n", ratio,
-              ratio >= 0.85 ? "PASS" : "FAIL");
+  std::printf("  ratio embed stage/raw (for reference): %.3f\n", ratio);
+  std::printf("  ratio whole build/raw forward (median of the rounds' ratios, %.3f .. %.3f): %.3f (target >= 0.9) %s\n",
+              *std::min_element(whole_ratio.begin(), whole_ratio.end()),
+              *std::max_element(whole_ratio.begin(), whole_ratio.end()), whole, whole >= 0.9 ? "PASS" : "FAIL");
   // CPU time is less sensitive to other processes taking the cores; the
   // builder side is its whole BuildIndex call, which only counts against it.
   const double cpu_ratio = best(raw_cpu) / best(total_cpu);
-  std::printf("  for reference, CPU-time ratio raw Embed / whole BuildIndex (best rounds): %.3f\n", cpu_ratio);
+  std::printf("  for reference, CPU-time ratio raw Embed / whole BuildIndex (medians): %.3f\n", cpu_ratio);
 
-  // (b) Nothing is subtracted from what is compared: the marginal ratio is
+  // (b) The marginal ratio (for reference) is
   // the slope of peak RSS against index size through the two builds, and
   // the fixed cost is where that line meets zero index size (compare it
   // with the model-load child). Peak = fixed + marginal * index, so the raw
@@ -445,13 +468,11 @@ int main(int argc, char** argv) {
   std::printf("    replay build peak RSS (MiB)          %12.1f %12.1f\n", Mb(replay_peak_small), Mb(replay_peak));
   std::printf("    replay raw ratio peak / index        %12.2f %12.2f\n", replay_peak_small / replay_bytes_small,
               replay_peak / replay_bytes);
-  std::printf("  marginal ratio (peak_big - peak_small) / (index_big - index_small):\n");
-  std::printf("    real builds   %6.1f MiB / %6.2f MiB = %.2f (target <= 2.0) %s   <- COMPARED TO THE TARGET\n",
-              Mb(build_peak - build_peak_small), Mb(index_bytes - index_bytes_small), real.marginal,
-              real.marginal <= 2.0 ? "PASS" : "FAIL");
-  std::printf("    replay builds %6.1f MiB / %6.2f MiB = %.2f (target <= 2.0) %s   <- the builder's own cost per byte\n",
-              Mb(replay_peak - replay_peak_small), Mb(replay_bytes - replay_bytes_small), replay.marginal,
-              replay.marginal <= 2.0 ? "PASS" : "FAIL");
+  std::printf("  marginal ratio (peak_big - peak_small) / (index_big - index_small), not the target's measure:\n");
+  std::printf("    real builds   %6.1f MiB / %6.2f MiB = %.2f   (for reference)\n",
+              Mb(build_peak - build_peak_small), Mb(index_bytes - index_bytes_small), real.marginal);
+  std::printf("    replay builds %6.1f MiB / %6.2f MiB = %.2f   (the builder's own cost per byte)\n",
+              Mb(replay_peak - replay_peak_small), Mb(replay_bytes - replay_bytes_small), replay.marginal);
   if (std::abs(build_peak - build_peak_small) < kNoiseBytes) {
     std::printf("  NOTE: the real peak did not grow with the corpus (%.1f vs %.1f MiB): in both builds it is set by\n"
                 "    a phase that does not depend on the corpus (embedding: the child that embeds one batch peaks\n"
@@ -484,6 +505,50 @@ int main(int argc, char** argv) {
                   ? "; the two sizes use different index factories, so the slopes mix two index types"
                   : "");
 
+  // The issue 24 measure: what the build adds to a process that holds the
+  // model, over what it leaves on disk.
+  const double growth_small = (build_peak_small - load_peak) / index_bytes_small;
+  const double growth = (build_peak - load_peak) / index_bytes;
+  std::printf("  memory growth (peak - model load) / index on disk: small %.2f, big %.2f (target <= 2.0) %s\n",
+              growth_small, growth, growth <= 2.0 ? "PASS" : "FAIL");
+
+  if (!f.out.empty()) {
+    nlohmann::json report = {
+        {"bench", "bench_builder"},
+        {"machine", rag::bench::MachineJson()},
+        {"threads", f.threads},
+        {"rounds", f.rounds},
+        {"inputs",
+         {{"corpus", f.corpus}, {"model", f.model}, {"docs", manifest->documents}, {"docs_small", manifest_small->documents},
+          {"tokens", manifest->tokens}, {"chunks", chunks}, {"chunks_small", manifest_small->chunks},
+          {"index_factory", manifest->index_factory}, {"index_factory_small", manifest_small->index_factory},
+          {"embed_batch", f.batch}, {"chunk_tokens", f.chunk_tokens}}},
+        {"throughput",
+         {{"raw_forward_s", rag::bench::RoundsJson(raw_s)},
+          {"embed_stage_s", rag::bench::RoundsJson(builder_s)},
+          {"store_s", rag::bench::RoundsJson(store_s)},
+          {"index_s", rag::bench::RoundsJson(index_s)},
+          {"whole_build_s", rag::bench::RoundsJson(total_s)},
+          {"ratio_whole_build_over_raw", rag::bench::RoundsJson(whole_ratio)},
+          {"ratio_embed_stage_over_raw_medians", ratio},
+          {"embeddings_identical", identical}}},
+        {"memory",
+         {{"model_load_peak_bytes", load_peak},
+          {"embed_one_batch_peak_bytes", embed_peak},
+          {"build_peak_bytes", build_peak},
+          {"build_peak_bytes_small", build_peak_small},
+          {"index_bytes", index_bytes},
+          {"index_bytes_small", index_bytes_small},
+          {"growth_over_index", growth},
+          {"growth_over_index_small", growth_small},
+          {"replay_peak_bytes", replay_peak},
+          {"replay_peak_bytes_small", replay_peak_small}}},
+        {"pass", {{"whole_build", whole >= 0.9}, {"memory_growth", growth <= 2.0}}}};
+    if (!rag::bench::WriteJson(f.out, report)) {
+      std::fprintf(stderr, "cannot write %s\n", f.out.c_str());
+      return 1;
+    }
+  }
   std::error_code ec;
   fs::remove_all(tmp, ec);
   return 0;

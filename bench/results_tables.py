@@ -25,6 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = re.compile(r"(<!-- results-table (\S+) (\S+) -->\n)(.*?)(<!-- /results-table -->)", re.S)
 
 
+def commit(j):
+    """The short commit a bench ran at, "-dirty" kept: tracked files differed from it."""
+    c = j["machine"]["git_commit"]
+    return c[:12] + ("-dirty" if c.endswith("-dirty") else "")
+
+
 def pct(x):
     return f"{100 * x:+.2f}%"
 
@@ -36,7 +42,7 @@ def knnlm_scoring(j):
     d = s["served_defaults"]
     out = [f"{len(j['inputs']['validation_docs'])} validation documents from #{j['inputs']['docs_offset']} "
            f"({s['tokens']:,} tokens), datastore {j['inputs']['keys']:,} keys `{j['inputs']['factory']}`, "
-           f"{j['machine']['cores']} cores ({j['machine']['cpu']}), commit `{j['machine']['git_commit'][:12]}`, "
+           f"{j['machine']['cores']} cores ({j['machine']['cpu']}), commit `{commit(j)}`, "
            f"median of {j['rounds']} rounds (min .. max). Served defaults: k {d['k']}, nprobe {d['nprobe']}, "
            f"λ {d['lambda']}. Reference ({ref['label']}): perplexity {ref['perplexity']:.3f}.",
            "",
@@ -60,7 +66,7 @@ def knnlm_build(j):
     r = b["ratio_build_over_raw"]
     return "\n".join([
         f"{b['train_docs']} training documents, {b['keys']:,} keys, factory `{b['factory']}`, "
-        f"median of {j['rounds']} rounds, commit `{j['machine']['git_commit'][:12]}`.",
+        f"median of {j['rounds']} rounds, commit `{commit(j)}`.",
         "",
         "| path | seconds (median) | keys/s | vs raw (min .. max) |",
         "|---|---|---|---|",
@@ -74,7 +80,7 @@ def knnlm_build(j):
 def search_latency(j):
     """bench_search: Search over gRPC against in-process, nq 1 and 32."""
     out = [f"{j['inputs']['queries']} queries, k {j['inputs']['k']}, {j['machine']['cores']} cores "
-           f"({j['machine']['cpu']}), commit `{j['machine']['git_commit'][:12]}`, median of {j['rounds']} rounds "
+           f"({j['machine']['cpu']}), commit `{commit(j)}`, median of {j['rounds']} rounds "
            f"(min .. max).",
            "",
            "| nq | path | p50 ms | p99 ms | queries/s |",
@@ -99,7 +105,7 @@ def trainer_overhead(j):
     return "\n".join([
         f"Preset `{i['preset']}` ({i['parameters']:,} parameters), batch {i['batch']} x {i['seq']} tokens, "
         f"{i['steps_per_round']} steps per side per round, {j['threads']} thread(s), {j['machine']['cores']} cores, "
-        f"commit `{j['machine']['git_commit'][:12]}`, median of {j['rounds']} rounds (min .. max).",
+        f"commit `{commit(j)}`, median of {j['rounds']} rounds (min .. max).",
         "",
         "| side | tokens/s | ratio to bare |",
         "|---|---|---|",
@@ -108,7 +114,84 @@ def trainer_overhead(j):
         f"**{r['median']:.3f}** ({r['min']:.3f} .. {r['max']:.3f}) |"]) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead)}
+def dist_train(j):
+    """bench_dist_train.sh: N1 against N2 tokens/s per round, allreduce time."""
+    import statistics
+    rounds = sorted({r["round"] for r in j["runs"]})
+    arms = sorted({r["arm"] for r in j["runs"]})
+
+    def cells(arm, field):
+        by_round = {r["round"]: r[field] for r in j["runs"] if r["arm"] == arm}
+        return [by_round[k] for k in rounds], statistics.median(by_round.values())
+
+    out = ["| | " + " | ".join(f"round {k}" for k in rounds) + " | median |",
+           "|---" * (len(rounds) + 2) + "|"]
+    for arm in arms:
+        v, m = cells(arm, "train_tokens_per_second")
+        out.append(f"| {arm} tokens/s | " + " | ".join(f"{x:,.0f}" for x in v) + f" | **{m:,.0f}** |")
+    for arm in arms:
+        v, m = cells(arm, "allreduce_ms_per_step")
+        if m > 0:
+            out.append(f"| {arm} allreduce ms per step | " + " | ".join(f"{x:.1f}" for x in v) +
+                       f" | **{m:.1f}** (of a {j['step_ms_' + arm]:.0f} ms step) |")
+    return "\n".join(out) + "\n"
+
+
+def hf_forward_speed(j):
+    """bench_hf_forward: loaded GPT-2 against the native model, per workload."""
+    names = {"forward": "forward, T = {t}", "decode": "decode {t} tokens after a {p}-token prompt (KV cache)"}
+    out = [f"| workload ({j['machine']['threads']} intra-op thread(s)) | loaded GPT-2 median s | native median s | "
+           "ratio native/hf |",
+           "|---|---|---|---|"]
+    for t in j["timings"]:
+        words = t["label"].split()
+        name = (names["forward"].format(t=words[2]) if words[0] == "forward"
+                else names["decode"].format(t=words[1], p=words[3]))
+        out.append(f"| {name} | {t['hf']['median_s']:.4f} | {t['native']['median_s']:.4f} | "
+                   f"**{t['ratio_native_over_hf_median']:.3f}** |")
+    return "\n".join(out) + "\n"
+
+
+def hf_forward_memory(j):
+    """bench_hf_forward: RssAnon growth while loading, over parameter bytes."""
+    m = j["memory"]
+
+    def mib(x):
+        return x / 2**20
+    hf, nat = m["hf"], m["native"]
+    return "\n".join([
+        "| memory (RssAnon growth while loading) | MiB | / parameter bytes |",
+        "|---|---|---|",
+        f"| loaded GPT-2 | {mib(hf['rss_anon_after'] - hf['rss_anon_before']):.1f} "
+        f"({mib(hf['rss_anon_after_trim'] - hf['rss_anon_before']):.1f} after `malloc_trim`) | "
+        f"**{hf['growth_over_parameter_bytes']:.3f}** ({hf['growth_after_trim_over_parameter_bytes']:.3f}) |",
+        f"| native model, for comparison | {mib(nat['rss_anon_after'] - nat['rss_anon_before']):.1f} | "
+        f"{nat['growth_over_parameter_bytes']:.3f} |"]) + "\n"
+
+
+def builder(j):
+    """bench_builder: the whole build against the raw forward, and its memory growth."""
+    i, t, m = j["inputs"], j["throughput"], j["memory"]
+    r = t["ratio_whole_build_over_raw"]
+    mib = 2**20
+    return "\n".join([
+        f"`{i['corpus']}`: {i['docs']:,} documents, {i['chunks']:,} chunks, index `{i['index_factory']}`, "
+        f"{j['machine']['cores']} cores, commit `{commit(j)}`, median of {j['rounds']} rounds "
+        f"(min .. max).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| raw embedding forward, s | {t['raw_forward_s']['median']:.2f} |",
+        f"| whole build (chunk, store, embed, FAISS train + add, save), s | {t['whole_build_s']['median']:.2f} |",
+        f"| **whole build / raw forward** (target >= 0.9) | **{r['median']:.3f}** ({r['min']:.3f} .. {r['max']:.3f}) |",
+        f"| peak RSS of the build / of loading the model | {m['build_peak_bytes'] / mib:,.1f} / "
+        f"{m['model_load_peak_bytes'] / mib:,.1f} MiB |",
+        f"| index on disk | {m['index_bytes'] / mib:,.1f} MiB |",
+        f"| **(peak - model load) / index on disk** (target <= 2) | **{m['growth_over_index']:.2f}** |"]) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+                                     hf_forward_speed, hf_forward_memory, builder)}
 
 
 def main():
