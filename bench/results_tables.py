@@ -190,8 +190,46 @@ def builder(j):
         f"| **(peak - model load) / index on disk** (target <= 2) | **{m['growth_over_index']:.2f}** |"]) + "\n"
 
 
+def shard_build(j):
+    """bench_shard.sh: single against sharded builds, and the efficiency measures."""
+    med, n2, n4 = j["median_seconds"], j["N2"], j["N4"]
+    chunks = sum(n2["shard_chunks"])
+
+    def slash(v, f):
+        return " / ".join(f.format(x) for x in v)
+
+    def eff(v):  # below the 0.9 goal in bold
+        return ", ".join(f"**{x:.2f}**" if x < 0.9 else f"{x:.2f}" for x in v)
+
+    def bold_over(x, goal):
+        return f"**{x:.2f}**" if x > goal else f"{x:.2f}"
+    return "\n".join([
+        "| build arm | chunks | seconds |",
+        "|---|---|---|",
+        f"| single index, 1 core | {chunks:,} | {med['single_1t']:.2f} |",
+        f"| single index, both cores (what a user runs today) | {chunks:,} | {med['single_2t']:.2f} |",
+        f"| N = 2 side by side, 1 core each: wall | | {med['N2_side_wall']:.2f} |",
+        f"| . shard 0 / shard 1 | {slash(n2['shard_chunks'], '{:,}')} | {slash(n2['shard_seconds'], '{:.2f}')} |",
+        f"| N = 4 one after another, 1 core: shards 0..3 | {slash(n4['shard_chunks'], '{:,}')} | "
+        f"{slash(n4['shard_seconds'], '{:.2f}')} |",
+        "",
+        "| measure | N = 2 | N = 4 |",
+        "|---|---|---|",
+        f"| efficiency per shard, single(1 core) / (N x shard time) (goal >= 0.9) | {eff(n2['efficiency_per_shard'])} | "
+        f"{eff(n4['efficiency_per_shard'])} |",
+        f"| sum of shard times / single (1 core) (goal <= 1.1) | "
+        f"{bold_over(n2['sum_shard_seconds_over_single_1t'], 1.1)} | "
+        f"{bold_over(n4['sum_shard_seconds_over_single_1t'], 1.1)} |",
+        f"| imbalance, largest / mean shard: chunks | {n2['imbalance_chunks']:.2f} | {n4['imbalance_chunks']:.2f} |",
+        f"| imbalance: seconds | {n2['imbalance_seconds']:.2f} | {n4['imbalance_seconds']:.2f} |",
+        f"| speed-up of the wall time | {j['speedup_N2_side_over_single_2t']:.2f} against the single build on both "
+        f"cores; {j['speedup_N2_side_over_single_1t']:.2f} against one core | "
+        f"{med['single_1t'] / j['N4_projected_wall_on_4_cores']:.1f} against one core, **projected** (4 machines of "
+        "1 core: the largest shard's time) |"]) + "\n"
+
+
 RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
-                                     hf_forward_speed, hf_forward_memory, builder)}
+                                     hf_forward_speed, hf_forward_memory, builder, shard_build)}
 
 
 def main():
