@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_report.h"
 #include "bench/proc_status.h"
 #include "common/file_util.h"
@@ -65,16 +66,8 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 }
 
 
-std::vector<std::string> Split(const std::string& csv) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= csv.size()) {
-    const size_t comma = std::min(csv.find(',', start), csv.size());
-    if (comma > start) out.push_back(csv.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
+// The non-empty fields of a comma-separated list.
+std::vector<std::string> Split(const std::string& csv) { return absl::StrSplit(csv, ',', absl::SkipEmpty()); }
 
 std::vector<int> ParseInts(const std::string& csv) {
   std::vector<int> out;

@@ -31,6 +31,12 @@ def commit(j):
     return c[:12] + ("-dirty" if c.endswith("-dirty") else "")
 
 
+def spread(r, bold=False):
+    """A RoundsJson summary as "median (min .. max)", the median in bold if asked."""
+    m = f"**{r['median']:.3f}**" if bold else f"{r['median']:.3f}"
+    return f"{m} ({r['min']:.3f} .. {r['max']:.3f})"
+
+
 def pct(x):
     return f"{100 * x:+.2f}%"
 
@@ -56,7 +62,7 @@ def knnlm_scoring(j):
         searched = "" if is_lm else f"{100 * a.get('searched_fraction', 1.0):.1f}%"
         label = f"**{a['label']}**" if a["label"].startswith("knnlm served") else a["label"]
         out.append(f"| {label} | {a['path']} | {a['tokens_per_s']['median']:,.1f} | "
-                   f"{r['median']:.3f} ({r['min']:.3f} .. {r['max']:.3f}) | {searched} | {a['perplexity']:.2f} | {vs} |")
+                   f"{spread(r)} | {searched} | {a['perplexity']:.2f} | {vs} |")
     return "\n".join(out) + "\n"
 
 
@@ -74,7 +80,7 @@ def knnlm_build(j):
         f"{b['keys'] / b['raw_forward_s']['median']:,.1f} | 1.000 |",
         f"| builder, whole (keys + FAISS; {b['faiss_after_last_key_s']['median']:.1f} s of FAISS after the last key) | "
         f"{b['build_s']['median']:.2f} | {b['keys'] / b['build_s']['median']:,.1f} | "
-        f"{r['median']:.3f} ({r['min']:.3f} .. {r['max']:.3f}) |"]) + "\n"
+        f"{spread(r)} |"]) + "\n"
 
 
 def search_latency(j):
@@ -89,11 +95,9 @@ def search_latency(j):
         if nq not in j:
             continue
         for path, v in j[nq]["paths"].items():
-            out.append(f"| {nq[2:]} | {path} | {v['p50_ms']['median']:.3f} ({v['p50_ms']['min']:.3f} .. "
-                       f"{v['p50_ms']['max']:.3f}) | {v['p99_ms']['median']:.3f} | {v['qps']['median']:,.1f} |")
+            out.append(f"| {nq[2:]} | {path} | {spread(v['p50_ms'])} | {v['p99_ms']['median']:.3f} | {v['qps']['median']:,.1f} |")
         r = j[nq]["p50_ratio_grpc_over_in_process"]
-        out.append(f"| {nq[2:]} | **gRPC / in-process, p50** | **{r['median']:.3f}** ({r['min']:.3f} .. "
-                   f"{r['max']:.3f}) | | |")
+        out.append(f"| {nq[2:]} | **gRPC / in-process, p50** | {spread(r, bold=True)} | | |")
     return "\n".join(out) + "\n"
 
 
@@ -111,7 +115,7 @@ def trainer_overhead(j):
         "|---|---|---|",
         f"| bare loop (zero_grad, forward, backward, AdamW step) | {t / j['bare_s']['median']:,.0f} | 1.000 |",
         f"| `Trainer::Step` (+ batch sampling, LR schedule, clipping) | {t / j['trainer_s']['median']:,.0f} | "
-        f"**{r['median']:.3f}** ({r['min']:.3f} .. {r['max']:.3f}) |"]) + "\n"
+        f"{spread(r, bold=True)} |"]) + "\n"
 
 
 def dist_train(j):
@@ -183,7 +187,7 @@ def builder(j):
         "|---|---|",
         f"| raw embedding forward, s | {t['raw_forward_s']['median']:.2f} |",
         f"| whole build (chunk, store, embed, FAISS train + add, save), s | {t['whole_build_s']['median']:.2f} |",
-        f"| **whole build / raw forward** (target >= 0.9) | **{r['median']:.3f}** ({r['min']:.3f} .. {r['max']:.3f}) |",
+        f"| **whole build / raw forward** (target >= 0.9) | {spread(r, bold=True)} |",
         f"| peak RSS of the build / of loading the model | {m['build_peak_bytes'] / mib:,.1f} / "
         f"{m['model_load_peak_bytes'] / mib:,.1f} MiB |",
         f"| index on disk | {m['index_bytes'] / mib:,.1f} MiB |",
