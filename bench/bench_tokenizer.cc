@@ -1,11 +1,15 @@
 // Tokenizer speed gate: trains a 4096-token BPE on the corpus and measures
-// single-threaded encode throughput over all of its text.
+// single-threaded encode throughput over all of its text, ours and (when
+// its files are there) GPT-2's.
 //
-//   bench_tokenizer [corpus.jsonl] [gpt2_dir]
+//   bench_tokenizer [--corpus data/brown/brown.jsonl] [--gpt2-dir data/gpt2] [--rounds 5]
+//       [--out bench/results/tokenizer.json]
 //
-// corpus.jsonl: one {"id", "genre", "text"} object per line
-// (default data/brown/brown.jsonl). gpt2_dir (default data/gpt2): when it
-// holds encoder.json and vocab.bpe, GPT-2's tokenizer is timed as well.
+// Each round trains a fresh tokenizer (so its first encode pass starts with
+// an empty piece cache, as a fresh process does) and loads GPT-2's again;
+// which of the two encodes first flips every round. Medians over the
+// rounds; every round's figures go to --out as JSON.
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_report.h"
 #include "common/file_util.h"
 #include "lm/tokenizer.h"
 
@@ -25,10 +30,14 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Encodes every document once; prints throughput and checks the round trip
-// (a fast tokenizer that loses bytes is no use).
-bool TimeEncode(const rag::lm::Tokenizer& tokenizer, const std::vector<std::string>& texts, const char* label,
-                double* mb_per_s) {
+struct Pass {
+  double mb_per_s = 0;
+  double bytes_per_token = 0;
+};
+
+// Encodes every document once and checks the round trip (a fast tokenizer
+// that loses bytes is no use); false when a document does not come back.
+bool TimeEncode(const rag::lm::Tokenizer& tokenizer, const std::vector<std::string>& texts, Pass* pass) {
   size_t bytes = 0;
   size_t tokens = 0;
   std::vector<std::vector<rag::lm::TokenId>> encoded;
@@ -39,10 +48,9 @@ bool TimeEncode(const rag::lm::Tokenizer& tokenizer, const std::vector<std::stri
     bytes += text.size();
     tokens += encoded.back().size();
   }
-  double seconds = SecondsSince(start);
-  *mb_per_s = static_cast<double>(bytes) / 1e6 / seconds;
-  std::printf("%-28s %8.2f MB/s  (%zu bytes, %zu tokens, %.3f bytes/token, %.3f s)\n", label, *mb_per_s, bytes,
-              tokens, static_cast<double>(bytes) / static_cast<double>(tokens), seconds);
+  const double seconds = SecondsSince(start);
+  pass->mb_per_s = static_cast<double>(bytes) / 1e6 / seconds;
+  pass->bytes_per_token = static_cast<double>(bytes) / static_cast<double>(tokens);
   for (size_t i = 0; i < texts.size(); ++i) {
     auto decoded = tokenizer.Decode(encoded[i]);
     if (!decoded.ok() || *decoded != texts[i]) {
@@ -53,18 +61,12 @@ bool TimeEncode(const rag::lm::Tokenizer& tokenizer, const std::vector<std::stri
   return true;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const std::string corpus_path = argc > 1 ? argv[1] : "data/brown/brown.jsonl";
-  const std::string gpt2_dir = argc > 2 ? argv[2] : "data/gpt2";
-
-  auto corpus = rag::ReadFile(corpus_path);
+bool ReadTexts(const std::string& path, std::vector<std::string>* texts) {
+  auto corpus = rag::ReadFile(path);
   if (!corpus.ok()) {
     std::fprintf(stderr, "%s\n", corpus.status().ToString().c_str());
-    return 1;
+    return false;
   }
-  std::vector<std::string> texts;
   size_t line_start = 0;
   int line_number = 0;
   while (line_start < corpus->size()) {
@@ -76,49 +78,118 @@ int main(int argc, char** argv) {
     if (line.empty()) continue;
     auto doc = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (doc.is_discarded() || !doc.is_object() || !doc.contains("text") || !doc["text"].is_string()) {
-      std::fprintf(stderr, "%s:%d: expected a JSON object with a string 'text'\n", corpus_path.c_str(), line_number);
-      return 1;
+      std::fprintf(stderr, "%s:%d: expected a JSON object with a string 'text'\n", path.c_str(), line_number);
+      return false;
     }
-    texts.push_back(doc["text"].get<std::string>());
+    texts->push_back(doc["text"].get<std::string>());
   }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string corpus_path = "data/brown/brown.jsonl";
+  std::string gpt2_dir = "data/gpt2";
+  int64_t rounds = 5;
+  std::string out_path;
+  CLI::App app{"bench_tokenizer: BPE training time and single-threaded encode throughput"};
+  app.add_option("--corpus", corpus_path, "JSONL corpus, one {\"text\": ...} per line")->capture_default_str();
+  app.add_option("--gpt2-dir", gpt2_dir, "directory with GPT-2's encoder.json and vocab.bpe (skipped if absent)")
+      ->capture_default_str();
+  app.add_option("--rounds", rounds, "rounds (medians over them)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--out", out_path, "JSON file for each round's figures");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<std::string> texts;
+  if (!ReadTexts(corpus_path, &texts)) return 1;
   size_t total_bytes = 0;
   for (const auto& t : texts) total_bytes += t.size();
   std::printf("corpus: %s, %zu documents, %.2f MB of text\n", corpus_path.c_str(), texts.size(),
               static_cast<double>(total_bytes) / 1e6);
+  const std::string encoder = gpt2_dir + "/encoder.json";
+  const std::string bpe = gpt2_dir + "/vocab.bpe";
+  const bool with_gpt2 = std::filesystem::exists(encoder) && std::filesystem::exists(bpe);
 
   rag::lm::TokenizerTrainOptions options;
   options.vocab_size = 4096;
-  options.show_progress = true;
-  auto start = Clock::now();
-  auto tokenizer = rag::lm::Tokenizer::Train(texts, options);
-  double train_seconds = SecondsSince(start);
-  if (!tokenizer.ok()) {
-    std::fprintf(stderr, "training failed: %s\n", tokenizer.status().ToString().c_str());
-    return 1;
+  std::vector<double> train_s, cold, warm, gpt2_load_s, gpt2_cold;
+  Pass ours_pass, gpt2_pass;
+  std::string hash;
+  for (int64_t r = 0; r < rounds; ++r) {
+    auto run_ours = [&]() -> bool {
+      auto start = Clock::now();
+      auto tokenizer = rag::lm::Tokenizer::Train(texts, options);
+      if (!tokenizer.ok()) {
+        std::fprintf(stderr, "training failed: %s\n", tokenizer.status().ToString().c_str());
+        return false;
+      }
+      train_s.push_back(SecondsSince(start));
+      hash = tokenizer->Hash();
+      // The first pass starts with an empty piece cache; the second shows the steady state.
+      if (!TimeEncode(*tokenizer, texts, &ours_pass)) return false;
+      cold.push_back(ours_pass.mb_per_s);
+      Pass again;
+      if (!TimeEncode(*tokenizer, texts, &again)) return false;
+      warm.push_back(again.mb_per_s);
+      return true;
+    };
+    auto run_gpt2 = [&]() -> bool {
+      if (!with_gpt2) return true;
+      auto start = Clock::now();
+      auto gpt2 = rag::lm::Tokenizer::LoadGpt2(encoder, bpe);
+      if (!gpt2.ok()) {
+        std::fprintf(stderr, "%s\n", gpt2.status().ToString().c_str());
+        return false;
+      }
+      gpt2_load_s.push_back(SecondsSince(start));
+      if (!TimeEncode(*gpt2, texts, &gpt2_pass)) return false;
+      gpt2_cold.push_back(gpt2_pass.mb_per_s);
+      return true;
+    };
+    const bool ok = r % 2 == 0 ? run_ours() && run_gpt2() : run_gpt2() && run_ours();
+    if (!ok) return 1;
+    std::printf("round %lld: train %.3f s, encode cold %.2f MB/s, warm %.2f MB/s", static_cast<long long>(r),
+                train_s.back(), cold.back(), warm.back());
+    if (with_gpt2) std::printf(", gpt2 cold %.2f MB/s", gpt2_cold.back());
+    std::printf("\n");
   }
-  std::printf("train: %.2f s for vocab %d (%d merges), hash %s (target < 20 s)\n", train_seconds,
-              tokenizer->vocab_size(), tokenizer->num_merges(), tokenizer->Hash().c_str());
 
-  // First pass starts with an empty piece cache (what a fresh process
-  // sees); the second shows the steady state.
-  double cold = 0, warm = 0;
-  if (!TimeEncode(*tokenizer, texts, "encode (ours, cold cache):", &cold)) return 1;
-  if (!TimeEncode(*tokenizer, texts, "encode (ours, warm cache):", &warm)) return 1;
+  using rag::bench::Median;
+  std::printf("median of %lld rounds:\n", static_cast<long long>(rounds));
+  std::printf("train: %.3f s for vocab %d, hash %s (target < 60 s)\n", Median(train_s), options.vocab_size,
+              hash.c_str());
+  std::printf("encode (ours, cold cache): %.2f MB/s (%.3f bytes/token)\n", Median(cold), ours_pass.bytes_per_token);
+  std::printf("encode (ours, warm cache): %.2f MB/s\n", Median(warm));
+  if (with_gpt2) {
+    std::printf("encode (gpt2, cold cache): %.2f MB/s (%.3f bytes/token), load %.3f s\n", Median(gpt2_cold),
+                gpt2_pass.bytes_per_token, Median(gpt2_load_s));
+  }
+  const bool pass = Median(cold) >= 5.0 && Median(train_s) < 60.0;
+  std::printf("encode: %.1f MB/s (target >= 5) %s\n", Median(cold), pass ? "PASS" : "FAIL");
 
-  const std::string encoder = gpt2_dir + "/encoder.json";
-  const std::string bpe = gpt2_dir + "/vocab.bpe";
-  if (std::filesystem::exists(encoder) && std::filesystem::exists(bpe)) {
-    start = Clock::now();
-    auto gpt2 = rag::lm::Tokenizer::LoadGpt2(encoder, bpe);
-    if (!gpt2.ok()) {
-      std::fprintf(stderr, "%s\n", gpt2.status().ToString().c_str());
+  if (!out_path.empty()) {
+    nlohmann::json report = {
+        {"bench", "bench_tokenizer"},
+        {"machine", rag::bench::MachineJson()},
+        {"rounds", rounds},
+        {"inputs", {{"corpus", corpus_path}, {"documents", texts.size()}, {"bytes", total_bytes},
+                    {"vocab_size", options.vocab_size}, {"gpt2_dir", with_gpt2 ? gpt2_dir : ""}}},
+        {"ours", {{"hash", hash}, {"train_s", rag::bench::RoundsJson(train_s)},
+                  {"encode_cold_mb_per_s", rag::bench::RoundsJson(cold)},
+                  {"encode_warm_mb_per_s", rag::bench::RoundsJson(warm)},
+                  {"bytes_per_token", ours_pass.bytes_per_token}}},
+        {"gpt2", nullptr},
+        {"pass", pass}};
+    if (with_gpt2) {
+      report["gpt2"] = {{"load_s", rag::bench::RoundsJson(gpt2_load_s)},
+                        {"encode_cold_mb_per_s", rag::bench::RoundsJson(gpt2_cold)},
+                        {"bytes_per_token", gpt2_pass.bytes_per_token}};
+    }
+    if (!rag::bench::WriteJson(out_path, report)) {
+      std::fprintf(stderr, "cannot write %s\n", out_path.c_str());
       return 1;
     }
-    std::printf("gpt2 load: %.3f s\n", SecondsSince(start));
-    double gpt2_cold = 0;
-    if (!TimeEncode(*gpt2, texts, "encode (gpt2, cold cache):", &gpt2_cold)) return 1;
   }
-
-  std::printf("encode: %.1f MB/s (target >= 5)\n", cold);
-  return cold >= 5.0 && train_seconds < 60.0 ? 0 : 2;
+  return pass ? 0 : 2;
 }

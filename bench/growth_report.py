@@ -86,90 +86,106 @@ def plot(path, title, panels, xlabel, logx):
     subprocess.run(["gnuplot"], input="\n".join(script) + "\n", text=True, check=True)
 
 
+def pipeline_tables(raw):
+    """The pipeline table and its fits as Markdown, and the plot's panels; ("", None) without pipeline rows."""
+    pipe = [r for r in raw["pipeline"] if r["corpus"] != "model-only"]
+    bare = [r["served_rss_bytes"] for r in raw["pipeline"] if r["corpus"] == "model-only"]
+    if not pipe:
+        return "", None
+    bare_rss = statistics.median(bare)
+    rows = sorted(median_by(pipe, "corpus", ["build_seconds", "build_peak_rss_bytes", "search_p50_ms",
+                                             "served_rss_bytes", "index_dir_bytes", "datastore_bytes"]),
+                  key=lambda r: r["chunks"])
+    n = [r["chunks"] for r in rows]
+    keys = [r["datastore_keys"] for r in rows]
+    build = [r["build_seconds"] for r in rows]
+    chunk_bytes = [r["index_dir_bytes"] - r["datastore_bytes"] for r in rows]
+    ds_bytes = [r["datastore_bytes"] for r in rows]
+    ram = [r["served_rss_bytes"] - bare_rss for r in rows]
+    p50 = [r["search_p50_ms"] for r in rows]
+    fits = {"build": fit(keys, build, "linear"), "build_power": fit(keys, build, "power"),
+            "ram": fit(keys, ram, "linear"), "p50": fit(n, p50, "sqrt")}
+    out = [f"Pipeline (`rag build --datastore`, model preset `{raw['preset']}`, {raw['cores']} cores; "
+           f"medians of {rows[0]['rounds']} round(s)):\n",
+           "| corpus | docs | chunks | kNN-LM keys | factories (chunks; keys) | build s | build peak RSS | "
+           "chunk index on disk (B/chunk) | datastore on disk (B/key) | served RSS above model (B/key) | "
+           "search p50 ms |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, cb, db, m in zip(rows, chunk_bytes, ds_bytes, ram):
+        out.append(f"| {r['corpus']} | {r['documents']:,} | {r['chunks']:,} | {r['datastore_keys']:,} | "
+                   f"{r['index_factory']}; {r['datastore_factory']} | "
+                   f"{r['build_seconds']:.1f} | {r['build_peak_rss_bytes'] / 2**20:,.0f} MiB | "
+                   f"{cb / 2**20:.1f} MiB ({cb / r['chunks']:,.0f}) | {db / 2**20:.1f} MiB "
+                   f"({db / r['datastore_keys']:.1f}) | {m / 2**20:.1f} MiB ({m / r['datastore_keys']:.1f}) | "
+                   f"{r['search_p50_ms']:.2f} |")
+    out.append(f"\nFits (n = chunks, K = kNN-LM keys): build seconds = {law_text(fits['build'], 's', 'K')}; "
+               f"as a power law {law_text(fits['build_power'], 's', 'K')}; served RSS above the model = "
+               f"{law_text(fits['ram'], 'B', 'K')}; search p50 = {law_text(fits['p50'], 'ms')}.\n")
+    panels = [("build seconds", keys, build, fits["build"]),
+              ("served RSS above model (MiB)", keys, [m / 2**20 for m in ram],
+               dict(fits["ram"], a=fits["ram"]["a"] / 2**20, b=fits["ram"]["b"] / 2**20)),
+              ("datastore on disk (MiB)", keys, [b / 2**20 for b in ds_bytes],
+               fit(keys, [b / 2**20 for b in ds_bytes], "linear")),
+              ("search p50 ms", n, p50, fits["p50"], "chunks")]
+    return "\n".join(out) + "\n", panels
+
+
+def synthetic_tables(raw):
+    """The FAISS-only table and its fits as Markdown, the plot's panels and its dim/nprobe; ("", None, None) if none."""
+    syn = raw["synthetic"]
+    if not syn:
+        return "", None, None
+    rows = sorted(median_by(syn, "n", ["train_seconds", "add_seconds", "disk_bytes", "rss_anon_bytes",
+                                      "query_p50_ms", "query_p99_ms"]), key=lambda r: r["n"])
+    n = [r["n"] for r in rows]
+    add = [r["add_seconds"] for r in rows]
+    train = [r["train_seconds"] for r in rows]
+    disk = [r["disk_bytes"] for r in rows]
+    ram = [r["rss_anon_bytes"] for r in rows]
+    p50 = [r["query_p50_ms"] for r in rows]
+    fits = {"add": fit(n, add, "ivf_add"), "add_power": fit(n, add, "power"),
+            "train_power": fit(n, train, "power"), "disk": fit(n, disk, "linear"),
+            "ram": fit(n, ram, "linear"), "p50": fit(n, p50, "sqrt"), "p50_power": fit(n, p50, "power")}
+    out = [f"FAISS only (`bench_faiss_growth`, d = {rows[0]['dim']}, IVF round(sqrt n),PQ, nprobe "
+           f"{rows[0]['nprobe']}, nq = 1; medians of {rows[0]['rounds']} rounds):\n",
+           "| n | factory | train rows | train s | add s | on disk (B/vector) | RSS (B/vector) | "
+           "query p50 ms | p99 ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['n']:,} | {r['factory']} | {r['train_rows']:,} | {r['train_seconds']:.1f} | "
+                   f"{r['add_seconds']:.1f} | {r['disk_bytes'] / 2**20:,.1f} MiB ({r['disk_bytes'] / r['n']:.1f}) | "
+                   f"{r['rss_anon_bytes'] / 2**20:,.1f} MiB ({r['rss_anon_bytes'] / r['n']:.1f}) | "
+                   f"{r['query_p50_ms']:.3f} | {r['query_p99_ms']:.3f} |")
+    out.append(f"\nFits: add seconds = {law_text(fits['add'], 's')} (power law: {law_text(fits['add_power'], 's')}); "
+               f"train seconds ~ {law_text(fits['train_power'], 's')}; on disk = {law_text(fits['disk'], 'B')}; "
+               f"RSS = {law_text(fits['ram'], 'B')}; query p50 = {law_text(fits['p50'], 'ms')} "
+               f"(power law: {law_text(fits['p50_power'], 'ms')}).\n")
+    panels = [("add seconds", n, add, fits["add"]),
+              ("train seconds", n, train, fits["train_power"]),
+              ("RSS (MiB)", n, [m / 2**20 for m in ram],
+               dict(fits["ram"], a=fits["ram"]["a"] / 2**20, b=fits["ram"]["b"] / 2**20)),
+              ("query p50 ms", n, p50, fits["p50"])]
+    return "\n".join(out) + "\n", panels, rows[0]
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     raw = json.load(open(sys.argv[1]))
     figdir = sys.argv[2]
     os.makedirs(figdir, exist_ok=True)
-
-    pipe = [r for r in raw["pipeline"] if r["corpus"] != "model-only"]
-    bare = [r["served_rss_bytes"] for r in raw["pipeline"] if r["corpus"] == "model-only"]
-    if pipe:
-        bare_rss = statistics.median(bare)
-        rows = sorted(median_by(pipe, "corpus", ["build_seconds", "build_peak_rss_bytes", "search_p50_ms",
-                                                 "served_rss_bytes", "index_dir_bytes", "datastore_bytes"]),
-                      key=lambda r: r["chunks"])
-        n = [r["chunks"] for r in rows]
-        keys = [r["datastore_keys"] for r in rows]
-        build = [r["build_seconds"] for r in rows]
-        chunk_bytes = [r["index_dir_bytes"] - r["datastore_bytes"] for r in rows]
-        ds_bytes = [r["datastore_bytes"] for r in rows]
-        ram = [r["served_rss_bytes"] - bare_rss for r in rows]
-        p50 = [r["search_p50_ms"] for r in rows]
-        fits = {"build": fit(keys, build, "linear"), "build_power": fit(keys, build, "power"),
-                "ram": fit(keys, ram, "linear"), "p50": fit(n, p50, "sqrt")}
-        print(f"Pipeline (`rag build --datastore`, model preset `{raw['preset']}`, {raw['cores']} cores; "
-              f"medians of {rows[0]['rounds']} round(s)):\n")
-        print("| corpus | docs | chunks | kNN-LM keys | factories (chunks; keys) | build s | build peak RSS | "
-              "chunk index on disk (B/chunk) | datastore on disk (B/key) | served RSS above model (B/key) | "
-              "search p50 ms |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r, cb, db, m in zip(rows, chunk_bytes, ds_bytes, ram):
-            print(f"| {r['corpus']} | {r['documents']:,} | {r['chunks']:,} | {r['datastore_keys']:,} | "
-                  f"{r['index_factory']}; {r['datastore_factory']} | "
-                  f"{r['build_seconds']:.1f} | {r['build_peak_rss_bytes'] / 2**20:,.0f} MiB | "
-                  f"{cb / 2**20:.1f} MiB ({cb / r['chunks']:,.0f}) | {db / 2**20:.1f} MiB "
-                  f"({db / r['datastore_keys']:.1f}) | {m / 2**20:.1f} MiB ({m / r['datastore_keys']:.1f}) | "
-                  f"{r['search_p50_ms']:.2f} |")
-        print(f"\nFits (n = chunks, K = kNN-LM keys): build seconds = {law_text(fits['build'], 's', 'K')}; "
-              f"as a power law {law_text(fits['build_power'], 's', 'K')}; served RSS above the model = "
-              f"{law_text(fits['ram'], 'B', 'K')}; search p50 = {law_text(fits['p50'], 'ms')}.\n")
+    text, panels = pipeline_tables(raw)
+    if panels:
+        print(text, end="")
         plot(os.path.join(figdir, "growth_pipeline.svg"),
              f"rag build --datastore and serving against corpus size (preset {raw['preset']})",
-             [("build seconds", keys, build, fits["build"]),
-              ("served RSS above model (MiB)", keys, [m / 2**20 for m in ram],
-               dict(fits["ram"], a=fits["ram"]["a"] / 2**20, b=fits["ram"]["b"] / 2**20)),
-              ("datastore on disk (MiB)", keys, [b / 2**20 for b in ds_bytes],
-               fit(keys, [b / 2**20 for b in ds_bytes], "linear")),
-              ("search p50 ms", n, p50, fits["p50"], "chunks")],
-             "kNN-LM keys (= corpus tokens)", False)
-
-    syn = raw["synthetic"]
-    if syn:
-        rows = sorted(median_by(syn, "n", ["train_seconds", "add_seconds", "disk_bytes", "rss_anon_bytes",
-                                          "query_p50_ms", "query_p99_ms"]), key=lambda r: r["n"])
-        n = [r["n"] for r in rows]
-        add = [r["add_seconds"] for r in rows]
-        train = [r["train_seconds"] for r in rows]
-        disk = [r["disk_bytes"] for r in rows]
-        ram = [r["rss_anon_bytes"] for r in rows]
-        p50 = [r["query_p50_ms"] for r in rows]
-        fits = {"add": fit(n, add, "ivf_add"), "add_power": fit(n, add, "power"),
-                "train_power": fit(n, train, "power"), "disk": fit(n, disk, "linear"),
-                "ram": fit(n, ram, "linear"), "p50": fit(n, p50, "sqrt"), "p50_power": fit(n, p50, "power")}
-        print(f"FAISS only (`bench_faiss_growth`, d = {rows[0]['dim']}, IVF round(sqrt n),PQ, nprobe "
-              f"{rows[0]['nprobe']}, nq = 1; medians of {rows[0]['rounds']} rounds):\n")
-        print("| n | factory | train rows | train s | add s | on disk (B/vector) | RSS (B/vector) | "
-              "query p50 ms | p99 ms |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['n']:,} | {r['factory']} | {r['train_rows']:,} | {r['train_seconds']:.1f} | "
-                  f"{r['add_seconds']:.1f} | {r['disk_bytes'] / 2**20:,.1f} MiB ({r['disk_bytes'] / r['n']:.1f}) | "
-                  f"{r['rss_anon_bytes'] / 2**20:,.1f} MiB ({r['rss_anon_bytes'] / r['n']:.1f}) | "
-                  f"{r['query_p50_ms']:.3f} | {r['query_p99_ms']:.3f} |")
-        print(f"\nFits: add seconds = {law_text(fits['add'], 's')} (power law: {law_text(fits['add_power'], 's')}); "
-              f"train seconds ~ {law_text(fits['train_power'], 's')}; on disk = {law_text(fits['disk'], 'B')}; "
-              f"RSS = {law_text(fits['ram'], 'B')}; query p50 = {law_text(fits['p50'], 'ms')} "
-              f"(power law: {law_text(fits['p50_power'], 'ms')}).\n")
+             panels, "kNN-LM keys (= corpus tokens)", False)
+    text, panels, first = synthetic_tables(raw)
+    if panels:
+        print(text, end="")
         plot(os.path.join(figdir, "growth_synthetic.svg"),
-             f"FAISS IVF,PQ against size (synthetic, d = {rows[0]['dim']}, nprobe {rows[0]['nprobe']})",
-             [("add seconds", n, add, fits["add"]),
-              ("train seconds", n, train, fits["train_power"]),
-              ("RSS (MiB)", n, [m / 2**20 for m in ram],
-               dict(fits["ram"], a=fits["ram"]["a"] / 2**20, b=fits["ram"]["b"] / 2**20)),
-              ("query p50 ms", n, p50, fits["p50"])],
-             "vectors n", True)
+             f"FAISS IVF,PQ against size (synthetic, d = {first['dim']}, nprobe {first['nprobe']})",
+             panels, "vectors n", True)
 
 
 if __name__ == "__main__":

@@ -174,24 +174,77 @@ def hf_forward_memory(j):
 
 
 def builder(j):
-    """bench_builder: the whole build against the raw forward, and its memory growth."""
+    """bench_builder: the whole build against the raw forward (absent with --memory-only), and its memory growth."""
     i, t, m = j["inputs"], j["throughput"], j["memory"]
-    r = t["ratio_whole_build_over_raw"]
     mib = 2**20
-    return "\n".join([
-        f"`{i['corpus']}`: {i['docs']:,} documents, {i['chunks']:,} chunks, index `{i['index_factory']}`, "
-        f"{j['machine']['cores']} cores, commit `{commit(j)}`, median of {j['rounds']} rounds "
-        f"(min .. max).",
+    rows = [f"`{i['corpus']}`: {i['docs']:,} documents, {i['tokens']:,} tokens, {i['chunks']:,} chunks, index "
+            f"`{i['index_factory']}`, {j['machine']['cores']} cores, commit `{commit(j)}`, "
+            + (f"median of {j['rounds']} rounds (min .. max)." if t else "memory only (one build per size)."),
+            "",
+            "| measure | value |",
+            "|---|---|"]
+    if t:
+        rows += [f"| raw embedding forward, s | {t['raw_forward_s']['median']:.2f} |",
+                 f"| whole build (chunk, store, embed, FAISS train + add, save), s | "
+                 f"{t['whole_build_s']['median']:.2f} |",
+                 f"| **whole build / raw forward** (target >= 0.9) | "
+                 f"{spread(t['ratio_whole_build_over_raw'], bold=True)} |"]
+    rows += [f"| peak RSS of the build / of loading the model | {m['build_peak_bytes'] / mib:,.1f} / "
+             f"{m['model_load_peak_bytes'] / mib:,.1f} MiB |",
+             f"| index on disk | {m['index_bytes'] / mib:,.1f} MiB |",
+             f"| **(peak - model load) / index on disk** (target <= 2) | **{m['growth_over_index']:.2f}** |",
+             f"| the same for the first {i['docs_small']:,} documents ({i['chunks_small']:,} chunks, "
+             f"`{i['index_factory_small']}`): peak / index on disk / ratio | "
+             f"{m['build_peak_bytes_small'] / mib:,.1f} MiB / {m['index_bytes_small'] / mib:,.1f} MiB / "
+             f"{m['growth_over_index_small']:.2f} |"]
+    return "\n".join(rows) + "\n"
+
+
+def front_latency(j):
+    """bench_front: the fan-out front against one server holding the whole index."""
+    arms = j["arms"]
+    names = [("single", "single server, Search"), ("front", f"front over {len(j['config']['shards'])} shards, Search"),
+             ("embed", ". embed one query (in the bench process, same model)")]
+    names += [(f"shard{n}_search_vectors", f". shard {n}, SearchVectors") for n in range(len(j["config"]["shards"]))]
+    rows = ["| arm | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
+    rows += [f"| {label} | {arms[k]['p50_ms']:.2f} | {arms[k]['p99_ms']:.2f} | {arms[k]['mean_ms']:.2f} |"
+             for k, label in names]
+    per_round = ", ".join(f"{r[2]:.3f}" for r in j["rounds"])
+    return "\n".join(rows + [
         "",
-        "| measure | value |",
-        "|---|---|",
-        f"| raw embedding forward, s | {t['raw_forward_s']['median']:.2f} |",
-        f"| whole build (chunk, store, embed, FAISS train + add, save), s | {t['whole_build_s']['median']:.2f} |",
-        f"| **whole build / raw forward** (target >= 0.9) | {spread(r, bold=True)} |",
-        f"| peak RSS of the build / of loading the model | {m['build_peak_bytes'] / mib:,.1f} / "
-        f"{m['model_load_peak_bytes'] / mib:,.1f} MiB |",
-        f"| index on disk | {m['index_bytes'] / mib:,.1f} MiB |",
-        f"| **(peak - model load) / index on disk** (target <= 2) | **{m['growth_over_index']:.2f}** |"]) + "\n"
+        f"**p50 front / single = {j['p50_ratio_front_over_single']:.3f}** (per round {per_round}; goal <= 1.2); "
+        f"{j['answers_other_neighbours']} of {j['answers_compared']} answers had other neighbours or another order "
+        f"than the single index's."]) + "\n"
+
+
+def growth_pipeline(j):
+    """bench_growth.sh's pipeline table and fits, as growth_report.py prints them."""
+    import growth_report  # numpy: Debian's python3-numpy
+    return growth_report.pipeline_tables(j)[0].rstrip("\n") + "\n"
+
+
+def growth_synthetic(j):
+    """bench_growth.sh's FAISS-only table and fits, as growth_report.py prints them."""
+    import growth_report
+    return growth_report.synthetic_tables(j)[0].rstrip("\n") + "\n"
+
+
+def tokenizer(j):
+    """bench_tokenizer: BPE training time and encode throughput, ours and GPT-2's."""
+    i, o, g = j["inputs"], j["ours"], j["gpt2"]
+    rows = [f"`{i['corpus']}` ({i['bytes'] / 1e6:.2f} MB of text), one thread, {j['machine']['cores']} cores, "
+            f"commit `{commit(j)}`, median of {j['rounds']} rounds (min .. max).",
+            "",
+            "| what | figure | target |",
+            "|---|---|---|",
+            f"| train byte-level BPE, vocab {i['vocab_size']:,}, s | {spread(o['train_s'])} | < 60 |",
+            f"| encode, cold cache, MB/s ({o['bytes_per_token']:.2f} bytes/token) | "
+            f"{spread(o['encode_cold_mb_per_s'], bold=True)} | >= 5 |",
+            f"| encode, warm cache, MB/s | {spread(o['encode_warm_mb_per_s'])} | |"]
+    if g:
+        rows.append(f"| encode with GPT-2's vocabulary, cold cache, MB/s ({g['bytes_per_token']:.2f} bytes/token) | "
+                    f"{spread(g['encode_cold_mb_per_s'])} | |")
+    return "\n".join(rows) + "\n"
 
 
 def shard_build(j):
@@ -233,7 +286,8 @@ def shard_build(j):
 
 
 RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
-                                     hf_forward_speed, hf_forward_memory, builder, shard_build)}
+                                     hf_forward_speed, hf_forward_memory, builder, shard_build,
+                                     tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 
 
 def main():
