@@ -208,8 +208,16 @@ TEST_F(KnnLmEngineTest, AdaptiveRetrievalSearchesOnlyWhereTheLmIsUnsure) {
     const int n = static_cast<int>(i);
     if (entropy[i] >= threshold) {
       ++searched;
-      EXPECT_EQ(adaptive->token_scores(n).logprob(), full->token_scores(n).logprob()) << "position " << i;
-      EXPECT_EQ(adaptive->knn_logprobs(n), full->knn_logprobs(n)) << "position " << i;
+      // Near, not equal: a search over fewer queries may take FAISS's other
+      // distance kernel (BLAS from 20 queries up), which rounds differently
+      // (seen in CI: equal to 6 digits). Skipping a search moves it by far more.
+      EXPECT_NEAR(adaptive->token_scores(n).logprob(), full->token_scores(n).logprob(), 1e-4) << "position " << i;
+      const float knn = full->knn_logprobs(n);  // -inf where no neighbour has the token
+      if (std::isinf(knn)) {
+        EXPECT_EQ(adaptive->knn_logprobs(n), knn) << "position " << i;
+      } else {
+        EXPECT_NEAR(adaptive->knn_logprobs(n), knn, 1e-4) << "position " << i;
+      }
     } else {
       EXPECT_EQ(adaptive->token_scores(n).logprob(), lm->token_scores(n).logprob()) << "position " << i;
       EXPECT_EQ(adaptive->knn_logprobs(n), -std::numeric_limits<float>::infinity()) << "position " << i;
