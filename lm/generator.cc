@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
+
+#include "common/status.h"
 
 namespace rag::lm {
 namespace {
@@ -20,8 +23,57 @@ double Uniform(uint64_t* state) { return static_cast<double>(NextRandom(state) >
 
 }  // namespace
 
-TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state) {
-  auto l = logits.to(torch::kFloat32);
+absl::Status ValidateSamplingOptions(const SamplingOptions& options) {
+  if (options.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
+  if (!(options.top_p > 0 && options.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
+  if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
+  if (!std::isfinite(options.temperature) || options.temperature < 0) {
+    return absl::InvalidArgumentError("temperature must be >= 0");
+  }
+  if (!std::isfinite(options.repetition_penalty) || options.repetition_penalty <= 0) {
+    return absl::InvalidArgumentError("repetition_penalty must be > 0 (1 = off)");
+  }
+  if (options.no_repeat_ngram_size < 0) return absl::InvalidArgumentError("no_repeat_ngram_size must be >= 0 (0 = off)");
+  return absl::OkStatus();
+}
+
+torch::Tensor ApplyRepetitionRules(const torch::Tensor& logits, const std::vector<TokenId>& history,
+                                   const SamplingOptions& options) {
+  const int64_t n = options.no_repeat_ngram_size;
+  const bool penalty = options.repetition_penalty != 1.0 && !history.empty();
+  const bool ngrams = n > 0 && static_cast<int64_t>(history.size()) + 1 >= n;
+  if (!penalty && !ngrams) return logits;
+  auto l = logits.to(torch::kFloat32).contiguous().clone();
+  float* s = l.data_ptr<float>();
+  const int64_t v = l.numel();
+  if (penalty) {
+    // Each distinct token once, however often it occurs.
+    std::vector<TokenId> seen(history);
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    const float r = static_cast<float>(options.repetition_penalty);
+    for (TokenId t : seen) {
+      if (t < 0 || t >= v) continue;
+      s[t] = s[t] < 0 ? s[t] * r : s[t] / r;
+    }
+  }
+  if (ngrams) {
+    // Every n-gram of the history whose first n - 1 tokens are the last
+    // n - 1 of the history bans its n-th token.
+    const int64_t len = static_cast<int64_t>(history.size());
+    const TokenId* tail = history.data() + (len - (n - 1));
+    for (int64_t i = 0; i + n <= len; ++i) {
+      if (!std::equal(tail, tail + (n - 1), history.data() + i)) continue;
+      const TokenId banned = history[static_cast<size_t>(i + n - 1)];
+      if (banned >= 0 && banned < v) s[banned] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  return l;
+}
+
+TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state,
+                    const std::vector<TokenId>& history) {
+  auto l = ApplyRepetitionRules(logits.to(torch::kFloat32), history, options);
   if (options.num_tokens > 0 && options.num_tokens < l.size(-1)) l = l.narrow(-1, 0, options.num_tokens);
   l = l.contiguous();
   if (options.temperature <= 0) return static_cast<TokenId>(l.argmax().item<int64_t>());
@@ -56,12 +108,7 @@ TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options,
 absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::vector<TokenId>& prompt,
                                               TokenId eot, const SamplingOptions& options,
                                               const TokenCallback& on_token, const LogitsHook& logits_hook) {
-  if (options.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
-  if (options.top_p <= 0 || options.top_p > 1) return absl::InvalidArgumentError("top_p must be in (0, 1]");
-  if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
-  if (!std::isfinite(options.temperature) || options.temperature < 0) {
-    return absl::InvalidArgumentError("temperature must be >= 0");
-  }
+  RAG_RETURN_IF_ERROR(ValidateSamplingOptions(options));
   const int64_t context = model->config().context;
   const int64_t vocab = model->config().vocab_size;
   for (TokenId t : prompt) {
@@ -72,6 +119,7 @@ absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::v
   seq.push_back(eot);
   seq.insert(seq.end(), prompt.begin(), prompt.end());
   std::vector<TokenId> generated;
+  std::vector<TokenId> history(prompt);  // what the repetition rules look back on
   uint64_t rng = options.seed;
 
   KVCache cache;
@@ -92,8 +140,9 @@ absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::v
   int64_t start = std::max<int64_t>(0, window_start(context));
   logits = logits_after(start);
   for (int64_t step = 0; step < options.max_tokens; ++step) {
-    TokenId next = SampleToken(logits, options, &rng);
+    TokenId next = SampleToken(logits, options, &rng, history);
     generated.push_back(next);
+    history.push_back(next);
     seq.push_back(next);
     if (on_token && !on_token(next)) break;
     if (options.stop_at_eot && next == eot) break;

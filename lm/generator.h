@@ -25,6 +25,14 @@ struct SamplingOptions {
   // smaller than the model's output (Pythia has 50304 rows for 50277 tokens;
   // the rest decode to nothing). 0 = every row. Default: 0
   int64_t num_tokens = 0;
+  // Hugging Face's repetition_penalty (Keskar et al. 2019, CTRL): the score
+  // of every token already in the prompt or the output is divided by it
+  // when positive and multiplied by it when negative. 1 = off. Default: 1
+  double repetition_penalty = 1.0;
+  // Hugging Face's no_repeat_ngram_size: a token that would complete an
+  // n-gram already in the prompt or the output is never chosen. 0 = off.
+  // Default: 0
+  int64_t no_repeat_ngram_size = 0;
 };
 
 // Called with each generated token; returning false stops generation (a
@@ -45,7 +53,20 @@ absl::StatusOr<std::vector<TokenId>> Generate(TransformerLM& model, const std::v
                                               const TokenCallback& on_token = nullptr,
                                               const LogitsHook& logits_hook = nullptr);
 
-// Picks a token from next-token logits [V] by the sampling rule in `options`.
-TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state);
+// InvalidArgument naming the first option out of range (max_tokens < 0,
+// top_p outside (0, 1], top_k < 0, temperature < 0, repetition_penalty <= 0,
+// no_repeat_ngram_size < 0).
+absl::Status ValidateSamplingOptions(const SamplingOptions& options);
+
+// The scores [V] after repetition_penalty and no_repeat_ngram_size, as
+// Hugging Face's logits processors apply them, given the tokens so far
+// (`history`: the prompt, then the output). A copy when either is on.
+torch::Tensor ApplyRepetitionRules(const torch::Tensor& logits, const std::vector<TokenId>& history,
+                                   const SamplingOptions& options);
+
+// Picks a token from next-token logits [V] by the sampling rule in `options`
+// (repetition rules first, over `history`, then temperature, top-k, top-p).
+TokenId SampleToken(const torch::Tensor& logits, const SamplingOptions& options, uint64_t* rng_state,
+                    const std::vector<TokenId>& history = {});
 
 }  // namespace rag::lm

@@ -193,6 +193,10 @@ absl::StatusOr<std::vector<TokenId>> GenerateWithCache(RetroLM& model, const std
   seq.push_back(eot);
   seq.insert(seq.end(), prompt.begin(), prompt.end());
   std::vector<TokenId> generated;
+  // What the repetition rules look back on: the prompt without the
+  // end-of-text tokens that pad it to a chunk boundary, then the output.
+  std::vector<TokenId> history(std::find_if(prompt.begin(), prompt.end(), [&](TokenId t) { return t != eot; }),
+                               prompt.end());
   uint64_t rng = options.seed;
   const auto seq_length = [&] { return static_cast<int64_t>(seq.size()); };
 
@@ -257,8 +261,9 @@ absl::StatusOr<std::vector<TokenId>> GenerateWithCache(RetroLM& model, const std
 
   RAG_ASSIGN_OR_RETURN(torch::Tensor logits, logits_after(window * m));
   for (int64_t step = 0; step < options.max_tokens; ++step) {
-    const TokenId next = SampleToken(logits, options, &rng);
+    const TokenId next = SampleToken(logits, options, &rng, history);
     generated.push_back(next);
+    history.push_back(next);
     seq.push_back(next);
     if (on_token && !on_token(next)) break;
     if (options.stop_at_eot && next == eot) break;
@@ -295,13 +300,7 @@ absl::StatusOr<ScoredTokens> ScoreRetroTokensWithHidden(RetroLM& model, const st
 absl::StatusOr<std::vector<TokenId>> GenerateRetro(RetroLM& model, const std::vector<TokenId>& prompt, TokenId eot,
                                                    const SamplingOptions& options, const RetrieveFn& retrieve,
                                                    const TokenCallback& on_token, const RetrieveCallback& on_retrieve) {
-  // The checks (and messages) of lm::Generate.
-  if (options.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
-  if (!(options.top_p > 0 && options.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
-  if (options.top_k < 0) return absl::InvalidArgumentError("top_k must be >= 0");
-  if (!std::isfinite(options.temperature) || options.temperature < 0) {
-    return absl::InvalidArgumentError("temperature must be >= 0");
-  }
+  RAG_RETURN_IF_ERROR(ValidateSamplingOptions(options));
   RAG_RETURN_IF_ERROR(CheckTokens(prompt, eot, model->config().decoder.vocab_size, "prompt"));
   if (options.max_tokens == 0) return std::vector<TokenId>();
   try {

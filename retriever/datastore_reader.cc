@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/binary_file.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 #include "retriever/datastore.h"
 #include "retriever/internal/added_log.h"
@@ -247,6 +248,7 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
       qptr = batch_queries.data();
     }
     RAG_RETURN_IF_ERROR(Annotate(index_->Search(qptr, np, static_cast<int>(f), nprobe, &distances, &ids), context));
+    const StageTimer reading(Stage::kDatastore);  // the neighbours' values, docs and exact distances
     std::vector<int64_t> still_pending;
     for (int64_t i = 0; i < np; ++i) {
       const int64_t q = pending[static_cast<size_t>(i)];

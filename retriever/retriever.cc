@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "common/file_util.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 #include "retriever/leakage.h"
 #include "retriever/topk.h"
@@ -259,6 +260,7 @@ int64_t AlignNeighbourTokens(const Neighbour& neighbour, const std::vector<Token
 
 absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
     const std::vector<std::vector<Token>>& queries, const SearchOptions& options) const {
+  const StageTimer timer(Stage::kDatastore);  // the records; the BM25 search below is timed apart
   RAG_RETURN_IF_ERROR(EnsureBm25());
   std::unordered_set<int64_t> excluded;  // document indexes
   for (const auto& id : options.exclude_doc_ids) {
@@ -276,6 +278,7 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchBm25(
       std::vector<std::pair<ChunkId, float>> found;
       int64_t chunks = 0;
       {
+        const StageTimer search_timer(Stage::kSearch);
         std::shared_lock<std::shared_mutex> lock(bm25_mu_);
         chunks = bm25_->num_chunks();
         fetch = std::min(fetch, chunks);
@@ -320,7 +323,10 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::Search(
   if (queries.empty()) return std::vector<std::vector<Neighbour>>();
   if (options.method == "bm25") return SearchBm25(queries, options);
   std::vector<float> embeddings;
-  RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
+  {
+    const StageTimer timer(Stage::kEmbed);
+    RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
+  }
   return SearchEmbeddings(embeddings.data(), static_cast<int64_t>(queries.size()), options);
 }
 
@@ -331,6 +337,8 @@ absl::StatusOr<std::vector<std::vector<Neighbour>>> Retriever::SearchEmbeddings(
                                       std::to_string(options.k));
   }
   if (nq < 0 || (nq > 0 && embeddings == nullptr)) return absl::InvalidArgumentError("bad embeddings to search");
+  // Reading the neighbours' records; VectorIndex::Search times itself.
+  const StageTimer timer(Stage::kDatastore);
   std::vector<std::vector<Neighbour>> results(static_cast<size_t>(nq));
   if (nq == 0) return results;
   const int64_t total = num_vectors();

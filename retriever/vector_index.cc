@@ -34,6 +34,7 @@
 
 #include "common/binary_file.h"
 #include "common/file_util.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 
 namespace rag::retriever {
@@ -450,6 +451,7 @@ void VectorIndex::Reserve(int64_t n) {
 
 absl::Status VectorIndex::Search(const float* queries, int64_t nq, int k, int nprobe, std::vector<float>* distances,
                                  std::vector<int64_t>* ids) const {
+  const StageTimer timer(Stage::kSearch);
   const std::string context = "searching index '" + factory_ + "'";
   if (k <= 0 || k > kMaxK) {
     return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(kMaxK) + "], got " +

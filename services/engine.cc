@@ -8,6 +8,7 @@
 
 #include "common/cancellation.h"
 #include "common/file_util.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 #include "lm/scorer.h"
 #include "retriever/datastore_sync.h"
@@ -31,6 +32,17 @@ auto Guarded(const char* what, F&& fn) -> decltype(fn()) {
   } catch (const std::exception& e) {
     return absl::InternalError(std::string(what) + ": " + e.what());
   }
+}
+
+// The stage times the call's recorder holds, and its wall time so far.
+void SetTimings(const StageRecorder& recorder, v1::StageTimings* out) {
+  const StageMicros us = recorder.micros();
+  out->set_embed_us(us[static_cast<int>(Stage::kEmbed)]);
+  out->set_search_us(us[static_cast<int>(Stage::kSearch)]);
+  out->set_datastore_us(us[static_cast<int>(Stage::kDatastore)]);
+  out->set_forward_us(us[static_cast<int>(Stage::kForward)]);
+  out->set_fusion_us(us[static_cast<int>(Stage::kFusion)]);
+  out->set_total_us(recorder.total_micros());
 }
 
 // The fields of a neighbour that Search and a shard's SearchVectors both
@@ -168,6 +180,7 @@ absl::Status Engine::NeedLocalIndex(const char* rpc) const {
 absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& request) {
   const ActiveCall active(&active_calls_);
   return Guarded("Search", [&]() -> absl::StatusOr<v1::SearchResponse> {
+    const StageRecorder recorder;
     RAG_RETURN_IF_ERROR(NeedIndex("Search"));
     RAG_ASSIGN_OR_RETURN(SearchParams p, ParseSearchRequest(request, parse_context()));
     const auto& tok = model_->tokenizer();
@@ -184,6 +197,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
         nb->set_continuation(DecodeToValidUtf8(tok, n.continuation));
       }
     }
+    SetTimings(recorder, response.mutable_timings());
     return response;
   });
 }
@@ -191,6 +205,7 @@ absl::StatusOr<v1::SearchResponse> Engine::Search(const v1::SearchRequest& reque
 absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request) {
   const ActiveCall active(&active_calls_);
   return Guarded("Score", [&]() -> absl::StatusOr<v1::ScoreResponse> {
+    const StageRecorder recorder;
     RAG_ASSIGN_OR_RETURN(ScoreParams p, ParseScoreRequest(request, parse_context()));
     const auto& tok = model_->tokenizer();
     const auto ids = tok.Encode(p.text);
@@ -211,6 +226,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
         t->set_logprob(logprobs[i]);
       }
     }
+    SetTimings(recorder, r.mutable_timings());
     return r;
   });
 }
@@ -218,6 +234,7 @@ absl::StatusOr<v1::ScoreResponse> Engine::Score(const v1::ScoreRequest& request)
 absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenRequest& request) {
   const ActiveCall active(&active_calls_);
   return Guarded("NextToken", [&]() -> absl::StatusOr<v1::NextTokenResponse> {
+    const StageRecorder recorder;
     RAG_ASSIGN_OR_RETURN(NextTokenParams p, ParseNextTokenRequest(request, parse_context()));
     const auto& tok = model_->tokenizer();
     RAG_ASSIGN_OR_RETURN(torch::Tensor logprobs, strategy(p.mode).NextToken(p, tok.Encode(p.text)));
@@ -237,6 +254,7 @@ absl::StatusOr<v1::NextTokenResponse> Engine::NextToken(const v1::NextTokenReque
       t->set_logprob(v[i]);
       t->set_probability(std::exp(v[i]));
     }
+    SetTimings(recorder, r.mutable_timings());
     return r;
   });
 }
@@ -245,6 +263,7 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
                                                       const GenerateCallback& on_token) {
   const ActiveCall active(&active_calls_);
   return Guarded("Generate", [&]() -> absl::StatusOr<v1::GenerateResponse> {
+    const StageRecorder recorder;
     RAG_ASSIGN_OR_RETURN(GenerateParams p, ParseGenerateRequest(request, parse_context()));
     const auto& tok = model_->tokenizer();
     const std::vector<lm::TokenId> prompt = p.prompt_ids.empty() ? tok.Encode(p.prompt) : p.prompt_ids;
@@ -255,6 +274,7 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
         return false;
       }
       if (!on_token) return true;
+      const StageTimer streaming(Stage::kOther);  // the client's pace is no stage of ours
       v1::GenerateResponse msg;
       msg.set_token_id(id);
       if (id == tok.eot_id()) {
@@ -275,8 +295,26 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
     done.set_done(true);
     done.set_text(DecodeToValidUtf8(tok, text_ids));
     done.set_tokens(static_cast<int64_t>(generated.size()));
+    SetTimings(recorder, done.mutable_timings());
     return done;
   });
+}
+
+absl::Status Engine::WarmUp() {
+  for (Mode mode : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+    if (strategies_[static_cast<int>(mode)] == nullptr) continue;
+    v1::ScoreRequest score;
+    score.set_text("The first call of the day warms the server up.");
+    score.set_mode(ModeName(mode));
+    RAG_RETURN_IF_ERROR(Annotate(Score(score).status(), std::string("warming up mode ") + ModeName(mode)));
+  }
+  if (searcher_ != nullptr) {
+    v1::SearchRequest search;
+    search.add_texts("The first call of the day warms the server up.");
+    search.set_k(1);
+    RAG_RETURN_IF_ERROR(Annotate(Search(search).status(), "warming up Search"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::InfoResponse> Engine::Info() {

@@ -57,6 +57,11 @@ class Engine : public Backend {
   absl::StatusOr<v1::GenerateResponse> Generate(const v1::GenerateRequest& request,
                                                 const GenerateCallback& on_token) override;
   absl::StatusOr<v1::InfoResponse> Info() override;
+  // One short Score in every served mode and one Search: the first forward
+  // passes allocate and pick kernels, the first searches fault in the
+  // mapped index and datastore. `rag serve` runs it before health says
+  // SERVING, so the first client does not pay for it.
+  absl::Status WarmUp();
   absl::StatusOr<v1::StatsResponse> Stats() override;
   // The internal Shard service (proto/rag.proto): searches of this server's
   // own index by vector and by kNN-LM key, for a sharded front.

@@ -6,6 +6,7 @@
 
 #include "common/cancellation.h"
 #include "common/status.h"
+#include "common/stage_timer.h"
 #include "lm/knnlm.h"
 #include "lm/scorer.h"
 
@@ -47,6 +48,8 @@ absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const Kn
 
 absl::StatusOr<torch::Tensor> KnnLmMode::KnnDistribution(const torch::Tensor& hidden, const torch::Tensor& lm_logprobs,
                                                          const KnnParams& p) const {
+  // Interpolation; the searches inside time themselves.
+  const StageTimer timer(Stage::kFusion);
   // Adaptive retrieval: where the LM is sure enough, it predicts alone.
   if (p.knn.min_entropy > 0 && lm::Entropy(lm_logprobs) < p.knn.min_entropy) return lm_logprobs;
   torch::Tensor h = hidden.to(torch::kFloat32).contiguous();
@@ -66,9 +69,14 @@ absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const 
   so.should_stop = rag::Cancelled;
   const double min_entropy = p.knn.knn.min_entropy;
   so.entropy = min_entropy > 0;
-  lm::ScoredTokens scored =
-      lm::ScoreTokensWithHidden(served_.model->module(), ids, served_.model->tokenizer().eot_id(), so);
+  lm::ScoredTokens scored;
+  {
+    const StageTimer timer(Stage::kForward);
+    scored = lm::ScoreTokensWithHidden(served_.model->module(), ids, served_.model->tokenizer().eot_id(), so);
+  }
   if (rag::Cancelled()) return CallCancelled();
+  // Choosing the queries and interpolating; the searches time themselves.
+  const StageTimer timer(Stage::kFusion);
   // Adaptive retrieval: only the positions where the LM is unsure enough
   // are searched (row `searched[j]` of the hidden states is query j).
   torch::Tensor queries = scored.hidden;
@@ -114,9 +122,11 @@ absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const 
 
 absl::StatusOr<torch::Tensor> KnnLmMode::NextToken(const NextTokenParams& p,
                                                    const std::vector<lm::TokenId>& ids) const {
-  torch::Tensor hidden;
-  torch::Tensor logprobs =
-      lm::NextTokenLogProbs(served_.model->module(), ids, served_.model->tokenizer().eot_id(), &hidden);
+  torch::Tensor hidden, logprobs;
+  {
+    const StageTimer timer(Stage::kForward);
+    logprobs = lm::NextTokenLogProbs(served_.model->module(), ids, served_.model->tokenizer().eot_id(), &hidden);
+  }
   return KnnDistribution(hidden, logprobs, p.knn);
 }
 
@@ -135,6 +145,7 @@ absl::StatusOr<std::vector<lm::TokenId>> KnnLmMode::Generate(const GenerateParam
     }
     return *mixed;
   };
+  const StageTimer timer(Stage::kForward);  // the hook's fusion and searches time themselves
   auto generated =
       lm::Generate(served_.model->module(), prompt, served_.model->tokenizer().eot_id(), p.sampling, emit, hook);
   if (!generated.ok()) return generated.status();

@@ -215,11 +215,19 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   }
   if (s.top_k() < 0) return absl::InvalidArgumentError("sampling.top_k must be >= 0 (0 = all tokens)");
   if (!(s.top_p() >= 0 && s.top_p() <= 1)) return absl::InvalidArgumentError("sampling.top_p must be in [0, 1]");
+  if (!(s.repetition_penalty() >= 0) || !std::isfinite(s.repetition_penalty())) {
+    return absl::InvalidArgumentError("sampling.repetition_penalty must be > 0 (0 or 1 = off)");
+  }
+  if (s.no_repeat_ngram_size() < 0) {
+    return absl::InvalidArgumentError("sampling.no_repeat_ngram_size must be >= 0 (0 = off)");
+  }
   p.sampling.max_tokens = max_tokens;
   p.sampling.temperature = s.temperature();
   p.sampling.top_k = s.top_k();
   p.sampling.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
   p.sampling.seed = s.seed();
+  p.sampling.repetition_penalty = s.repetition_penalty() == 0 ? 1.0 : s.repetition_penalty();
+  p.sampling.no_repeat_ngram_size = s.no_repeat_ngram_size();
   p.sampling.stop_at_eot = !request.ignore_eot();
   p.sampling.num_tokens = ctx.vocab_size;  // never a row the tokenizer cannot decode
   if (request.prompt_token_ids_size() > 0) {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common/cancellation.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 #include "retriever/neighbour_set.h"
 
@@ -30,6 +31,9 @@ std::vector<lm::TokenId> PromptEndingAChunk(const std::vector<lm::TokenId>& text
 absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::vector<lm::TokenId>& ids,
                                                                    const RetroParams& p, int64_t* filtered,
                                                                    int64_t padding) const {
+  // Assembling the sets (filter, alignment, padding); the searches and
+  // reads inside time themselves.
+  const StageTimer timer(Stage::kFusion);
   const auto& c = served_.retro->config();
   const retriever::ChunkSearcher& index = *served_.searcher;
   const int64_t m = c.chunk_size;
@@ -73,9 +77,14 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::ve
       for (int64_t i = 0; i < retriever::kLeakageOverFetch * o.k && total > 0; ++i) {
         drawn.push_back(static_cast<int64_t>(rng() % total));
       }
-      RAG_ASSIGN_OR_RETURN(auto records, local.chunk_store().GetChunks(drawn));
+      absl::StatusOr<std::vector<retriever::ChunkRecord>> records;
+      {
+        const StageTimer reading(Stage::kDatastore);
+        records = local.chunk_store().GetChunks(drawn);
+      }
+      RAG_RETURN_IF_ERROR(records.status());
       std::vector<retriever::Neighbour> list;
-      for (auto& rec : records) {
+      for (auto& rec : *records) {
         list.push_back({rec.id, rec.doc_id, rec.offset, std::move(rec.tokens), std::move(rec.continuation), 0.0f});
       }
       sets[j] = to_lm(retriever::NeighbourSetFromCandidates(list, chunk(j), chunk(j + 1), o));
@@ -119,8 +128,12 @@ absl::StatusOr<std::vector<float>> RetroMode::Score(const ScoreParams& p, const 
   lm::RetroScoreOptions ro;
   ro.should_stop = rag::Cancelled;
   ro.stride_chunks = p.stride / m;
-  RAG_ASSIGN_OR_RETURN(std::vector<float> logprobs,
-                       lm::ScoreRetroTokens(served_.retro->module(), laid_out, tok.eot_id(), sets, ro));
+  absl::StatusOr<std::vector<float>> scored;
+  {
+    const StageTimer timer(Stage::kForward);
+    scored = lm::ScoreRetroTokens(served_.retro->module(), laid_out, tok.eot_id(), sets, ro);
+  }
+  RAG_ASSIGN_OR_RETURN(std::vector<float> logprobs, std::move(scored));
   logprobs.erase(logprobs.begin(), logprobs.begin() + padding);
   response->set_retrievals(sets.empty() ? 0 : static_cast<int64_t>(sets.size()) - 1);
   response->set_neighbours_filtered(filtered);
@@ -139,6 +152,7 @@ absl::StatusOr<torch::Tensor> RetroMode::NextToken(const NextTokenParams& p,
   if (p.retro.retrieval != Retrieval::kOff && complete.size() > 1) {
     RAG_ASSIGN_OR_RETURN(sets, RetroSets(complete, p.retro, &filtered));
   }
+  const StageTimer timer(Stage::kForward);
   return lm::RetroNextTokenLogProbs(served_.retro->module(), ids, eot, sets);
 }
 
@@ -175,10 +189,16 @@ absl::StatusOr<std::vector<lm::TokenId>> RetroMode::Generate(const GenerateParam
       v1::Neighbour* nb = rv->add_neighbours();
       std::vector<int32_t> t(set.tokens.begin() + static_cast<int64_t>(j) * r_tokens,
                              set.tokens.begin() + static_cast<int64_t>(j + 1) * r_tokens);
+      // A neighbour is padded to R tokens with end-of-text (at the end near
+      // its document's end, at the start when aligned on the query): the
+      // client sees the neighbour's own tokens only.
+      while (!t.empty() && t.back() == tok.eot_id()) t.pop_back();
+      t.erase(t.begin(), std::find_if(t.begin(), t.end(), [&](int32_t id) { return id != tok.eot_id(); }));
       nb->set_text(DecodeToValidUtf8(tok, t));
       nb->mutable_token_ids()->Add(t.begin(), t.end());
     }
   };
+  const StageTimer timer(Stage::kForward);  // retrieval inside times itself
   return lm::GenerateRetro(served_.retro->module(), laid_out, tok.eot_id(), p.sampling, retrieve, emit, on_retrieve);
 }
 

@@ -4,8 +4,11 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "common/cancellation.h"
@@ -41,20 +44,30 @@ const char* CodeName(grpc::StatusCode code) {
   return i >= 0 && i < 17 ? kNames[i] : "?";
 }
 
-// One line per request at debug level: what was asked, by whom, the outcome
-// and how long it took.
+// --log-requests: one JSON line per rpc on stderr: the method, the peer,
+// what was asked (mode, sizes), the outcome, the wall time and, for the rpcs
+// that do work, where it went (the response's StageTimings).
 class RequestLog {
  public:
-  RequestLog(bool enabled, const char* rpc, grpc::ServerContext* context)
-      : enabled_(enabled), rpc_(rpc), context_(context), start_(std::chrono::steady_clock::now()) {}
+  RequestLog(bool enabled, const char* rpc, grpc::ServerContext* context, nlohmann::json request)
+      : enabled_(enabled),
+        rpc_(rpc),
+        context_(context),
+        request_(std::move(request)),
+        start_(std::chrono::steady_clock::now()) {}
 
-  grpc::Status Finish(const grpc::Status& status, const std::string& detail) const {
-    if (enabled_) {
-      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
-      std::fprintf(stderr, "serve: %s %s %s -> %s %.1f ms%s%s\n", rpc_, context_->peer().c_str(), detail.c_str(),
-                   CodeName(status.error_code()), ms, status.ok() ? "" : ": ",
-                   status.ok() ? "" : status.error_message().c_str());
-    }
+  grpc::Status Finish(const grpc::Status& status, nlohmann::json response = nullptr) const {
+    if (!enabled_) return status;
+    nlohmann::json line = {
+        {"rpc", rpc_},
+        {"peer", context_->peer()},
+        {"request", request_},
+        {"status", CodeName(status.error_code())},
+        {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}};
+    if (!status.ok()) line["error"] = status.error_message();
+    if (!response.is_null()) line["response"] = std::move(response);
+    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    std::fwrite(text.data(), 1, text.size(), stderr);  // one write: lines of concurrent calls do not interleave
     return status;
   }
 
@@ -62,14 +75,50 @@ class RequestLog {
   bool enabled_;
   const char* rpc_;
   grpc::ServerContext* context_;
+  nlohmann::json request_;
   std::chrono::steady_clock::time_point start_;
 };
 
+nlohmann::json TimingsJson(const v1::StageTimings& t) {
+  return {{"embed_us", t.embed_us()},         {"search_us", t.search_us()}, {"datastore_us", t.datastore_us()},
+          {"forward_us", t.forward_us()},     {"fusion_us", t.fusion_us()}, {"total_us", t.total_us()}};
+}
+
+// What the log line says of a response: sizes, and the stage timings.
+template <typename Response>
+nlohmann::json Describe(const Response&) {
+  return nullptr;
+}
+nlohmann::json Describe(const v1::SearchResponse& r) {
+  int64_t neighbours = 0;
+  for (const auto& list : r.results()) neighbours += list.neighbours_size();
+  return {{"neighbours", neighbours}, {"timings", TimingsJson(r.timings())}};
+}
+nlohmann::json Describe(const v1::ScoreResponse& r) {
+  return {{"tokens", r.tokens()}, {"retrievals", r.retrievals()}, {"timings", TimingsJson(r.timings())}};
+}
+nlohmann::json Describe(const v1::NextTokenResponse& r) {
+  return {{"tokens", r.tokens_size()}, {"timings", TimingsJson(r.timings())}};
+}
+nlohmann::json Describe(const v1::GenerateResponse& r) {
+  return {{"tokens", r.tokens()}, {"retrievals", r.retrievals_size()}, {"timings", TimingsJson(r.timings())}};
+}
+
 // What every handler needs: the engine, whether to log, the bearer token.
 struct Shared {
-  Engine* engine = nullptr;
+  // Null while the model and index load and warm up (Server::SetReady).
+  std::atomic<Engine*> engine{nullptr};
   bool log = false;
   std::string token;  // "" = no check
+
+  // The engine, or UNAVAILABLE while it is still loading.
+  grpc::Status Ready(Engine** out) const {
+    *out = engine.load();
+    if (*out != nullptr) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the server is starting: the model and index are loading (health says NOT_SERVING until "
+                        "they are open and warmed)");
+  }
 
   // UNAUTHENTICATED unless the call carries `authorization: Bearer <token>`.
   // The comparison takes the same time wherever the first difference is.
@@ -109,16 +158,18 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(const grpc::Serv
 
 // A unary rpc: checks the token, calls the engine, logs, converts the status.
 template <typename Response, typename Call>
-grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, const std::string& detail,
+grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, nlohmann::json detail,
                     Call&& call, Response* response) {
-  RequestLog log(shared.log, rpc, context);
-  if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a, detail);
+  RequestLog log(shared.log, rpc, context, std::move(detail));
+  if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a);
+  Engine* engine = nullptr;
+  if (grpc::Status ready = shared.Ready(&engine); !ready.ok()) return log.Finish(ready);
   const ScopedCancellation cancellation(CancellationOf(context));
   const ScopedDeadline deadline(DeadlineOf(context));
-  absl::StatusOr<Response> r = call();
-  if (!r.ok()) return log.Finish(ToGrpc(r.status(), context), detail);
+  absl::StatusOr<Response> r = call(*engine);
+  if (!r.ok()) return log.Finish(ToGrpc(r.status(), context));
   *response = std::move(*r);
-  return log.Finish(grpc::Status::OK, detail);
+  return log.Finish(grpc::Status::OK, Describe(*response));
 }
 
 class RetrievalService final : public v1::Retrieval::Service {
@@ -129,8 +180,8 @@ class RetrievalService final : public v1::Retrieval::Service {
                       v1::SearchResponse* response) override {
     return Answer(
         s_, "Search", context,
-        "texts=" + std::to_string(request->texts_size()) + " k=" + std::to_string(request->k()),
-        [&] { return s_.engine->Search(*request); }, response);
+        {{"texts", request->texts_size()}, {"k", request->k()}, {"method", request->method()}},
+        [&](Engine& e) { return e.Search(*request); }, response);
   }
 
  private:
@@ -144,36 +195,42 @@ class LanguageModelService final : public v1::LanguageModel::Service {
   grpc::Status Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                      v1::ScoreResponse* response) override {
     return Answer(
-        s_, "Score", context, "bytes=" + std::to_string(request->text().size()),
-        [&] { return s_.engine->Score(*request); }, response);
+        s_, "Score", context, {{"mode", request->mode()}, {"bytes", request->text().size()}},
+        [&](Engine& e) { return e.Score(*request); }, response);
   }
 
   grpc::Status NextToken(grpc::ServerContext* context, const v1::NextTokenRequest* request,
                          v1::NextTokenResponse* response) override {
     return Answer(
-        s_, "NextToken", context, "bytes=" + std::to_string(request->text().size()),
-        [&] { return s_.engine->NextToken(*request); }, response);
+        s_, "NextToken", context,
+        {{"mode", request->mode()}, {"bytes", request->text().size()}, {"top_n", request->top_n()}},
+        [&](Engine& e) { return e.NextToken(*request); }, response);
   }
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    RequestLog log(s_.log, "Generate", context);
-    const std::string detail = "max_tokens=" + std::to_string(request->max_tokens());
-    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, detail);
+    RequestLog log(s_.log, "Generate", context,
+                   {{"mode", request->mode()},
+                    {"bytes", request->prompt().size()},
+                    {"prompt_token_ids", request->prompt_token_ids_size()},
+                    {"max_tokens", request->max_tokens()}});
+    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a);
+    Engine* engine = nullptr;
+    if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
     const ScopedCancellation cancellation(CancellationOf(context));
     const ScopedDeadline deadline(DeadlineOf(context));
     // A failed Write means the client is gone: stop generating rather than
     // compute tokens nobody reads (a cancelled call or a passed deadline
     // stops it through the cancellation check above).
-    auto done = s_.engine->Generate(*request, [&](const v1::GenerateResponse& token) { return writer->Write(token); });
-    if (!done.ok()) return log.Finish(ToGrpc(done.status(), context), detail);
+    auto done = engine->Generate(*request, [&](const v1::GenerateResponse& token) { return writer->Write(token); });
+    if (!done.ok()) return log.Finish(ToGrpc(done.status(), context));
     writer->Write(*done);
-    return log.Finish(grpc::Status::OK, detail);
+    return log.Finish(grpc::Status::OK, Describe(*done));
   }
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::InfoResponse* response) override {
     return Answer(
-        s_, "Info", context, "", [&] { return s_.engine->Info(); }, response);
+        s_, "Info", context, nlohmann::json::object(), [&](Engine& e) { return e.Info(); }, response);
   }
 
  private:
@@ -186,21 +243,22 @@ class IndexService final : public v1::Index::Service {
 
   grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest*, v1::StatsResponse* response) override {
     return Answer(
-        s_, "Stats", context, "", [&] { return s_.engine->Stats(); }, response);
+        s_, "Stats", context, nlohmann::json::object(), [&](Engine& e) { return e.Stats(); }, response);
   }
 
   grpc::Status AddDocuments(grpc::ServerContext* context, grpc::ServerReader<v1::Document>* reader,
                             v1::AddDocumentsResponse* response) override {
-    RequestLog log(s_.log, "AddDocuments", context);
-    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a, "");
+    RequestLog log(s_.log, "AddDocuments", context, nlohmann::json::object());
+    if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a);
+    Engine* engine = nullptr;
+    if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
     v1::AddDocumentsResponse totals;
     v1::Document doc;
     absl::Status status;
-    while (status.ok() && reader->Read(&doc)) status = s_.engine->AddDocument(doc, &totals);
+    while (status.ok() && reader->Read(&doc)) status = engine->AddDocument(doc, &totals);
     // Whatever was added is durable already; save the index either way.
-    absl::Status finished = s_.engine->FinishAdd(&totals);
-    const std::string detail =
-        "added=" + std::to_string(totals.documents_added()) + " skipped=" + std::to_string(totals.documents_skipped());
+    absl::Status finished = engine->FinishAdd(&totals);
+    const nlohmann::json detail = {{"added", totals.documents_added()}, {"skipped", totals.documents_skipped()}};
     if (!status.ok()) {
       return log.Finish(
           ToGrpc(absl::Status(status.code(), "after " + std::to_string(totals.documents_added()) +
@@ -231,16 +289,16 @@ class ShardService final : public v1::Shard::Service {
                              v1::SearchResponse* response) override {
     return Answer(
         s_, "SearchVectors", context,
-        "floats=" + std::to_string(request->vectors_size()) + " k=" + std::to_string(request->k()),
-        [&] { return s_.engine->SearchVectors(*request); }, response);
+        {{"floats", request->vectors_size()}, {"k", request->k()}},
+        [&](Engine& e) { return e.SearchVectors(*request); }, response);
   }
 
   grpc::Status SearchKeys(grpc::ServerContext* context, const v1::SearchKeysRequest* request,
                           v1::SearchKeysResponse* response) override {
     return Answer(
         s_, "SearchKeys", context,
-        "floats=" + std::to_string(request->queries_size()) + " k=" + std::to_string(request->k()),
-        [&] { return s_.engine->SearchKeys(*request); }, response);
+        {{"floats", request->queries_size()}, {"k", request->k()}},
+        [&](Engine& e) { return e.SearchKeys(*request); }, response);
   }
 
  private:
@@ -256,8 +314,12 @@ bool IsLoopback(const std::string& listen) {
 }
 
 struct Server::Services {
-  explicit Services(Shared s)
-      : shared(std::move(s)), retrieval(&shared), lm(&shared), index(&shared), shard(&shared) {}
+  Services(Engine* engine, bool log, std::string token)
+      : retrieval(&shared), lm(&shared), index(&shared), shard(&shared) {
+    shared.engine = engine;
+    shared.log = log;
+    shared.token = std::move(token);
+  }
   Shared shared;  // before the services, which keep a reference to it
   RetrievalService retrieval;
   LanguageModelService lm;
@@ -267,14 +329,14 @@ struct Server::Services {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const ServerOptions& options) {
   std::unique_ptr<Server> s(new Server());
-  Shared shared{engine, options.log_requests, ""};
+  std::string token;
   if (!options.auth_token_file.empty()) {
-    RAG_ASSIGN_OR_RETURN(std::string token, ReadFile(options.auth_token_file));
-    shared.token = std::string(absl::StripAsciiWhitespace(token));
-    if (shared.token.empty()) {
+    RAG_ASSIGN_OR_RETURN(std::string text, ReadFile(options.auth_token_file));
+    token = std::string(absl::StripAsciiWhitespace(text));
+    if (token.empty()) {
       return absl::InvalidArgumentError("the token file '" + options.auth_token_file + "' is empty");
     }
-    for (char c : shared.token) {
+    for (char c : token) {
       if (c < 0x21 || c > 0x7e) {
         return absl::InvalidArgumentError("the token in '" + options.auth_token_file +
                                           "' must be printable ASCII without spaces (it travels as an HTTP/2 header)");
@@ -298,7 +360,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
     ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
     credentials = grpc::SslServerCredentials(ssl);
   }
-  s->services_ = std::make_unique<Services>(std::move(shared));
+  s->services_ = std::make_unique<Services>(engine, options.log_requests, std::move(token));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -315,7 +377,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
                                   "' (address in use, not a valid host:port, or a certificate that does not match "
                                   "its key?)");
   }
+  // Health says what the engine does: NOT_SERVING until it is set.
+  if (auto* health = s->server_->GetHealthCheckService()) health->SetServingStatus(engine != nullptr);
   return s;
+}
+
+void Server::SetReady(Engine* engine) {
+  services_->shared.engine = engine;
+  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(engine != nullptr);
 }
 
 Server::~Server() { Shutdown(0); }

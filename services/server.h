@@ -41,16 +41,23 @@ bool IsLoopback(const std::string& listen);
 
 class Server {
  public:
-  // Starts serving `engine` (not owned; must outlive the server).
-  // Unavailable when the address cannot be bound; NotFound / InvalidArgument
-  // for a missing or unusable TLS or token file.
+  // Starts serving `engine` (not owned; must outlive the server). With a
+  // null engine the server listens, health says NOT_SERVING and every rag
+  // rpc answers UNAVAILABLE until SetReady: the port is open (probes get an
+  // answer) while the model and index load and warm up. Unavailable when
+  // the address cannot be bound; NotFound / InvalidArgument for a missing or
+  // unusable TLS or token file.
   static absl::StatusOr<std::unique_ptr<Server>> Start(Engine* engine, const ServerOptions& options);
+  // Answers with `engine` from now on and sets health to SERVING (null: back
+  // to NOT_SERVING and UNAVAILABLE).
+  void SetReady(Engine* engine);
   ~Server();
 
   // The bound port (the chosen one when listening on port 0).
   int port() const { return port_; }
-  // Stops accepting calls, lets running ones finish for up to
-  // `grace_seconds` then cancels them, and returns when all are done.
+  // Drains: health says NOT_SERVING, new calls are refused, running ones
+  // finish within `grace_seconds` (then they are cancelled); returns when
+  // all are done.
   void Shutdown(double grace_seconds = 5.0);
 
  private:

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/cancellation.h"
+#include "common/stage_timer.h"
 #include "common/status.h"
 #include "proto/rag.grpc.pb.h"
 #include "retriever/manifest.h"
@@ -96,6 +97,7 @@ class ShardSet::Keys : public retriever::KeySearcher {
   absl::Status Search(const float* queries, int64_t nq, const retriever::KeySearchOptions& o,
                       std::vector<std::vector<retriever::DatastoreNeighbour>>* out) const override {
     if (nq < 0 || (nq > 0 && queries == nullptr)) return absl::InvalidArgumentError("bad key queries");
+    const StageTimer timer(Stage::kSearch);  // the shards' answers, and merging them
     out->assign(static_cast<size_t>(nq), {});
     if (nq == 0) return absl::OkStatus();
     v1::SearchKeysRequest request;
@@ -255,7 +257,10 @@ absl::StatusOr<std::vector<std::vector<retriever::Neighbour>>> ShardSet::Search(
   }
   if (queries.empty()) return std::vector<std::vector<retriever::Neighbour>>();
   std::vector<float> embeddings;
-  RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
+  {
+    const StageTimer timer(Stage::kEmbed);
+    RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &embeddings));
+  }
   return SearchEmbeddings(embeddings.data(), static_cast<int64_t>(queries.size()), options);
 }
 
@@ -266,6 +271,7 @@ absl::StatusOr<std::vector<std::vector<retriever::Neighbour>>> ShardSet::SearchE
                                       "], got " + std::to_string(options.k));
   }
   if (nq < 0 || (nq > 0 && embeddings == nullptr)) return absl::InvalidArgumentError("bad embeddings to search");
+  const StageTimer timer(Stage::kSearch);  // the shards' answers, and merging them
   std::vector<std::vector<retriever::Neighbour>> results(static_cast<size_t>(nq));
   if (nq == 0) return results;
   v1::SearchVectorsRequest request;

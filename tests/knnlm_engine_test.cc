@@ -18,6 +18,7 @@
 #include "services/server.h"
 #include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
+#include "tests/response_util.h"
 #include "tests/test_util.h"
 
 namespace rag::services {
@@ -99,6 +100,58 @@ TEST_F(KnnLmEngineTest, LambdaZeroEqualsTheLmExactly) {
   RAG_ASSERT_OK(b.status());
   EXPECT_EQ(a->logprob_sum(), b->logprob_sum());
   EXPECT_EQ(b->mode(), "knnlm");
+}
+
+// Each response says where its time went: the stages that ran, and only
+// those, have time, exclusive of one another, within the call's total.
+TEST_F(KnnLmEngineTest, ResponsesCarryTheirStageTimings) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  auto within_total = [](const v1::StageTimings& t) {
+    EXPECT_GT(t.total_us(), 0);
+    EXPECT_LE(t.embed_us() + t.search_us() + t.datastore_us() + t.forward_us() + t.fusion_us(), t.total_us());
+  };
+  v1::ScoreRequest lm;
+  lm.set_text((*docs_)[1].text);
+  auto plain = engine->Score(lm);
+  RAG_ASSERT_OK(plain.status());
+  const v1::StageTimings& p = plain->timings();
+  EXPECT_GT(p.forward_us(), 0);
+  EXPECT_EQ(p.embed_us() + p.search_us() + p.datastore_us() + p.fusion_us(), 0);
+  within_total(p);
+
+  auto knn = engine->Score(Knn((*docs_)[1].text, 0.5f));
+  RAG_ASSERT_OK(knn.status());
+  const v1::StageTimings& k = knn->timings();
+  EXPECT_GT(k.forward_us(), 0);
+  EXPECT_GT(k.search_us(), 0);
+  EXPECT_GT(k.datastore_us(), 0);
+  EXPECT_GT(k.fusion_us(), 0);
+  EXPECT_EQ(k.embed_us(), 0);  // kNN-LM queries are the LM's own hidden states
+  within_total(k);
+
+  // Generation: the searches inside each step count as search, not forward.
+  v1::GenerateRequest gen;
+  gen.set_prompt("the");
+  gen.set_mode("knnlm");
+  gen.set_max_tokens(6);
+  gen.set_ignore_eot(true);
+  auto done = engine->Generate(gen, nullptr);
+  RAG_ASSERT_OK(done.status());
+  EXPECT_GT(done->timings().forward_us(), 0);
+  EXPECT_GT(done->timings().search_us(), 0);
+  within_total(done->timings());
+
+  v1::SearchRequest search;
+  search.add_texts((*docs_)[2].text.substr(0, 80));
+  search.set_k(3);
+  auto found = engine->Search(search);
+  RAG_ASSERT_OK(found.status());
+  EXPECT_GT(found->timings().embed_us(), 0);
+  EXPECT_GT(found->timings().search_us(), 0);
+  EXPECT_GT(found->timings().datastore_us(), 0);
+  EXPECT_EQ(found->timings().forward_us(), 0);
+  within_total(found->timings());
 }
 
 TEST_F(KnnLmEngineTest, DatastoreOverATextMakesItFarMoreLikelyUnlessItsDocumentIsExcluded) {
@@ -264,11 +317,11 @@ TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
   v1::ScoreRequest score = Knn((*docs_)[3].text, 0.3f);
   score.set_per_token(true);
   score.set_components(true);
-  EXPECT_EQ((*client)->Score(score)->SerializeAsString(), engine->Score(score)->SerializeAsString());
+  EXPECT_EQ(testing::SansTimings(*(*client)->Score(score)), testing::SansTimings(*engine->Score(score)));
   v1::NextTokenRequest next;
   next.set_text("the");
   next.set_mode("knnlm");
-  EXPECT_EQ((*client)->NextToken(next)->SerializeAsString(), engine->NextToken(next)->SerializeAsString());
+  EXPECT_EQ(testing::SansTimings(*(*client)->NextToken(next)), testing::SansTimings(*engine->NextToken(next)));
   v1::GenerateRequest gen;
   gen.set_prompt("the");
   gen.set_mode("knnlm");
@@ -280,7 +333,7 @@ TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
   auto a = (*client)->Generate(gen, nullptr);
   auto b = engine->Generate(gen, nullptr);
   RAG_ASSERT_OK(a.status());
-  EXPECT_EQ(a->SerializeAsString(), b->SerializeAsString());
+  EXPECT_EQ(testing::SansTimings(*a), testing::SansTimings(*b));
   auto info = (*client)->Info();
   ASSERT_EQ(info->modes_size(), 2);
   EXPECT_EQ(info->modes(1), "knnlm");

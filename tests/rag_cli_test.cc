@@ -305,7 +305,7 @@ TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string port_file = dir_ / "port";
   pid_t server = Start({"serve", "--model", model, "--index", index, "--listen", "127.0.0.1:0", "--port-file",
-                        port_file, "--log-level", "debug"},
+                        port_file, "--log-requests"},
                        "serve_");
   for (int i = 0; i < 600 && !fs::exists(port_file); ++i) usleep(100 * 1000);
   ASSERT_TRUE(fs::exists(port_file)) << Slurp(dir_ / "serve_stderr");
@@ -368,8 +368,36 @@ TEST_F(RagCliTest, ServerFormsOfTheCommandsPrintWhatInProcessFormsPrint) {
   ASSERT_EQ(kill(server, SIGTERM), 0);
   Result s = Wait(server, "serve_");
   EXPECT_EQ(s.exit_code, 0) << s.err;
-  EXPECT_NE(s.err.find("serve: Search"), std::string::npos) << s.err;
-  EXPECT_NE(s.err.find("INVALID_ARGUMENT"), std::string::npos) << s.err;
+  // --log-requests: one JSON line per rpc, with the stages of those that work.
+  int searches = 0, knn_scores = 0, invalid = 0, lines = 0;
+  std::istringstream err(s.err);
+  for (std::string line; std::getline(err, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    const json j = json::parse(line);
+    ++lines;
+    ASSERT_TRUE(j.contains("rpc") && j.contains("status") && j.contains("ms") && j.contains("peer")) << line;
+    if (j["status"] == "INVALID_ARGUMENT") {
+      ++invalid;
+      EXPECT_FALSE(j["error"].get<std::string>().empty()) << line;
+      continue;
+    }
+    if (j["status"] != "OK" || !j.contains("response")) continue;
+    const json& t = j["response"]["timings"];
+    if (j["rpc"] == "Search") {
+      ++searches;
+      EXPECT_GT(t["search_us"].get<int64_t>(), 0) << line;
+      EXPECT_GT(t["embed_us"].get<int64_t>(), 0) << line;
+    }
+    if (j["rpc"] == "Score" && j["request"]["mode"] == "knnlm") {
+      ++knn_scores;
+      EXPECT_GT(t["forward_us"].get<int64_t>(), 0) << line;
+      EXPECT_GT(t["search_us"].get<int64_t>(), 0) << line;
+      EXPECT_GT(j["response"]["tokens"].get<int64_t>(), 0) << line;
+    }
+  }
+  EXPECT_GE(searches, 3) << s.err;
+  EXPECT_GE(knn_scores, 2) << s.err;
+  EXPECT_GE(invalid, 1) << s.err;
   r = Run({"validate", index, "--json"});
   EXPECT_EQ(r.exit_code, 0) << r.out;
   r = Run({"query", "--model", model, "--index", index, "--text", "Zq owl vex",

@@ -132,6 +132,25 @@ TEST(RequestParsingTest, GenerateChecksSamplingAndPromptIds) {
   g.clear_prompt_token_ids();
   g.mutable_sampling()->set_top_p(2);
   ExpectError(ParseGenerateRequest(g, Everything()).status(), absl::StatusCode::kInvalidArgument, "sampling.top_p");
+  g.mutable_sampling()->set_top_p(0);
+  // 0 (unset) means off, as in Hugging Face's default of 1.
+  p = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_DOUBLE_EQ(p->sampling.repetition_penalty, 1.0);
+  EXPECT_EQ(p->sampling.no_repeat_ngram_size, 0);
+  g.mutable_sampling()->set_repetition_penalty(1.3f);
+  g.mutable_sampling()->set_no_repeat_ngram_size(3);
+  p = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_NEAR(p->sampling.repetition_penalty, 1.3, 1e-6);
+  EXPECT_EQ(p->sampling.no_repeat_ngram_size, 3);
+  g.mutable_sampling()->set_repetition_penalty(-1);
+  ExpectError(ParseGenerateRequest(g, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "sampling.repetition_penalty");
+  g.mutable_sampling()->set_repetition_penalty(1);
+  g.mutable_sampling()->set_no_repeat_ngram_size(-2);
+  ExpectError(ParseGenerateRequest(g, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "sampling.no_repeat_ngram_size");
 }
 
 }  // namespace

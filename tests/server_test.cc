@@ -21,8 +21,10 @@
 #include "retriever/retriever.h"
 #include "services/client.h"
 #include "services/engine.h"
+#include "tests/health_probe.h"
 #include "tests/lm_test_util.h"
 #include "tests/status_matchers.h"
+#include "tests/response_util.h"
 #include "tests/test_util.h"
 
 namespace rag::services {
@@ -115,7 +117,7 @@ std::vector<Document>* ServerTest::docs_ = nullptr;
 
 template <typename M>
 void ExpectSameMessage(const M& a, const M& b) {
-  EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString()) << a.DebugString() << "\nvs\n" << b.DebugString();
+  EXPECT_EQ(testing::SansTimings(a), testing::SansTimings(b)) << a.DebugString() << "\nvs\n" << b.DebugString();
 }
 
 TEST_F(ServerTest, GrpcAnswersEqualInProcessAnswers) {
@@ -514,36 +516,6 @@ TEST_F(ServerTest, DocumentsAckedBeforeACrashAreIndexedOnReopen) {
   EXPECT_EQ(after->vectors, after->chunks);
 }
 
-// grpc.health.v1.Health/Check with an empty HealthCheckRequest, over an
-// insecure channel with no token; the reply's bytes (SERVING encodes as 08 01).
-std::string HealthCheckReply(int port) {
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  grpc::ByteBuffer request, response;
-  grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status status;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   status = s;
-                   done = true;
-                   cv.notify_one();
-                 });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (!status.ok()) return "error: " + status.error_message();
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return "error: unreadable reply";
-  std::string bytes;
-  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  return bytes;
-}
-
 // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with
 // ServerReflectionRequest{list_services: ""} (field 7: 3a 00), with no token,
 // over the generic async API, since the reflection client is not an
@@ -590,7 +562,7 @@ constexpr const char* kRagServices[] = {"rag.v1.Retrieval", "rag.v1.LanguageMode
 TEST_F(ServerTest, HealthCheckReportsServing) {
   Engine* engine = Serve(OpenEngine(IndexDir(), false));
   ASSERT_NE(engine, nullptr);
-  EXPECT_EQ(HealthCheckReply(server_->port()), std::string("\x08\x01", 2));
+  EXPECT_EQ(testing::HealthCheckReply(server_->port()), std::string("\x08\x01", 2));
 }
 
 TEST_F(ServerTest, ReflectionListsTheRagServices) {
@@ -620,7 +592,7 @@ TEST_F(ServerTest, HealthAndReflectionAnswerWithoutTheTokenWhenOneIsConfigured) 
   auto anonymous = GrpcBackend::Connect(Address(), 10);
   RAG_ASSERT_OK(anonymous.status());
   EXPECT_EQ((*anonymous)->Score(score).status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(HealthCheckReply(server_->port()), std::string("\x08\x01", 2));
+  EXPECT_EQ(testing::HealthCheckReply(server_->port()), std::string("\x08\x01", 2));
   const std::string listed = ReflectionListReply(server_->port());
   for (const char* service : kRagServices) EXPECT_NE(listed.find(service), std::string::npos) << service << ": " << listed;
 }

@@ -77,6 +77,8 @@ int RunGenerate(GenerateArgs a) {
   req.mutable_sampling()->set_top_k(static_cast<int32_t>(a.sampling.top_k));
   req.mutable_sampling()->set_top_p(static_cast<float>(a.sampling.top_p));
   req.mutable_sampling()->set_seed(a.sampling.seed);
+  req.mutable_sampling()->set_repetition_penalty(static_cast<float>(a.sampling.repetition_penalty));
+  req.mutable_sampling()->set_no_repeat_ngram_size(static_cast<int32_t>(a.sampling.no_repeat_ngram_size));
   SetKnn(a.knn, &req);
   auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
     if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
@@ -179,6 +181,16 @@ Command AddGenerateCommand(CLI::App* app) {
   cmd->add_option("--top-k", a->sampling.top_k, "sample from the k most likely (0 = all)")->capture_default_str();
   cmd->add_option("--top-p", a->sampling.top_p, "nucleus mass")->capture_default_str();
   cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty,
+                  "divide positive / multiply negative scores of tokens already in the prompt or output "
+                  "(Hugging Face's repetition_penalty; 1 = off)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--no-repeat-ngram-size", a->sampling.no_repeat_ngram_size,
+                  "never complete an n-gram already in the prompt or output (Hugging Face's "
+                  "no_repeat_ngram_size; 0 = off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--json", a->json_out, "print JSON");
   cmd->add_flag("--show-neighbours", a->show_neighbours, "retro: print the neighbours retrieved at each chunk");
   AddKnnOptions(cmd, &a->knn, "--knn-temperature");

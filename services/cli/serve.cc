@@ -16,6 +16,8 @@ namespace {
 
 struct ServeArgs {
   std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
+  bool log_requests = false;
+  double drain_seconds = 10;
   std::string tls_cert, tls_key, auth_token_file;
   // A sharded front: the shards and how to reach them.
   std::string shards, shards_file, shard_auth_token_file, shard_tls_ca, shard_tls_server_name;
@@ -66,11 +68,9 @@ int RunServe(const ServeArgs& a) {
   eo.writable_index = !a.read_only;
   eo.limits = a.limits;
   eo.batch_embeddings = !a.no_embed_batching;
-  auto engine = rag::services::Engine::Open(eo);
-  if (!engine.ok()) return Fail(engine.status());
   rag::services::ServerOptions so;
   so.listen = a.listen;
-  so.log_requests = a.log_level == "debug";
+  so.log_requests = a.log_requests || a.log_level == "debug";
   so.max_message_bytes = a.max_message_bytes;
   so.tls_cert_file = a.tls_cert;
   so.tls_key_file = a.tls_key;
@@ -83,21 +83,31 @@ int RunServe(const ServeArgs& a) {
                  a.listen.c_str(), a.read_only ? "" : " and add documents to it (--read-only refuses adds)");
   }
   InstallStopHandlers();
-  auto server = rag::services::Server::Start(engine->get(), so);
+  // Listening first, NOT_SERVING: probes get an answer while the model and
+  // index load and warm up.
+  auto server = rag::services::Server::Start(nullptr, so);
   if (!server.ok()) return Fail(server.status());
   const int port = (*server)->port();
   const std::string host = a.listen.substr(0, a.listen.rfind(':'));
+  std::fprintf(stderr, "serve: listening on %s:%d, NOT_SERVING while the model and index load\n", host.c_str(), port);
+  auto engine = rag::services::Engine::Open(eo);
+  if (!engine.ok()) return Fail(engine.status());
+  const auto warm_start = std::chrono::steady_clock::now();
+  if (auto s = (*engine)->WarmUp(); !s.ok()) return Fail(s);
+  std::fprintf(stderr, "serve: warmed up in %.1f s\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - warm_start).count());
+  (*server)->SetReady(engine->get());
   const std::string what = !a.index.empty()        ? ", index " + a.index
                            : !eo.shards.empty() ? ", front of " + std::to_string(eo.shards.size()) + " shards"
                                                 : "";
-  std::fprintf(stderr, "serve: model %s%s; listening on %s:%d (Ctrl-C or SIGTERM stops)\n", a.model.c_str(),
-               what.c_str(), host.c_str(), port);
+  std::fprintf(stderr, "serve: model %s%s; SERVING on %s:%d (Ctrl-C or SIGTERM drains and stops)\n",
+               a.model.c_str(), what.c_str(), host.c_str(), port);
   if (!a.port_file.empty()) {
     if (auto s = rag::WriteFileAtomic(a.port_file, std::to_string(port) + "\n"); !s.ok()) return Fail(s);
   }
   while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::fprintf(stderr, "serve: shutting down\n");
-  (*server)->Shutdown(5.0);
+  std::fprintf(stderr, "serve: draining: NOT_SERVING, no new calls, running ones have %g s\n", a.drain_seconds);
+  (*server)->Shutdown(a.drain_seconds);
   engine->reset();  // saves the index after adds
   std::fprintf(stderr, "serve: stopped\n");
   return 0;
@@ -113,7 +123,13 @@ Command AddServeCommand(CLI::App* app) {
   cmd->add_option("--embedder", a->embedder, "the TorchScript encoder the index was built with");
   cmd->add_option("--listen", a->listen, "host:port (port 0 = any free port)")->capture_default_str();
   cmd->add_option("--port-file", a->port_file, "write the bound port to this file once serving");
-  cmd->add_option("--log-level", a->log_level, "info, or debug for one line per request")->capture_default_str();
+  cmd->add_flag("--log-requests", a->log_requests,
+                "one JSON line per rpc on stderr: rpc, peer, mode and sizes, status, ms, stage timings");
+  cmd->add_option("--log-level", a->log_level, "info, or debug (= --log-requests)")->capture_default_str();
+  cmd->add_option("--drain-seconds", a->drain_seconds,
+                  "on SIGTERM or Ctrl-C: how long running calls may take to finish before they are cancelled")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--read-only", a->read_only, "refuse AddDocuments");
   cmd->add_flag("--no-embed-batching", a->no_embed_batching,
                 "embed each Search's queries alone (default: concurrent calls share forward passes)");
