@@ -18,6 +18,7 @@ PACKAGES=(
   clang libclang-rt-14-dev
   openmpi-bin python3-xxhash time bc
   libgloo-dev
+  prometheus-cpp-dev libcpp-httplib-dev python3-prometheus-client
 )
 
 # npm fetches the corpus and node runs the tokenizer's reference

@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "proto/rag.grpc.pb.h"
+#include "services/metrics.h"
 
 namespace rag::services {
 namespace {
@@ -44,41 +45,6 @@ const char* CodeName(grpc::StatusCode code) {
   return i >= 0 && i < 17 ? kNames[i] : "?";
 }
 
-// --log-requests: one JSON line per rpc on stderr: the method, the peer,
-// what was asked (mode, sizes), the outcome, the wall time and, for the rpcs
-// that do work, where it went (the response's StageTimings).
-class RequestLog {
- public:
-  RequestLog(bool enabled, const char* rpc, grpc::ServerContext* context, nlohmann::json request)
-      : enabled_(enabled),
-        rpc_(rpc),
-        context_(context),
-        request_(std::move(request)),
-        start_(std::chrono::steady_clock::now()) {}
-
-  grpc::Status Finish(const grpc::Status& status, nlohmann::json response = nullptr) const {
-    if (!enabled_) return status;
-    nlohmann::json line = {
-        {"rpc", rpc_},
-        {"peer", context_->peer()},
-        {"request", request_},
-        {"status", CodeName(status.error_code())},
-        {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}};
-    if (!status.ok()) line["error"] = status.error_message();
-    if (!response.is_null()) line["response"] = std::move(response);
-    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    std::fwrite(text.data(), 1, text.size(), stderr);  // one write: lines of concurrent calls do not interleave
-    return status;
-  }
-
- private:
-  bool enabled_;
-  const char* rpc_;
-  grpc::ServerContext* context_;
-  nlohmann::json request_;
-  std::chrono::steady_clock::time_point start_;
-};
-
 nlohmann::json TimingsJson(const v1::StageTimings& t) {
   return {{"embed_us", t.embed_us()},         {"search_us", t.search_us()}, {"datastore_us", t.datastore_us()},
           {"forward_us", t.forward_us()},     {"fusion_us", t.fusion_us()}, {"total_us", t.total_us()}};
@@ -104,11 +70,87 @@ nlohmann::json Describe(const v1::GenerateResponse& r) {
   return {{"tokens", r.tokens()}, {"retrievals", r.retrievals_size()}, {"timings", TimingsJson(r.timings())}};
 }
 
+// What a successful call adds to the metrics.
+template <typename Response>
+void Count(Metrics&, const std::string&, const std::string&, const Response&) {}
+void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::SearchResponse& r) {
+  m.Record(rpc, mode, r.timings());
+  for (const auto& list : r.results()) m.NeighboursReturned(list.neighbours_size());
+}
+void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::ScoreResponse& r) {
+  m.Record(rpc, mode, r.timings());
+  m.TokensScored(mode, r.tokens());
+}
+void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::NextTokenResponse& r) {
+  m.Record(rpc, mode, r.timings());
+}
+void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::GenerateResponse& r) {
+  m.Record(rpc, mode, r.timings());
+  m.TokensGenerated(mode, r.tokens());
+}
+void Count(Metrics& m, const std::string&, const std::string&, const v1::AddDocumentsResponse& r) {
+  m.DocumentsAdded(r.documents_added());
+}
+
+// --log-requests: one JSON line per rpc on stderr: the method, the peer,
+// what was asked (mode, sizes), the outcome, the wall time and, for the rpcs
+// that do work, where it went (the response's StageTimings).
+// With --metrics-listen, the same record feeds the Prometheus metrics.
+class RequestLog {
+ public:
+  RequestLog(bool enabled, Metrics* metrics, const char* rpc, grpc::ServerContext* context, nlohmann::json request)
+      : enabled_(enabled),
+        metrics_(metrics),
+        rpc_(rpc),
+        mode_(request.contains("mode") ? request["mode"].get<std::string>() : "none"),
+        context_(context),
+        request_(std::move(request)),
+        start_(std::chrono::steady_clock::now()) {
+    if (mode_.empty()) mode_ = "lm";  // the rpcs' default mode
+    if (metrics_ != nullptr) metrics_->CallStarted(rpc_);
+  }
+
+  // A successful call: counted by what it did, then finished.
+  template <typename Response>
+  grpc::Status Succeed(const Response& response) const {
+    if (metrics_ != nullptr) Count(*metrics_, rpc_, mode_, response);
+    return Finish(grpc::Status::OK, enabled_ ? Describe(response) : nullptr);
+  }
+
+  // Call exactly once per call.
+  grpc::Status Finish(const grpc::Status& status, nlohmann::json response = nullptr) const {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (metrics_ != nullptr) metrics_->CallFinished(rpc_, mode_, CodeName(status.error_code()), seconds);
+    if (!enabled_) return status;
+    nlohmann::json line = {
+        {"rpc", rpc_},
+        {"peer", context_->peer()},
+        {"request", request_},
+        {"status", CodeName(status.error_code())},
+        {"ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}};
+    if (!status.ok()) line["error"] = status.error_message();
+    if (!response.is_null()) line["response"] = std::move(response);
+    const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    std::fwrite(text.data(), 1, text.size(), stderr);  // one write: lines of concurrent calls do not interleave
+    return status;
+  }
+
+ private:
+  bool enabled_;
+  Metrics* metrics_;
+  const char* rpc_;
+  std::string mode_;
+  grpc::ServerContext* context_;
+  nlohmann::json request_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 // What every handler needs: the engine, whether to log, the bearer token.
 struct Shared {
   // Null while the model and index load and warm up (Server::SetReady).
   std::atomic<Engine*> engine{nullptr};
   bool log = false;
+  Metrics* metrics = nullptr;  // --metrics-listen; not owned
   std::string token;  // "" = no check
 
   // The engine, or UNAVAILABLE while it is still loading.
@@ -160,7 +202,7 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(const grpc::Serv
 template <typename Response, typename Call>
 grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, nlohmann::json detail,
                     Call&& call, Response* response) {
-  RequestLog log(shared.log, rpc, context, std::move(detail));
+  RequestLog log(shared.log, shared.metrics, rpc, context, std::move(detail));
   if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a);
   Engine* engine = nullptr;
   if (grpc::Status ready = shared.Ready(&engine); !ready.ok()) return log.Finish(ready);
@@ -169,7 +211,7 @@ grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* 
   absl::StatusOr<Response> r = call(*engine);
   if (!r.ok()) return log.Finish(ToGrpc(r.status(), context));
   *response = std::move(*r);
-  return log.Finish(grpc::Status::OK, Describe(*response));
+  return log.Succeed(*response);
 }
 
 class RetrievalService final : public v1::Retrieval::Service {
@@ -209,7 +251,7 @@ class LanguageModelService final : public v1::LanguageModel::Service {
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    RequestLog log(s_.log, "Generate", context,
+    RequestLog log(s_.log, s_.metrics, "Generate", context,
                    {{"mode", request->mode()},
                     {"bytes", request->prompt().size()},
                     {"prompt_token_ids", request->prompt_token_ids_size()},
@@ -225,7 +267,7 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     auto done = engine->Generate(*request, [&](const v1::GenerateResponse& token) { return writer->Write(token); });
     if (!done.ok()) return log.Finish(ToGrpc(done.status(), context));
     writer->Write(*done);
-    return log.Finish(grpc::Status::OK, Describe(*done));
+    return log.Succeed(*done);
   }
 
   grpc::Status Info(grpc::ServerContext* context, const v1::InfoRequest*, v1::InfoResponse* response) override {
@@ -248,7 +290,7 @@ class IndexService final : public v1::Index::Service {
 
   grpc::Status AddDocuments(grpc::ServerContext* context, grpc::ServerReader<v1::Document>* reader,
                             v1::AddDocumentsResponse* response) override {
-    RequestLog log(s_.log, "AddDocuments", context, nlohmann::json::object());
+    RequestLog log(s_.log, s_.metrics, "AddDocuments", context, nlohmann::json::object());
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a);
     Engine* engine = nullptr;
     if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
@@ -273,6 +315,7 @@ class IndexService final : public v1::Index::Service {
     }
     if (!finished.ok()) return log.Finish(ToGrpc(finished), detail);
     *response = totals;
+    if (s_.metrics != nullptr) Count(*s_.metrics, "AddDocuments", "none", totals);
     return log.Finish(grpc::Status::OK, detail);
   }
 
@@ -314,10 +357,11 @@ bool IsLoopback(const std::string& listen) {
 }
 
 struct Server::Services {
-  Services(Engine* engine, bool log, std::string token)
+  Services(Engine* engine, bool log, Metrics* metrics, std::string token)
       : retrieval(&shared), lm(&shared), index(&shared), shard(&shared) {
     shared.engine = engine;
     shared.log = log;
+    shared.metrics = metrics;
     shared.token = std::move(token);
   }
   Shared shared;  // before the services, which keep a reference to it
@@ -360,7 +404,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
     ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
     credentials = grpc::SslServerCredentials(ssl);
   }
-  s->services_ = std::make_unique<Services>(engine, options.log_requests, std::move(token));
+  s->services_ = std::make_unique<Services>(engine, options.log_requests, options.metrics, std::move(token));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -384,6 +428,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Engine* engine, const Serv
 
 void Server::SetReady(Engine* engine) {
   services_->shared.engine = engine;
+  if (services_->shared.metrics != nullptr) services_->shared.metrics->SetEngine(engine);
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(engine != nullptr);
 }
 

@@ -15,6 +15,8 @@ class Server;
 
 namespace rag::services {
 
+class Metrics;
+
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free one (see port()). Loopback
   // by default: exposing a server is a deliberate choice. Default: 127.0.0.1:50051
@@ -34,6 +36,9 @@ struct ServerOptions {
   // stay open: they reveal the schema and the serving state, no data.
   // Default: none (no check)
   std::string auth_token_file;
+  // Prometheus metrics of every call (services/metrics.h), not owned; must
+  // outlive the server. Default: none
+  Metrics* metrics = nullptr;
 };
 
 // True when `listen`'s host is a loopback address (127.x.x.x, ::1, localhost).

@@ -9,6 +9,7 @@
 #include "common/file_util.h"
 #include "common/status.h"
 #include "services/engine.h"
+#include "services/metrics.h"
 #include "services/server.h"
 
 namespace rag::cli {
@@ -18,6 +19,7 @@ struct ServeArgs {
   std::string model, index, embedder, listen = "127.0.0.1:50051", port_file, log_level = "info";
   bool log_requests = false;
   double drain_seconds = 10;
+  std::string metrics_listen, metrics_port_file;
   std::string tls_cert, tls_key, auth_token_file;
   // A sharded front: the shards and how to reach them.
   std::string shards, shards_file, shard_auth_token_file, shard_tls_ca, shard_tls_server_name;
@@ -82,6 +84,24 @@ int RunServe(const ServeArgs& a) {
                  "--auth-token-file)\n",
                  a.listen.c_str(), a.read_only ? "" : " and add documents to it (--read-only refuses adds)");
   }
+  std::unique_ptr<rag::services::Metrics> metrics;
+  if (!a.metrics_listen.empty()) {
+    if (!rag::services::IsLoopback(a.metrics_listen)) {
+      std::fprintf(stderr, "serve: WARNING: metrics on %s are readable by anyone who can reach the port\n",
+                   a.metrics_listen.c_str());
+    }
+    auto m = rag::services::Metrics::Start(a.metrics_listen);
+    if (!m.ok()) return Fail(m.status());
+    metrics = std::move(*m);
+    so.metrics = metrics.get();
+    const std::string mhost = a.metrics_listen.substr(0, a.metrics_listen.rfind(':'));
+    std::fprintf(stderr, "serve: metrics on http://%s:%d/metrics\n", mhost.c_str(), metrics->port());
+    if (!a.metrics_port_file.empty()) {
+      if (auto s = rag::WriteFileAtomic(a.metrics_port_file, std::to_string(metrics->port()) + "\n"); !s.ok()) {
+        return Fail(s);
+      }
+    }
+  }
   InstallStopHandlers();
   // Listening first, NOT_SERVING: probes get an answer while the model and
   // index load and warm up.
@@ -130,6 +150,9 @@ Command AddServeCommand(CLI::App* app) {
                   "on SIGTERM or Ctrl-C: how long running calls may take to finish before they are cancelled")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--metrics-listen", a->metrics_listen,
+                  "serve Prometheus metrics at http://HOST:PORT/metrics (off by default; port 0: any free port)");
+  cmd->add_option("--metrics-port-file", a->metrics_port_file, "write the metrics port to this file");
   cmd->add_flag("--read-only", a->read_only, "refuse AddDocuments");
   cmd->add_flag("--no-embed-batching", a->no_embed_batching,
                 "embed each Search's queries alone (default: concurrent calls share forward passes)");

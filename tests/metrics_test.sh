@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# `rag serve --metrics-listen`: a known number of calls, then one scrape of
+# /metrics parsed by a real exposition-format parser (Debian's
+# python3-prometheus-client): the counts must match the calls made, and the
+# size gauges the served index's `rag stats` and manifest.
+#
+# Usage: metrics_test.sh RAG_BINARY
+# (KEEP_TMP=1 keeps the working directory, with every output, for inspection.)
+set -euo pipefail
+
+RAG="${1:?usage: metrics_test.sh RAG_BINARY}"
+PY=/usr/bin/python3
+
+fail() {
+  echo "metrics_test: FAIL: $*" >&2
+  exit 1
+}
+step() { echo "metrics_test: $*" >&2; }
+
+[ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
+"$PY" -c 'import prometheus_client.parser' 2>/dev/null ||
+  fail "$PY cannot import prometheus_client: python3-prometheus-client is missing (scripts/setup.sh installs it)"
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/metrics_test.XXXXXX")"
+SERVER_PID=""
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+
+step "a 30-document corpus, a tiny model, an index with a datastore"
+"$PY" - "$TMP/corpus.jsonl" <<'PYEOF'
+import json, sys
+words = ("river stone bridge lantern harvest meadow copper violin orchard glacier thunder candle "
+         "harbour falcon pepper marble saddle compass willow ember quartz tide ledger prism").split()
+state = 777
+def pick():
+    global state
+    state = (state * 1103515245 + 12345) % (1 << 31)
+    return words[(state >> 8) % len(words)]
+with open(sys.argv[1], "w") as f:
+    for i in range(30):
+        text = " ".join("The %s finds the %s near the %s." % (pick(), pick(), pick()) for _ in range(4))
+        f.write(json.dumps({"id": "doc-%02d" % i, "text": text}) + "\n")
+PYEOF
+"$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 30 --quiet \
+  >"$TMP/train.log" 2>&1 || { cat "$TMP/train.log" >&2; fail "rag train failed"; }
+"$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --datastore --quiet \
+  >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; fail "rag build failed"; }
+
+step "rag serve --metrics-listen 127.0.0.1:0"
+"$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 --port-file "$TMP/port" \
+  --metrics-listen 127.0.0.1:0 --metrics-port-file "$TMP/metrics_port" >"$TMP/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 600); do
+  [ -s "$TMP/port" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.log" >&2; fail "rag serve exited early"; }
+  sleep 0.1
+done
+[ -s "$TMP/port" ] || fail "no port file within 60 s"
+ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+METRICS="http://127.0.0.1:$(tr -d '[:space:]' <"$TMP/metrics_port")/metrics"
+
+step "the calls: 3 Search (k 4), 2 lm Score, 1 knnlm Score, 1 Generate (5 tokens), 1 bad Score"
+for t in "the river" "a copper violin" "the falcon finds"; do
+  "$RAG" query --server "$ADDR" --text "$t" -k 4 --json >>"$TMP/queries.jsonl"
+done
+"$RAG" score --server "$ADDR" --text "The river finds the stone." --json >"$TMP/score1.json"
+"$RAG" score --server "$ADDR" --text "The ember finds the quartz near the tide." --json >"$TMP/score2.json"
+"$RAG" score --server "$ADDR" --text "The river finds the stone." --mode knnlm --json >"$TMP/score3.json"
+"$RAG" generate --server "$ADDR" --prompt "The river" --max-tokens 5 --temperature 0 --json >"$TMP/gen.json"
+if "$RAG" score --server "$ADDR" --text "The river" --mode knnlm --lambda 7 >/dev/null 2>"$TMP/bad.err"; then
+  fail "a lambda of 7 was accepted"
+fi
+grep -q "INVALID_ARGUMENT\|lambda" "$TMP/bad.err" || fail "the bad call failed for another reason: $(cat "$TMP/bad.err")"
+"$RAG" stats --server "$ADDR" >"$TMP/stats.json"
+
+step "scraping $METRICS"
+"$PY" - "$METRICS" "$TMP" <<'PYEOF' || fail "the metrics do not match the calls (above)"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+
+url, tmp = sys.argv[1], sys.argv[2]
+text = urllib.request.urlopen(url, timeout=10).read().decode()
+open(tmp + "/metrics.txt", "w").write(text)
+samples = {}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+def value(name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+failures = []
+def expect(what, got, want):
+    ok = got is not None and (want(got) if callable(want) else got == want)
+    print("%-62s %-14s %s" % (what, got, "ok" if ok else "WRONG"))
+    if not ok:
+        failures.append(what)
+
+scored_lm = sum(json.load(open(tmp + "/score%d.json" % i))["tokens"] for i in (1, 2))
+scored_knn = json.load(open(tmp + "/score3.json"))["tokens"]
+neighbours = sum(len(json.loads(l)["neighbours"]) for l in open(tmp + "/queries.jsonl"))
+generated = json.load(open(tmp + "/gen.json"))["tokens"]
+stats = json.load(open(tmp + "/stats.json"))
+manifest = json.load(open(tmp + "/index/manifest.json"))
+
+expect("Search OK", value("rag_requests_total", rpc="Search", mode="none", code="OK"), 3)
+expect("Score lm OK", value("rag_requests_total", rpc="Score", mode="lm", code="OK"), 2)
+expect("Score knnlm OK", value("rag_requests_total", rpc="Score", mode="knnlm", code="OK"), 1)
+expect("Score knnlm INVALID_ARGUMENT",
+       value("rag_requests_total", rpc="Score", mode="knnlm", code="INVALID_ARGUMENT"), 1)
+expect("Generate lm OK", value("rag_requests_total", rpc="Generate", mode="lm", code="OK"), 1)
+expect("latency histogram count, Score lm",
+       value("rag_request_duration_seconds_count", rpc="Score", mode="lm"), 2)
+expect("latency histogram +Inf bucket, Search",
+       value("rag_request_duration_seconds_bucket", rpc="Search", mode="none", le="+Inf"), 3)
+expect("neighbours returned = the queries' neighbours", value("rag_neighbours_returned_total"), neighbours)
+expect("tokens scored, lm", value("rag_tokens_scored_total", mode="lm"), scored_lm)
+expect("tokens scored, knnlm (the failed call adds none)", value("rag_tokens_scored_total", mode="knnlm"), scored_knn)
+expect("tokens generated", value("rag_tokens_generated_total", mode="lm"), generated)
+expect("embed seconds of Search > 0",
+       value("rag_stage_seconds_total", rpc="Search", mode="none", stage="embed"), lambda v: v > 0)
+expect("search seconds of knnlm Score > 0",
+       value("rag_stage_seconds_total", rpc="Score", mode="knnlm", stage="search"), lambda v: v > 0)
+expect("forward seconds of lm Score > 0",
+       value("rag_stage_seconds_total", rpc="Score", mode="lm", stage="forward"), lambda v: v > 0)
+expect("nothing in flight", value("rag_requests_in_flight", rpc="Search"), 0)
+expect("index vectors = rag stats", value("rag_index_vectors"), stats["vectors"])
+expect("datastore keys = the manifest's", value("rag_datastore_keys"), manifest["datastore"]["keys"])
+expect("resident memory > 10 MB", value("process_resident_memory_bytes"), lambda v: v > 10e6)
+if failures:
+    sys.exit("wrong: " + ", ".join(failures))
+PYEOF
+
+step "SIGTERM: a clean exit"
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || fail "rag serve exited $? after SIGTERM"
+SERVER_PID=""
+step "PASS"
