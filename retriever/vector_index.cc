@@ -14,8 +14,6 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
-#include <faiss/utils/distances.h>
-#include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,25 +34,16 @@
 #include "common/file_util.h"
 #include "common/stage_timer.h"
 #include "common/status.h"
+#include "retriever/internal/faiss_calls.h"
+#include "retriever/internal/posix_io.h"
 
 namespace rag::retriever {
 namespace {
 
-// FAISS parallelizes with OpenMP, whose thread count belongs to the calling
-// thread: LibTorch's set_num_threads(1) (lm/runtime.h) makes it 1 on the
-// main thread, which cost kNN-LM scoring half its speed. FAISS's parallel
-// loops are coarse (a query or an inverted list each), so it gets every
-// core back for the call.
-class AllCoresForFaiss {
- public:
-  AllCoresForFaiss() : saved_(omp_get_max_threads()) { omp_set_num_threads(omp_get_num_procs()); }
-  ~AllCoresForFaiss() { omp_set_num_threads(saved_); }
-  AllCoresForFaiss(const AllCoresForFaiss&) = delete;
-  AllCoresForFaiss& operator=(const AllCoresForFaiss&) = delete;
-
- private:
-  int saved_;
-};
+using internal::AllCoresForFaiss;
+using internal::CurrentExceptionToStatus;
+using internal::ErrnoStatus;
+using internal::t_cancel;
 
 constexpr Magic kMagic = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
 constexpr uint32_t kFormatVersion = 1;
@@ -82,41 +71,11 @@ std::string EncodeHeader(int dim, int64_t ntotal, const std::string& factory, ui
   return h;
 }
 
-// The cancel flag of the calling thread's CancelScope, if any.
-thread_local const std::atomic<bool>* t_cancel = nullptr;
-
 // FAISS's one, process-wide interrupt hook, asked from inside its loops on
 // the thread running them: here it answers for that thread's CancelScope.
 struct ThreadCancelCallback : faiss::InterruptCallback {
   bool want_interrupt() override { return t_cancel != nullptr && t_cancel->load(); }
 };
-
-bool Cancelled() { return t_cancel != nullptr && t_cancel->load(); }
-
-// Converts the exception in flight (call only inside a catch block) to a
-// Status: FAISS's own errors get `faiss_code`, allocation failures
-// ResourceExhausted, anything else Internal.
-absl::Status CurrentExceptionToStatus(absl::StatusCode faiss_code, const std::string& context) {
-  try {
-    throw;
-  } catch (const faiss::FaissException& e) {
-    if (Cancelled()) return absl::CancelledError(context + ": cancelled");
-    return absl::Status(faiss_code, context + ": " + e.what());
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(context + ": out of memory");
-  } catch (const std::exception& e) {
-    return absl::InternalError(context + ": " + e.what());
-  } catch (...) {
-    return absl::InternalError(context + ": unknown exception");
-  }
-}
-
-absl::Status ErrnoStatus(const std::string& what, int err) {
-  std::string msg = what + ": " + std::strerror(err);
-  if (err == ENOENT) return absl::NotFoundError(msg);
-  if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
-  return absl::InternalError(msg);
-}
 
 // Builds `factory` for `dim`; InvalidArgument with FAISS's reason if it
 // cannot.
@@ -651,82 +610,6 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
   // and stay writable.
   const bool read_only = mmap && NlistOf(index.get()) > 0;
   return std::unique_ptr<VectorIndex>(new VectorIndex(std::move(index), factory, read_only));
-}
-
-absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vectors, int64_t n, int dim, int k,
-                           const int32_t* labels, const int32_t* exclude_label, std::vector<float>* distances,
-                           std::vector<int64_t>* ids) {
-  const std::string context = "exact search";
-  if (dim <= 0) return absl::InvalidArgumentError(context + ": dim must be positive");
-  if (k < 1 || k > VectorIndex::kMaxK) {
-    return absl::InvalidArgumentError(context + ": k must be in [1, " + std::to_string(VectorIndex::kMaxK) + "], got " +
-                                      std::to_string(k));
-  }
-  if (nq < 0 || n < 0) return absl::InvalidArgumentError(context + ": negative nq or n");
-  if ((queries == nullptr && nq > 0) || (vectors == nullptr && n > 0) ||
-      (exclude_label != nullptr && labels == nullptr)) {
-    return absl::InvalidArgumentError(context + ": null data");
-  }
-  const size_t kk = static_cast<size_t>(k);
-  distances->assign(static_cast<size_t>(nq) * kk, std::numeric_limits<float>::infinity());
-  ids->assign(static_cast<size_t>(nq) * kk, -1);
-  if (nq == 0 || n == 0) return absl::OkStatus();
-  const size_t nn = static_cast<size_t>(n);
-  std::vector<float> d2;
-  try {
-    d2.resize(static_cast<size_t>(nq) * nn);  // [nq, n]
-    AllCoresForFaiss cores;
-    faiss::pairwise_L2sqr(dim, nq, queries, n, vectors, d2.data());
-  } catch (...) {
-    return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);
-  }
-  const int64_t take = std::min<int64_t>(k, n);
-  std::vector<int64_t> order(nn);
-  for (int64_t q = 0; q < nq; ++q) {
-    float* row = d2.data() + static_cast<size_t>(q) * nn;
-    for (size_t i = 0; i < nn; ++i) {
-      if (exclude_label != nullptr && labels[i] == exclude_label[q]) {
-        row[i] = std::numeric_limits<float>::infinity();
-      } else if (row[i] < 0) {
-        row[i] = 0;  // rounding of |q|^2 + |x|^2 - 2 q.x
-      }
-    }
-    for (size_t i = 0; i < nn; ++i) order[i] = static_cast<int64_t>(i);
-    std::partial_sort(order.begin(), order.begin() + take, order.end(),
-                      [row](int64_t a, int64_t b) { return row[a] < row[b] || (row[a] == row[b] && a < b); });
-    for (int64_t j = 0; j < take; ++j) {
-      const float d = row[order[static_cast<size_t>(j)]];
-      if (!std::isfinite(d)) break;
-      (*distances)[static_cast<size_t>(q) * kk + static_cast<size_t>(j)] = d;
-      (*ids)[static_cast<size_t>(q) * kk + static_cast<size_t>(j)] = order[static_cast<size_t>(j)];
-    }
-  }
-  return absl::OkStatus();
-}
-
-double RecallAtK(const std::vector<int64_t>& approx, const std::vector<int64_t>& exact, int64_t nq, int k) {
-  if (nq < 0 || k <= 0) return std::nan("");
-  const size_t need = static_cast<size_t>(nq) * static_cast<size_t>(k);
-  if (approx.size() < need || exact.size() < need) return std::nan("");
-  double sum = 0;
-  int64_t counted = 0;
-  std::vector<int64_t> row;
-  for (int64_t q = 0; q < nq; ++q) {
-    const size_t base = static_cast<size_t>(q) * static_cast<size_t>(k);
-    row.assign(approx.begin() + base, approx.begin() + base + k);
-    std::sort(row.begin(), row.end());
-    int found = 0, valid = 0;
-    for (int j = 0; j < k; ++j) {
-      const int64_t id = exact[base + j];
-      if (id < 0) continue;
-      ++valid;
-      if (std::binary_search(row.begin(), row.end(), id)) ++found;
-    }
-    if (valid == 0) continue;
-    sum += static_cast<double>(found) / valid;
-    ++counted;
-  }
-  return counted == 0 ? 0.0 : sum / counted;
 }
 
 }  // namespace rag::retriever

@@ -7,15 +7,10 @@
 #
 # Usage: corrupt_files_test.sh RAG_BINARY   (KEEP_TMP=1 keeps files)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init corrupt_files_test
 RAG="${1:?usage: corrupt_files_test.sh RAG_BINARY}"
-fail() {
-  echo "corrupt_files_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "corrupt_files_test: $*" >&2; }
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/corrupt_files_test.XXXXXX")"
-cleanup() { if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi; }
-trap cleanup EXIT
 
 for i in $(seq 0 39); do
   printf '{"id": "doc-%02d", "text": "Document %d: the river %d runs under the stone bridge, and the falcon crosses the harbour at dawn."}\n' \

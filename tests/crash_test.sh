@@ -10,25 +10,15 @@
 #
 # Usage: crash_test.sh RAG_BINARY [SEED] [TRIALS]   (KEEP_TMP=1 keeps files)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init crash_test
 
 RAG="${1:?usage: crash_test.sh RAG_BINARY [SEED] [TRIALS]}"
 RANDOM="${2:-7}"  # seeds bash's generator: the kill moments repeat
 TRIALS="${3:-3}"
-fail() {
-  echo "crash_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "crash_test: $*" >&2; }
 # Seconds in [lo, hi), from $RANDOM.
 pause() { awk -v lo="$1" -v hi="$2" -v r="$RANDOM" 'BEGIN { printf "%.3f", lo + (hi - lo) * r / 32768 }'; }
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/crash_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 step "corpus and tiny model"
 words=(river stone bridge lantern harvest meadow copper violin orchard glacier thunder candle harbour falcon

@@ -17,27 +17,18 @@
 #
 # Usage: dist_train_test.sh RAG_BINARY   (KEEP_TMP=1 keeps files)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init dist_train_test
 
 RAG="${1:-${RAG:-}}"
 [ -n "$RAG" ] || { echo "usage: dist_train_test.sh RAG_BINARY" >&2; exit 2; }
-PY=/usr/bin/python3
-fail() {
-  echo "dist_train_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "dist_train_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 "$RAG" train --help | grep -q -- --dist || fail "'$RAG train' has no --dist option"
 command -v mpirun >/dev/null || fail "no mpirun (scripts/setup.sh installs openmpi-bin)"
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/dist_train_test.XXXXXX")"
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 # No launcher variables from whatever runs the tests leak in. OpenBLAS is
 # held to one thread: it sizes its pool from the CPUs a process may use, and

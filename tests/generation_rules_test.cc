@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "lm/generator.h"
@@ -60,45 +61,47 @@ size_t Repeats(const std::multiset<std::vector<TokenId>>& grams) {
   return grams.size() - std::set<std::vector<TokenId>>(grams.begin(), grams.end()).size();
 }
 
-TEST(GenerationRulesTest, GreedyGenerationRepeatsNoNgramWhenAsked) {
-  auto model = rag::testing::MakeTinyLanguageModel();
-  model->module()->eval();
-  const std::vector<TokenId> prompt = model->tokenizer().Encode("the cat sat on the mat and the cat");
-  SamplingOptions o;
-  o.temperature = 0;
-  o.max_tokens = 80;
-  o.stop_at_eot = false;
-  auto plain = Generate(model->module(), prompt, model->tokenizer().eot_id(), o);
-  ASSERT_TRUE(plain.ok()) << plain.status();
-  std::vector<TokenId> seq = prompt;
-  seq.insert(seq.end(), plain->begin(), plain->end());
-  // An untrained model's greedy output loops: the rule has work to do.
-  ASSERT_GT(Repeats(Ngrams(seq, 3)), 0u);
+// Greedy generation from an untrained tiny model, on past end-of-text.
+class GreedyGenerationTest : public ::testing::Test {
+ protected:
+  void SetUp() override { model_->module()->eval(); }
 
+  std::vector<TokenId> Encode(const std::string& text) const { return model_->tokenizer().Encode(text); }
+  // The prompt followed by max_tokens greedy tokens under the rules of `o`.
+  std::vector<TokenId> Continue(const std::vector<TokenId>& prompt, int max_tokens, SamplingOptions o = {}) {
+    o.temperature = 0;
+    o.max_tokens = max_tokens;
+    o.stop_at_eot = false;
+    auto out = Generate(model_->module(), prompt, model_->tokenizer().eot_id(), o);
+    EXPECT_TRUE(out.ok()) << out.status();
+    std::vector<TokenId> seq = prompt;
+    if (out.ok()) seq.insert(seq.end(), out->begin(), out->end());
+    return seq;
+  }
+
+  std::unique_ptr<LanguageModel> model_ = rag::testing::MakeTinyLanguageModel();
+};
+
+TEST_F(GreedyGenerationTest, RepeatsNoNgramWhenAsked) {
+  const std::vector<TokenId> prompt = Encode("the cat sat on the mat and the cat");
+  // An untrained model's greedy output loops: the rule has work to do.
+  ASSERT_GT(Repeats(Ngrams(Continue(prompt, 80), 3)), 0u);
+
+  SamplingOptions o;
   o.no_repeat_ngram_size = 3;
-  auto ruled = Generate(model->module(), prompt, model->tokenizer().eot_id(), o);
-  ASSERT_TRUE(ruled.ok()) << ruled.status();
-  ASSERT_EQ(ruled->size(), 80u);
-  seq = prompt;
-  seq.insert(seq.end(), ruled->begin(), ruled->end());
+  const std::vector<TokenId> ruled = Continue(prompt, 80, o);
+  ASSERT_EQ(ruled.size(), prompt.size() + 80);
   // The prompt may repeat itself; nothing the model added repeats a trigram.
-  const size_t prompt_repeats = Repeats(Ngrams(prompt, 3));
-  EXPECT_EQ(Repeats(Ngrams(seq, 3)), prompt_repeats);
+  EXPECT_EQ(Repeats(Ngrams(ruled, 3)), Repeats(Ngrams(prompt, 3)));
 }
 
-TEST(GenerationRulesTest, RepetitionPenaltyMakesGreedyOutputMoreVaried) {
-  auto model = rag::testing::MakeTinyLanguageModel();
-  model->module()->eval();
-  const std::vector<TokenId> prompt = model->tokenizer().Encode("the cat sat on the mat");
-  SamplingOptions o;
-  o.temperature = 0;
-  o.max_tokens = 60;
-  o.stop_at_eot = false;
+TEST_F(GreedyGenerationTest, RepetitionPenaltyMakesTheOutputMoreVaried) {
+  const std::vector<TokenId> prompt = Encode("the cat sat on the mat");
   auto distinct = [&](double penalty) {
+    SamplingOptions o;
     o.repetition_penalty = penalty;
-    auto out = Generate(model->module(), prompt, model->tokenizer().eot_id(), o);
-    EXPECT_TRUE(out.ok()) << out.status();
-    return std::set<TokenId>(out->begin(), out->end()).size();
+    const std::vector<TokenId> seq = Continue(prompt, 60, o);
+    return std::set<TokenId>(seq.begin() + static_cast<std::ptrdiff_t>(prompt.size()), seq.end()).size();
   };
   const size_t plain = distinct(1.0);
   EXPECT_GT(distinct(3.0), plain);

@@ -7,34 +7,21 @@
 #
 # Usage: load_smoke_test.sh RAG_BINARY RAG_LOAD_BINARY
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init load_smoke_test
 
 RAG="${1:?usage: load_smoke_test.sh RAG_BINARY RAG_LOAD_BINARY}"
 LOAD="${2:?usage: load_smoke_test.sh RAG_BINARY RAG_LOAD_BINARY}"
-fail() {
-  echo "load_smoke_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "load_smoke_test: $*" >&2; }
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/load_smoke_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
 
 step "a 30-document corpus, a tiny model and its index"
 for i in $(seq 0 29); do
   printf '{"id": "doc-%02d", "text": "Document %d tells of the river %d and the stone bridge near the meadow. The falcon crosses the harbour at dawn while the lantern burns."}\n' "$i" "$i" "$((i * 7))"
 done >"$TMP/corpus.jsonl"
-"$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 20 --quiet \
-  >"$TMP/train.log" 2>&1 || { cat "$TMP/train.log" >&2; fail "rag train failed"; }
-"$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --quiet \
-  >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; fail "rag build failed"; }
+run_logged "$TMP/train.log" "rag train" \
+  "$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 20 --quiet
+run_logged "$TMP/build.log" "rag build" \
+  "$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --quiet
 
 step "rag serve with --auth-token-file"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/token"
@@ -42,13 +29,7 @@ printf 'not-the-token\n' >"$TMP/wrong"
 "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 --port-file "$TMP/port" \
   --auth-token-file "$TMP/token" >"$TMP/serve.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 600); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.log" >&2; fail "rag serve exited early"; }
-  sleep 0.1
-done
-[ -s "$TMP/port" ] || fail "no port file within 60 s"
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+ADDR="127.0.0.1:$(wait_for_port "$SERVER_PID" "$TMP/port" "$TMP/serve.log" "rag serve")"
 
 if "$RAG" stats --server "$ADDR" >"$TMP/out" 2>&1; then fail "stats without a token succeeded"; fi
 grep -q "needs a bearer token" "$TMP/out" || { cat "$TMP/out" >&2; fail "no UNAUTHENTICATED message without a token"; }

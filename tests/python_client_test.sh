@@ -6,22 +6,15 @@
 # searchable, and the server must stop cleanly on SIGTERM.
 #
 # Usage: python_client_test.sh RAG_BINARY REPO_SOURCE_DIR
-# (KEEP_TMP=1 keeps the working directory, with every output, for inspection.)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init python_client_test
 
 RAG="${1:?usage: python_client_test.sh RAG_BINARY REPO_SOURCE_DIR}"
 SRC="${2:?usage: python_client_test.sh RAG_BINARY REPO_SOURCE_DIR}"
-# Debian's interpreter: the python3 on PATH may not see python3-grpcio
-# (docs platform-notes, trap 8).
-PY=/usr/bin/python3
 CLIENT="$SRC/examples/python/rag_client.py"
 START=$SECONDS
-
-fail() {
-  echo "python_client_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "python_client_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 [ -f "$CLIENT" ] || fail "no example client at $CLIENT"
@@ -34,17 +27,6 @@ step() { echo "python_client_test: $*" >&2; }
 command -v protoc >/dev/null || fail "protoc is missing: protobuf-compiler (scripts/setup.sh installs it)"
 [ -x /usr/bin/grpc_python_plugin ] ||
   fail "/usr/bin/grpc_python_plugin is missing: protobuf-compiler-grpc (scripts/setup.sh installs it)"
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/python_client_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 # Prints the server log, then fails.
 server_fail() {
@@ -84,12 +66,12 @@ with open(sys.argv[1], "w") as f:
 EOF
 
 step "training a tiny model"
-"$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 30 --quiet \
-  >"$TMP/train.log" 2>&1 || { cat "$TMP/train.log" >&2; fail "rag train failed"; }
+run_logged "$TMP/train.log" "rag train" \
+  "$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 30 --quiet
 
 step "building the index"
-"$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --quiet \
-  >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; fail "rag build failed"; }
+run_logged "$TMP/build.log" "rag build" \
+  "$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --quiet
 
 # start_server WHAT [SERVE_OPTIONS...]: rag serve on the test's model and
 # index at an ephemeral loopback port; sets SERVER_PID and ADDR.
@@ -100,13 +82,7 @@ start_server() {
   "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 \
     --port-file "$TMP/port" "$@" >"$TMP/serve.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 600); do
-    [ -s "$TMP/port" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || server_fail "$what exited before writing its port file"
-    sleep 0.1
-  done
-  [ -s "$TMP/port" ] || server_fail "$what wrote no port file within 60 s"
-  ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+  ADDR="127.0.0.1:$(wait_for_port "$SERVER_PID" "$TMP/port" "$TMP/serve.log" "$what")"
 }
 
 step "starting rag serve on an ephemeral port"

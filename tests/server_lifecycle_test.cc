@@ -78,57 +78,80 @@ v1::ScoreRequest SlowScore(Engine& engine, double seconds) {
   }
 }
 
+// A Score on its own thread, in flight when the constructor returns (it
+// waits 200 ms); `returned` is when the server's answer came back.
+class ScoreInFlight {
+ public:
+  ScoreInFlight(GrpcBackend& client, v1::ScoreRequest request)
+      : thread_([this, &client, request = std::move(request)] {
+          result = client.Score(request);
+          returned = std::chrono::steady_clock::now();
+        }) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ~ScoreInFlight() { Join(); }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  absl::StatusOr<v1::ScoreResponse> result;
+  std::chrono::steady_clock::time_point returned;
+
+ private:
+  std::thread thread_;  // last: starts once the fields above exist
+};
+
+class ServerDrainTest : public ServerLifecycleTest {
+ protected:
+  // A server over engine_ on a free loopback port, and a client of it.
+  void StartServer() {
+    ServerOptions so;
+    so.listen = "127.0.0.1:0";
+    auto server = Server::Start(engine_.get(), so);
+    RAG_ASSERT_OK(server.status());
+    server_ = std::move(*server);
+    address_ = "127.0.0.1:" + std::to_string(server_->port());
+    auto client = GrpcBackend::Connect(address_);
+    RAG_ASSERT_OK(client.status());
+    client_ = std::move(*client);
+  }
+
+  std::unique_ptr<Server> server_;
+  std::string address_;
+  std::unique_ptr<GrpcBackend> client_;
+};
+
 // Drains with a Score in flight: it finishes within the grace period, and
 // a call made during the drain is refused.
-TEST_F(ServerLifecycleTest, ADrainLetsACallInFlightFinish) {
+TEST_F(ServerDrainTest, ADrainLetsACallInFlightFinish) {
   const v1::ScoreRequest slow = SlowScore(*engine_, 1.0);
-  ServerOptions so;
-  so.listen = "127.0.0.1:0";
-  auto server = Server::Start(engine_.get(), so);
-  RAG_ASSERT_OK(server.status());
-  const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
-  auto client = GrpcBackend::Connect(address);
-  RAG_ASSERT_OK(client.status());
-
-  absl::StatusOr<v1::ScoreResponse> done;
-  std::chrono::steady_clock::time_point returned;
-  std::thread call([&] {
-    done = (*client)->Score(slow);
-    returned = std::chrono::steady_clock::now();
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ScoreInFlight call(*client_, slow);
   const auto drain_started = std::chrono::steady_clock::now();
-  std::thread drain([&] { (*server)->Shutdown(/*grace_seconds=*/60); });
+  std::thread drain([&] { server_->Shutdown(/*grace_seconds=*/60); });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   // New calls are refused while the running one goes on.
-  auto fresh = GrpcBackend::Connect(address, /*connect_timeout_s=*/2);
+  auto fresh = GrpcBackend::Connect(address_, /*connect_timeout_s=*/2);
   if (fresh.ok()) {
     v1::ScoreRequest score;
     score.set_text("the cat");
     EXPECT_FALSE((*fresh)->Score(score).ok());
   }
-  call.join();
+  call.Join();
   drain.join();
-  RAG_ASSERT_OK(done.status());
-  EXPECT_GT(done->tokens(), 1000);
-  EXPECT_GT(returned, drain_started) << "the call had finished before the drain began: the test shows nothing";
+  RAG_ASSERT_OK(call.result.status());
+  EXPECT_GT(call.result->tokens(), 1000);
+  EXPECT_GT(call.returned, drain_started) << "the call had finished before the drain began: the test shows nothing";
 }
 
 // Past the grace period a call in flight is cancelled, not waited for.
-TEST_F(ServerLifecycleTest, ADrainCancelsWhatOutlivesTheGracePeriod) {
+TEST_F(ServerDrainTest, ADrainCancelsWhatOutlivesTheGracePeriod) {
   const v1::ScoreRequest slow = SlowScore(*engine_, 2.0);
-  ServerOptions so;
-  so.listen = "127.0.0.1:0";
-  auto server = Server::Start(engine_.get(), so);
-  RAG_ASSERT_OK(server.status());
-  auto client = GrpcBackend::Connect("127.0.0.1:" + std::to_string((*server)->port()));
-  RAG_ASSERT_OK(client.status());
-  absl::StatusOr<v1::ScoreResponse> done;
-  std::thread call([&] { done = (*client)->Score(slow); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  (*server)->Shutdown(/*grace_seconds=*/0.2);
-  call.join();
-  EXPECT_FALSE(done.ok()) << "a call longer than the grace period finished anyway";
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  ScoreInFlight call(*client_, slow);
+  server_->Shutdown(/*grace_seconds=*/0.2);
+  call.Join();
+  EXPECT_FALSE(call.result.ok()) << "a call longer than the grace period finished anyway";
 }
 
 }  // namespace

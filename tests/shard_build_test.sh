@@ -17,29 +17,18 @@
 #
 # Usage: shard_build_test.sh RAG_BINARY   (KEEP_TMP=1 keeps files)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init shard_build_test
 
 RAG="${1:-${RAG:-}}"
 [ -n "$RAG" ] || { echo "usage: shard_build_test.sh RAG_BINARY" >&2; exit 2; }
-PY=/usr/bin/python3
-fail() {
-  echo "shard_build_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "shard_build_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 "$RAG" build --help | grep -q -- --shard || fail "'$RAG build' has no --shard option"
 "$PY" -c 'import xxhash; xxhash.xxh3_64_intdigest(b"")' ||
   fail "$PY cannot import xxhash (scripts/setup.sh installs python3-xxhash)"
 command -v mpirun >/dev/null || fail "no mpirun (scripts/setup.sh installs openmpi-bin)"
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/shard_build_test.XXXXXX")"
-BUILD_PID=""
-cleanup() {
-  if [ -n "$BUILD_PID" ]; then kill -KILL "$BUILD_PID" 2>/dev/null || true; wait "$BUILD_PID" 2>/dev/null || true; fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 # Every command runs without the launcher variables of whatever runs the
 # tests (a CI job inside a Slurm array must not pick the shard); each case
@@ -149,7 +138,6 @@ for _ in $(seq 1 3000); do
 done
 rc=0
 wait "$BUILD_PID" || rc=$?
-BUILD_PID=""
 [ -n "$killed_partial" ] || { cat "$TMP/killed.log" >&2; fail "the kill did not land mid-build (exit $rc): nothing was tested"; }
 [ "$rc" -eq 137 ] || fail "the killed build exited $rc, not 137 (SIGKILL)"
 [ ! -e "$out" ] || fail "a killed build left $out (only $out.partial may exist)"

@@ -21,20 +21,18 @@
 # Usage: shard_serve_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR
 # (KEEP_TMP=1 keeps the working directory.)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init shard_serve_test
 
 RAG="${1:?usage: shard_serve_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR}"
 SRC="${2:?}"
 VOCAB="${3:?}"
-PY=/usr/bin/python3
 MAKE="$SRC/tests/hf/make_hf_checkpoint.py"
-
-fail() { echo "shard_serve_test: FAIL: $*" >&2; exit 1; }
-step() { echo "shard_serve_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 "$PY" -c 'import numpy, xxhash' || fail "$PY needs numpy and xxhash (scripts/setup.sh installs python3-numpy, python3-xxhash)"
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/shard_serve_test.XXXXXX")"
 PIDS=()
 stop_all() {
   for p in "${PIDS[@]:-}"; do
@@ -45,11 +43,6 @@ stop_all() {
   done
   PIDS=()
 }
-cleanup() {
-  stop_all
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 # Starts `rag serve ARGS...` on a free port; sets PORT and appends its pid.
 serve() {

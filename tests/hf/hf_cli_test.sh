@@ -13,32 +13,20 @@
 # Usage: hf_cli_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR
 # (KEEP_TMP=1 keeps the working directory.)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+lib_init hf_cli_test
 
 RAG="${1:?usage: hf_cli_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR}"
 SRC="${2:?}"
 VOCAB="${3:?}"
-PY=/usr/bin/python3
 MAKE="$SRC/tests/hf/make_hf_checkpoint.py"
 FORWARD="$SRC/tests/hf/numpy_forward.py"
-
-fail() { echo "hf_cli_test: FAIL: $*" >&2; exit 1; }
-step() { echo "hf_cli_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 [ -f "$VOCAB/encoder.json" ] && [ -f "$VOCAB/vocab.bpe" ] ||
   fail "no GPT-2 vocabulary in $VOCAB (scripts/prepare_corpus.sh fetches it)"
 "$PY" -c 'import numpy' || fail "$PY cannot import numpy (scripts/setup.sh installs python3-numpy)"
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/hf_cli_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 step "writing a 40-document corpus and 4 probes"
 "$PY" - "$TMP/corpus.jsonl" "$TMP/probes.jsonl" <<'EOF'

@@ -23,31 +23,19 @@
 # Usage: retro_fit_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR
 # (KEEP_TMP=1 keeps the working directory.)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+lib_init retro_fit_test
 
 RAG="${1:?usage: retro_fit_test.sh RAG_BINARY REPO_SOURCE_DIR GPT2_VOCAB_DIR}"
 SRC="${2:?}"
 VOCAB="${3:?}"
-PY=/usr/bin/python3
 MAKE="$SRC/tests/hf/make_hf_checkpoint.py"
-
-fail() { echo "retro_fit_test: FAIL: $*" >&2; exit 1; }
-step() { echo "retro_fit_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 [ -f "$VOCAB/encoder.json" ] && [ -f "$VOCAB/vocab.bpe" ] ||
   fail "no GPT-2 vocabulary in $VOCAB (scripts/prepare_corpus.sh fetches it)"
 "$PY" -c 'import numpy' || fail "$PY cannot import numpy (scripts/setup.sh installs python3-numpy)"
-
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/retro_fit_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 
 step "writing a 40-document corpus"
 # Sentences over a small word list: every chunk has neighbours sharing most

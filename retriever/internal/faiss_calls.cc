@@ -1,0 +1,27 @@
+#include "retriever/internal/faiss_calls.h"
+
+#include <faiss/impl/FaissException.h>
+
+#include <new>
+#include <stdexcept>
+
+namespace rag::retriever::internal {
+
+thread_local const std::atomic<bool>* t_cancel = nullptr;
+
+absl::Status CurrentExceptionToStatus(absl::StatusCode faiss_code, const std::string& context) {
+  try {
+    throw;
+  } catch (const faiss::FaissException& e) {
+    if (t_cancel != nullptr && t_cancel->load()) return absl::CancelledError(context + ": cancelled");
+    return absl::Status(faiss_code, context + ": " + e.what());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(context + ": out of memory");
+  } catch (const std::exception& e) {
+    return absl::InternalError(context + ": " + e.what());
+  } catch (...) {
+    return absl::InternalError(context + ": unknown exception");
+  }
+}
+
+}  // namespace rag::retriever::internal

@@ -1,0 +1,42 @@
+// How the retriever calls FAISS (retriever/vector_index.cc,
+// retriever/exact_search.cc): with every core, and with FAISS's exceptions
+// turned into a Status (a call cancelled through VectorIndex::CancelScope
+// into CANCELLED).
+#pragma once
+
+#include <omp.h>
+
+#include <atomic>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace rag::retriever::internal {
+
+// FAISS parallelizes with OpenMP, whose thread count belongs to the calling
+// thread: LibTorch's set_num_threads(1) (lm/runtime.h) makes it 1 on the
+// main thread, which cost kNN-LM scoring half its speed. FAISS's parallel
+// loops are coarse (a query or an inverted list each), so it gets every
+// core back for the call.
+class AllCoresForFaiss {
+ public:
+  AllCoresForFaiss() : saved_(omp_get_max_threads()) { omp_set_num_threads(omp_get_num_procs()); }
+  ~AllCoresForFaiss() { omp_set_num_threads(saved_); }
+  AllCoresForFaiss(const AllCoresForFaiss&) = delete;
+  AllCoresForFaiss& operator=(const AllCoresForFaiss&) = delete;
+
+ private:
+  int saved_;
+};
+
+// The cancel flag of the calling thread's VectorIndex::CancelScope, if any
+// (the scope sets and restores it; FAISS's interrupt hook reads it).
+extern thread_local const std::atomic<bool>* t_cancel;
+
+// Converts the exception in flight (call only inside a catch block) to a
+// Status: FAISS's own errors get `faiss_code` (CANCELLED when the thread's
+// cancel flag is set), allocation failures ResourceExhausted, anything else
+// Internal.
+absl::Status CurrentExceptionToStatus(absl::StatusCode faiss_code, const std::string& context);
+
+}  // namespace rag::retriever::internal
