@@ -290,7 +290,10 @@ class BatchingEmbedder final : public Embedder {
   std::string description() const override { return inner_->description(); }
 
   absl::Status Embed(const std::vector<std::vector<TokenId>>& sequences, std::vector<float>* out) override {
-    if (static_cast<int64_t>(sequences.size()) >= max_sequences_) return inner_->Embed(sequences, out);
+    if (static_cast<int64_t>(sequences.size()) >= max_sequences_) {
+      Count(static_cast<int64_t>(sequences.size()));
+      return inner_->Embed(sequences, out);
+    }
     Pending me{&sequences, out, absl::OkStatus(), false};
     std::unique_lock<std::mutex> lock(mu_);
     queue_.push_back(&me);
@@ -308,6 +311,7 @@ class BatchingEmbedder final : public Embedder {
         queue_.pop_front();
       }
       lock.unlock();
+      Count(n);
       Run(batch);
       lock.lock();
       for (Pending* p : batch) p->done = true;
@@ -316,6 +320,19 @@ class BatchingEmbedder final : public Embedder {
     running_ = false;
     cv_.notify_all();  // a caller queued meanwhile takes over
     return me.status;
+  }
+
+ BatchingStats stats() {
+    BatchingStats s;
+    {
+      const std::lock_guard<std::mutex> lock(mu_);
+      s.waiting = static_cast<int64_t>(queue_.size());
+    }
+    const std::lock_guard<std::mutex> lock(stats_mu_);
+    s.batches = batches_;
+    s.sequences = sequences_;
+    s.largest_batch = largest_batch_;
+    return s;
   }
 
  private:
@@ -350,15 +367,34 @@ class BatchingEmbedder final : public Embedder {
     }
   }
 
+  // One forward pass of n sequences.
+  void Count(int64_t n) {
+    const std::lock_guard<std::mutex> lock(stats_mu_);
+    ++batches_;
+    sequences_ += n;
+    largest_batch_ = std::max(largest_batch_, n);
+  }
+
   Embedder* inner_;
   const int64_t max_sequences_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Pending*> queue_;
   bool running_ = false;
+  std::mutex stats_mu_;  // the counts below
+  int64_t batches_ = 0;
+  int64_t sequences_ = 0;
+  int64_t largest_batch_ = 0;
 };
 
 }  // namespace
+
+std::optional<BatchingStats> BatchingStatsOf(const Embedder& embedder) {
+  // stats() locks the batcher's mutexes; the embedder itself is not changed.
+  auto* batching = dynamic_cast<BatchingEmbedder*>(const_cast<Embedder*>(&embedder));
+  if (batching == nullptr) return std::nullopt;
+  return batching->stats();
+}
 
 std::unique_ptr<Embedder> MakeBatchingEmbedder(Embedder* inner, int64_t max_sequences) {
   return std::make_unique<BatchingEmbedder>(inner, max_sequences);

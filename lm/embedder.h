@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,18 @@ std::unique_ptr<Embedder> MakeLmEmbedder(LanguageModel* model, int64_t batch_siz
 // changes a vector). When a merged call fails, each queued call is run
 // alone so every caller gets its own status. Same dim/hash/description.
 std::unique_ptr<Embedder> MakeBatchingEmbedder(Embedder* inner, int64_t max_sequences = 64);
+
+// What a batching embedder has done so far (`rag serve --metrics-listen`
+// exports it): callers queued now, forward passes run, sequences embedded
+// in them (their ratio is the mean batch) and the largest batch.
+struct BatchingStats {
+  int64_t waiting = 0;
+  int64_t batches = 0;
+  int64_t sequences = 0;
+  int64_t largest_batch = 0;
+};
+// The stats of an embedder MakeBatchingEmbedder made; nullopt for any other.
+std::optional<BatchingStats> BatchingStatsOf(const Embedder& embedder);
 
 // Loads a user's TorchScript encoder whose forward(Tensor ids [B, T] int64)
 // returns [B, D] floats; we L2-normalise the output. A foreign encoder takes

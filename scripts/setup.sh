@@ -19,6 +19,7 @@ PACKAGES=(
   openmpi-bin python3-xxhash time bc
   libgloo-dev
   prometheus-cpp-dev libcpp-httplib-dev python3-prometheus-client
+  pybind11-dev python3-dev file
 )
 
 # npm fetches the corpus and node runs the tokenizer's reference

@@ -394,6 +394,26 @@ absl::StatusOr<int64_t> QueryRows(int64_t floats, int dim, int index_dim, int64_
 
 }  // namespace
 
+absl::StatusOr<std::vector<float>> Engine::Embed(const std::vector<std::string>& texts) {
+  const ActiveCall active(&active_calls_);
+  return Guarded("Embed", [&]() -> absl::StatusOr<std::vector<float>> {
+    RAG_RETURN_IF_ERROR(NeedIndex("Embed"));
+    v1::SearchRequest request;
+    for (const std::string& t : texts) request.add_texts(t);
+    RAG_ASSIGN_OR_RETURN(const SearchParams p, ParseSearchRequest(request, parse_context()));
+    std::vector<std::vector<retriever::Token>> queries;
+    for (const std::string& text : p.texts) {
+      queries.push_back(model_->tokenizer().Encode(text));
+      if (queries.back().empty()) {
+        return absl::InvalidArgumentError("text " + std::to_string(queries.size() - 1) + " has no tokens");
+      }
+    }
+    std::vector<float> out;
+    RAG_RETURN_IF_ERROR(embedder_->Embed(queries, &out));
+    return out;
+  });
+}
+
 absl::StatusOr<v1::SearchResponse> Engine::SearchVectors(const v1::SearchVectorsRequest& request) {
   const ActiveCall active(&active_calls_);
   return Guarded("SearchVectors", [&]() -> absl::StatusOr<v1::SearchResponse> {

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,10 @@ class Engine : public Backend {
   // The internal Shard service (proto/rag.proto): searches of this server's
   // own index by vector and by kNN-LM key, for a sharded front.
   absl::StatusOr<v1::SearchResponse> SearchVectors(const v1::SearchVectorsRequest& request);
+  // Each text's query vector ([texts, dim] float32, row-major) as Search
+  // embeds it before searching: what SearchVectors takes. The texts are
+  // checked as Search's are; FailedPrecondition without an index.
+  absl::StatusOr<std::vector<float>> Embed(const std::vector<std::string>& texts);
   absl::StatusOr<v1::SearchKeysResponse> SearchKeys(const v1::SearchKeysRequest& request);
   // AddDocument for each, then FinishAdd.
   absl::StatusOr<v1::AddDocumentsResponse> AddDocuments(const std::vector<v1::Document>& documents,
@@ -85,6 +90,12 @@ class Engine : public Backend {
   // The RETRO model when the model directory holds one, else null.
   lm::RetroModel* retro() { return retro_.get(); }
   bool has_index() const { return searcher_ != nullptr; }
+  // The server-side embedding batcher's counts (EngineOptions.batch_embeddings
+  // with an index), else nullopt.
+  std::optional<lm::BatchingStats> embedding_batches() const {
+    if (batching_embedder_ == nullptr) return std::nullopt;
+    return lm::BatchingStatsOf(*batching_embedder_);
+  }
 
  private:
   // Counts a Search, Score, NextToken or Generate call while it runs.

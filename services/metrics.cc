@@ -44,15 +44,18 @@ class ScrapeTimeValues : public prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     std::vector<prometheus::MetricFamily> out;
-    auto gauge = [&](const char* name, const char* help, double value) {
+    auto add = [&](const char* name, const char* help, prometheus::MetricType type, double value) {
       prometheus::MetricFamily f;
       f.name = name;
       f.help = help;
-      f.type = prometheus::MetricType::Gauge;
+      f.type = type;
       prometheus::ClientMetric m;
-      m.gauge.value = value;
+      (type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value) = value;
       f.metric.push_back(m);
       out.push_back(std::move(f));
+    };
+    auto gauge = [&](const char* name, const char* help, double value) {
+      add(name, help, prometheus::MetricType::Gauge, value);
     };
     gauge("process_resident_memory_bytes", "Resident memory size in bytes.", ResidentBytes());
     Engine* engine = engine_.load();
@@ -64,6 +67,19 @@ class ScrapeTimeValues : public prometheus::Collectable {
         gauge("rag_index_chunks", "Chunks in the served index.", static_cast<double>(stats->chunks()));
         gauge("rag_datastore_keys", "Keys in the served kNN-LM datastore (0: none).",
               static_cast<double>(stats->datastore_keys()));
+      }
+    }
+    if (engine != nullptr) {
+      if (const auto b = engine->embedding_batches()) {
+        gauge("rag_embed_batch_waiting", "Searches and adds queued for the embedding batcher now.",
+              static_cast<double>(b->waiting));
+        add("rag_embed_batches_total", "Forward passes of the server-side embedding batcher.",
+            prometheus::MetricType::Counter, static_cast<double>(b->batches));
+        add("rag_embed_batch_sequences_total",
+            "Sequences embedded by the batcher (over rag_embed_batches_total: the mean batch).",
+            prometheus::MetricType::Counter, static_cast<double>(b->sequences));
+        gauge("rag_embed_largest_batch", "Largest batch of sequences the batcher has run.",
+              static_cast<double>(b->largest_batch));
       }
     }
     return out;
@@ -167,7 +183,7 @@ void Metrics::CallFinished(const std::string& rpc, const std::string& mode, cons
   state_->latency->Add({{"rpc", rpc}, {"mode", mode}}, kLatencyBuckets).Observe(seconds);
 }
 
-void Metrics::Record(const std::string& rpc, const std::string& mode, const v1::StageTimings& t) {
+void Metrics::RecordStages(const std::string& rpc, const std::string& mode, const v1::StageTimings& t) {
   auto add = [&](const char* stage, int64_t us) {
     if (us > 0) state_->stage_seconds->Add({{"rpc", rpc}, {"mode", mode}, {"stage", stage}}).Increment(us * 1e-6);
   };
@@ -178,16 +194,27 @@ void Metrics::Record(const std::string& rpc, const std::string& mode, const v1::
   add("fusion", t.fusion_us());
 }
 
-void Metrics::TokensScored(const std::string& mode, int64_t n) {
-  state_->tokens_scored->Add({{"mode", mode}}).Increment(static_cast<double>(n));
+void Metrics::Succeeded(const std::string& rpc, const std::string& mode, const v1::SearchResponse& r) {
+  RecordStages(rpc, mode, r.timings());
+  for (const auto& list : r.results()) state_->neighbours->Increment(list.neighbours_size());
 }
 
-void Metrics::TokensGenerated(const std::string& mode, int64_t n) {
-  state_->tokens_generated->Add({{"mode", mode}}).Increment(static_cast<double>(n));
+void Metrics::Succeeded(const std::string& rpc, const std::string& mode, const v1::ScoreResponse& r) {
+  RecordStages(rpc, mode, r.timings());
+  state_->tokens_scored->Add({{"mode", mode}}).Increment(static_cast<double>(r.tokens()));
 }
 
-void Metrics::NeighboursReturned(int64_t n) { state_->neighbours->Increment(static_cast<double>(n)); }
+void Metrics::Succeeded(const std::string& rpc, const std::string& mode, const v1::NextTokenResponse& r) {
+  RecordStages(rpc, mode, r.timings());
+}
 
-void Metrics::DocumentsAdded(int64_t n) { state_->documents_added->Increment(static_cast<double>(n)); }
+void Metrics::Succeeded(const std::string& rpc, const std::string& mode, const v1::GenerateResponse& r) {
+  RecordStages(rpc, mode, r.timings());
+  state_->tokens_generated->Add({{"mode", mode}}).Increment(static_cast<double>(r.tokens()));
+}
+
+void Metrics::Succeeded(const std::string&, const std::string&, const v1::AddDocumentsResponse& r) {
+  state_->documents_added->Increment(static_cast<double>(r.documents_added()));
+}
 
 }  // namespace rag::services

@@ -34,14 +34,20 @@ class Metrics {
   // A call of `rpc` began / ended with gRPC status `code` after `seconds`.
   void CallStarted(const std::string& rpc);
   void CallFinished(const std::string& rpc, const std::string& mode, const std::string& code, double seconds);
-  // What a successful call did: its stages and sizes.
-  void Record(const std::string& rpc, const std::string& mode, const v1::StageTimings& timings);
-  void TokensScored(const std::string& mode, int64_t n);
-  void TokensGenerated(const std::string& mode, int64_t n);
-  void NeighboursReturned(int64_t n);
-  void DocumentsAdded(int64_t n);
+  // What a successful call did: its stages (the response's StageTimings)
+  // and sizes (neighbours returned, tokens scored or generated, documents
+  // added). Other responses add nothing.
+  void Succeeded(const std::string& rpc, const std::string& mode, const v1::SearchResponse& r);
+  void Succeeded(const std::string& rpc, const std::string& mode, const v1::ScoreResponse& r);
+  void Succeeded(const std::string& rpc, const std::string& mode, const v1::NextTokenResponse& r);
+  void Succeeded(const std::string& rpc, const std::string& mode, const v1::GenerateResponse& r);
+  void Succeeded(const std::string& rpc, const std::string& mode, const v1::AddDocumentsResponse& r);
+  template <typename Response>
+  void Succeeded(const std::string&, const std::string&, const Response&) {}
 
  private:
+  void RecordStages(const std::string& rpc, const std::string& mode, const v1::StageTimings& timings);
+
   struct State;
   explicit Metrics(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;

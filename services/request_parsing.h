@@ -41,6 +41,10 @@ struct EngineLimits {
   int max_generate_tokens = 1024;    // Generate.max_tokens. Default: 1024
   int64_t max_id_bytes = 1024;       // Document.id. Default: 1024
 };
+// max_text_bytes of an engine used in-process (the CLI without --server, the
+// Python module): a local user may score a whole book at once; only a
+// shared server needs protecting from huge requests.
+inline constexpr int64_t kLocalMaxTextBytes = int64_t{1} << 31;
 
 // How a scoring request runs: the plain LM, kNN-LM over the index's
 // datastore, or a RETRO model.

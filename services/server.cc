@@ -70,32 +70,11 @@ nlohmann::json Describe(const v1::GenerateResponse& r) {
   return {{"tokens", r.tokens()}, {"retrievals", r.retrievals_size()}, {"timings", TimingsJson(r.timings())}};
 }
 
-// What a successful call adds to the metrics.
-template <typename Response>
-void Count(Metrics&, const std::string&, const std::string&, const Response&) {}
-void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::SearchResponse& r) {
-  m.Record(rpc, mode, r.timings());
-  for (const auto& list : r.results()) m.NeighboursReturned(list.neighbours_size());
-}
-void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::ScoreResponse& r) {
-  m.Record(rpc, mode, r.timings());
-  m.TokensScored(mode, r.tokens());
-}
-void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::NextTokenResponse& r) {
-  m.Record(rpc, mode, r.timings());
-}
-void Count(Metrics& m, const std::string& rpc, const std::string& mode, const v1::GenerateResponse& r) {
-  m.Record(rpc, mode, r.timings());
-  m.TokensGenerated(mode, r.tokens());
-}
-void Count(Metrics& m, const std::string&, const std::string&, const v1::AddDocumentsResponse& r) {
-  m.DocumentsAdded(r.documents_added());
-}
-
 // --log-requests: one JSON line per rpc on stderr: the method, the peer,
 // what was asked (mode, sizes), the outcome, the wall time and, for the rpcs
 // that do work, where it went (the response's StageTimings).
-// With --metrics-listen, the same record feeds the Prometheus metrics.
+// With --metrics-listen, the same record feeds the Prometheus metrics
+// (services/metrics.h decides what each response adds).
 class RequestLog {
  public:
   RequestLog(bool enabled, Metrics* metrics, const char* rpc, grpc::ServerContext* context, nlohmann::json request)
@@ -113,7 +92,7 @@ class RequestLog {
   // A successful call: counted by what it did, then finished.
   template <typename Response>
   grpc::Status Succeed(const Response& response) const {
-    if (metrics_ != nullptr) Count(*metrics_, rpc_, mode_, response);
+    if (metrics_ != nullptr) metrics_->Succeeded(rpc_, mode_, response);
     return Finish(grpc::Status::OK, enabled_ ? Describe(response) : nullptr);
   }
 
@@ -315,7 +294,7 @@ class IndexService final : public v1::Index::Service {
     }
     if (!finished.ok()) return log.Finish(ToGrpc(finished), detail);
     *response = totals;
-    if (s_.metrics != nullptr) Count(*s_.metrics, "AddDocuments", "none", totals);
+    if (s_.metrics != nullptr) s_.metrics->Succeeded("AddDocuments", "none", totals);
     return log.Finish(grpc::Status::OK, detail);
   }
 

@@ -5,64 +5,25 @@
 # size gauges the served index's `rag stats` and manifest.
 #
 # Usage: metrics_test.sh RAG_BINARY
-# (KEEP_TMP=1 keeps the working directory, with every output, for inspection.)
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lib_init metrics_test
 
 RAG="${1:?usage: metrics_test.sh RAG_BINARY}"
-PY=/usr/bin/python3
-
-fail() {
-  echo "metrics_test: FAIL: $*" >&2
-  exit 1
-}
-step() { echo "metrics_test: $*" >&2; }
 
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 "$PY" -c 'import prometheus_client.parser' 2>/dev/null ||
   fail "$PY cannot import prometheus_client: python3-prometheus-client is missing (scripts/setup.sh installs it)"
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/metrics_test.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-
 step "a 30-document corpus, a tiny model, an index with a datastore"
-"$PY" - "$TMP/corpus.jsonl" <<'PYEOF'
-import json, sys
-words = ("river stone bridge lantern harvest meadow copper violin orchard glacier thunder candle "
-         "harbour falcon pepper marble saddle compass willow ember quartz tide ledger prism").split()
-state = 777
-def pick():
-    global state
-    state = (state * 1103515245 + 12345) % (1 << 31)
-    return words[(state >> 8) % len(words)]
-with open(sys.argv[1], "w") as f:
-    for i in range(30):
-        text = " ".join("The %s finds the %s near the %s." % (pick(), pick(), pick()) for _ in range(4))
-        f.write(json.dumps({"id": "doc-%02d" % i, "text": text}) + "\n")
-PYEOF
-"$RAG" --threads 1 train --corpus "$TMP/corpus.jsonl" --out "$TMP/model" --preset tiny --steps 30 --quiet \
-  >"$TMP/train.log" 2>&1 || { cat "$TMP/train.log" >&2; fail "rag train failed"; }
-"$RAG" --threads 1 build --corpus "$TMP/corpus.jsonl" --model "$TMP/model" --out "$TMP/index" --datastore --quiet \
-  >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; fail "rag build failed"; }
+tiny_model_and_index "$RAG" 777 finds --datastore
 
 step "rag serve --metrics-listen 127.0.0.1:0"
 "$RAG" --threads 1 serve --model "$TMP/model" --index "$TMP/index" --listen 127.0.0.1:0 --port-file "$TMP/port" \
   --metrics-listen 127.0.0.1:0 --metrics-port-file "$TMP/metrics_port" >"$TMP/serve.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 600); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.log" >&2; fail "rag serve exited early"; }
-  sleep 0.1
-done
-[ -s "$TMP/port" ] || fail "no port file within 60 s"
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
+ADDR="127.0.0.1:$(wait_for_port "$SERVER_PID" "$TMP/port" "$TMP/serve.log" "rag serve")"
 METRICS="http://127.0.0.1:$(tr -d '[:space:]' <"$TMP/metrics_port")/metrics"
 
 step "the calls: 3 Search (k 4), 2 lm Score, 1 knnlm Score, 1 Generate (5 tokens), 1 bad Score"
@@ -133,6 +94,12 @@ expect("nothing in flight", value("rag_requests_in_flight", rpc="Search"), 0)
 expect("index vectors = rag stats", value("rag_index_vectors"), stats["vectors"])
 expect("datastore keys = the manifest's", value("rag_datastore_keys"), manifest["datastore"]["keys"])
 expect("resident memory > 10 MB", value("process_resident_memory_bytes"), lambda v: v > 10e6)
+# The embedding batcher ran the warm-up's Search and the 3 Searches, one
+# text each, one after another: 4 passes of 1 sequence, nobody waiting.
+expect("embedding batches", value("rag_embed_batches_total"), 4)
+expect("embedded sequences", value("rag_embed_batch_sequences_total"), 4)
+expect("largest embedding batch", value("rag_embed_largest_batch"), 1)
+expect("waiting for the batcher", value("rag_embed_batch_waiting"), 0)
 if failures:
     sys.exit("wrong: " + ", ".join(failures))
 PYEOF

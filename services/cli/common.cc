@@ -117,9 +117,7 @@ absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& 
   o.index_dir = t.index;
   o.embedder_path = t.embedder;
   o.writable_index = writable;
-  // A local user may score a whole book at once; only a shared server needs
-  // protecting from huge requests.
-  o.limits.max_text_bytes = int64_t{1} << 31;
+  o.limits.max_text_bytes = services::kLocalMaxTextBytes;
   RAG_ASSIGN_OR_RETURN(auto engine, services::Engine::Open(o));
   return std::unique_ptr<services::Backend>(std::move(engine));
 }

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   CLI::App app{"rag: retrieval-augmented language models (build, serve, query, evaluate)"};
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads) may follow the subcommand
+  app.set_version_flag("--version", "rag " RAG_VERSION);
   int threads = 0;
   app.add_option("--threads", threads, "LibTorch intra-op threads (default 1: OpenBLAS uses every core itself)");
 
