@@ -7,21 +7,24 @@
 # perplexity and generations over gRPC. A second run reuses what the first one finished; an
 # interrupted training run or index build resumes where it stopped.
 #
+# About an hour on 2 cores. `scripts/demo.sh --quick` (scripts/demo_quick.sh)
+# shows the system's point in a few minutes.
+#
 # Environment: RAG_DATA_DIR (default <repo>/data), RAG_DEMO_PRESET (small),
 # RAG_DEMO_STEPS (the preset's default).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-data="${RAG_DATA_DIR:-$here/data}"
+case "${1:-}" in
+  --quick) exec "$(dirname "${BASH_SOURCE[0]}")/demo_quick.sh" ;;
+  --full | "") ;;
+  *) echo "usage: scripts/demo.sh [--quick | --full]" >&2; exit 2 ;;
+esac
+# shellcheck source=scripts/demo_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/demo_common.sh"
 preset="${RAG_DEMO_PRESET:-small}"
 model="$data/models/brown-$preset"
 index="$data/indexes/brown-$preset"
-corpus="$data/brown/brown.jsonl"
-rag="${RAG_BUILD_DIR:-$here/build}/services/rag"
 
-"$here/scripts/setup.sh"
-RAG_BUILD_TARGET=rag "$here/scripts/build.sh"
-
-section() { printf '\n== %s ==\n' "$*"; }
+demo_setup
 
 section "1. Train the $preset model on the Brown corpus ($corpus)"
 steps=()
@@ -65,20 +68,7 @@ fi
 "$rag" validate "$index" --json
 
 section "6. Start the gRPC server (127.0.0.1, a free port) and query it"
-workdir="$(mktemp -d)"
-server_pid=""
-cleanup() {
-  [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$workdir"
-}
-trap cleanup EXIT
-"$rag" serve --model "$model" --index "$index" --listen 127.0.0.1:0 --port-file "$workdir/port" \
-  2> "$workdir/serve.log" &
-server_pid=$!
-for _ in $(seq 1 120); do [ -s "$workdir/port" ] && break; sleep 0.5; done
-[ -s "$workdir/port" ] || { cat "$workdir/serve.log"; echo "demo: the server did not start" >&2; exit 1; }
-server="127.0.0.1:$(cat "$workdir/port")"
-echo "rag serve is listening on $server"
+demo_serve "$model" "$index"
 "$rag" stats --server "$server"
 for q in "The jury said the election was conducted" \
          "The President sent a message to Congress about the budget" \
@@ -158,9 +148,7 @@ echo "(JSON: $model/memorization_*.json; plots and summary: $model/report/summar
 printf -- '\n--- exact counts from the index (rag count):\n'
 "$rag" count --index "$index" --model "$model" --text "the United States"
 
-kill -TERM "$server_pid" && wait "$server_pid"
-server_pid=""
-echo "server stopped cleanly"
+demo_stop_server
 
 section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, off and random"
 # The decoder stays frozen; a 2-layer neighbour encoder and CCA at decoder
