@@ -322,7 +322,7 @@ class BatchingEmbedder final : public Embedder {
     return me.status;
   }
 
- BatchingStats stats() {
+ BatchingStats stats() const {
     BatchingStats s;
     {
       const std::lock_guard<std::mutex> lock(mu_);
@@ -377,11 +377,11 @@ class BatchingEmbedder final : public Embedder {
 
   Embedder* inner_;
   const int64_t max_sequences_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Pending*> queue_;
   bool running_ = false;
-  std::mutex stats_mu_;  // the counts below
+  mutable std::mutex stats_mu_;  // the counts below
   int64_t batches_ = 0;
   int64_t sequences_ = 0;
   int64_t largest_batch_ = 0;
@@ -390,8 +390,7 @@ class BatchingEmbedder final : public Embedder {
 }  // namespace
 
 std::optional<BatchingStats> BatchingStatsOf(const Embedder& embedder) {
-  // stats() locks the batcher's mutexes; the embedder itself is not changed.
-  auto* batching = dynamic_cast<BatchingEmbedder*>(const_cast<Embedder*>(&embedder));
+  const auto* batching = dynamic_cast<const BatchingEmbedder*>(&embedder);
   if (batching == nullptr) return std::nullopt;
   return batching->stats();
 }

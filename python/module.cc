@@ -44,6 +44,9 @@ class PyEngine {
     o.limits.max_text_bytes = services::kLocalMaxTextBytes;
     py::gil_scoped_release release;
     engine_ = Check(Engine::Open(o));
+    // Fixed once open; Info() also serialises the tokenizer, too much for a property read.
+    const v1::InfoResponse info = Check(engine_->Info());
+    modes_.assign(info.modes().begin(), info.modes().end());
   }
 
   // One list of neighbours per text; a single str gives its list alone.
@@ -238,15 +241,13 @@ class PyEngine {
     return ToPython(r);
   }
 
-  std::vector<std::string> Modes() {
-    const v1::InfoResponse r = Check(engine_->Info());
-    return {r.modes().begin(), r.modes().end()};
-  }
+  const std::vector<std::string>& Modes() const { return modes_; }
 
   bool has_index() const { return engine_->has_index(); }
 
  private:
   std::unique_ptr<Engine> engine_;
+  std::vector<std::string> modes_;
 };
 
 }  // namespace
