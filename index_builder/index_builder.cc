@@ -77,13 +77,6 @@ std::string BuildFingerprint(const std::vector<Document>& docs, const lm::Tokeni
   return j.dump();
 }
 
-std::string NowUtc() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -521,7 +514,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   m.created_by = "rag 0.1.0";
   m.shard_id = o.shard.index;
   m.shard_count = o.shard.count;
-  m.created_at = NowUtc();
+  m.created_at = retriever::NowUtc();
   m.corpus_path = o.corpus_path;
   for (const auto& d : documents) m.bytes += static_cast<int64_t>(d.text.size());
   m.chunk_tokens = o.chunk_tokens;

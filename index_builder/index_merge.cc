@@ -28,13 +28,6 @@ using retriever::VectorIndex;
 // Datastore rows copied per Append.
 constexpr int64_t kDatastoreCopyRows = 4096;
 
-std::string NowUtc() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 absl::Status Differs(const std::string& dir, const std::string& field, const std::string& got,
                      const std::string& want) {
   return absl::FailedPreconditionError("shard '" + dir + "': " + field + " is '" + got + "', the first shard's is '" +
@@ -246,7 +239,7 @@ absl::StatusOr<Manifest> MergeShards(const std::vector<std::string>& shard_dirs,
   Manifest m = first;
   m.shard_id = 0;
   m.shard_count = 1;
-  m.created_at = NowUtc();
+  m.created_at = retriever::NowUtc();
   m.documents = m.tokens = m.bytes = m.chunks = 0;
   m.checksums.clear();
   std::vector<int64_t> doc_offset;

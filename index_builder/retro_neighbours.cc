@@ -14,7 +14,7 @@
 namespace rag::index_builder {
 namespace {
 
-constexpr Magic kMagic = {'R', 'A', 'G', 'R', 'N', 'B', '0', '1'};
+constexpr Magic kNeighboursMagic = {'R', 'A', 'G', 'R', 'N', 'B', '0', '1'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kHeaderBytes = 64;
 
@@ -134,7 +134,7 @@ absl::Status SaveRetroNeighbours(const RetroNeighbourTable& t, const std::string
     return absl::InvalidArgumentError("RETRO neighbour table has inconsistent sizes");
   }
   std::string out(kHeaderBytes + ids_bytes + tok_bytes, '\0');
-  PutMagic(out.data(), kMagic);
+  PutMagic(out.data(), kNeighboursMagic);
   PutU32(out.data() + 8, kFormatVersion);
   PutU32(out.data() + 12, static_cast<uint32_t>(t.k));
   PutU32(out.data() + 16, static_cast<uint32_t>(t.tokens));
@@ -151,7 +151,7 @@ absl::StatusOr<RetroNeighbourTable> LoadRetroNeighbours(const std::string& path,
                                                          int tokens) {
   if (!std::filesystem::exists(path)) return absl::NotFoundError("no RETRO neighbour cache at '" + path + "'");
   RAG_ASSIGN_OR_RETURN(std::string in, ReadFile(path));
-  if (in.size() < kHeaderBytes || !HasMagic(in.data(), in.size(), kMagic)) {
+  if (in.size() < kHeaderBytes || !HasMagic(in.data(), in.size(), kNeighboursMagic)) {
     return absl::DataLossError("'" + path + "' is not a RETRO neighbour cache (bad magic or truncated header)");
   }
   if (const uint32_t version = GetU32(in.data() + 8); version != kFormatVersion) {

@@ -25,14 +25,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using retriever::VectorIndex;
 
-std::string NowUtc() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
-absl::Status CheckStop(const std::atomic<bool>* stop) {
+absl::Status CheckTrainingStop(const std::atomic<bool>* stop) {
   if (stop != nullptr && stop->load()) return absl::CancelledError("training interrupted; rerun to train again");
   return absl::OkStatus();
 }
@@ -64,7 +57,7 @@ absl::StatusOr<std::vector<float>> EmbedSampledChunks(const std::vector<Document
     RAG_RETURN_IF_ERROR(embedder.Embed(batch, &out));
     sample.insert(sample.end(), out.begin(), out.end());
     batch.clear();
-    return CheckStop(stop);
+    return CheckTrainingStop(stop);
   };
   Progress progress("train: embed sample", static_cast<int64_t>(rows.size()), "chunks");
   size_t next = 0;
@@ -161,7 +154,7 @@ absl::Status TrainDatastoreIndex(const std::vector<Document>& docs, const std::v
     for (size_t d : selected) {
       const int64_t end = first + tokens_of_doc[d];
       if (next < rows.size() && rows[next] < end) {
-        RAG_RETURN_IF_ERROR(CheckStop(stop));
+        RAG_RETURN_IF_ERROR(CheckTrainingStop(stop));
         const std::vector<lm::TokenId> tokens = tok.Encode(docs[d].text);
         torch::Tensor hidden =
             lm::HiddenStates(o.model->module(), tokens, tok.eot_id()).to(torch::kFloat32).contiguous();
@@ -319,7 +312,7 @@ absl::StatusOr<TrainedIndexRecord> TrainIndexOnly(const std::vector<Document>& d
   {
     Progress progress("train: tokenize", static_cast<int64_t>(documents.size()), "documents");
     for (size_t d = 0; d < documents.size(); ++d) {
-      RAG_RETURN_IF_ERROR(CheckStop(stop));
+      RAG_RETURN_IF_ERROR(CheckTrainingStop(stop));
       tokens_of_doc[d] = static_cast<int64_t>(tokenizer.Encode(documents[d].text).size());
       chunks_of_doc[d] = (tokens_of_doc[d] + o.chunk_tokens - 1) / o.chunk_tokens;  // as ChunkStore cuts
       r.chunks += chunks_of_doc[d];
@@ -328,7 +321,7 @@ absl::StatusOr<TrainedIndexRecord> TrainIndexOnly(const std::vector<Document>& d
     if (o.show_progress) progress.Finish(std::to_string(r.chunks) + " chunks");
   }
   if (r.chunks == 0) return absl::InvalidArgumentError("corpus produced no tokens to index");
-  r.created_at = NowUtc();
+  r.created_at = retriever::NowUtc();
   r.corpus_path = o.corpus_path;
   r.model_hash = model_hash;
   r.tokenizer_hash = tokenizer.Hash();

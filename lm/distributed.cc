@@ -18,16 +18,12 @@
 #include <cstring>
 
 #include "common/status.h"
+#include "lm/internal/torch_error.h"
 
 namespace rag::lm {
 namespace {
 
 // c10::Error's what() carries a C++ backtrace: users get the message only.
-std::string ErrorText(const std::exception& e) {
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
-  return e.what();
-}
-
 std::string Seconds(std::chrono::milliseconds t) {
   return std::to_string(t.count() / 1000) + (t.count() % 1000 == 0 ? "" : "." + std::to_string(t.count() % 1000)) +
          " s";
@@ -168,7 +164,7 @@ struct DistContext::Impl {
     } catch (const std::exception& e) {
       return absl::UnavailableError(
           "distributed " + what + " failed (a rank died, stopped responding for " + Seconds(timeout) +
-          " or left early): " + ErrorText(e));
+          " or left early): " + internal::TorchErrorText(e));
     }
     return absl::OkStatus();
   }
@@ -204,7 +200,7 @@ absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Create(const DistEnv& 
       store->setTimeout(options.timeout);
     } catch (const std::exception& e) {
       return absl::UnavailableError("--dist: opening the rendezvous file '" + options.store_path +
-                                    "': " + ErrorText(e));
+                                    "': " + internal::TorchErrorText(e));
     }
   } else {
     if (env.master_addr.empty() || env.master_port == 0) {
@@ -225,11 +221,11 @@ absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Create(const DistEnv& 
       if (env.rank == 0) {
         return absl::UnavailableError("--dist: rank 0 cannot serve the rendezvous at " + impl->where +
                                       " (MASTER_ADDR:MASTER_PORT; is the port free and the address this "
-                                      "machine's?): " + ErrorText(e));
+                                      "machine's?): " + internal::TorchErrorText(e));
       }
       return absl::UnavailableError("--dist: cannot reach the rendezvous master at " + impl->where +
                                     " (MASTER_ADDR:MASTER_PORT) within " + Seconds(options.timeout) +
-                                    "; is rank 0 running and the port open? " + ErrorText(e));
+                                    "; is rank 0 running and the port open? " + internal::TorchErrorText(e));
     }
   }
   impl->store = c10::make_intrusive<c10d::PrefixStore>("rag/", store);
@@ -250,14 +246,14 @@ absl::StatusOr<std::unique_ptr<DistContext>> DistContext::Create(const DistEnv& 
                                         ? c10d::ProcessGroupGloo::createDeviceForInterface(iface)
                                         : c10d::ProcessGroupGloo::createDeviceForHostname(iface));
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError("--dist-interface '" + iface + "': " + ErrorText(e));
+    return absl::InvalidArgumentError("--dist-interface '" + iface + "': " + internal::TorchErrorText(e));
   }
   try {
     impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, gloo_options);
   } catch (const std::exception& e) {
     return absl::UnavailableError("--dist: rank " + std::to_string(env.rank) + " could not connect to all " +
                                   std::to_string(env.world_size) + " ranks through the rendezvous at " +
-                                  impl->where + " within " + Seconds(options.timeout) + ": " + ErrorText(e));
+                                  impl->where + " within " + Seconds(options.timeout) + ": " + internal::TorchErrorText(e));
   }
   return std::unique_ptr<DistContext>(new DistContext(env.rank, env.world_size, std::move(impl)));
 }

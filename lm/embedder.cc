@@ -15,6 +15,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/internal/torch_error.h"
 #include "lm/language_model.h"
 
 namespace rag::lm {
@@ -28,11 +29,6 @@ constexpr int64_t kTorchScriptBatch = 32;
 // Message of a LibTorch or TorchScript exception without the C++ backtrace.
 // TorchScript's `raise` throws torch::jit::JITException, which is not a
 // c10::Error, so callers catch std::exception.
-std::string ErrorText(const std::exception& e) {
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
-  return e.what();
-}
-
 // Lengths after truncation to `max_tokens`; InvalidArgument naming the first
 // empty sequence.
 absl::StatusOr<std::vector<int64_t>> TruncatedLengths(const std::vector<std::vector<TokenId>>& sequences,
@@ -133,7 +129,7 @@ class LmEmbedder final : public Embedder {
         ScatterRows(F::normalize(mean, F::NormalizeFuncOptions().p(2).dim(1)), order, first, out);
       }
     } catch (const std::exception& e) {
-      return absl::InternalError("embedding with the LM: " + ErrorText(e));
+      return absl::InternalError("embedding with the LM: " + internal::TorchErrorText(e));
     }
     return absl::OkStatus();
   }
@@ -206,7 +202,7 @@ class TorchScriptEmbedder final : public Embedder {
       } catch (const std::exception& e) {
         // Most likely ids the encoder does not accept (e.g. beyond its vocabulary).
         return absl::InvalidArgumentError("torchscript encoder '" + path_ + "' failed on " + std::to_string(b) +
-                                          " sequence(s) of " + std::to_string(len) + " tokens: " + ErrorText(e));
+                                          " sequence(s) of " + std::to_string(len) + " tokens: " + internal::TorchErrorText(e));
       }
       first = end;
     }
@@ -249,7 +245,7 @@ absl::StatusOr<std::unique_ptr<Embedder>> LoadTorchScriptEmbedder(const std::str
     module.eval();  // our own copy: a foreign encoder's dropout must be off
   } catch (const std::exception& e) {
     return absl::DataLossError("'" + path + "' is not a loadable TorchScript archive (save it with " +
-                               "torch.jit.script(model).save(path)): " + ErrorText(e));
+                               "torch.jit.script(model).save(path)): " + internal::TorchErrorText(e));
   }
   if (!module.find_method("forward")) {
     return absl::InvalidArgumentError("torchscript encoder '" + path + "' has no forward method");
@@ -267,7 +263,7 @@ absl::StatusOr<std::unique_ptr<Embedder>> LoadTorchScriptEmbedder(const std::str
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError("torchscript encoder '" + path +
                                       "' failed on a probe input ids [1, 4] int64 (forward must take one " +
-                                      "Tensor of token ids [B, T] and return [B, D] float): " + ErrorText(e));
+                                      "Tensor of token ids [B, T] and return [B, D] float): " + internal::TorchErrorText(e));
   }
   if (dim > std::numeric_limits<int>::max()) {
     return absl::InvalidArgumentError("torchscript encoder '" + path + "': output width " + std::to_string(dim) +

@@ -15,6 +15,7 @@
 
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/internal/torch_error.h"
 
 namespace rag::lm {
 namespace {
@@ -25,11 +26,6 @@ using json = nlohmann::json;
 // Message of a LibTorch or TorchScript exception without the C++ backtrace.
 // TorchScript's `raise` throws torch::jit::JITException, which is not a
 // c10::Error, so callers catch std::exception.
-std::string ErrorText(const std::exception& e) {
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
-  return e.what();
-}
-
 std::string ShapeString(torch::IntArrayRef shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -124,7 +120,7 @@ absl::Status Probe(torch::jit::Module& module, const TorchScriptConfig& c) {
     hidden = module.run_method("hidden", torch::zeros(ids_shape, torch::kLong));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError("hidden(ids [1, 2] int64) failed (it must take one Tensor of token ids "
-                                      "[B, T]): " + ErrorText(e));
+                                      "[B, T]): " + internal::TorchErrorText(e));
   }
   RAG_RETURN_IF_ERROR(CheckProbeOutput(hidden, {1, 2, c.hidden_size},
                                        "hidden(ids [1, 2]) (config.json's hidden_size is " +
@@ -134,7 +130,7 @@ absl::Status Probe(torch::jit::Module& module, const TorchScriptConfig& c) {
     logits = module.run_method("logits", hidden.toTensor());
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError("logits(hidden [1, 2, " + std::to_string(c.hidden_size) +
-                                      "]) failed (it must take hidden()'s output): " + ErrorText(e));
+                                      "]) failed (it must take hidden()'s output): " + internal::TorchErrorText(e));
   }
   return CheckProbeOutput(logits, {1, 2, c.vocab_size},
                           "logits(hidden [1, 2, " + std::to_string(c.hidden_size) + "]) (config.json's vocab_size is " +
@@ -174,7 +170,7 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> OpenTorchScriptModel(const std::s
   } catch (const std::exception& e) {
     return absl::DataLossError("'" + script_path + "' is not a loadable TorchScript archive (write it with " +
                                "torch.jit.save of a traced or scripted module, with a PyTorch whose archives " +
-                               "LibTorch " + TORCH_VERSION + " reads): " + ErrorText(e));
+                               "LibTorch " + TORCH_VERSION + " reads): " + internal::TorchErrorText(e));
   }
   for (const char* method : {"hidden", "logits"}) {
     if (!module.find_method(method)) {
@@ -224,7 +220,7 @@ absl::StatusOr<std::unique_ptr<LanguageModel>> OpenTorchScriptModel(const std::s
     lm = TransformerLM(config, std::make_shared<torch::jit::Module>(std::move(module)));
     lm->eval();
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError("'" + script_path + "': " + ErrorText(e));
+    return absl::InvalidArgumentError("'" + script_path + "': " + internal::TorchErrorText(e));
   }
   auto model = std::make_unique<LanguageModel>(std::move(config), *std::move(tokenizer), std::move(lm));
   model->SetIdentity(std::move(identity));

@@ -1,5 +1,6 @@
 #include "retriever/manifest.h"
 
+#include <ctime>
 #include <filesystem>
 #include <stdexcept>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,14 @@
 #include "common/status.h"
 
 namespace rag::retriever {
+
+std::string NowUtc() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
 namespace {
 using nlohmann::json;
 

@@ -34,6 +34,9 @@ inline constexpr char kIndexTokenizerFile[] = "tokenizer.json";
 // keys.faiss (retriever/datastore.h).
 inline constexpr char kDatastoreDir[] = "datastore";
 
+// The current time as Manifest::created_at records it (ISO 8601, UTC).
+std::string NowUtc();
+
 struct Manifest {
   int format_version = kManifestFormatVersion;
   std::string created_by;         // "rag <version>"

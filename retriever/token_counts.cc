@@ -12,7 +12,7 @@
 namespace rag::retriever {
 namespace {
 
-constexpr Magic kMagic = {'R', 'A', 'G', 'S', 'A', '0', '0', '1'};
+constexpr Magic kCountsMagic = {'R', 'A', 'G', 'S', 'A', '0', '0', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 8 + 4 + 4 + 8 + 8 + 8;
 
@@ -111,7 +111,7 @@ absl::Status TokenCounts::Save(const std::string& path) const {
   payload.append(reinterpret_cast<const char*>(tokens_.data()), tokens_.size() * sizeof(int32_t));
   payload.append(reinterpret_cast<const char*>(suffixes_.data()), suffixes_.size() * sizeof(int32_t));
   std::string out(kHeaderBytes, '\0');
-  PutMagic(out.data(), kMagic);
+  PutMagic(out.data(), kCountsMagic);
   PutU32(out.data() + 8, kVersion);
   PutU32(out.data() + 12, static_cast<uint32_t>(kMaxMatch));
   PutI64(out.data() + 16, documents());
@@ -124,7 +124,7 @@ absl::Status TokenCounts::Save(const std::string& path) const {
 absl::StatusOr<TokenCounts> TokenCounts::Load(const std::string& path) {
   RAG_ASSIGN_OR_RETURN(std::string data, ReadFile(path));
   const std::string what = "count index '" + path + "'";
-  if (data.size() < kHeaderBytes || !HasMagic(data.data(), data.size(), kMagic)) {
+  if (data.size() < kHeaderBytes || !HasMagic(data.data(), data.size(), kCountsMagic)) {
     return absl::DataLossError(what + ": not a count index (bad magic or truncated header)");
   }
   const uint32_t version = GetU32(data.data() + 8);

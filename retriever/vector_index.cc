@@ -45,7 +45,7 @@ using internal::CurrentExceptionToStatus;
 using internal::ErrnoStatus;
 using internal::t_cancel;
 
-constexpr Magic kMagic = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
+constexpr Magic kIndexMagic = {'R', 'A', 'G', 'V', 'I', 'D', 'X', '1'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr size_t kFixedHeaderBytes = 48;  // Up to the factory string.
 constexpr size_t kHeaderHashBytes = 8;
@@ -58,7 +58,7 @@ constexpr int64_t kMinPointsPerCentroid = 39;
 std::string EncodeHeader(int dim, int64_t ntotal, const std::string& factory, uint64_t payload_len,
                          uint64_t payload_hash) {
   std::string h;
-  AppendMagic(&h, kMagic);
+  AppendMagic(&h, kIndexMagic);
   AppendU32(&h, kFormatVersion);
   AppendU32(&h, static_cast<uint32_t>(kFixedHeaderBytes + factory.size() + kHeaderHashBytes));
   AppendI32(&h, dim);
@@ -522,7 +522,7 @@ absl::StatusOr<std::unique_ptr<VectorIndex>> VectorIndex::Open(const std::string
   const std::string truncated = "file is truncated (" + std::to_string(file_size) + " bytes)";
   unsigned char fixed[kFixedHeaderBytes] = {};
   const size_t head = std::fread(fixed, 1, kFixedHeaderBytes, file.get());
-  if (head >= kMagicBytes && !HasMagic(fixed, head, kMagic)) {
+  if (head >= kMagicBytes && !HasMagic(fixed, head, kIndexMagic)) {
     return data_loss("not a VectorIndex file (bad magic; expected a file written by VectorIndex::Save)");
   }
   if (head < kFixedHeaderBytes || file_size < kFixedHeaderBytes + kHeaderHashBytes) return data_loss(truncated);
