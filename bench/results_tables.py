@@ -285,7 +285,44 @@ def shard_build(j):
         "1 core: the largest shard's time) |"]) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+def mode_comparison(j):
+    """bench_modes.sh: every served mode's perplexity with leakage on and off, and its tokens/s."""
+    lm = next(r for r in j["rows"] if r["mode"] == "lm")
+    lines = [f"{lm['documents']} documents ({j['documents']}), {lm['tokens']:,} tokens, {j['machine']['cores']} "
+             f"cores ({j['machine']['cpu']}), commit `{commit(j)}`, median of {j['rounds']} rounds (min .. max), "
+             "one server, arms alternated.", "",
+             "| mode | leakage | perplexity | vs lm | tokens/s | vs lm's tokens/s |",
+             "|---|---|---|---|---|---|"]
+    lm_tps = lm["tokens_per_second"]["median"]
+    order = {"lm": 0, "knnlm": 1, "retro": 2, "ralm": 3, "infgram": 4}
+    for r in sorted(j["rows"], key=lambda r: (order.get(r["mode"], 9), r["leakage"] != "on")):
+        t = r["tokens_per_second"]
+        name = r["mode"] + (f" (λ {r['lambda']:g}, λ_sparse {r['lambda_sparse']:g})" if "lambda" in r else "")
+        leak = "-" if r["mode"] == "lm" else ("on (own document counted)" if r["leakage"] == "on"
+                                             else "off (own document excluded)")
+        lines.append(f"| {name} | {leak} | {r['perplexity']:.2f} | {pct(r['perplexity'] / lm['perplexity'] - 1)} | "
+                     f"{t['median']:,.0f} ({t['min']:,.0f} .. {t['max']:,.0f}) | {t['median'] / lm_tps:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def infgram_lambdas(j):
+    """scripts/tune_infgram.py: the weights chosen on the dev half, reported on the test half."""
+    c = j["chosen"]
+    return "\n".join([
+        f"Chosen on the dev half ({len(j['dev_documents'])} documents, {j['dev_tokens']:,} tokens), reported on the "
+        f"test half ({len(j['test_documents'])} documents, {j['test_tokens']:,} tokens); own document "
+        f"{'excluded' if j['exclude_own_document'] else 'counted'}.", "",
+        "| split | λ | λ_sparse | perplexity | LM alone | vs LM |",
+        "|---|---|---|---|---|---|",
+        f"| dev (chosen here) | {c['lambda']:g} | {c['lambda_sparse']:g} | {j['dev_perplexity']:.2f} | | |",
+        f"| **test** | {c['lambda']:g} | {c['lambda_sparse']:g} | **{j['test_perplexity']:.2f}** | "
+        f"{j['test_lm_perplexity']:.2f} | {pct(j['test_perplexity'] / j['test_lm_perplexity'] - 1)} |",
+        "",
+        f"On the test half {100 * j['sparse_fraction_test']:.1f}% of the estimates are sparse; the matched suffix "
+        f"is {j['mean_suffix_tokens_test']:.2f} tokens on average."]) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (mode_comparison, infgram_lambdas, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

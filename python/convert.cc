@@ -81,6 +81,12 @@ void FillRetroOptions(const py::object& retro, v1::RetroOptions* out) {
   if (d.contains("search_method")) out->set_search_method(d["search_method"].cast<std::string>());
 }
 
+void FillInfgramOptions(const py::object& infgram, v1::InfgramOptions* out) {
+  const py::dict d = OptionsDict(infgram, {"lambda", "lambda_sparse"}, "infgram");
+  if (d.contains("lambda")) out->set_lambda(d["lambda"].cast<float>());
+  if (d.contains("lambda_sparse")) out->set_lambda_sparse(d["lambda_sparse"].cast<float>());
+}
+
 py::dict ToPython(const v1::StageTimings& t) {
   py::dict d;
   d["embed_us"] = t.embed_us();
@@ -133,6 +139,10 @@ py::dict ToPython(const v1::ScoreResponse& r) {
   d["logprobs"] = ToArray<float>(logprobs);
   d["lm_logprobs"] = ToArray<float>(r.lm_logprobs());
   d["knn_logprobs"] = ToArray<float>(r.knn_logprobs());
+  d["infgram_logprobs"] = ToArray<float>(r.infgram_logprobs());
+  d["infgram_suffix_tokens"] = ToArray<int32_t>(r.infgram_suffix_tokens());
+  std::vector<int32_t> sparse(r.infgram_sparse().begin(), r.infgram_sparse().end());
+  d["infgram_sparse"] = ToArray<int32_t>(sparse);
   d["retrievals"] = r.retrievals();
   d["neighbours_filtered"] = r.neighbours_filtered();
   d["timings"] = ToPython(r.timings());

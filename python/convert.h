@@ -48,9 +48,11 @@ T Check(absl::StatusOr<T> value) {
 // Options dicts -> messages. Unknown keys are a ValueError naming them, so
 // a typo is not silently ignored. knn: lambda, temperature, k, nprobe,
 // exact_distances, min_lm_entropy; retro: retrieval, leakage_filter,
-// search_method (KnnOptions / RetroOptions in proto/rag.proto).
+// search_method; infgram: lambda, lambda_sparse (KnnOptions, RetroOptions,
+// InfgramOptions in proto/rag.proto).
 void FillKnnOptions(const py::object& knn, v1::KnnOptions* out);
 void FillRetroOptions(const py::object& retro, v1::RetroOptions* out);
+void FillInfgramOptions(const py::object& infgram, v1::InfgramOptions* out);
 
 // Messages -> Python.
 py::dict ToPython(const v1::Neighbour& n);

@@ -76,24 +76,66 @@ absl::Status TokenCounts::CheckQuery(const std::vector<int32_t>& query) const {
   return absl::OkStatus();
 }
 
-std::pair<int64_t, int64_t> TokenCounts::Range(const std::vector<int32_t>& query) const {
+std::pair<int64_t, int64_t> TokenCounts::Range(const int32_t* query, int64_t n) const {
   const int32_t* t = tokens_.data();
-  const int64_t n = static_cast<int64_t>(query.size());
-  auto cmp = [&](int32_t pos) { return CompareSuffix(t, pos, ends_[static_cast<size_t>(pos)] - pos, query.data(), n); };
+  auto cmp = [&](int32_t pos) { return CompareSuffix(t, pos, ends_[static_cast<size_t>(pos)] - pos, query, n); };
   const auto first = std::partition_point(suffixes_.begin(), suffixes_.end(), [&](int32_t pos) { return cmp(pos) < 0; });
   const auto last = std::partition_point(first, suffixes_.end(), [&](int32_t pos) { return cmp(pos) == 0; });
   return {first - suffixes_.begin(), last - suffixes_.begin()};
 }
 
+std::pair<int64_t, int64_t> TokenCounts::ContinuationRange(const int32_t* context, int64_t n) const {
+  const auto [first, last] = Range(context, n);
+  // Within the range the suffixes that are exactly the context (they end
+  // their document) sort first: shorter before longer (Build's order).
+  const auto begin = suffixes_.begin();
+  const auto cont = std::partition_point(begin + first, begin + last, [&](int32_t pos) {
+    return ends_[static_cast<size_t>(pos)] - pos <= n;
+  });
+  return {cont - begin, last};
+}
+
+int64_t TokenCounts::CountSpan(const int32_t* tokens, int64_t n) const {
+  const auto [first, last] = Range(tokens, n);
+  return last - first;
+}
+
+int64_t TokenCounts::ContinuationCount(const int32_t* context, int64_t n) const {
+  const auto [first, last] = ContinuationRange(context, n);
+  return last - first;
+}
+
+bool TokenCounts::OneNextToken(const int32_t* context, int64_t n) const {
+  const auto [first, last] = ContinuationRange(context, n);
+  // The range is sorted by the next token: one token iff its ends agree.
+  return first < last && tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(first)] + n)] ==
+                             tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(last - 1)] + n)];
+}
+
+std::vector<std::pair<int32_t, int64_t>> TokenCounts::NextTokenCounts(const int32_t* context, int64_t n) const {
+  std::vector<std::pair<int32_t, int64_t>> out;
+  const auto [first, last] = ContinuationRange(context, n);
+  // The range is sorted by the token after the context (n < kMaxMatch, so
+  // Build compared it): each next token is one run, found by binary search.
+  const auto begin = suffixes_.begin();
+  auto next = [&](int32_t pos) { return tokens_[static_cast<size_t>(pos + n)]; };
+  for (auto it = begin + first, end = begin + last; it != end;) {
+    const int32_t token = next(*it);
+    const auto run_end = std::partition_point(it, end, [&](int32_t pos) { return next(pos) <= token; });
+    out.emplace_back(token, run_end - it);
+    it = run_end;
+  }
+  return out;
+}
+
 absl::StatusOr<int64_t> TokenCounts::Count(const std::vector<int32_t>& query) const {
   RAG_RETURN_IF_ERROR(CheckQuery(query));
-  const auto [first, last] = Range(query);
-  return last - first;
+  return CountSpan(query.data(), static_cast<int64_t>(query.size()));
 }
 
 absl::StatusOr<std::vector<int64_t>> TokenCounts::Documents(const std::vector<int32_t>& query, int64_t limit) const {
   RAG_RETURN_IF_ERROR(CheckQuery(query));
-  const auto [first, last] = Range(query);
+  const auto [first, last] = Range(query.data(), static_cast<int64_t>(query.size()));
   std::vector<int64_t> docs;
   for (int64_t i = first; i < last; ++i) {
     const int64_t pos = suffixes_[static_cast<size_t>(i)];

@@ -43,12 +43,26 @@ class TokenCounts {
   // contain `query`, at most `limit` of them.
   absl::StatusOr<std::vector<int64_t>> Documents(const std::vector<int32_t>& query, int64_t limit) const;
 
+  // What follows `context` (n tokens, 0 <= n < kMaxMatch; n = 0 is every
+  // position) inside the documents: each next token with its occurrences,
+  // ascending by token. An occurrence that ends its document has no next
+  // token and is not counted. O(distinct tokens * log N).
+  std::vector<std::pair<int32_t, int64_t>> NextTokenCounts(const int32_t* context, int64_t n) const;
+  // The sum of NextTokenCounts' counts, in O(n log N).
+  int64_t ContinuationCount(const int32_t* context, int64_t n) const;
+  // Whether exactly one distinct token follows `context`, in O(n log N).
+  bool OneNextToken(const int32_t* context, int64_t n) const;
+  // Occurrences of tokens[0, n) (n = 0: every position), no checks.
+  int64_t CountSpan(const int32_t* tokens, int64_t n) const;
+
   int64_t documents() const { return static_cast<int64_t>(starts_.size()) - 1; }
   int64_t tokens() const { return static_cast<int64_t>(tokens_.size()); }
 
  private:
   // [first, last) of the suffix array whose suffixes start with `query`.
-  std::pair<int64_t, int64_t> Range(const std::vector<int32_t>& query) const;
+  std::pair<int64_t, int64_t> Range(const int32_t* query, int64_t n) const;
+  // The part of Range(context, n) whose suffixes go on past the context.
+  std::pair<int64_t, int64_t> ContinuationRange(const int32_t* context, int64_t n) const;
   absl::Status CheckQuery(const std::vector<int32_t>& query) const;
 
   std::vector<int64_t> starts_;  // document d is tokens_[starts_[d], starts_[d + 1])

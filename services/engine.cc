@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "lm/scorer.h"
 #include "retriever/datastore_sync.h"
+#include "services/infgram_mode.h"
 #include "services/knnlm_mode.h"
 #include "services/lm_mode.h"
 #include "services/retro_mode.h"
@@ -124,13 +125,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
         e->keys_ = e->local_keys_.get();
       }
       e->searcher_ = e->retriever_.get();
+      e->counts_ = std::make_unique<CorpusCounts>(e->retriever_.get());
     }
     // One strategy per mode this server can run (what Info lists).
-    const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->searcher_, e->keys_};
+    const ServedModels served{e->model_, e->retro_.get(), e->retriever_.get(), e->searcher_, e->keys_,
+                              e->counts_.get()};
     auto& modes = e->strategies_;
     modes[static_cast<int>(Mode::kLm)] = std::make_unique<LmMode>(served);
     if (served.keys != nullptr) modes[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
     if (served.retro != nullptr) modes[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
+    if (served.counts != nullptr) modes[static_cast<int>(Mode::kInfgram)] = std::make_unique<InfgramMode>(served);
     return e;
   });
 }
@@ -144,6 +148,7 @@ ParseContext Engine::parse_context() const {
   ctx.limits = options_.limits;
   ctx.has_index = searcher_ != nullptr;
   ctx.has_datastore = keys_ != nullptr;
+  ctx.has_counts = counts_ != nullptr;
   ctx.retro_chunk_size = retro_ != nullptr ? retro_->config().chunk_size : 0;
   ctx.vocab_size = model_->tokenizer().vocab_size();
   return ctx;
@@ -301,7 +306,7 @@ absl::StatusOr<v1::GenerateResponse> Engine::Generate(const v1::GenerateRequest&
 }
 
 absl::Status Engine::WarmUp() {
-  for (Mode mode : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+  for (Mode mode : kAllModes) {
     if (strategies_[static_cast<int>(mode)] == nullptr) continue;
     v1::ScoreRequest score;
     score.set_text("The first call of the day warms the server up.");
@@ -333,7 +338,7 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
   m->set_tokenizer_hash(model_->tokenizer().Hash());
   m->set_vocab_size(model_->config().vocab_size);
   m->set_context(model_->config().context);
-  for (Mode mode : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+  for (Mode mode : kAllModes) {
     if (strategies_[static_cast<int>(mode)] != nullptr) r.add_modes(ModeName(mode));
   }
   return r;

@@ -4,7 +4,7 @@
 // directly. Every request is validated here (services/request_parsing.h:
 // InvalidArgument naming the field, ResourceExhausted over a limit), so both
 // forms fail the same way; the scoring rpcs then dispatch to the strategy
-// of the request's mode (services/{lm,knnlm,retro}_mode.h).
+// of the request's mode (services/{lm,knnlm,retro,infgram}_mode.h).
 // Thread-safe: any number of requests at once.
 #pragma once
 
@@ -135,6 +135,7 @@ class Engine : public Backend {
   std::unique_ptr<retriever::Datastore> datastore_;  // INDEX_DIR/datastore, when built
   std::unique_ptr<retriever::LocalKeySearcher> local_keys_;  // over datastore_
   std::unique_ptr<ShardSet> shards_;                         // a front's index
+  std::unique_ptr<CorpusCounts> counts_;                     // over retriever_'s documents (infgram)
   const retriever::ChunkSearcher* searcher_ = nullptr;       // retriever_ or shards_; null without an index
   const retriever::KeySearcher* keys_ = nullptr;             // local_keys_ or shards_'; null without a datastore
   std::string split_json_;

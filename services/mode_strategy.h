@@ -1,4 +1,4 @@
-// ModeStrategy: how one mode (lm, kNN-LM, RETRO) answers the scoring rpcs
+// ModeStrategy: how one mode (lm, kNN-LM, RETRO, ∞-gram) answers the scoring rpcs
 // from validated parameters (services/request_parsing.h). The Engine owns
 // one per mode it can serve and dispatches on ScoreParams::mode etc.
 // Implementations are stateless over the served model, index and
@@ -24,6 +24,8 @@
 
 namespace rag::services {
 
+class CorpusCounts;
+
 // What the Engine serves, shared by the strategies (not owned; the Engine
 // keeps them alive while its strategies exist).
 struct ServedModels {
@@ -34,6 +36,7 @@ struct ServedModels {
   retriever::Retriever* retriever = nullptr;
   const retriever::ChunkSearcher* searcher = nullptr;  // null without an index
   const retriever::KeySearcher* keys = nullptr;        // null without a kNN-LM datastore
+  const CorpusCounts* counts = nullptr;                // the index's suffix array; null without `retriever`
 };
 
 class ModeStrategy {

@@ -53,6 +53,22 @@ absl::StatusOr<KnnParams> ParseKnn(const v1::KnnOptions& o, const std::string& e
   return p;
 }
 
+absl::StatusOr<InfgramParams> ParseInfgram(const v1::InfgramOptions& o, const std::string& exclude_doc_id) {
+  InfgramParams p;
+  if (o.has_lambda()) {
+    if (!(o.lambda() >= 0 && o.lambda() <= 1)) return absl::InvalidArgumentError("infgram.lambda must be in [0, 1]");
+    p.lambda = o.lambda();
+  }
+  if (o.has_lambda_sparse()) {
+    if (!(o.lambda_sparse() >= 0 && o.lambda_sparse() <= 1)) {
+      return absl::InvalidArgumentError("infgram.lambda_sparse must be in [0, 1]");
+    }
+    p.lambda_sparse = o.lambda_sparse();
+  }
+  p.exclude_doc_id = exclude_doc_id;
+  return p;
+}
+
 // `with_leakage_filter`: Score reads retro.leakage_filter; NextToken and
 // Generate run without the filter.
 absl::StatusOr<RetroParams> ParseRetro(const v1::RetroOptions& o, const std::string& exclude_doc_id,
@@ -96,6 +112,8 @@ const char* ModeName(Mode mode) {
       return "knnlm";
     case Mode::kRetro:
       return "retro";
+    case Mode::kInfgram:
+      return "infgram";
   }
   return "lm";
 }
@@ -128,7 +146,7 @@ absl::Status CheckText(const std::string& text, const std::string& field, bool a
 
 std::optional<Mode> ModeFromName(const std::string& name) {
   if (name.empty()) return Mode::kLm;
-  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+  for (Mode m : kAllModes) {
     if (name == ModeName(m)) return m;
   }
   return std::nullopt;
@@ -136,7 +154,7 @@ std::optional<Mode> ModeFromName(const std::string& name) {
 
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx) {
   const std::optional<Mode> m = ModeFromName(mode);
-  if (!m.has_value()) return absl::InvalidArgumentError("mode must be lm, knnlm or retro, got '" + mode + "'");
+  if (!m.has_value()) return absl::InvalidArgumentError("mode must be lm, knnlm, retro or infgram, got '" + mode + "'");
   if (*m == Mode::kKnnLm && !ctx.has_datastore) {
     return absl::FailedPreconditionError(
         "mode knnlm needs a datastore, and none is served (build the index with "
@@ -146,6 +164,11 @@ absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx)
     return absl::FailedPreconditionError(
         "mode retro needs a RETRO model (train one with `rag train --arch retro` "
         "and serve its directory with --model)");
+  }
+  if (*m == Mode::kInfgram && !ctx.has_counts) {
+    return absl::FailedPreconditionError(
+        "mode infgram counts in the index's documents, and no index is held by this server (serve one with "
+        "--index; a sharded front does not count)");
   }
   return *m;
 }
@@ -162,6 +185,8 @@ absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, c
   p.prompt_bytes = request.prompt_bytes();
   if (p.mode == Mode::kKnnLm) {
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
+  } else if (p.mode == Mode::kInfgram) {
+    RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), request.exclude_doc_id()));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), true, ctx));
     const int64_t m = ctx.retro_chunk_size;
@@ -190,6 +215,8 @@ absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest
   // NextToken has no exclude_doc_id.
   if (p.mode == Mode::kKnnLm) {
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), "", ctx));
+  } else if (p.mode == Mode::kInfgram) {
+    RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), ""));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), "", false, ctx));
   }
@@ -251,6 +278,8 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   }
   if (p.mode == Mode::kKnnLm) {
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
+  } else if (p.mode == Mode::kInfgram) {
+    RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), request.exclude_doc_id()));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), false, ctx));
   }

@@ -47,10 +47,12 @@ struct EngineLimits {
 inline constexpr int64_t kLocalMaxTextBytes = int64_t{1} << 31;
 
 // How a scoring request runs: the plain LM, kNN-LM over the index's
-// datastore, or a RETRO model.
-enum class Mode { kLm, kKnnLm, kRetro };
-inline constexpr int kNumModes = 3;
-// The mode's name in requests and responses: "lm", "knnlm", "retro".
+// datastore, a RETRO model, or the LM with the ∞-gram estimate over the
+// index's documents.
+enum class Mode { kLm, kKnnLm, kRetro, kInfgram };
+inline constexpr int kNumModes = 4;
+inline constexpr Mode kAllModes[kNumModes] = {Mode::kLm, Mode::kKnnLm, Mode::kRetro, Mode::kInfgram};
+// The mode's name in requests and responses: "lm", "knnlm", "retro", "infgram".
 const char* ModeName(Mode mode);
 // The mode a request's name gives ("" is lm); nullopt for an unknown name.
 // The one place names become modes: the server (ParseMode) and the command
@@ -67,6 +69,7 @@ struct ParseContext {
   EngineLimits limits;
   bool has_index = false;        // an index is served
   bool has_datastore = false;    // ... with a kNN-LM datastore
+  bool has_counts = false;       // ... held here, with its documents' suffix array (infgram)
   int64_t retro_chunk_size = 0;  // the RETRO model's m; 0: no RETRO model
   int64_t vocab_size = 0;        // the tokenizer's
 };
@@ -76,6 +79,18 @@ struct KnnParams {
   lm::KnnOptions knn;
   int nprobe = kDefaultKnnNprobe;
   bool exact = false;
+  std::string exclude_doc_id;  // "" excludes nothing
+};
+
+// The ∞-gram weights when a request leaves them unset (provisional, until
+// scripts/tune_infgram.py chooses them on Brown's validation dev half).
+inline constexpr double kDefaultInfgramLambda = 0.2;
+inline constexpr double kDefaultInfgramLambdaSparse = 0.5;
+
+// Validated ∞-gram parameters (InfgramOptions, defaults filled in).
+struct InfgramParams {
+  double lambda = kDefaultInfgramLambda;
+  double lambda_sparse = kDefaultInfgramLambdaSparse;
   std::string exclude_doc_id;  // "" excludes nothing
 };
 
@@ -96,6 +111,7 @@ struct ScoreParams {
   int prompt_bytes = 0;     // retro: the text's prompt, 0 = none
   KnnParams knn;            // when mode is kKnnLm
   RetroParams retro;        // when mode is kRetro
+  InfgramParams infgram;    // when mode is kInfgram
 };
 
 struct NextTokenParams {
@@ -104,6 +120,7 @@ struct NextTokenParams {
   int top_n = 10;
   KnnParams knn;
   RetroParams retro;
+  InfgramParams infgram;
 };
 
 struct GenerateParams {
@@ -113,6 +130,7 @@ struct GenerateParams {
   lm::SamplingOptions sampling;         // max_tokens and stop_at_eot included
   KnnParams knn;
   RetroParams retro;
+  InfgramParams infgram;
 };
 
 struct SearchParams {
@@ -126,7 +144,7 @@ absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, co
 // `text` non-empty (unless allow_empty) and within limits.max_text_bytes.
 absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty, const EngineLimits& limits);
 
-// "" or "lm", "knnlm", "retro", when the server can run it.
+// "" or "lm", "knnlm", "retro", "infgram", when the server can run it.
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx);
 
 absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, const ParseContext& ctx);

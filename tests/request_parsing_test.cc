@@ -15,6 +15,7 @@ ParseContext Everything() {
   ParseContext ctx;
   ctx.has_index = true;
   ctx.has_datastore = true;
+  ctx.has_counts = true;
   ctx.retro_chunk_size = 4;
   ctx.vocab_size = 100;
   return ctx;
@@ -26,7 +27,7 @@ void ExpectError(const absl::Status& s, absl::StatusCode code, const std::string
 }
 
 TEST(RequestParsingTest, ModesRoundTripAndUnservedModesAreRefused) {
-  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) {
+  for (Mode m : kAllModes) {
     auto parsed = ParseMode(ModeName(m), Everything());
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, m);
@@ -36,13 +37,45 @@ TEST(RequestParsingTest, ModesRoundTripAndUnservedModesAreRefused) {
   ParseContext bare;
   ExpectError(ParseMode("knnlm", bare).status(), absl::StatusCode::kFailedPrecondition, "datastore");
   ExpectError(ParseMode("retro", bare).status(), absl::StatusCode::kFailedPrecondition, "--arch retro");
+  ExpectError(ParseMode("infgram", bare).status(), absl::StatusCode::kFailedPrecondition, "held by this server");
 }
 
 TEST(RequestParsingTest, ModeNamesAreReadInOnePlace) {
-  for (Mode m : {Mode::kLm, Mode::kKnnLm, Mode::kRetro}) EXPECT_EQ(ModeFromName(ModeName(m)), m);
+  for (Mode m : kAllModes) EXPECT_EQ(ModeFromName(ModeName(m)), m);
   EXPECT_EQ(ModeFromName(""), Mode::kLm);
   EXPECT_EQ(ModeFromName("LM"), std::nullopt);
   EXPECT_EQ(ModeFromName("knn-lm"), std::nullopt);
+}
+
+TEST(RequestParsingTest, InfgramDefaultsRangesAndExclusion) {
+  v1::ScoreRequest r;
+  r.set_text("the cat");
+  r.set_mode("infgram");
+  r.set_exclude_doc_id("d7");
+  auto p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_DOUBLE_EQ(p->infgram.lambda, kDefaultInfgramLambda);
+  EXPECT_DOUBLE_EQ(p->infgram.lambda_sparse, kDefaultInfgramLambdaSparse);
+  EXPECT_EQ(p->infgram.exclude_doc_id, "d7");
+  r.mutable_infgram()->set_lambda(0);  // set to 0 is not unset
+  r.mutable_infgram()->set_lambda_sparse(1);
+  p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_DOUBLE_EQ(p->infgram.lambda, 0);
+  EXPECT_DOUBLE_EQ(p->infgram.lambda_sparse, 1);
+  r.mutable_infgram()->set_lambda(-0.1f);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "infgram.lambda must");
+  r.mutable_infgram()->set_lambda(0.5f);
+  r.mutable_infgram()->set_lambda_sparse(std::numeric_limits<float>::quiet_NaN());
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "infgram.lambda_sparse");
+  v1::GenerateRequest g;
+  g.set_mode("infgram");
+  g.set_exclude_doc_id("d9");
+  g.mutable_infgram()->set_lambda(0.4f);
+  auto gp = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(gp.ok()) << gp.status();
+  EXPECT_EQ(gp->infgram.exclude_doc_id, "d9");
+  EXPECT_NEAR(gp->infgram.lambda, 0.4, 1e-7);
 }
 
 TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {

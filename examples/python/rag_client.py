@@ -321,7 +321,7 @@ def build_parser():
         return p
 
     def add_mode_options(p):
-        p.add_argument("--mode", default="lm", help="lm, knnlm or retro (default: lm)")
+        p.add_argument("--mode", default="lm", help="lm, knnlm, retro or infgram (default: lm)")
         p.add_argument("--lambda", dest="knn_lambda", type=float, default=None,
                        help="knnlm: weight of the neighbour distribution (knn.lambda; default: 0.25)")
         p.add_argument("--knn-temperature", type=float, default=None,

@@ -125,7 +125,12 @@ absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& 
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
   // The server fills in what is left unset; the help says what it will use.
   cmd->add_option("--lambda", k->lambda,
-                  absl::StrCat("knnlm: weight of p_knn in [0, 1] (default ", lm::kDefaultKnnLambda, ")"));
+                  absl::StrCat("knnlm: weight of p_knn in [0, 1] (default ", lm::kDefaultKnnLambda,
+                               "); infgram: of p_inf where several tokens follow the matched suffix (default ",
+                               services::kDefaultInfgramLambda, ")"));
+  cmd->add_option("--lambda-sparse", k->lambda_sparse,
+                  absl::StrCat("infgram: weight of p_inf where one token alone follows the matched suffix (default ",
+                               services::kDefaultInfgramLambdaSparse, ")"));
   cmd->add_option(temperature_flag, k->temperature,
                   absl::StrCat("knnlm: temperature of the neighbour distribution (default ", lm::kDefaultKnnTemperature,
                                ")"));

@@ -33,6 +33,8 @@ inline bool IsMode(const std::string& name, services::Mode mode) {
   return m.has_value() && *m == mode;
 }
 inline const std::string kLmMode = services::ModeName(services::Mode::kLm);
+// --mode's help: the modes the server knows.
+inline const std::string kModesHelp = "lm, knnlm, retro or infgram";
 // RETRO's retrieval when --retrieval is left empty.
 inline const std::string kRetrievalOn = services::RetrievalName(services::Retrieval::kOn);
 
@@ -95,7 +97,10 @@ absl::StatusOr<std::unique_ptr<services::Backend>> OpenTarget(const TargetArgs& 
 // The kNN-LM knobs of interfaces.md (--k, --lambda, --temperature); unset
 // values (NaN, 0) take the server's defaults.
 struct KnnArgs {
-  double lambda = std::nan(""), temperature = std::nan(""), min_lm_entropy = std::nan("");
+  // knnlm's and infgram's weight of the retrieved distribution; infgram's
+  // where one token follows the matched suffix.
+  double lambda = std::nan(""), lambda_sparse = std::nan("");
+  double temperature = std::nan(""), min_lm_entropy = std::nan("");
   int k = 0, nprobe = 0;
   bool exact = false;
   // retro: on, off or random ("" = on); leakage filter in tokens (-1 = the
@@ -105,8 +110,8 @@ struct KnnArgs {
   std::string search_method;  // retro: dense or bm25 ("" = dense)
 };
 
-// --lambda, `temperature_flag`, --k, --nprobe, --exact-distances, --min-lm-entropy,
-// --retrieval, --search-method.
+// --lambda, --lambda-sparse, `temperature_flag`, --k, --nprobe,
+// --exact-distances, --min-lm-entropy, --retrieval, --search-method.
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag);
 // --leakage-filter.
 void AddLeakageOption(CLI::App* cmd, KnnArgs* k);
@@ -120,6 +125,8 @@ void SetKnn(const KnnArgs& k, Request* req) {
   knn->set_nprobe(k.nprobe);
   if (!std::isnan(k.temperature)) knn->set_temperature(static_cast<float>(k.temperature));
   if (!std::isnan(k.min_lm_entropy)) knn->set_min_lm_entropy(static_cast<float>(k.min_lm_entropy));
+  if (!std::isnan(k.lambda)) req->mutable_infgram()->set_lambda(static_cast<float>(k.lambda));
+  if (!std::isnan(k.lambda_sparse)) req->mutable_infgram()->set_lambda_sparse(static_cast<float>(k.lambda_sparse));
   req->mutable_retro()->set_retrieval(k.retrieval);
   if constexpr (!std::is_same_v<Request, rag::v1::GenerateRequest>) knn->set_exact_distances(k.exact);
   if constexpr (std::is_same_v<Request, rag::v1::ScoreRequest>) {

@@ -272,7 +272,7 @@ Command AddEvalMemorizationCommand(CLI::App* eval) {
   cmd->add_option("--suffix-tokens", a->suffix_tokens, "greedy tokens compared")->capture_default_str();
   cmd->add_option("--samples", a->samples, "sequences drawn")->capture_default_str();
   cmd->add_option("--seed", a->seed, "seed of the draw")->capture_default_str();
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--exclude-own-doc", a->exclude_own,
                 "knnlm, retro: never retrieve from the sampled document (what the weights alone reproduce)");
   cmd->add_flag("--json", a->json_out, "print JSON");
@@ -298,7 +298,7 @@ Command AddEvalExtractionCommand(CLI::App* eval) {
   cmd->add_option("--top-k", a->top_k, "sampling: top-k (Carlini et al.: 40)")->capture_default_str();
   cmd->add_option("--sampling-temperature", a->temperature, "sampling temperature")->capture_default_str();
   cmd->add_option("--seed", a->seed, "seed of the samples")->capture_default_str();
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--json", a->json_out, "print JSON");
   cmd->add_option("--output", a->output, "also write the JSON result to this file");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");

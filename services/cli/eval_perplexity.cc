@@ -1,7 +1,6 @@
 #include "services/cli/eval_perplexity.h"
 
-#include "services/cli/info.h"
-
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +12,7 @@
 #include "eval/report.h"
 #include "index_builder/corpus_reader.h"
 #include "lm/data_split.h"
+#include "services/cli/info.h"
 #include "services/engine.h"
 
 namespace rag::cli {
@@ -121,14 +121,23 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
   po.sweep = *sweep;
   po.show_progress = !a.quiet;
   po.stop = &g_stop;
+  const auto started = std::chrono::steady_clock::now();
   auto result = eval::EvaluatePerplexity(selected, score, po);
   if (!result.ok()) return Fail(result.status());
+  // Scoring time as the client saw it (the model and index were loaded before).
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const int64_t documents = result->documents, tokens = result->tokens, filtered = result->neighbours_filtered;
   const double nll = result->nll;
   json j = {{"mode", a.mode},   {"split", a.split}, {"documents", documents},
             {"tokens", tokens}, {"nll", nll},       {"perplexity", std::exp(nll)}};
   j["model"] = ModelJson(info->model());
-  if (IsMode(a.mode, services::Mode::kKnnLm) || IsMode(a.mode, services::Mode::kRetro)) j["exclude_own_document"] = a.exclude_own;
+  j["seconds"] = seconds;
+  j["tokens_per_second"] = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
+  if (!IsMode(a.mode, services::Mode::kLm)) j["exclude_own_document"] = a.exclude_own;
+  if (IsMode(a.mode, services::Mode::kInfgram)) {
+    j["lambda"] = std::isnan(a.knn.lambda) ? services::kDefaultInfgramLambda : a.knn.lambda;
+    j["lambda_sparse"] = std::isnan(a.knn.lambda_sparse) ? services::kDefaultInfgramLambdaSparse : a.knn.lambda_sparse;
+  }
   if (IsMode(a.mode, services::Mode::kRetro)) {
     j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
     j["leakage_filter"] = a.knn.leakage_filter >= 0 ? a.knn.leakage_filter : 32;
@@ -200,7 +209,7 @@ Command AddEvalPerplexityCommand(CLI::App* eval) {
   AddTargetOptions(cmd, &a->target, true);
   cmd->add_option("--corpus", a->corpus, "corpus: .txt, .jsonl or directory")->required();
   cmd->add_option("--split", a->split, "all, train or validation (the model's own split)")->capture_default_str();
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_option("--baseline", a->baseline, "unigram or none")->capture_default_str();
   cmd->add_option("--stride", a->stride, "new tokens per sliding window (0 = context/2)");
   cmd->add_flag("--json", a->json_out, "print JSON");
@@ -214,7 +223,8 @@ Command AddEvalPerplexityCommand(CLI::App* eval) {
   cmd->add_option("--report", a->report, "add this run to the report in DIR (PNG plots, summary.md)");
   cmd->add_option("--report-name", a->report_name, "the run's name in the report (default: from the options)");
   cmd->add_flag("--exclude-own-doc", a->exclude_own,
-                "knnlm: never use keys of, retro: never retrieve chunks of, the document being scored");
+                "knnlm: never use keys of, retro: never retrieve chunks of, infgram: never count in, the document being "
+                "scored");
   return {cmd, [a] { return RunEvalPerplexity(*a); }};
 }
 

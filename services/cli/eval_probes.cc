@@ -127,7 +127,7 @@ Command AddEvalProbesCommand(CLI::App* eval) {
   auto* cmd = eval->add_subcommand("probes", "knowledge probes (LAMA JSONL): P@1, P@10, MRR by relation");
   AddTargetOptions(cmd, &a->target, true);
   cmd->add_option("--probes", a->probes, "probe file: LAMA-compatible JSONL")->required();
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--json", a->json_out, "print JSON");
   cmd->add_option("--output", a->output, "also write the JSON result to this file");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");

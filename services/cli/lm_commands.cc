@@ -12,9 +12,9 @@ namespace {
 struct ScoreArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string text, text_file, mode = kLmMode;
+  std::string text, text_file, mode = kLmMode, exclude_doc_id;
   int prompt_bytes = 0;
-  bool json_out = false;
+  bool json_out = false, components = false;
 };
 
 int RunScore(const ScoreArgs& a) {
@@ -32,14 +32,25 @@ int RunScore(const ScoreArgs& a) {
   req.set_mode(mode);
   req.set_per_token(json_out);
   req.set_prompt_bytes(a.prompt_bytes);
+  req.set_exclude_doc_id(a.exclude_doc_id);
+  req.set_components(a.components);
   SetKnn(knn, &req);
   auto r = (*backend)->Score(req);
   if (!r.ok()) return Fail(r.status());
   if (json_out) {
     json per_token = json::array();
-    for (const auto& t : r->token_scores()) {
-      per_token.push_back(
-          {{"token", t.id()}, {"text", rag::ToValidUtf8(t.piece())}, {"logprob", t.logprob()}});
+    for (int i = 0; i < r->token_scores_size(); ++i) {
+      const auto& t = r->token_scores(i);
+      json row = {{"token", t.id()}, {"text", rag::ToValidUtf8(t.piece())}, {"logprob", t.logprob()}};
+      // The components the mode returned (null is -inf: JSON has no infinity).
+      if (i < r->lm_logprobs_size()) row["lm_logprob"] = r->lm_logprobs(i);
+      if (i < r->knn_logprobs_size()) row["knn_logprob"] = r->knn_logprobs(i);
+      if (i < r->infgram_logprobs_size()) {
+        row["infgram_logprob"] = r->infgram_logprobs(i);
+        row["infgram_suffix_tokens"] = r->infgram_suffix_tokens(i);
+        row["infgram_sparse"] = r->infgram_sparse(i);
+      }
+      per_token.push_back(std::move(row));
     }
     PrintJson({{"mode", mode},
                {"tokens", r->tokens()},
@@ -158,8 +169,13 @@ Command AddScoreCommand(CLI::App* app) {
   AddTargetOptions(cmd, &a->target, true);
   cmd->add_option("--text", a->text, "text to score");
   cmd->add_option("--text-file", a->text_file, "file whose bytes are the text");
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--json", a->json_out, "JSON with per-token log-probs");
+  cmd->add_flag("--components", a->components,
+                "with --json, per token the mode's parts: knnlm lm_logprob and knn_logprob; infgram lm_logprob, "
+                "infgram_logprob, infgram_suffix_tokens and infgram_sparse (a null log-prob is -inf)");
+  cmd->add_option("--exclude-doc-id", a->exclude_doc_id,
+                  "knnlm, retro, infgram: retrieve nothing from (count nothing in) this document of the index");
   cmd->add_option("--prompt-bytes", a->prompt_bytes,
                   "retro: the text's first N bytes are a prompt laid out to end a chunk, so what follows "
                   "attends to the neighbours retrieved with it (as probes are scored)");
@@ -175,7 +191,7 @@ Command AddGenerateCommand(CLI::App* app) {
   AddTargetOptions(cmd, &a->target, true);
   cmd->add_option("--prompt", a->prompt, "prompt text");
   cmd->add_option("--prompt-file", a->prompt_file, "file whose bytes are the prompt");
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_option("--max-tokens", a->sampling.max_tokens, "tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", a->sampling.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", a->sampling.top_k, "sample from the k most likely (0 = all)")->capture_default_str();
@@ -204,7 +220,7 @@ Command AddNextTokenCommand(CLI::App* app) {
   cmd->add_option("--text", a->text, "context text (may be empty)");
   cmd->add_option("--text-file", a->text_file, "file whose bytes are the context");
   cmd->add_option("--top-n", a->top_n, "tokens to show")->capture_default_str();
-  cmd->add_option("--mode", a->mode, "lm, knnlm or retro")->capture_default_str();
+  cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--json", a->json_out, "print JSON");
   AddKnnOptions(cmd, &a->knn, "--temperature");
   return {cmd, [a] { return RunNextToken(*a); }};

@@ -61,7 +61,7 @@ def raises(fn, exc_type):
 check(os.path.dirname(os.path.abspath(rag.__file__)) == os.path.abspath(module_dir),
       "imported %s, not the module under %s" % (rag.__file__, module_dir))
 e = rag.Engine(model, index=index)
-check(e.has_index and e.modes == ["lm", "knnlm"], "modes %r" % (e.modes,))
+check(e.has_index and e.modes == ["lm", "knnlm", "infgram"], "modes %r" % (e.modes,))
 target = ("--model", model, "--index", index)
 
 # --- search ---------------------------------------------------------------
@@ -105,7 +105,7 @@ raises(lambda: e.search_vectors(vectors[:, :-1], k=5), ValueError)
 
 # --- score ----------------------------------------------------------------
 TEXT = "The ember finds the quartz near the tide. The river crosses the bridge."
-for mode in ("lm", "knnlm"):
+for mode in ("lm", "knnlm", "infgram"):
     py, ref = e.score(TEXT, mode=mode), cli_json("score", *target, "--text", TEXT, "--mode", mode)
     check(py["mode"] == mode and py["tokens"] == ref["tokens"], "%s score: tokens %r vs %r" % (mode, py["tokens"], ref["tokens"]))
     for key in ("nll", "perplexity"):
@@ -121,6 +121,15 @@ check(knn["lm_logprobs"].shape == knn["logprobs"].shape and knn["knn_logprobs"].
 ref = cli_json("score", *target, "--text", TEXT, "--mode", "knnlm", "--lambda", "0.5", "--k", "16")
 check(abs(knn["perplexity"] - ref["perplexity"]) <= 1e-9 * ref["perplexity"], "knn options: perplexity differs")
 check(knn["timings"]["search_us"] > 0 and knn["timings"]["forward_us"] > 0, "knnlm timings %r" % knn["timings"])
+inf = e.score(TEXT, mode="infgram", components=True, exclude_doc_id="doc-03", infgram={"lambda": 0.3, "lambda_sparse": 0.7})
+ref = cli_json("score", *target, "--text", TEXT, "--mode", "infgram", "--lambda", "0.3", "--lambda-sparse", "0.7",
+               "--exclude-doc-id", "doc-03", "--components")
+check(np.allclose(inf["logprobs"], [t["logprob"] for t in ref["token_logprobs"]], rtol=0, atol=1e-6),
+      "infgram options: per-token log-probs differ")
+check(list(inf["infgram_suffix_tokens"]) == [t["infgram_suffix_tokens"] for t in ref["token_logprobs"]] and
+      [bool(x) for x in inf["infgram_sparse"]] == [t["infgram_sparse"] for t in ref["token_logprobs"]],
+      "infgram components differ from the CLI's")
+raises(lambda: e.score(TEXT, mode="infgram", infgram={"lamda": 0.3}), ValueError)
 
 # --- next_token -----------------------------------------------------------
 py, ref = e.next_token("The river", top_n=5), cli_json("next-token", *target, "--text", "The river", "--top-n", "5")
