@@ -82,10 +82,11 @@ struct KnnParams {
   std::string exclude_doc_id;  // "" excludes nothing
 };
 
-// The ∞-gram weights when a request leaves them unset (provisional, until
-// scripts/tune_infgram.py chooses them on Brown's validation dev half).
-inline constexpr double kDefaultInfgramLambda = 0.2;
-inline constexpr double kDefaultInfgramLambdaSparse = 0.5;
+// The ∞-gram weights when a request leaves them unset: the best pair of a
+// grid on the first half of Brown's validation documents, own document
+// excluded (scripts/tune_infgram.py; docs/results.md, issue 26).
+inline constexpr double kDefaultInfgramLambda = 0.3;
+inline constexpr double kDefaultInfgramLambdaSparse = 0.3;
 
 // Validated ∞-gram parameters (InfgramOptions, defaults filled in).
 struct InfgramParams {
