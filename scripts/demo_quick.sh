@@ -52,15 +52,20 @@ done
 printf -- '\n--- next tokens after "The jury said" (over gRPC):\n'
 "$rag" next-token --server "$server" --text "The jury said" --top-n 5
 
-section "4. Validation perplexity of the press documents the model never saw: LM vs kNN-LM"
+section "4. Validation perplexity of the press documents the model never saw: LM vs kNN-LM vs ∞-gram"
 "$rag" eval perplexity --server "$server" --corpus "$press" --split validation --mode knnlm \
   --sweep "lambda=0.25;temperature=1" --baseline none --output "$model/eval_knnlm_press.json"
+# The suffix array counts every press document: each scored document's own
+# occurrences are left out (the datastore holds the training documents only).
+echo
+"$rag" eval perplexity --server "$server" --corpus "$press" --split validation --mode infgram --exclude-own-doc \
+  --baseline none --quiet --output "$model/eval_infgram_press.json"
 
 section "5. Knowledge probes: WordNet facts added to the live index, never to the LM's training data"
 probes_dir="$data/probes/wordnet-quick"
 /usr/bin/python3 "$here/scripts/wordnet_probes.py" --out "$probes_dir" --capitals 20 --per-occupation 2
 "$rag" add --server "$server" --corpus "$probes_dir/facts.jsonl" --skip-existing --quiet
-for mode in lm knnlm; do
+for mode in lm knnlm infgram; do
   echo
   "$rag" eval probes --server "$server" --probes "$probes_dir/probes.jsonl" --mode "$mode" --quiet \
     --output "$model/probes_quick_$mode.json"
