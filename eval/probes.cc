@@ -150,6 +150,28 @@ int RankOf(const std::vector<double>& scores, size_t gold) {
   return rank;
 }
 
+std::optional<ProbeHalf> ProbeHalfFromName(const std::string& name) {
+  if (name == "all") return ProbeHalf::kAll;
+  if (name == "dev") return ProbeHalf::kDev;
+  if (name == "test") return ProbeHalf::kTest;
+  return std::nullopt;
+}
+
+bool InHalf(const Probe& probe, ProbeHalf half) {
+  if (half == ProbeHalf::kAll) return true;
+  const std::string hex = HashHex(probe.relation + "\t" + probe.subject + "\t" + probe.object);
+  const bool odd = (std::stoi(hex.substr(hex.size() - 1), nullptr, 16) & 1) != 0;
+  return odd == (half == ProbeHalf::kTest);
+}
+
+std::string PopularityBucket(int64_t count) {
+  if (count <= 0) return "0";
+  if (count < 10) return "1-9";
+  if (count < 100) return "10-99";
+  if (count < 1000) return "100-999";
+  return "1000+";
+}
+
 ProbeMetrics Summarize(const std::vector<ProbeResult>& results) {
   ProbeMetrics m;
   for (const ProbeResult& r : results) {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,6 +83,19 @@ struct ProbeMetrics {
 int RankOf(const std::vector<double>& scores, size_t gold);
 
 ProbeMetrics Summarize(const std::vector<ProbeResult>& results);
+
+// A probe set's two halves, for choosing settings on one (dev) and
+// reporting on the other (test): a probe's half is the low bit of the
+// XXH3 of "relation\tsubject\tobject", so it never depends on the file's
+// order or on the other probes.
+enum class ProbeHalf { kAll, kDev, kTest };
+// "all", "dev", "test"; nullopt for another name.
+std::optional<ProbeHalf> ProbeHalfFromName(const std::string& name);
+bool InHalf(const Probe& probe, ProbeHalf half);
+
+// The popularity bucket (PopQA's axis: how often the subject occurs in the
+// corpus) of an occurrence count: "0", "1-9", "10-99", "100-999", "1000+".
+std::string PopularityBucket(int64_t count);
 
 struct ProbeReport {
   std::vector<ProbeResult> results;

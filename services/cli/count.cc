@@ -1,11 +1,9 @@
 #include "services/cli/count.h"
 
-#include <cctype>
 #include <cstdio>
 
 #include "common/status.h"
-#include "lm/tokenizer.h"
-#include "retriever/index_dir.h"
+#include "services/cli/index_counts.h"
 
 namespace rag::cli {
 namespace {
@@ -21,35 +19,15 @@ int RunCount(const CountArgs& a) {
   auto text = TextArg(a.text, a.text_file, "--text");
   if (!text.ok()) return Fail(text.status());
   if (text->empty()) return Fail(absl::InvalidArgumentError("--text is empty: nothing to count"));
-  auto dir = rag::retriever::IndexDir::Open(a.index, rag::retriever::IndexDirOptions());
-  if (!dir.ok()) return Fail(dir.status());
-  // The index's own copy of the tokenizer, or the model's for indexes built
-  // before there was one.
-  auto tok = (*dir)->LoadTokenizer(a.model);
-  if (!tok.ok()) return Fail(tok.status());
-  auto store = (*dir)->OpenChunkStore(/*writable=*/false);
-  if (!store.ok()) return Fail(store.status());
-  // counts.sa covers the documents of the build; with documents added since
-  // (or none there), the suffix array is built afresh over all of them.
-  auto loaded = (*dir)->LoadTokenCounts(**store);
-  if (!loaded.ok()) return Fail(loaded.status());
-  if (loaded->rebuilt) {
-    std::fprintf(stderr, "count: suffix array over all %lld documents built in %.1f s\n",
-                 static_cast<long long>(loaded->counts.documents()), loaded->build_seconds);
-  }
-  const rag::retriever::TokenCounts* counts = &loaded->counts;
-  const std::vector<int32_t> ids = tok->Encode(*text);
-  auto n = counts->Count(ids);
-  if (!n.ok()) return Fail(n.status());
-  // Byte-level BPE folds a word's leading space into its first token: inside
-  // a text the phrase is " of the", not "of the". Both are counted.
-  int64_t spaced = 0;
-  const bool add_space = !std::isspace(static_cast<unsigned char>((*text)[0]));
-  if (add_space) {
-    auto m = counts->Count(tok->Encode(" " + *text));
-    if (!m.ok()) return Fail(m.status());
-    spaced = *m;
-  }
+  auto opened = OpenIndexCounts(a.index, a.model, "count");
+  if (!opened.ok()) return Fail(opened.status());
+  const rag::retriever::TokenCounts* counts = &opened->loaded.counts;
+  const std::vector<int32_t> ids = opened->tokenizer.Encode(*text);
+  auto phrase = CountPhrase(*opened, *text);
+  if (!phrase.ok()) return Fail(phrase.status());
+  const int64_t n = phrase->alone;
+  const bool add_space = phrase->spaced;
+  const int64_t spaced = phrase->after_space;
   auto where = counts->Documents(ids, a.show_documents);  // of the exact token sequence
   if (!where.ok()) return Fail(where.status());
   // Document ids: the first chunk of each listed document names it.
@@ -57,7 +35,7 @@ int RunCount(const CountArgs& a) {
   std::vector<int64_t> wanted(where->begin(), where->end());
   size_t next = 0;
   if (!wanted.empty()) {
-    auto s = (*store)->ForEachChunk(0, [&](const rag::retriever::ChunkRecord& rec) {
+    auto s = opened->store->ForEachChunk(0, [&](const rag::retriever::ChunkRecord& rec) {
       while (next < wanted.size() && wanted[next] < rec.doc_index) ++next;
       if (next < wanted.size() && wanted[next] == rec.doc_index) {
         doc_ids.push_back(rec.doc_id);
@@ -69,11 +47,11 @@ int RunCount(const CountArgs& a) {
   }
   if (a.json_out) {
     json j = {
-        {"tokens", ids.size()}, {"count", *n}, {"documents", doc_ids}, {"indexed_documents", counts->documents()}};
+        {"tokens", ids.size()}, {"count", n}, {"documents", doc_ids}, {"indexed_documents", counts->documents()}};
     if (add_space) j["count_after_a_space"] = spaced;
     PrintJson(j);
   } else {
-    std::printf("%lld occurrences of these %zu tokens", static_cast<long long>(*n), ids.size());
+    std::printf("%lld occurrences of these %zu tokens", static_cast<long long>(n), ids.size());
     if (add_space) std::printf(", %lld more after a space (inside a text)", static_cast<long long>(spaced));
     std::printf(", in %lld documents", static_cast<long long>(counts->documents()));
     if (!doc_ids.empty()) {

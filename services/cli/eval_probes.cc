@@ -3,12 +3,15 @@
 #include "services/cli/info.h"
 
 #include <cstdio>
+#include <map>
+#include <optional>
 
 #include "common/file_util.h"
 #include "common/progress.h"
 #include "common/status.h"
 #include "eval/probes.h"
 #include "eval/report.h"
+#include "services/cli/index_counts.h"
 
 namespace rag::cli {
 namespace {
@@ -16,7 +19,7 @@ namespace {
 struct EvalProbesArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string probes, mode = kLmMode, output, report, report_name;
+  std::string probes, mode = kLmMode, output, report, report_name, half = "all", popularity;
   bool json_out = false, quiet = false, exclude_evidence = false;
 };
 
@@ -30,8 +33,26 @@ json ProbeMetricsJson(const rag::eval::ProbeMetrics& m) {
 }
 
 int RunEvalProbes(const EvalProbesArgs& a) {
-  auto probes = rag::eval::ReadProbes(a.probes);
-  if (!probes.ok()) return Fail(probes.status());
+  const std::optional<rag::eval::ProbeHalf> half = rag::eval::ProbeHalfFromName(a.half);
+  if (!half) return Fail(absl::InvalidArgumentError("--probe-half must be all, dev or test, got '" + a.half + "'"));
+  auto read = rag::eval::ReadProbes(a.probes);
+  if (!read.ok()) return Fail(read.status());
+  std::vector<rag::eval::Probe> probes;
+  for (auto& p : *read) {
+    if (rag::eval::InHalf(p, *half)) probes.push_back(std::move(p));
+  }
+  if (probes.empty()) return Fail(absl::InvalidArgumentError("no probe of " + a.probes + " is in the " + a.half + " half"));
+  // Subject popularity: occurrences of the subject in an index's documents.
+  std::map<const rag::eval::Probe*, int64_t> subject_count;
+  if (!a.popularity.empty()) {
+    auto counts = OpenIndexCounts(a.popularity, a.target.model, "eval probes");
+    if (!counts.ok()) return Fail(Annotate(counts.status(), "--popularity"));
+    for (const auto& p : probes) {
+      auto c = CountPhrase(*counts, p.subject);
+      if (!c.ok()) return Fail(Annotate(c.status(), "counting the subject '" + p.subject + "'"));
+      subject_count[&p] = c->total();
+    }
+  }
   auto served = OpenServed(a.target);
   if (!served.ok()) return Fail(served.status());
   rag::services::Backend& backend = *served->backend;
@@ -60,10 +81,10 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     return logprobs;
   };
   int64_t sentences = 0;
-  for (const auto& p : *probes) sentences += static_cast<int64_t>(p.sentences.size() * p.candidates.size());
+  for (const auto& p : probes) sentences += static_cast<int64_t>(p.sentences.size() * p.candidates.size());
   std::unique_ptr<rag::Progress> progress;
-  if (!a.quiet) progress = std::make_unique<rag::Progress>("probes", static_cast<int64_t>(probes->size()), "probes");
-  auto report = rag::eval::EvaluateProbes(*probes, tok, scorer, [&](size_t done) {
+  if (!a.quiet) progress = std::make_unique<rag::Progress>("probes", static_cast<int64_t>(probes.size()), "probes");
+  auto report = rag::eval::EvaluateProbes(probes, tok, scorer, [&](size_t done) {
     if (progress) progress->Update(static_cast<int64_t>(done));
   });
   if (!report.ok()) return Fail(report.status());
@@ -74,10 +95,29 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   j["file"] = a.probes;
   j["sentences_scored"] = sentences;
   j["exclude_evidence"] = a.exclude_evidence;
+  j["probe_half"] = a.half;
   if (IsMode(a.mode, services::Mode::kRetro)) j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
   json by_relation = json::object();
   for (const auto& [relation, m] : report->by_relation) by_relation[relation] = ProbeMetricsJson(m);
   j["by_relation"] = by_relation;
+  // Metrics by subject popularity, overall and per relation.
+  std::map<std::string, std::vector<rag::eval::ProbeResult>> by_bucket;
+  std::map<std::string, std::map<std::string, std::vector<rag::eval::ProbeResult>>> by_relation_bucket;
+  if (!a.popularity.empty()) {
+    for (const auto& r : report->results) {
+      const std::string bucket = rag::eval::PopularityBucket(subject_count.at(r.probe));
+      by_bucket[bucket].push_back(r);
+      by_relation_bucket[r.probe->relation][bucket].push_back(r);
+    }
+    json pop = json::object(), rel_pop = json::object();
+    for (const auto& [bucket, rs] : by_bucket) pop[bucket] = ProbeMetricsJson(rag::eval::Summarize(rs));
+    for (const auto& [relation, buckets] : by_relation_bucket) {
+      for (const auto& [bucket, rs] : buckets) rel_pop[relation][bucket] = ProbeMetricsJson(rag::eval::Summarize(rs));
+    }
+    j["popularity_index"] = a.popularity;
+    j["by_popularity"] = pop;
+    j["by_relation_popularity"] = rel_pop;
+  }
   json results = json::array();
   for (const auto& r : report->results) {
     results.push_back({{"line", r.probe->line},
@@ -88,6 +128,10 @@ int RunEvalProbes(const EvalProbesArgs& a) {
                        {"rank", r.rank},
                        {"first_token_rank", r.first_token_rank},
                        {"top", r.top}});
+    if (!a.popularity.empty()) {
+      results.back()["subject_count"] = subject_count.at(r.probe);
+      results.back()["popularity"] = rag::eval::PopularityBucket(subject_count.at(r.probe));
+    }
   }
   j["results"] = results;
   if (!a.output.empty()) {
@@ -105,9 +149,10 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     PrintJson(j);
     return 0;
   }
-  std::printf("mode %s%s%s: %lld probes, %lld sentences scored\n", a.mode.c_str(),
+  std::printf("mode %s%s%s, %s probes: %lld probes, %lld sentences scored\n", a.mode.c_str(),
               IsMode(a.mode, services::Mode::kRetro) ? (", retrieval " + j["retrieval"].get<std::string>()).c_str() : "",
-              a.exclude_evidence ? ", evidence documents excluded" : "", static_cast<long long>(report->overall.probes),
+              a.exclude_evidence ? ", evidence documents excluded" : "", a.half.c_str(),
+              static_cast<long long>(report->overall.probes),
               static_cast<long long>(sentences));
   std::printf("%-24s %7s %7s %7s %7s   %s\n", "relation", "probes", "P@1", "P@10", "MRR",
               "first token: P@1  P@10   MRR");
@@ -117,6 +162,10 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   };
   for (const auto& [relation, m] : report->by_relation) row(relation, m);
   row("all", report->overall);
+  if (!a.popularity.empty()) {
+    std::printf("\nby subject popularity (occurrences in %s's documents)\n", a.popularity.c_str());
+    for (const auto& [bucket, rs] : by_bucket) row("subject seen " + bucket, rag::eval::Summarize(rs));
+  }
   return 0;
 }
 
@@ -134,7 +183,15 @@ Command AddEvalProbesCommand(CLI::App* eval) {
   cmd->add_option("--report", a->report, "add this run to the report in DIR (PNG plots, summary.md)");
   cmd->add_option("--report-name", a->report_name, "the run's name in the report (default: from the options)");
   cmd->add_flag("--exclude-evidence", a->exclude_evidence,
-                "knnlm, retro: never retrieve from a probe's evidence_doc_id (what the model knows without it)");
+                "knnlm, retro, infgram: never retrieve from (count in) a probe's evidence_doc_id (what the model knows "
+                "without it)");
+  cmd->add_option("--probe-half", a->half,
+                  "all, or dev / test: the half of the probes (by a hash of relation, subject and object) to "
+                  "choose settings on / to report")
+      ->capture_default_str();
+  cmd->add_option("--popularity", a->popularity,
+                  "INDEX_DIR whose documents' suffix array counts each subject: metrics by popularity bucket "
+                  "(0, 1-9, 10-99, 100-999, 1000+ occurrences)");
   AddKnnOptions(cmd, &a->knn, "--temperature");
   return {cmd, [a] { return RunEvalProbes(*a); }};
 }
