@@ -322,7 +322,27 @@ def infgram_lambdas(j):
         f"is {j['mean_suffix_tokens_test']:.2f} tokens on average."]) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (mode_comparison, infgram_lambdas, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+def probe_popularity(j):
+    """rag eval probes --popularity runs: P@1 (probes) by subject popularity bucket, one row per run."""
+    order = ["0", "1-9", "10-99", "100-999", "1000+"]
+    buckets = [b for b in order if any(b in r["by_popularity"] for r in j["runs"])]
+    first = j["runs"][0]
+    lines = [f"Probe half **{first['probe_half']}** of `{first['file']}`, {first['probes']} probes; subject "
+             f"popularity = occurrences in `{first['popularity_index']}` (the corpus without the facts).", "",
+             "| mode | evidence document | " + " | ".join(f"P@1, subject seen {b}" for b in buckets) +
+             " | P@1 all | MRR all |",
+             "|---|---|" + "---|" * len(buckets) + "---|---|"]
+    for r in j["runs"]:
+        cells = []
+        for b in buckets:
+            m = r["by_popularity"].get(b)
+            cells.append(f"{m['p_at_1']:.3f} ({m['probes']})" if m else "")
+        ev = "-" if r["mode"] == "lm" else ("excluded" if r["exclude_evidence"] else "in the index")
+        lines.append(f"| {r['mode']} | {ev} | " + " | ".join(cells) + f" | {r['p_at_1']:.3f} | {r['mrr']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 
