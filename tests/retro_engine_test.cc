@@ -126,7 +126,8 @@ TEST_F(RetroEngineTest, RetrievalOnOffRandomAreDistinctAndOffIsTheModelWithoutNe
   RAG_ASSERT_OK(engine->Score(lm).status());
   auto info = engine->Info();
   RAG_ASSERT_OK(info.status());
-  EXPECT_EQ(info->modes(info->modes_size() - 1), "retro");
+  EXPECT_EQ(std::vector<std::string>(info->modes().begin(), info->modes().end()),
+            (std::vector<std::string>{"lm", "retro", "infgram"}));
 }
 
 TEST_F(RetroEngineTest, LeakageFilterDropsTheCopyOfTheScoredDocument) {
