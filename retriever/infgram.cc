@@ -4,10 +4,10 @@
 
 namespace rag::retriever {
 
-int64_t Infgram::Continuations(const int32_t* context, int64_t n) const {
-  int64_t c = corpus_->ContinuationCount(context, n);
-  if (excluded_ != nullptr && c > 0) c -= excluded_->ContinuationCount(context, n);
-  return c;
+TokenCounts::Followers Infgram::Continuations(const int32_t* context, int64_t n) const {
+  TokenCounts::Followers f = corpus_->FollowersOf(context, n);
+  if (excluded_ != nullptr && f.total > 0) f.total -= excluded_->ContinuationCount(context, n);
+  return f;
 }
 
 std::vector<std::pair<int32_t, int64_t>> Infgram::NextCounts(const int32_t* context, int64_t n) const {
@@ -32,7 +32,7 @@ int64_t Infgram::LongestSuffix(const int32_t* ids, int64_t end) const {
   int64_t lo = 0, hi = std::min(end, kMaxSuffix);
   while (lo < hi) {
     const int64_t mid = hi - (hi - lo) / 2;
-    if (Continuations(ids + end - mid, mid) > 0) {
+    if (Continuations(ids + end - mid, mid).total > 0) {
       lo = mid;
     } else {
       hi = mid - 1;
@@ -48,16 +48,21 @@ std::vector<InfgramPoint> Infgram::Score(const std::vector<int32_t>& ids) const 
     const int64_t end = static_cast<int64_t>(i);
     // A suffix of ids[0, i + 1) with continuations, less its last token, is
     // one of ids[0, i) followed by ids[i]: the longest can grow by one.
+    // The look-up that ends the walk also gives the total and sparsity.
     n = std::min({i == 0 ? 0 : n + 1, end, kMaxSuffix});
-    while (n > 0 && Continuations(ids.data() + end - n, n) == 0) --n;
+    TokenCounts::Followers f = Continuations(ids.data() + end - n, n);
+    while (n > 0 && f.total == 0) {
+      --n;
+      f = Continuations(ids.data() + end - n, n);
+    }
     InfgramPoint& p = out[i];
     p.suffix_tokens = n;
     const int32_t* suffix = ids.data() + end - n;
     if (excluded_ == nullptr) {
-      p.total = corpus_->ContinuationCount(suffix, n);
+      p.total = f.total;
       // suffix + ids[i] is ids[end - n, end + 1).
       p.count = corpus_->CountSpan(suffix, n + 1);
-      p.sparse = corpus_->OneNextToken(suffix, n);
+      p.sparse = f.one_token;
     } else {
       const auto counts = NextCounts(suffix, n);
       for (const auto& [token, c] : counts) {

@@ -54,8 +54,9 @@ class Infgram {
   static constexpr int64_t kMaxSuffix = TokenCounts::kMaxMatch - 1;
 
  private:
-  // Occurrences of context[0, n) followed by a token, excluded ones less.
-  int64_t Continuations(const int32_t* context, int64_t n) const;
+  // What follows context[0, n): occurrences followed by a token, excluded
+  // ones less (then `one_token` is the corpus's alone, not used).
+  TokenCounts::Followers Continuations(const int32_t* context, int64_t n) const;
   // NextTokenCounts of context[0, n), excluded ones less (zeros dropped).
   std::vector<std::pair<int32_t, int64_t>> NextCounts(const int32_t* context, int64_t n) const;
   // The length of the longest suffix of ids[0, end) with continuations.

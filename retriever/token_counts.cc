@@ -100,16 +100,14 @@ int64_t TokenCounts::CountSpan(const int32_t* tokens, int64_t n) const {
   return last - first;
 }
 
-int64_t TokenCounts::ContinuationCount(const int32_t* context, int64_t n) const {
+TokenCounts::Followers TokenCounts::FollowersOf(const int32_t* context, int64_t n) const {
   const auto [first, last] = ContinuationRange(context, n);
-  return last - first;
-}
-
-bool TokenCounts::OneNextToken(const int32_t* context, int64_t n) const {
-  const auto [first, last] = ContinuationRange(context, n);
+  Followers f;
+  f.total = last - first;
   // The range is sorted by the next token: one token iff its ends agree.
-  return first < last && tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(first)] + n)] ==
-                             tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(last - 1)] + n)];
+  f.one_token = first < last && tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(first)] + n)] ==
+                                    tokens_[static_cast<size_t>(suffixes_[static_cast<size_t>(last - 1)] + n)];
+  return f;
 }
 
 std::vector<std::pair<int32_t, int64_t>> TokenCounts::NextTokenCounts(const int32_t* context, int64_t n) const {

@@ -48,10 +48,15 @@ class TokenCounts {
   // ascending by token. An occurrence that ends its document has no next
   // token and is not counted. O(distinct tokens * log N).
   std::vector<std::pair<int32_t, int64_t>> NextTokenCounts(const int32_t* context, int64_t n) const;
-  // The sum of NextTokenCounts' counts, in O(n log N).
-  int64_t ContinuationCount(const int32_t* context, int64_t n) const;
-  // Whether exactly one distinct token follows `context`, in O(n log N).
-  bool OneNextToken(const int32_t* context, int64_t n) const;
+  // What follows `context` in summary, from one range look-up (O(n log N)):
+  // the sum of NextTokenCounts' counts, and whether they are one token's.
+  struct Followers {
+    int64_t total = 0;
+    bool one_token = false;
+  };
+  Followers FollowersOf(const int32_t* context, int64_t n) const;
+  int64_t ContinuationCount(const int32_t* context, int64_t n) const { return FollowersOf(context, n).total; }
+  bool OneNextToken(const int32_t* context, int64_t n) const { return FollowersOf(context, n).one_token; }
   // Occurrences of tokens[0, n) (n = 0: every position), no checks.
   int64_t CountSpan(const int32_t* tokens, int64_t n) const;
 

@@ -87,10 +87,10 @@ absl::StatusOr<std::vector<float>> InfgramMode::Score(const ScoreParams& p, cons
 
 absl::StatusOr<torch::Tensor> InfgramMode::NextToken(const NextTokenParams& p,
                                                      const std::vector<lm::TokenId>& ids) const {
-  torch::Tensor hidden, logprobs;
+  torch::Tensor logprobs;
   {
     const StageTimer timer(Stage::kForward);
-    logprobs = lm::NextTokenLogProbs(served_.model->module(), ids, served_.model->tokenizer().eot_id(), &hidden);
+    logprobs = lm::NextTokenLogProbs(served_.model->module(), ids, served_.model->tokenizer().eot_id());
   }
   RAG_ASSIGN_OR_RETURN(const Counts counts, CountsFor(p.infgram.exclude_doc_id));
   retriever::InfgramDistribution d;

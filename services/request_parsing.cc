@@ -152,9 +152,17 @@ std::optional<Mode> ModeFromName(const std::string& name) {
   return std::nullopt;
 }
 
+std::string ModeNames() {
+  std::string names;
+  for (int i = 0; i < kNumModes; ++i) {
+    names += (i == 0 ? "" : i + 1 == kNumModes ? " or " : ", ") + std::string(ModeName(kAllModes[i]));
+  }
+  return names;
+}
+
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx) {
   const std::optional<Mode> m = ModeFromName(mode);
-  if (!m.has_value()) return absl::InvalidArgumentError("mode must be lm, knnlm, retro or infgram, got '" + mode + "'");
+  if (!m.has_value()) return absl::InvalidArgumentError("mode must be " + ModeNames() + ", got '" + mode + "'");
   if (*m == Mode::kKnnLm && !ctx.has_datastore) {
     return absl::FailedPreconditionError(
         "mode knnlm needs a datastore, and none is served (build the index with "

@@ -58,6 +58,8 @@ const char* ModeName(Mode mode);
 // The one place names become modes: the server (ParseMode) and the command
 // line (its own output) both go through it.
 std::optional<Mode> ModeFromName(const std::string& name);
+// Every mode's name, as a list for messages: "lm, knnlm, retro or infgram".
+std::string ModeNames();
 
 // Where a RETRO request's neighbours come from (RetroOptions.retrieval).
 enum class Retrieval { kOn, kOff, kRandom };

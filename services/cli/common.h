@@ -34,7 +34,7 @@ inline bool IsMode(const std::string& name, services::Mode mode) {
 }
 inline const std::string kLmMode = services::ModeName(services::Mode::kLm);
 // --mode's help: the modes the server knows.
-inline const std::string kModesHelp = "lm, knnlm, retro or infgram";
+inline const std::string kModesHelp = services::ModeNames();
 // RETRO's retrieval when --retrieval is left empty.
 inline const std::string kRetrievalOn = services::RetrievalName(services::Retrieval::kOn);
 

@@ -26,8 +26,6 @@ int RunCount(const CountArgs& a) {
   auto phrase = CountPhrase(*opened, *text);
   if (!phrase.ok()) return Fail(phrase.status());
   const int64_t n = phrase->alone;
-  const bool add_space = phrase->spaced;
-  const int64_t spaced = phrase->after_space;
   auto where = counts->Documents(ids, a.show_documents);  // of the exact token sequence
   if (!where.ok()) return Fail(where.status());
   // Document ids: the first chunk of each listed document names it.
@@ -48,11 +46,13 @@ int RunCount(const CountArgs& a) {
   if (a.json_out) {
     json j = {
         {"tokens", ids.size()}, {"count", n}, {"documents", doc_ids}, {"indexed_documents", counts->documents()}};
-    if (add_space) j["count_after_a_space"] = spaced;
+    if (phrase->spaced) j["count_after_a_space"] = phrase->after_space;
     PrintJson(j);
   } else {
     std::printf("%lld occurrences of these %zu tokens", static_cast<long long>(n), ids.size());
-    if (add_space) std::printf(", %lld more after a space (inside a text)", static_cast<long long>(spaced));
+    if (phrase->spaced) {
+      std::printf(", %lld more after a space (inside a text)", static_cast<long long>(phrase->after_space));
+    }
     std::printf(", in %lld documents", static_cast<long long>(counts->documents()));
     if (!doc_ids.empty()) {
       std::printf("; in:");
