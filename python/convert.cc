@@ -87,6 +87,14 @@ void FillInfgramOptions(const py::object& infgram, v1::InfgramOptions* out) {
   if (d.contains("lambda_sparse")) out->set_lambda_sparse(d["lambda_sparse"].cast<float>());
 }
 
+void FillRalmOptions(const py::object& ralm, v1::RalmOptions* out) {
+  const py::dict d = OptionsDict(ralm, {"stride", "query_tokens", "passage_tokens", "search_method"}, "ralm");
+  if (d.contains("stride")) out->set_stride(d["stride"].cast<int32_t>());
+  if (d.contains("query_tokens")) out->set_query_tokens(d["query_tokens"].cast<int32_t>());
+  if (d.contains("passage_tokens")) out->set_passage_tokens(d["passage_tokens"].cast<int32_t>());
+  if (d.contains("search_method")) out->set_search_method(d["search_method"].cast<std::string>());
+}
+
 py::dict ToPython(const v1::StageTimings& t) {
   py::dict d;
   d["embed_us"] = t.embed_us();

@@ -53,6 +53,7 @@ T Check(absl::StatusOr<T> value) {
 void FillKnnOptions(const py::object& knn, v1::KnnOptions* out);
 void FillRetroOptions(const py::object& retro, v1::RetroOptions* out);
 void FillInfgramOptions(const py::object& infgram, v1::InfgramOptions* out);
+void FillRalmOptions(const py::object& ralm, v1::RalmOptions* out);
 
 // Messages -> Python.
 py::dict ToPython(const v1::Neighbour& n);

@@ -110,7 +110,7 @@ class PyEngine {
 
   py::dict Score(const std::string& text, const std::string& mode, bool per_token, int stride,
                  const std::string& exclude_doc_id, bool components, int prompt_bytes, const py::object& knn,
-                 const py::object& retro, const py::object& infgram) {
+                 const py::object& retro, const py::object& infgram, const py::object& ralm) {
     v1::ScoreRequest request;
     request.set_text(text);
     request.set_mode(mode);
@@ -122,6 +122,7 @@ class PyEngine {
     FillKnnOptions(knn, request.mutable_knn());
     FillRetroOptions(retro, request.mutable_retro());
     FillInfgramOptions(infgram, request.mutable_infgram());
+    FillRalmOptions(ralm, request.mutable_ralm());
     v1::ScoreResponse response;
     {
       py::gil_scoped_release release;
@@ -131,7 +132,7 @@ class PyEngine {
   }
 
   py::dict NextToken(const std::string& text, int top_n, const std::string& mode, const py::object& knn,
-                     const py::object& retro, const py::object& infgram) {
+                     const py::object& retro, const py::object& infgram, const py::object& ralm) {
     v1::NextTokenRequest request;
     request.set_text(text);
     request.set_top_n(top_n);
@@ -139,6 +140,7 @@ class PyEngine {
     FillKnnOptions(knn, request.mutable_knn());
     FillRetroOptions(retro, request.mutable_retro());
     FillInfgramOptions(infgram, request.mutable_infgram());
+    FillRalmOptions(ralm, request.mutable_ralm());
     v1::NextTokenResponse response;
     {
       py::gil_scoped_release release;
@@ -152,7 +154,7 @@ class PyEngine {
   py::dict Generate(const py::object& prompt, int max_tokens, const std::string& mode, float temperature, int top_k,
                     float top_p, uint64_t seed, float repetition_penalty, int no_repeat_ngram_size, bool ignore_eot,
                     const std::string& exclude_doc_id, const py::object& knn, const py::object& retro,
-                    const py::object& infgram, const py::object& on_token) {
+                    const py::object& infgram, const py::object& ralm, const py::object& on_token) {
     v1::GenerateRequest request;
     if (py::isinstance<py::str>(prompt)) {
       request.set_prompt(prompt.cast<std::string>());
@@ -173,6 +175,7 @@ class PyEngine {
     FillKnnOptions(knn, request.mutable_knn());
     FillRetroOptions(retro, request.mutable_retro());
     FillInfgramOptions(infgram, request.mutable_infgram());
+    FillRalmOptions(ralm, request.mutable_ralm());
     std::vector<int32_t> ids;
     std::optional<py::error_already_set> callback_error;
     auto collect = [&](const v1::GenerateResponse& msg) {
@@ -292,22 +295,22 @@ PYBIND11_MODULE(rag, m) {
            "Nearest chunks of each row of a float32 [queries, dim] array, as search().")
       .def("score", &PyEngine::Score, arg("text"), arg("mode") = "lm", arg("per_token") = true,
            arg("stride") = 0, arg("exclude_doc_id") = "", arg("components") = false, arg("prompt_bytes") = 0,
-           arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(),
-           "Log-probabilities of the text's tokens under a mode ('lm', 'knnlm', 'retro', 'infgram'): tokens, "
+           arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(), arg("ralm") = py::none(),
+           "Log-probabilities of the text's tokens under a mode ('lm', 'knnlm', 'retro', 'infgram', 'ralm'): tokens, "
            "nll, perplexity, token_ids, pieces, logprobs (NumPy), with components=True lm_logprobs and "
            "knn_logprobs (knnlm) or infgram_logprobs, infgram_suffix_tokens, infgram_sparse (infgram), "
-           "timings. knn / retro / infgram: dicts of KnnOptions / RetroOptions / InfgramOptions fields "
+           "timings. knn / retro / infgram / ralm: dicts of KnnOptions / RetroOptions / InfgramOptions / RalmOptions fields "
            "(proto/rag.proto).")
       .def("next_token", &PyEngine::NextToken, arg("text"), arg("top_n") = 10, arg("mode") = "lm",
-           arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(),
+           arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(), arg("ralm") = py::none(),
            "The top_n most likely next tokens: token_ids, pieces, probabilities, logprobs.")
       .def("generate", &PyEngine::Generate, arg("prompt"), arg("max_tokens") = 0, arg("mode") = "lm",
            arg("temperature") = 0.0f, arg("top_k") = 0, arg("top_p") = 0.0f, arg("seed") = 0,
            arg("repetition_penalty") = 0.0f, arg("no_repeat_ngram_size") = 0, arg("ignore_eot") = false,
-           arg("exclude_doc_id") = "", arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(),
+           arg("exclude_doc_id") = "", arg("knn") = py::none(), arg("retro") = py::none(), arg("infgram") = py::none(), arg("ralm") = py::none(),
            arg("on_token") = py::none(),
            "Continues the prompt (a str, or a list of token ids); temperature 0 is greedy. Returns text, "
-           "token_ids, tokens, end_of_text, retrievals (RETRO), timings. on_token(id, piece) sees each "
+           "token_ids, tokens, end_of_text, retrievals (retro, ralm), timings. on_token(id, piece) sees each "
            "token as it comes; returning False stops.")
       .def("add", &PyEngine::Add, arg("documents"),
            "Adds documents (dicts with id and text, or (id, text) pairs) to a writable index.")

@@ -13,6 +13,7 @@
 #include "lm/scorer.h"
 #include "retriever/datastore_sync.h"
 #include "services/infgram_mode.h"
+#include "services/ralm_mode.h"
 #include "services/knnlm_mode.h"
 #include "services/lm_mode.h"
 #include "services/retro_mode.h"
@@ -135,6 +136,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     if (served.keys != nullptr) modes[static_cast<int>(Mode::kKnnLm)] = std::make_unique<KnnLmMode>(served);
     if (served.retro != nullptr) modes[static_cast<int>(Mode::kRetro)] = std::make_unique<RetroMode>(served);
     if (served.counts != nullptr) modes[static_cast<int>(Mode::kInfgram)] = std::make_unique<InfgramMode>(served);
+    if (served.searcher != nullptr) modes[static_cast<int>(Mode::kRalm)] = std::make_unique<RalmMode>(served);
     return e;
   });
 }
@@ -151,6 +153,7 @@ ParseContext Engine::parse_context() const {
   ctx.has_counts = counts_ != nullptr;
   ctx.retro_chunk_size = retro_ != nullptr ? retro_->config().chunk_size : 0;
   ctx.vocab_size = model_->tokenizer().vocab_size();
+  ctx.context = model_->config().context;
   return ctx;
 }
 

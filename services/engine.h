@@ -4,7 +4,7 @@
 // directly. Every request is validated here (services/request_parsing.h:
 // InvalidArgument naming the field, ResourceExhausted over a limit), so both
 // forms fail the same way; the scoring rpcs then dispatch to the strategy
-// of the request's mode (services/{lm,knnlm,retro,infgram}_mode.h).
+// of the request's mode (services/{lm,knnlm,retro,infgram,ralm}_mode.h).
 // Thread-safe: any number of requests at once.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ModeStrategy: how one mode (lm, kNN-LM, RETRO, ∞-gram) answers the scoring rpcs
+// ModeStrategy: how one mode (lm, kNN-LM, RETRO, ∞-gram, In-Context RALM) answers the scoring rpcs
 // from validated parameters (services/request_parsing.h). The Engine owns
 // one per mode it can serve and dispatches on ScoreParams::mode etc.
 // Implementations are stateless over the served model, index and
@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,19 @@ class ModeStrategy {
 // own CANCELLED or DEADLINE_EXCEEDED; this is for logs and in-process use).
 inline absl::Status CallCancelled() {
   return absl::CancelledError("the call was cancelled or its deadline passed; work stopped");
+}
+
+// How many of `ids` (`text` encoded) are the prompt of its first
+// `prompt_bytes` bytes (ScoreRequest.prompt_bytes): those the text shares
+// with the prompt encoded alone, since a token that merges across the
+// boundary belongs to what follows. 0 when prompt_bytes is 0.
+inline int64_t PromptTokens(const lm::Tokenizer& tok, const std::string& text, int prompt_bytes,
+                            const std::vector<lm::TokenId>& ids) {
+  if (prompt_bytes <= 0) return 0;
+  const std::vector<lm::TokenId> alone = tok.Encode(text.substr(0, static_cast<size_t>(prompt_bytes)));
+  int64_t prompt = 0;
+  while (prompt < static_cast<int64_t>(std::min(alone.size(), ids.size())) && alone[prompt] == ids[prompt]) ++prompt;
+  return prompt;
 }
 
 // The text of token ids, invalid UTF-8 replaced by U+FFFD.

@@ -69,6 +69,37 @@ absl::StatusOr<InfgramParams> ParseInfgram(const v1::InfgramOptions& o, const st
   return p;
 }
 
+absl::StatusOr<RalmParams> ParseRalm(const v1::RalmOptions& o, const std::string& exclude_doc_id,
+                                     const ParseContext& ctx) {
+  RalmParams p;
+  const int64_t context = ctx.context;
+  if (o.stride() < 0 || o.stride() > context / 2) {
+    return absl::InvalidArgumentError("ralm.stride must be in [0, " + std::to_string(context / 2) +
+                                      "] (half the model's context; 0 = " + std::to_string(kDefaultRalmStride) +
+                                      "), got " + std::to_string(o.stride()));
+  }
+  if (o.stride() > 0) p.stride = o.stride();
+  if (o.query_tokens() < 0 || o.query_tokens() > context) {
+    return absl::InvalidArgumentError("ralm.query_tokens must be in [0, " + std::to_string(context) +
+                                      "] (0 = " + std::to_string(kDefaultRalmQueryTokens) + "), got " +
+                                      std::to_string(o.query_tokens()));
+  }
+  if (o.query_tokens() > 0) p.query_tokens = o.query_tokens();
+  const int64_t most = context - p.stride;
+  if (o.passage_tokens() < 0 || o.passage_tokens() > most) {
+    return absl::InvalidArgumentError("ralm.passage_tokens must be in [0, " + std::to_string(most) +
+                                      "] (the context minus the stride; 0 = half the context), got " +
+                                      std::to_string(o.passage_tokens()));
+  }
+  p.passage_tokens = static_cast<int>(o.passage_tokens() > 0 ? o.passage_tokens() : std::min(context / 2, most));
+  if (!o.search_method().empty()) p.search_method = o.search_method();
+  if (p.search_method != "dense" && p.search_method != "bm25") {
+    return absl::InvalidArgumentError("ralm.search_method must be bm25 or dense, got '" + o.search_method() + "'");
+  }
+  p.exclude_doc_id = exclude_doc_id;
+  return p;
+}
+
 // `with_leakage_filter`: Score reads retro.leakage_filter; NextToken and
 // Generate run without the filter.
 absl::StatusOr<RetroParams> ParseRetro(const v1::RetroOptions& o, const std::string& exclude_doc_id,
@@ -114,6 +145,8 @@ const char* ModeName(Mode mode) {
       return "retro";
     case Mode::kInfgram:
       return "infgram";
+    case Mode::kRalm:
+      return "ralm";
   }
   return "lm";
 }
@@ -178,6 +211,10 @@ absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx)
         "mode infgram counts in the index's documents, and no index is held by this server (serve one with "
         "--index; a sharded front does not count)");
   }
+  if (*m == Mode::kRalm && !ctx.has_index) {
+    return absl::FailedPreconditionError(
+        "mode ralm retrieves passages from an index, and none is served (start with --index or --shards)");
+  }
   return *m;
 }
 
@@ -195,16 +232,19 @@ absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, c
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
   } else if (p.mode == Mode::kInfgram) {
     RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), request.exclude_doc_id()));
+  } else if (p.mode == Mode::kRalm) {
+    RAG_ASSIGN_OR_RETURN(p.ralm, ParseRalm(request.ralm(), request.exclude_doc_id(), ctx));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), true, ctx));
     const int64_t m = ctx.retro_chunk_size;
     if (request.stride() % m != 0) {
       return absl::InvalidArgumentError("stride must be a multiple of the RETRO chunk size " + std::to_string(m));
     }
-    if (request.prompt_bytes() < 0 || request.prompt_bytes() > static_cast<int64_t>(request.text().size())) {
-      return absl::InvalidArgumentError("prompt_bytes must be in [0, the text's " +
-                                        std::to_string(request.text().size()) + " bytes]");
-    }
+  }
+  if ((p.mode == Mode::kRetro || p.mode == Mode::kRalm) &&
+      (request.prompt_bytes() < 0 || request.prompt_bytes() > static_cast<int64_t>(request.text().size()))) {
+    return absl::InvalidArgumentError("prompt_bytes must be in [0, the text's " + std::to_string(request.text().size()) +
+                                      " bytes]");
   }
   return p;
 }
@@ -225,6 +265,8 @@ absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), "", ctx));
   } else if (p.mode == Mode::kInfgram) {
     RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), ""));
+  } else if (p.mode == Mode::kRalm) {
+    RAG_ASSIGN_OR_RETURN(p.ralm, ParseRalm(request.ralm(), "", ctx));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), "", false, ctx));
   }
@@ -288,6 +330,8 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
   } else if (p.mode == Mode::kInfgram) {
     RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), request.exclude_doc_id()));
+  } else if (p.mode == Mode::kRalm) {
+    RAG_ASSIGN_OR_RETURN(p.ralm, ParseRalm(request.ralm(), request.exclude_doc_id(), ctx));
   } else if (p.mode == Mode::kRetro) {
     RAG_ASSIGN_OR_RETURN(p.retro, ParseRetro(request.retro(), request.exclude_doc_id(), false, ctx));
   }

@@ -47,18 +47,20 @@ struct EngineLimits {
 inline constexpr int64_t kLocalMaxTextBytes = int64_t{1} << 31;
 
 // How a scoring request runs: the plain LM, kNN-LM over the index's
-// datastore, a RETRO model, or the LM with the ∞-gram estimate over the
-// index's documents.
-enum class Mode { kLm, kKnnLm, kRetro, kInfgram };
-inline constexpr int kNumModes = 4;
-inline constexpr Mode kAllModes[kNumModes] = {Mode::kLm, Mode::kKnnLm, Mode::kRetro, Mode::kInfgram};
-// The mode's name in requests and responses: "lm", "knnlm", "retro", "infgram".
+// datastore, a RETRO model, the LM with the ∞-gram estimate over the
+// index's documents, or the LM with retrieved passages in its context
+// (In-Context RALM).
+enum class Mode { kLm, kKnnLm, kRetro, kInfgram, kRalm };
+inline constexpr int kNumModes = 5;
+inline constexpr Mode kAllModes[kNumModes] = {Mode::kLm, Mode::kKnnLm, Mode::kRetro, Mode::kInfgram, Mode::kRalm};
+// The mode's name in requests and responses: "lm", "knnlm", "retro",
+// "infgram", "ralm".
 const char* ModeName(Mode mode);
 // The mode a request's name gives ("" is lm); nullopt for an unknown name.
 // The one place names become modes: the server (ParseMode) and the command
 // line (its own output) both go through it.
 std::optional<Mode> ModeFromName(const std::string& name);
-// Every mode's name, as a list for messages: "lm, knnlm, retro or infgram".
+// Every mode's name, as a list for messages: "lm, knnlm, retro, infgram or ralm".
 std::string ModeNames();
 
 // Where a RETRO request's neighbours come from (RetroOptions.retrieval).
@@ -74,6 +76,7 @@ struct ParseContext {
   bool has_counts = false;       // ... held here, with its documents' suffix array (infgram)
   int64_t retro_chunk_size = 0;  // the RETRO model's m; 0: no RETRO model
   int64_t vocab_size = 0;        // the tokenizer's
+  int64_t context = 0;           // the LM's context in tokens (ralm's layout)
 };
 
 // Validated kNN-LM parameters (KnnOptions, defaults filled in).
@@ -97,6 +100,22 @@ struct InfgramParams {
   std::string exclude_doc_id;  // "" excludes nothing
 };
 
+// In-Context RALM's defaults when a request leaves them 0: the paper's
+// retrieval stride s and query length q (Ram et al. 2023, section 3), and
+// BM25, its best retriever.
+inline constexpr int kDefaultRalmStride = 4;
+inline constexpr int kDefaultRalmQueryTokens = 32;
+inline constexpr const char* kDefaultRalmSearchMethod = "bm25";
+
+// Validated In-Context RALM parameters (RalmOptions, defaults filled in).
+struct RalmParams {
+  int stride = kDefaultRalmStride;
+  int query_tokens = kDefaultRalmQueryTokens;
+  int passage_tokens = 0;  // filled in: half the context unless given
+  std::string search_method = kDefaultRalmSearchMethod;
+  std::string exclude_doc_id;  // "" excludes nothing
+};
+
 // Validated RETRO parameters (RetroOptions, defaults filled in).
 struct RetroParams {
   Retrieval retrieval = Retrieval::kOn;
@@ -111,10 +130,11 @@ struct ScoreParams {
   bool per_token = false;
   int stride = 0;           // tokens; 0 = half the context
   bool components = false;  // knnlm: per-token log p_lm and log p_knn
-  int prompt_bytes = 0;     // retro: the text's prompt, 0 = none
+  int prompt_bytes = 0;     // retro, ralm: the text's prompt, 0 = none
   KnnParams knn;            // when mode is kKnnLm
   RetroParams retro;        // when mode is kRetro
   InfgramParams infgram;    // when mode is kInfgram
+  RalmParams ralm;          // when mode is kRalm
 };
 
 struct NextTokenParams {
@@ -124,6 +144,7 @@ struct NextTokenParams {
   KnnParams knn;
   RetroParams retro;
   InfgramParams infgram;
+  RalmParams ralm;
 };
 
 struct GenerateParams {
@@ -134,6 +155,7 @@ struct GenerateParams {
   KnnParams knn;
   RetroParams retro;
   InfgramParams infgram;
+  RalmParams ralm;
 };
 
 struct SearchParams {
@@ -147,7 +169,7 @@ absl::Status OverLimit(const std::string& what, int64_t value, int64_t limit, co
 // `text` non-empty (unless allow_empty) and within limits.max_text_bytes.
 absl::Status CheckText(const std::string& text, const std::string& field, bool allow_empty, const EngineLimits& limits);
 
-// "" or "lm", "knnlm", "retro", "infgram", when the server can run it.
+// "" or "lm", "knnlm", "retro", "infgram", "ralm", when the server can run it.
 absl::StatusOr<Mode> ParseMode(const std::string& mode, const ParseContext& ctx);
 
 absl::StatusOr<ScoreParams> ParseScoreRequest(const v1::ScoreRequest& request, const ParseContext& ctx);

@@ -109,15 +109,7 @@ absl::StatusOr<std::vector<float>> RetroMode::Score(const ScoreParams& p, const 
                                                     v1::ScoreResponse* response) const {
   const auto& tok = served_.model->tokenizer();
   const int64_t m = served_.retro->config().chunk_size;
-  // The prompt's tokens: those the text shares with the prompt alone (a
-  // token that merges across the boundary belongs to what follows).
-  int64_t prompt = 0;
-  if (p.prompt_bytes > 0) {
-    const auto alone = tok.Encode(p.text.substr(0, static_cast<size_t>(p.prompt_bytes)));
-    while (prompt < static_cast<int64_t>(std::min(alone.size(), ids.size())) && alone[prompt] == ids[prompt]) {
-      ++prompt;
-    }
-  }
+  const int64_t prompt = PromptTokens(tok, p.text, p.prompt_bytes, ids);
   int64_t padding = 0;
   const std::vector<lm::TokenId> laid_out = PromptEndingAChunk(ids, prompt, m, tok.eot_id(), &padding);
   std::vector<lm::NeighbourSet> sets;

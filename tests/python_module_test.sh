@@ -27,6 +27,6 @@ step "import rag from $MODULE_DIR; its answers vs the CLI's"
 step "examples/python/inprocess.py runs"
 PYTHONPATH="$MODULE_DIR" "$PY" "$SRC/examples/python/inprocess.py" --model "$TMP/model" --index "$TMP/index" \
   >"$TMP/example.out" 2>&1 || { cat "$TMP/example.out" >&2; fail "the example failed"; }
-for expect in "modes: \['lm', 'knnlm', 'infgram'\]" "knnlm perplexity" "refused: INVALID_ARGUMENT"; do
+for expect in "modes: \['lm', 'knnlm', 'infgram', 'ralm'\]" "knnlm perplexity" "refused: INVALID_ARGUMENT"; do
   grep -q "$expect" "$TMP/example.out" || { cat "$TMP/example.out" >&2; fail "the example printed no '$expect'"; }
 done

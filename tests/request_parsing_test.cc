@@ -18,6 +18,7 @@ ParseContext Everything() {
   ctx.has_counts = true;
   ctx.retro_chunk_size = 4;
   ctx.vocab_size = 100;
+  ctx.context = 64;
   return ctx;
 }
 
@@ -38,6 +39,7 @@ TEST(RequestParsingTest, ModesRoundTripAndUnservedModesAreRefused) {
   ExpectError(ParseMode("knnlm", bare).status(), absl::StatusCode::kFailedPrecondition, "datastore");
   ExpectError(ParseMode("retro", bare).status(), absl::StatusCode::kFailedPrecondition, "--arch retro");
   ExpectError(ParseMode("infgram", bare).status(), absl::StatusCode::kFailedPrecondition, "held by this server");
+  ExpectError(ParseMode("ralm", bare).status(), absl::StatusCode::kFailedPrecondition, "from an index");
 }
 
 TEST(RequestParsingTest, ModeNamesAreReadInOnePlace) {
@@ -76,6 +78,52 @@ TEST(RequestParsingTest, InfgramDefaultsRangesAndExclusion) {
   ASSERT_TRUE(gp.ok()) << gp.status();
   EXPECT_EQ(gp->infgram.exclude_doc_id, "d9");
   EXPECT_NEAR(gp->infgram.lambda, 0.4, 1e-7);
+}
+
+TEST(RequestParsingTest, RalmDefaultsRangesAndPrompt) {
+  v1::ScoreRequest r;
+  r.set_text("the cat sat");
+  r.set_mode("ralm");
+  r.set_exclude_doc_id("d3");
+  auto p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ralm.stride, kDefaultRalmStride);
+  EXPECT_EQ(p->ralm.query_tokens, kDefaultRalmQueryTokens);
+  EXPECT_EQ(p->ralm.passage_tokens, 32);  // half the context
+  EXPECT_EQ(p->ralm.search_method, "bm25");
+  EXPECT_EQ(p->ralm.exclude_doc_id, "d3");
+  r.mutable_ralm()->set_stride(32);  // half the context: the most
+  r.mutable_ralm()->set_passage_tokens(32);
+  r.mutable_ralm()->set_search_method("dense");
+  p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ralm.stride, 32);
+  EXPECT_EQ(p->ralm.search_method, "dense");
+  r.mutable_ralm()->set_stride(33);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "ralm.stride must be in [0, 32]");
+  r.mutable_ralm()->set_stride(4);
+  r.mutable_ralm()->set_passage_tokens(61);  // with the block, over the context
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "ralm.passage_tokens must be in [0, 60]");
+  r.mutable_ralm()->set_passage_tokens(0);
+  r.mutable_ralm()->set_query_tokens(-1);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "ralm.query_tokens");
+  r.mutable_ralm()->set_query_tokens(0);
+  r.mutable_ralm()->set_search_method("tfidf");
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "ralm.search_method must be bm25 or dense");
+  r.mutable_ralm()->set_search_method("");
+  r.set_prompt_bytes(12);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "prompt_bytes");
+  v1::GenerateRequest g;
+  g.set_mode("ralm");
+  g.set_exclude_doc_id("d9");
+  g.mutable_ralm()->set_query_tokens(8);
+  auto gp = ParseGenerateRequest(g, Everything());
+  ASSERT_TRUE(gp.ok()) << gp.status();
+  EXPECT_EQ(gp->ralm.exclude_doc_id, "d9");
+  EXPECT_EQ(gp->ralm.query_tokens, 8);
 }
 
 TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {

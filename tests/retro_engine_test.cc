@@ -127,7 +127,7 @@ TEST_F(RetroEngineTest, RetrievalOnOffRandomAreDistinctAndOffIsTheModelWithoutNe
   auto info = engine->Info();
   RAG_ASSERT_OK(info.status());
   EXPECT_EQ(std::vector<std::string>(info->modes().begin(), info->modes().end()),
-            (std::vector<std::string>{"lm", "retro", "infgram"}));
+            (std::vector<std::string>{"lm", "retro", "infgram", "ralm"}));
 }
 
 TEST_F(RetroEngineTest, LeakageFilterDropsTheCopyOfTheScoredDocument) {

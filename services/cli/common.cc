@@ -143,8 +143,27 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
                                "many nats, p_lm alone elsewhere; 0 = everywhere (default ",
                                lm::kDefaultKnnMinEntropy, ")"));
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
-  cmd->add_option("--search-method", k->search_method, "retro: how neighbours are found, dense or bm25 (default dense)")
+  cmd->add_option("--search-method", k->search_method,
+                  absl::StrCat("retro, ralm: how neighbours are found, dense or bm25 (default dense for retro, ",
+                               services::kDefaultRalmSearchMethod, " for ralm)"))
       ->check(CLI::IsMember({"dense", "bm25"}));
+  cmd->add_option("--ralm-stride", k->ralm_stride,
+                  absl::StrCat("ralm: tokens between retrievals, s (default ", services::kDefaultRalmStride, ")"));
+  cmd->add_option("--ralm-query-tokens", k->ralm_query_tokens,
+                  absl::StrCat("ralm: tokens before a block that retrieve its passage, q (default ",
+                               services::kDefaultRalmQueryTokens, ")"));
+  cmd->add_option("--ralm-passage-tokens", k->ralm_passage_tokens,
+                  "ralm: tokens of the retrieved chunk and its continuation put in front (default half the context)");
+}
+
+nlohmann::json RalmJson(const KnnArgs& k, const rag::v1::ModelIdentity& model) {
+  const int stride = k.ralm_stride > 0 ? k.ralm_stride : services::kDefaultRalmStride;
+  const int64_t passage = k.ralm_passage_tokens > 0 ? k.ralm_passage_tokens
+                                                    : std::min<int64_t>(model.context() / 2, model.context() - stride);
+  return {{"stride", stride},
+          {"query_tokens", k.ralm_query_tokens > 0 ? k.ralm_query_tokens : services::kDefaultRalmQueryTokens},
+          {"passage_tokens", passage},
+          {"search_method", k.search_method.empty() ? services::kDefaultRalmSearchMethod : k.search_method}};
 }
 
 void AddLeakageOption(CLI::App* cmd, KnnArgs* k) {

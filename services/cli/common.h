@@ -107,11 +107,15 @@ struct KnnArgs {
   // server's default, 32; 0 = off).
   std::string retrieval;
   int leakage_filter = -1;
-  std::string search_method;  // retro: dense or bm25 ("" = dense)
+  std::string search_method;  // retro, ralm: dense or bm25 ("" = dense for retro, bm25 for ralm)
+  // ralm: retrieval stride, query and passage lengths in tokens (0 = the
+  // server's defaults).
+  int ralm_stride = 0, ralm_query_tokens = 0, ralm_passage_tokens = 0;
 };
 
 // --lambda, --lambda-sparse, `temperature_flag`, --k, --nprobe,
-// --exact-distances, --min-lm-entropy, --retrieval, --search-method.
+// --exact-distances, --min-lm-entropy, --retrieval, --search-method,
+// --ralm-stride, --ralm-query-tokens, --ralm-passage-tokens.
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag);
 // --leakage-filter.
 void AddLeakageOption(CLI::App* cmd, KnnArgs* k);
@@ -133,7 +137,16 @@ void SetKnn(const KnnArgs& k, Request* req) {
     if (k.leakage_filter >= 0) req->mutable_retro()->set_leakage_filter(k.leakage_filter);
     req->mutable_retro()->set_search_method(k.search_method);
   }
+  rag::v1::RalmOptions* ralm = req->mutable_ralm();
+  ralm->set_stride(k.ralm_stride);
+  ralm->set_query_tokens(k.ralm_query_tokens);
+  ralm->set_passage_tokens(k.ralm_passage_tokens);
+  ralm->set_search_method(k.search_method);
 }
+
+// The In-Context RALM settings a request with these knobs runs with (the
+// server's defaults filled in), for evaluation JSON.
+nlohmann::json RalmJson(const KnnArgs& k, const rag::v1::ModelIdentity& model);
 
 // What every evaluation starts from: the target, what it serves, and its
 // tokenizer (evaluations tokenize as the served model does).

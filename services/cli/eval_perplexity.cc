@@ -138,6 +138,7 @@ int RunEvalPerplexity(const EvalPplArgs& a) {
     j["lambda"] = std::isnan(a.knn.lambda) ? services::kDefaultInfgramLambda : a.knn.lambda;
     j["lambda_sparse"] = std::isnan(a.knn.lambda_sparse) ? services::kDefaultInfgramLambdaSparse : a.knn.lambda_sparse;
   }
+  if (IsMode(a.mode, services::Mode::kRalm)) j["ralm"] = RalmJson(a.knn, info->model());
   if (IsMode(a.mode, services::Mode::kRetro)) {
     j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
     j["leakage_filter"] = a.knn.leakage_filter >= 0 ? a.knn.leakage_filter : 32;

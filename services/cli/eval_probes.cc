@@ -65,8 +65,9 @@ int RunEvalProbes(const EvalProbesArgs& a) {
     if (a.exclude_evidence) req.set_exclude_doc_id(probe.evidence_doc_id);
     req.set_per_token(true);
     SetKnn(a.knn, &req);
-    // RETRO retrieves for the object with the sentence's left context.
-    if (IsMode(a.mode, services::Mode::kRetro)) {
+    // RETRO and In-Context RALM retrieve for the object with the sentence's
+    // left context.
+    if (IsMode(a.mode, services::Mode::kRetro) || IsMode(a.mode, services::Mode::kRalm)) {
       for (const std::string& s : probe.sentences) {
         const std::string left = s.substr(0, s.find(rag::eval::kMask));
         if (text.compare(0, left.size(), left) == 0) {
@@ -97,6 +98,7 @@ int RunEvalProbes(const EvalProbesArgs& a) {
   j["exclude_evidence"] = a.exclude_evidence;
   j["probe_half"] = a.half;
   if (IsMode(a.mode, services::Mode::kRetro)) j["retrieval"] = a.knn.retrieval.empty() ? kRetrievalOn : a.knn.retrieval;
+  if (IsMode(a.mode, services::Mode::kRalm)) j["ralm"] = RalmJson(a.knn, served->info.model());
   json by_relation = json::object();
   for (const auto& [relation, m] : report->by_relation) by_relation[relation] = ProbeMetricsJson(m);
   j["by_relation"] = by_relation;

@@ -56,6 +56,7 @@ int RunScore(const ScoreArgs& a) {
                {"tokens", r->tokens()},
                {"nll", r->nll()},
                {"perplexity", r->perplexity()},
+               {"retrievals", r->retrievals()},
                {"token_logprobs", per_token}});
   } else {
     std::printf("tokens %lld  nll %.4f  perplexity %.2f\n", static_cast<long long>(r->tokens()), r->nll(),
@@ -67,7 +68,7 @@ int RunScore(const ScoreArgs& a) {
 struct GenerateArgs {
   TargetArgs target;
   KnnArgs knn;
-  std::string prompt, prompt_file, mode = kLmMode;
+  std::string prompt, prompt_file, mode = kLmMode, exclude_doc_id;
   rag::lm::SamplingOptions sampling;
   bool json_out = false, show_neighbours = false;
 };
@@ -80,6 +81,7 @@ int RunGenerate(GenerateArgs a) {
   rag::v1::GenerateRequest req;
   req.set_prompt(*prompt);
   req.set_mode(a.mode);
+  req.set_exclude_doc_id(a.exclude_doc_id);
   if (a.sampling.max_tokens < 1 || a.sampling.max_tokens > (1 << 30)) {
     return Fail(absl::InvalidArgumentError("--max-tokens must be >= 1"));
   }
@@ -91,26 +93,42 @@ int RunGenerate(GenerateArgs a) {
   req.mutable_sampling()->set_repetition_penalty(static_cast<float>(a.sampling.repetition_penalty));
   req.mutable_sampling()->set_no_repeat_ngram_size(static_cast<int32_t>(a.sampling.no_repeat_ngram_size));
   SetKnn(a.knn, &req);
+  json token_ids = json::array();
   auto done = (*backend)->Generate(req, [&](const rag::v1::GenerateResponse& token) {
+    token_ids.push_back(token.token_id());
     if (!a.json_out && !token.end_of_text()) std::cout << token.piece() << std::flush;
     return g_stop.load() == false;
   });
   if (!done.ok()) return Fail(done.status());
   json retrievals = json::array();
   for (const auto& rv : done->retrievals()) {
-    json nbs = json::array();
-    for (const auto& nb : rv.neighbours()) nbs.push_back(nb.text());
-    retrievals.push_back({{"chunk", rv.chunk()}, {"neighbours", nbs}});
+    json nbs = json::array(), doc_ids = json::array();
+    for (const auto& nb : rv.neighbours()) {
+      // ralm puts the chunk and its continuation in front.
+      nbs.push_back(IsMode(a.mode, services::Mode::kRalm) ? nb.text() + nb.continuation() : nb.text());
+      doc_ids.push_back(nb.doc_id());
+    }
+    json r = {{"chunk", rv.chunk()}, {"neighbours", nbs}};
+    if (IsMode(a.mode, services::Mode::kRalm)) {  // RETRO's sets carry neither
+      r["query"] = rv.query();
+      r["doc_ids"] = doc_ids;
+    }
+    retrievals.push_back(r);
   }
   if (a.json_out) {
-    json j = {{"mode", a.mode}, {"prompt", *prompt}, {"text", done->text()}, {"tokens", done->tokens()}};
-    if (IsMode(a.mode, services::Mode::kRetro)) j["retrievals"] = retrievals;
+    json j = {{"mode", a.mode},
+              {"prompt", *prompt},
+              {"text", done->text()},
+              {"tokens", done->tokens()},
+              {"token_ids", token_ids}};
+    if (IsMode(a.mode, services::Mode::kRetro) || IsMode(a.mode, services::Mode::kRalm)) j["retrievals"] = retrievals;
     PrintJson(j);
   } else {
     std::cout << std::endl;
     if (a.show_neighbours) {
       for (const auto& rv : retrievals) {
-        std::printf("  [retrieved with chunk %lld]\n", static_cast<long long>(rv["chunk"].get<int64_t>()));
+        std::printf(IsMode(a.mode, services::Mode::kRalm) ? "  [in front of block %lld]\n" : "  [retrieved with chunk %lld]\n",
+                    static_cast<long long>(rv["chunk"].get<int64_t>()));
         for (const auto& nb : rv["neighbours"]) {
           std::string t = nb.get<std::string>();
           for (char& ch : t)
@@ -208,7 +226,10 @@ Command AddGenerateCommand(CLI::App* app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--json", a->json_out, "print JSON");
-  cmd->add_flag("--show-neighbours", a->show_neighbours, "retro: print the neighbours retrieved at each chunk");
+  cmd->add_flag("--show-neighbours", a->show_neighbours,
+                "retro: print the neighbours retrieved at each chunk; ralm: the passages put in front");
+  cmd->add_option("--exclude-doc-id", a->exclude_doc_id,
+                  "knnlm, retro, ralm: retrieve nothing from (infgram: count nothing in) this document of the index");
   AddKnnOptions(cmd, &a->knn, "--knn-temperature");
   return {cmd, [a] { return RunGenerate(*a); }};
 }

@@ -61,7 +61,7 @@ def raises(fn, exc_type):
 check(os.path.dirname(os.path.abspath(rag.__file__)) == os.path.abspath(module_dir),
       "imported %s, not the module under %s" % (rag.__file__, module_dir))
 e = rag.Engine(model, index=index)
-check(e.has_index and e.modes == ["lm", "knnlm", "infgram"], "modes %r" % (e.modes,))
+check(e.has_index and e.modes == ["lm", "knnlm", "infgram", "ralm"], "modes %r" % (e.modes,))
 target = ("--model", model, "--index", index)
 
 # --- search ---------------------------------------------------------------
@@ -105,7 +105,7 @@ raises(lambda: e.search_vectors(vectors[:, :-1], k=5), ValueError)
 
 # --- score ----------------------------------------------------------------
 TEXT = "The ember finds the quartz near the tide. The river crosses the bridge."
-for mode in ("lm", "knnlm", "infgram"):
+for mode in ("lm", "knnlm", "infgram", "ralm"):
     py, ref = e.score(TEXT, mode=mode), cli_json("score", *target, "--text", TEXT, "--mode", mode)
     check(py["mode"] == mode and py["tokens"] == ref["tokens"], "%s score: tokens %r vs %r" % (mode, py["tokens"], ref["tokens"]))
     for key in ("nll", "perplexity"):
@@ -130,6 +130,12 @@ check(list(inf["infgram_suffix_tokens"]) == [t["infgram_suffix_tokens"] for t in
       [bool(x) for x in inf["infgram_sparse"]] == [t["infgram_sparse"] for t in ref["token_logprobs"]],
       "infgram components differ from the CLI's")
 raises(lambda: e.score(TEXT, mode="infgram", infgram={"lamda": 0.3}), ValueError)
+ralm = e.score(TEXT, mode="ralm", exclude_doc_id="doc-03", ralm={"stride": 8, "query_tokens": 6, "search_method": "dense"})
+ref = cli_json("score", *target, "--text", TEXT, "--mode", "ralm", "--ralm-stride", "8", "--ralm-query-tokens", "6",
+               "--search-method", "dense", "--exclude-doc-id", "doc-03")
+check(np.allclose(ralm["logprobs"], [t["logprob"] for t in ref["token_logprobs"]], rtol=0, atol=1e-6) and
+      ralm["retrievals"] == ref["retrievals"] > 0, "ralm options: per-token log-probs or retrievals differ")
+raises(lambda: e.score(TEXT, mode="ralm", ralm={"strides": 8}), ValueError)
 
 # --- next_token -----------------------------------------------------------
 py, ref = e.next_token("The river", top_n=5), cli_json("next-token", *target, "--text", "The river", "--top-n", "5")
