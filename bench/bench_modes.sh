@@ -63,6 +63,8 @@ for ((r = 0; r < ROUNDS; r++)); do
     mode="${arm%%:*}" leakage="${arm##*:}"
     excl=()
     [ "$leakage" = off ] && excl=(--exclude-own-doc)
+    # RETRO's leakage filter is on by default: leakage on turns it off too.
+    [ "$leakage" = on ] && [ "$mode" = retro ] && excl=(--leakage-filter 0)
     "$RAG" eval perplexity --server "$ADDR" --corpus "$TMP/test_half.jsonl" --split all --baseline none \
       --mode "$mode" "${excl[@]}" --json --quiet >"$TMP/run.json"
     "$PY" -c 'import json,sys; j=json.load(open(sys.argv[1])); j["round"]=int(sys.argv[2]); j["leakage"]=sys.argv[3]; print(json.dumps(j))' \
@@ -89,7 +91,7 @@ for (mode, leakage), rs in arms.items():
     row = {"mode": mode, "leakage": leakage, "perplexity": rs[0]["perplexity"], "tokens": rs[0]["tokens"],
            "documents": rs[0]["documents"], "tokens_per_second": {"median": statistics.median(tps), "min": min(tps),
            "max": max(tps)}}
-    for k in ("lambda", "lambda_sparse"):
+    for k in ("lambda", "lambda_sparse", "ralm", "leakage_filter"):
         if k in rs[0]:
             row[k] = rs[0][k]
     rows.append(row)

@@ -298,6 +298,9 @@ def mode_comparison(j):
     for r in sorted(j["rows"], key=lambda r: (order.get(r["mode"], 9), r["leakage"] != "on")):
         t = r["tokens_per_second"]
         name = r["mode"] + (f" (λ {r['lambda']:g}, λ_sparse {r['lambda_sparse']:g})" if "lambda" in r else "")
+        if "ralm" in r:
+            g = r["ralm"]
+            name += f" ({g['search_method']}, s {g['stride']}, q {g['query_tokens']}, passage {g['passage_tokens']})"
         leak = "-" if r["mode"] == "lm" else ("on (own document counted)" if r["leakage"] == "on"
                                              else "off (own document excluded)")
         lines.append(f"| {name} | {leak} | {r['perplexity']:.2f} | {pct(r['perplexity'] / lm['perplexity'] - 1)} | "
@@ -322,6 +325,62 @@ def infgram_lambdas(j):
         f"is {j['mean_suffix_tokens_test']:.2f} tokens on average."]) + "\n"
 
 
+def ralm_dev(j):
+    """scripts/tune_ralm.py: retriever and passage length, dev half only, own document excluded."""
+    lines = [f"Dev half ({len(j['dev_documents'])} documents, {j['dev_tokens']:,} tokens), own document excluded, "
+             f"s {j['stride']}, q {j['query_tokens']}; the LM alone: {j['dev_lm_perplexity']:.2f}.", "",
+             "| retriever | passage tokens | dev perplexity | vs LM | seconds |",
+             "|---|---|---|---|---|"]
+    c = j["chosen"]
+    for g in j["grid"]:
+        chosen = g["search_method"] == c["search_method"] and g["passage_tokens"] == c["passage_tokens"]
+        ppl = f"**{g['dev_perplexity']:.2f}** (chosen)" if chosen else f"{g['dev_perplexity']:.2f}"
+        lines.append(f"| {g['search_method']} | {g['passage_tokens']} | {ppl} | "
+                     f"{pct(g['dev_perplexity'] / j['dev_lm_perplexity'] - 1)} | {g['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def memorization_modes(j):
+    """bench_memorization_modes.sh: exact greedy suffixes (and per-token match) by mode and by where the
+    suffix can come from."""
+    conds = [("train", "counted", "weights + index"), ("train", "excluded", "weights only"),
+             ("validation", "counted", "index only"), ("validation", "excluded", "neither")]
+    cell = {(r["mode"], r["split"], r["own_document"]): next(iter(r["by_prefix"].values())) for r in j["runs"]}
+    order = {"lm": 0, "knnlm": 1, "retro": 2, "ralm": 3, "infgram": 4}
+    modes = sorted({r["mode"] for r in j["runs"]}, key=lambda m: order.get(m, 9))
+    lines = [f"{j['samples']} draws per condition (the same draws for every mode), {j['prefix_tokens']}-token prefix, "
+             f"greedy {j['suffix_tokens']}-token suffix; commit `{commit(j)}`. Each cell: exact-match rate of the "
+             "whole suffix (per-token match).", "",
+             "| mode | " + " | ".join(f"{c[2]} ({c[0]}, own document {c[1]})" for c in conds) + " |",
+             "|---|" + "---|" * len(conds)]
+    for m in modes:
+        row = []
+        for split, own, _ in conds:
+            t = cell.get((m, split, own))
+            row.append("-" if t is None else f"{t['exact']:.2f} ({t['token_match']:.2f})")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def canaries(j):
+    """scripts/study_canaries.py: each mode's mean exposure and extractions of canaries by copies."""
+    order = {"lm": 0, "knnlm": 1, "retro": 2, "ralm": 3, "infgram": 4}
+    copies = sorted({s["copies"] for s in j["summary"]})
+    trained = {c: sorted(k["trained_copies"] for k in j["canaries"] if k["copies"] == c) for c in copies}
+    lines = [f"{len(j['canaries'])} canaries of {j['secret_space_bits']:.1f} bits each, {j['candidates']} random "
+             f"candidates per canary (exposure measured up to {j['exposure_cap_bits']:.2f} bits), `{j['preset']}` "
+             f"model trained on the corpus with them; commit `{commit(j)}`. Copies trained on (the rest fell in the validation split): "
+             + "; ".join(f"{c} copies: {', '.join(map(str, trained[c]))}" for c in copies) + ".", "",
+             "| mode | " + " | ".join(f"{c} copies: exposure (bits), extracted" for c in copies) + " |",
+             "|---|" + "---|" * len(copies)]
+    cell = {(s["mode"], s["copies"]): s for s in j["summary"]}
+    for m in sorted(j["modes"], key=lambda m: order.get(m, 9)):
+        lines.append(f"| {m} | " + " | ".join(
+            f"{cell[(m, c)]['mean_exposure']:.2f}, {cell[(m, c)]['extracted']}/{cell[(m, c)]['canaries']}"
+            for c in copies) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def probe_popularity(j):
     """rag eval probes --popularity runs: P@1 (probes) by subject popularity bucket, one row per run."""
     order = ["0", "1-9", "10-99", "100-999", "1000+"]
@@ -342,7 +401,7 @@ def probe_popularity(j):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 
