@@ -246,11 +246,57 @@ absl::Status PerplexityPlots(const fs::path& dir, const std::vector<Run>& runs, 
   return absl::OkStatus();
 }
 
+// RETRO by overlap: perplexity per overlap bucket, a line per run and arm.
+absl::Status OverlapPlots(const fs::path& dir, const std::vector<Run>& runs, std::string* md) {
+  static const char* kArms[] = {"on", "off", "random"};
+  std::string data = "overlap";
+  for (const auto& r : runs) {
+    for (const char* arm : kArms) data += " " + Safe(r.name) + "_" + arm;
+  }
+  data += "\n";
+  const size_t buckets = runs[0].result.value("buckets", json::array()).size();
+  for (size_t b = 0; b < buckets; ++b) {
+    const json lo_hi = runs[0].result["buckets"][b].value("overlap", json::array({0.0, 0.0}));
+    data += Cell(100 * (lo_hi[0].get<double>() + lo_hi[1].get<double>()) / 2);
+    for (const auto& r : runs) {
+      const json row = r.result.value("buckets", json::array()).size() > b ? r.result["buckets"][b] : json::object();
+      for (const char* arm : kArms) {
+        const bool empty = row.value("tokens", 0) == 0;
+        data += " " + (empty ? std::string("?") : Cell(row.value("perplexity", json::object()).value(arm, json())));
+      }
+    }
+    data += "\n";
+  }
+  const std::string script =
+      "set title 'RETRO: perplexity by how much of a chunk its neighbours hold (Borgeaud et al. 2022, fig. 6)'\n"
+      "set xlabel 'overlap of the chunk with its neighbours (%, bucket middle)'\nset ylabel 'perplexity'\n"
+      "set logscale y\nset xrange [0:100]\nplot for [i=2:" + std::to_string(3 * runs.size() + 1) +
+      "] 'overlap.dat' using 1:i with linespoints lw 2 pt 7 title columnheader(i)\n";
+  RAG_RETURN_IF_ERROR(Plot(dir, "overlap", data, script));
+  *md += "## RETRO by overlap\n\n| run | overlap | chunks | tokens | on | off | random |\n|---|---|---|---|---|---|---|\n";
+  for (const auto& r : runs) {
+    for (const auto& row : r.result.value("buckets", json::array())) {
+      if (row.value("tokens", 0) == 0) continue;
+      const json ppl = row.value("perplexity", json::object());
+      char line[512];
+      std::snprintf(line, sizeof(line), "| %s | %.1f-%.1f%% | %lld | %lld | %.2f | %.2f | %.2f |\n", r.name.c_str(),
+                    100 * row["overlap"][0].get<double>(), 100 * row["overlap"][1].get<double>(),
+                    static_cast<long long>(row.value("chunks", 0)), static_cast<long long>(row.value("tokens", 0)),
+                    ppl.value("on", 0.0), ppl.value("off", 0.0), ppl.value("random", 0.0));
+      *md += line;
+    }
+  }
+  *md += "\n![RETRO perplexity by overlap](overlap.png)\n\n";
+  return absl::OkStatus();
+}
+
+constexpr const char* kKinds[] = {"probes", "memorization", "perplexity", "overlap"};
+
 }  // namespace
 
 absl::Status WriteReport(const std::string& dir_name, const std::string& kind, const std::string& run,
                          const std::string& result_json) {
-  if (kind != "probes" && kind != "memorization" && kind != "perplexity") {
+  if (std::find(std::begin(kKinds), std::end(kKinds), kind) == std::end(kKinds)) {
     return absl::InvalidArgumentError("unknown report kind '" + kind + "'");
   }
   if (run.empty() || run.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
@@ -263,7 +309,7 @@ absl::Status WriteReport(const std::string& dir_name, const std::string& kind, c
   if (ec) return absl::InternalError("creating '" + (dir / kind).string() + "': " + ec.message());
   RAG_RETURN_IF_ERROR(WriteFileAtomic((dir / kind / (run + ".json")).string(), result_json));
   std::string md = "# Evaluation report\n\nRedrawn from the runs in this directory by `rag eval ... --report`.\n\n";
-  for (const char* k : {"probes", "memorization", "perplexity"}) {
+  for (const char* k : kKinds) {
     RAG_ASSIGN_OR_RETURN(std::vector<Run> runs, LoadRuns(dir, k));
     if (runs.empty()) continue;
     const std::string name(k);
@@ -271,8 +317,10 @@ absl::Status WriteReport(const std::string& dir_name, const std::string& kind, c
       RAG_RETURN_IF_ERROR(ProbePlots(dir, runs, &md));
     } else if (name == "memorization") {
       RAG_RETURN_IF_ERROR(MemorizationPlots(dir, runs, &md));
-    } else {
+    } else if (name == "perplexity") {
       RAG_RETURN_IF_ERROR(PerplexityPlots(dir, runs, &md));
+    } else {
+      RAG_RETURN_IF_ERROR(OverlapPlots(dir, runs, &md));
     }
   }
   return WriteFileAtomic((dir / "summary.md").string(), md);

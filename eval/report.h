@@ -6,6 +6,7 @@
 //   memorization_match.png     token match against prefix length, one line per run
 //   memorization_exact.png     exact-match rate against prefix length
 //   perplexity_lambda.png      perplexity against lambda, one line per run and temperature
+//   overlap.png                RETRO's perplexity by chunk overlap (rag eval retro-overlap)
 //   summary.md                 every run's headline numbers, and the figures
 // Plots are drawn by gnuplot (Debian's gnuplot-nox); the .dat and .gp files
 // stay next to the PNGs for redrawing.
@@ -17,7 +18,7 @@
 
 namespace rag::eval {
 
-// `kind` is "probes", "memorization" or "perplexity"; `run` names the run
+// `kind` is "probes", "memorization", "perplexity" or "overlap"; `run` names the run
 // in legends and file names (letters, digits, '-', '_', '.').
 absl::Status WriteReport(const std::string& dir, const std::string& kind, const std::string& run,
                          const std::string& result_json);

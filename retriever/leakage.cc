@@ -35,6 +35,19 @@ bool SharesTokenRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int6
   return false;
 }
 
+int64_t LongestCommonRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int64_t nb) {
+  // ending[j]: the run shared by a[..i] and b[..j] that ends at both.
+  std::vector<int64_t> ending(static_cast<size_t>(nb) + 1, 0);
+  int64_t best = 0;
+  for (int64_t i = 0; i < na; ++i) {
+    for (int64_t j = nb; j >= 1; --j) {
+      ending[j] = a[i] == b[j - 1] ? ending[j - 1] + 1 : 0;
+      best = std::max(best, ending[j]);
+    }
+  }
+  return best;
+}
+
 bool SharesTokenRun(const std::vector<lm::TokenId>& a, const std::vector<lm::TokenId>& b, int64_t run) {
   return SharesTokenRun(a.data(), static_cast<int64_t>(a.size()), b.data(), static_cast<int64_t>(b.size()), run);
 }

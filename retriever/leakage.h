@@ -22,4 +22,10 @@ inline constexpr int kDefaultLeakageRun = 32;
 bool SharesTokenRun(const std::vector<lm::TokenId>& a, const std::vector<lm::TokenId>& b, int64_t run);
 bool SharesTokenRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int64_t nb, int64_t run);
 
+// The length of the longest run of consecutive tokens that `a` and `b` share
+// (0 when they share no token): RETRO's overlap of a chunk with a neighbour
+// (Borgeaud et al. 2022, section 4.4) is this over the chunk's length.
+// O(|a| |b|) time, O(|b|) memory: for a chunk and its neighbours.
+int64_t LongestCommonRun(const lm::TokenId* a, int64_t na, const lm::TokenId* b, int64_t nb);
+
 }  // namespace rag::retriever

@@ -331,6 +331,7 @@ absl::StatusOr<v1::InfoResponse> Engine::Info() {
   r.set_config_json(model_->config().ToJson());
   r.set_tokenizer_json(model_->tokenizer().ToJson());
   r.set_split_json(split_json_);
+  if (retro_ != nullptr) r.set_retro_chunk_tokens(retro_->config().chunk_size);
   const lm::ModelIdentity& id = model_->identity();
   v1::ModelIdentity* m = r.mutable_model();
   m->set_format(id.format);

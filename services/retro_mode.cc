@@ -9,6 +9,7 @@
 #include "common/cancellation.h"
 #include "common/stage_timer.h"
 #include "common/status.h"
+#include "retriever/leakage.h"
 #include "retriever/neighbour_set.h"
 
 namespace rag::services {
@@ -105,6 +106,32 @@ absl::StatusOr<std::vector<lm::NeighbourSet>> RetroMode::RetroSets(const std::ve
   return sets;
 }
 
+std::vector<float> RetroMode::ChunkOverlaps(const std::vector<lm::TokenId>& ids,
+                                            const std::vector<lm::NeighbourSet>& sets) const {
+  const auto& c = served_.retro->config();
+  const int64_t m = c.chunk_size, r = c.neighbour_tokens;
+  const lm::TokenId eot = served_.model->tokenizer().eot_id();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  std::vector<float> overlaps = {-1.0f};  // the first chunk attends to no neighbour
+  for (int64_t j = 1; j * m < n && j <= static_cast<int64_t>(sets.size()); ++j) {
+    const lm::TokenId* chunk = ids.data() + j * m;
+    const int64_t len = std::min(m, n - j * m);
+    const lm::NeighbourSet& set = sets[static_cast<size_t>(j - 1)];
+    int64_t longest = 0;
+    for (size_t k = 0; k < set.present.size(); ++k) {
+      if (!set.present[k]) continue;
+      // The neighbour's own tokens: its end-of-text padding is no overlap.
+      const lm::TokenId* nb = set.tokens.data() + static_cast<int64_t>(k) * r;
+      int64_t from = 0, to = r;
+      while (from < to && nb[from] == eot) ++from;
+      while (to > from && nb[to - 1] == eot) --to;
+      longest = std::max(longest, retriever::LongestCommonRun(chunk, len, nb + from, to - from));
+    }
+    overlaps.push_back(static_cast<float>(longest) / static_cast<float>(len));
+  }
+  return overlaps;
+}
+
 absl::StatusOr<std::vector<float>> RetroMode::Score(const ScoreParams& p, const std::vector<lm::TokenId>& ids,
                                                     v1::ScoreResponse* response) const {
   const auto& tok = served_.model->tokenizer();
@@ -127,6 +154,9 @@ absl::StatusOr<std::vector<float>> RetroMode::Score(const ScoreParams& p, const 
   }
   RAG_ASSIGN_OR_RETURN(std::vector<float> logprobs, std::move(scored));
   logprobs.erase(logprobs.begin(), logprobs.begin() + padding);
+  if (!sets.empty() && padding == 0) {
+    for (float overlap : ChunkOverlaps(laid_out, sets)) response->add_chunk_overlaps(overlap);
+  }
   response->set_retrievals(sets.empty() ? 0 : static_cast<int64_t>(sets.size()) - 1);
   response->set_neighbours_filtered(filtered);
   return logprobs;

@@ -35,6 +35,9 @@ class RetroMode : public ModeStrategy {
   // 0's query.
   absl::StatusOr<std::vector<lm::NeighbourSet>> RetroSets(const std::vector<lm::TokenId>& ids, const RetroParams& p,
                                                           int64_t* filtered, int64_t padding = 0) const;
+  // ScoreResponse.chunk_overlaps of `ids` (laid out from a chunk boundary)
+  // and the sets RetroSets gave it.
+  std::vector<float> ChunkOverlaps(const std::vector<lm::TokenId>& ids, const std::vector<lm::NeighbourSet>& sets) const;
 
   ServedModels served_;
 };

@@ -38,6 +38,28 @@ TEST(LeakageFilterTest, MatchesBruteForce) {
   EXPECT_LT(shared, 350);
 }
 
+TEST(LongestCommonRunTest, MatchesBruteForce) {
+  std::mt19937 rng(5);
+  int64_t longest = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int vocab = 2 + trial % 4;
+    std::vector<TokenId> a(rng() % 30), b(rng() % 30);
+    for (auto& t : a) t = static_cast<TokenId>(rng() % vocab);
+    for (auto& t : b) t = static_cast<TokenId>(rng() % vocab);
+    int64_t want = 0;  // the longest run both hold, by the definition
+    for (int64_t run = 1; run <= static_cast<int64_t>(std::min(a.size(), b.size())); ++run) {
+      if (BruteForceSharesRun(a, b, run)) want = run;
+    }
+    longest = std::max(longest, want);
+    ASSERT_EQ(LongestCommonRun(a.data(), static_cast<int64_t>(a.size()), b.data(), static_cast<int64_t>(b.size())),
+              want)
+        << "trial " << trial;
+  }
+  EXPECT_GT(longest, 8);
+  const std::vector<TokenId> x = {1, 2, 3};
+  EXPECT_EQ(LongestCommonRun(x.data(), 3, nullptr, 0), 0);
+}
+
 TEST(LeakageFilterTest, RunLengthBoundary) {
   std::vector<TokenId> chunk(64), neighbour(128);
   for (int i = 0; i < 64; ++i) chunk[i] = 1000 + i;

@@ -16,6 +16,7 @@
 #include "services/cli/common.h"
 #include "services/cli/count.h"
 #include "services/cli/eval_memorization.h"
+#include "services/cli/eval_overlap.h"
 #include "services/cli/eval_perplexity.h"
 #include "services/cli/eval_probes.h"
 #include "services/cli/info.h"
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
   commands.push_back(cli::AddEvalPerplexityCommand(eval_cmd));
   commands.push_back(cli::AddEvalProbesCommand(eval_cmd));
   commands.push_back(cli::AddEvalMemorizationCommand(eval_cmd));
+  commands.push_back(cli::AddEvalOverlapCommand(eval_cmd));
   commands.push_back(cli::AddEvalExtractionCommand(eval_cmd));
   commands.push_back(cli::AddCountCommand(&app));
   commands.push_back(cli::AddTokenizeCommand(&app));
