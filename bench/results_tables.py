@@ -381,6 +381,27 @@ def canaries(j):
     return "\n".join(lines) + "\n"
 
 
+def retro_overlap(j):
+    """scripts/study_retro_overlap.sh: RETRO's perplexity by chunk overlap, retrieval on/off/random, leakage filter
+    on and off."""
+    first = next(iter(j["runs"].values()))
+    lines = [f"{first['documents']} validation documents, chunks of {first['chunk_tokens']} tokens, "
+             f"{first['search_method']} neighbours, commit `{commit(j)}`. Overlap: the longest run a chunk shares with "
+             "a neighbour it attends to, over its length; a document's first chunk attends to none and is left out.",
+             "", "| leakage filter | overlap | chunks | tokens | on | off | random | on vs off |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in sorted(j["runs"].items(), key=lambda kv: -kv[1]["leakage_filter"]):
+        f = r["leakage_filter"]
+        label = f"{f} tokens ({r['neighbours_filtered']:,} dropped)" if f > 0 else "off"
+        rows = [(f"{100 * b['overlap'][0]:.1f}-{100 * b['overlap'][1]:.1f}%", b) for b in r["buckets"] if b["tokens"]]
+        rows.append(("all", r["all"]))
+        for bucket, b in rows:
+            p = b["perplexity"]
+            lines.append(f"| {label} | {bucket} | {b['chunks']:,} | {b['tokens']:,} | {p['on']:.2f} | {p['off']:.2f} | "
+                         f"{p['random']:.2f} | {pct(p['on'] / p['off'] - 1)} |")
+    return "\n".join(lines) + "\n"
+
+
 def probe_popularity(j):
     """rag eval probes --popularity runs: P@1 (probes) by subject popularity bucket, one row per run."""
     order = ["0", "1-9", "10-99", "100-999", "1000+"]
@@ -401,7 +422,7 @@ def probe_popularity(j):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

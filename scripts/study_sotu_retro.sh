@@ -5,7 +5,9 @@
 # retrofits RETRO twice (dense neighbours; BM25 neighbours) and evaluates
 # validation perplexity with retrieval off, on (leakage-filtered), on with
 # the own document excluded, and with random chunks; bench_retro part (b)
-# says how much of the next chunk the neighbours hold.
+# says how much of the next chunk the neighbours hold; then RETRO by overlap
+# (scripts/study_retro_overlap.sh: OUT_DIR/overlap_dense.json, the table and
+# plot in OUT_DIR/report).
 #
 #   scripts/study_sotu_retro.sh [OUT_DIR]      (default $RAG_DATA_DIR/studies/sotu)
 #
@@ -67,6 +69,12 @@ if [ ! -f "$out/bench_retro_b.txt" ]; then
   mv "$out/bench_retro_b.txt.partial" "$out/bench_retro_b.txt"
 fi
 cat "$out/bench_retro_b.txt"
+
+say "6. RETRO by overlap (dense), leakage filter on and off"
+if [ ! -f "$out/overlap_dense.json" ]; then
+  bash "$here/scripts/study_retro_overlap.sh" "$out/retro_dense" "$idx" "$corpus" "$out/overlap_dense.json" \
+    "$out/report"
+fi
 
 commit="$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)"
 "$PY" - "$out" "$corpus" "$commit" <<'PYEOF'

@@ -68,6 +68,23 @@ PYEOF
 grep -q "## RETRO by overlap" "$TMP/report/summary.md" || fail "the report has no overlap table"
 grep -q "| filter-6 |" "$TMP/report/summary.md" || fail "the report lacks the second run"
 
+step "scripts/study_retro_overlap.sh and its table"
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+run_logged "$TMP/study.log" "study_retro_overlap.sh" \
+  env RAG_BUILD_DIR="$(cd "$(dirname "$RAG")/.." && pwd)" \
+  bash "$SRC/scripts/study_retro_overlap.sh" "$TMP/retro" "$TMP/index" "$TMP/corpus.jsonl" "$TMP/study.json" \
+  "$TMP/study-report"
+"$PY" - "$SRC/bench" "$TMP/study.json" <<'PYEOF' || fail "the study's JSON or table is wrong"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import results_tables as t
+j = json.load(open(sys.argv[2]))
+assert sorted(j["runs"]) == ["filter_0", "filter_32"] and j["runs"]["filter_0"]["leakage_filter"] == 0, j["runs"].keys()
+table = t.retro_overlap(j)
+assert "| off | all |" in table and "| 32 tokens (" in table, table
+print(table, file=sys.stderr)
+PYEOF
+
 step "errors"
 if "$RAG" eval retro-overlap --model "$TMP/model" --index "$TMP/index" --corpus "$TMP/corpus.jsonl" \
   --split all 2>"$TMP/err"; then
