@@ -121,16 +121,22 @@ absl::StatusOr<std::vector<lm::TokenId>> RalmMode::Generate(const GenerateParams
         rv->set_chunk((begin - prompt_tokens) / s);
         const int64_t from = std::max<int64_t>(0, begin - p.ralm.query_tokens);
         rv->set_query(DecodeToValidUtf8(tok, std::vector<int32_t>(text.begin() + from, text.begin() + begin)));
+        // The neighbour cut to what was put in front: its text and
+        // continuation hold the passage's tokens.
         v1::Neighbour* nb = rv->add_neighbours();
         const retriever::Neighbour& f = found[0];
+        const size_t used = block.passage.size();
+        const std::vector<int32_t> chunk(f.tokens.begin(), f.tokens.begin() + std::min(used, f.tokens.size()));
+        const std::vector<int32_t> continuation(
+            f.continuation.begin(), f.continuation.begin() + std::min(used - chunk.size(), f.continuation.size()));
         nb->set_chunk_id(f.chunk_id);
         nb->set_doc_id(f.doc_id);
         nb->set_offset(f.offset);
-        nb->set_text(DecodeToValidUtf8(tok, f.tokens));
-        nb->set_continuation(DecodeToValidUtf8(tok, f.continuation));
+        nb->set_text(DecodeToValidUtf8(tok, chunk));
+        nb->set_continuation(DecodeToValidUtf8(tok, continuation));
         nb->set_distance(f.distance);
-        nb->mutable_token_ids()->Add(f.tokens.begin(), f.tokens.end());
-        nb->mutable_continuation_ids()->Add(f.continuation.begin(), f.continuation.end());
+        nb->mutable_token_ids()->Add(chunk.begin(), chunk.end());
+        nb->mutable_continuation_ids()->Add(continuation.begin(), continuation.end());
       }
     }
     torch::Tensor logits;

@@ -16,8 +16,9 @@ lib_init ralm_cli_test
 RAG="${1:?usage: ralm_cli_test.sh RAG_BINARY}"
 [ -x "$RAG" ] || fail "rag binary '$RAG' is not executable"
 
-# Chunks of 16 tokens and 16 of continuation: the default passage (half the
-# tiny model's 64-token context) is a chunk and its continuation.
+# Chunks of 16 tokens and 16 of continuation: the default passage (a quarter
+# of the tiny model's 64-token context) is a chunk; 32 tokens are a chunk and
+# its continuation.
 tiny_model_and_index "$RAG" 5151 holds --chunk-tokens 16 --continuation-tokens 16
 M=(--model "$TMP/model" --index "$TMP/index")
 "$PY" -c 'import json,sys; [print(d["text"], end="") for d in map(json.loads, open(sys.argv[1])) if d["id"] == "doc-11"]' \
@@ -38,12 +39,12 @@ query() {  # query OUT METHOD [OPTIONS...]
   run_logged "$out" "rag query --method $method $*" \
     "$RAG" --threads 1 query "${M[@]}" --text "$PROMPT" --method "$method" -k 1 --json "$@"
 }
-gen "$TMP/gen.bm25.json"
+gen "$TMP/gen.bm25.json" --search-method bm25 --ralm-passage-tokens 32
 query "$TMP/query.bm25.json" bm25
-gen "$TMP/gen.dense.json" --search-method dense
+gen "$TMP/gen.dense.json"
 query "$TMP/query.dense.json" dense
 TOP=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["neighbours"][0]["doc_id"])' "$TMP/query.bm25.json")
-gen "$TMP/gen.excl.json" --exclude-doc-id "$TOP"
+gen "$TMP/gen.excl.json" --search-method bm25 --ralm-passage-tokens 32 --exclude-doc-id "$TOP"
 query "$TMP/query.excl.json" bm25 --exclude-doc "$TOP"
 "$PY" - "$TMP" "$TOP" "$PROMPT" <<'PYEOF' || fail "the passages are not rag query's top chunks"
 import json, sys
@@ -58,16 +59,19 @@ for arm in ("bm25", "dense", "excl"):
     assert [x["chunk"] for x in r] == [0, 1, 2], r
     assert r[0]["query"] == prompt, (r[0]["query"], prompt)
     assert r[0]["doc_ids"] == [hit["doc_id"]], (arm, r[0]["doc_ids"], hit["doc_id"])
-    assert r[0]["neighbours"] == [hit["text"] + hit["continuation"]], arm
+    # The passage: 32 tokens (chunk and continuation), or the default 16 (the chunk).
+    passage = hit["text"] if arm == "dense" else hit["text"] + hit["continuation"]
+    assert r[0]["neighbours"] == [passage], (arm, r[0]["neighbours"], passage)
     print("%s: passage from %s" % (arm, hit["doc_id"]), file=sys.stderr)
 assert last_json(tmp + "/gen.excl.json")["retrievals"][0]["doc_ids"] != [top]
 PYEOF
 
 step "next-token after the prompt is the scored distribution, and greedy generation follows it"
+R=(--mode ralm --search-method bm25 --ralm-passage-tokens 32)  # as gen.bm25.json
 run_logged "$TMP/next.json" "rag next-token --mode ralm" \
-  "$RAG" --threads 1 next-token "${M[@]}" --text "$PROMPT" --mode ralm --top-n 1000 --json
+  "$RAG" --threads 1 next-token "${M[@]}" --text "$PROMPT" "${R[@]}" --top-n 1000 --json
 run_logged "$TMP/score.json" "rag score --mode ralm --prompt-bytes" \
-  "$RAG" --threads 1 score "${M[@]}" --text-file "$TMP/own.txt" --prompt-bytes ${#PROMPT} --mode ralm --json
+  "$RAG" --threads 1 score "${M[@]}" --text-file "$TMP/own.txt" --prompt-bytes ${#PROMPT} "${R[@]}" --json
 run_logged "$TMP/score.lm.json" "rag score --mode lm" \
   "$RAG" --threads 1 score "${M[@]}" --text-file "$TMP/own.txt" --mode lm --json
 run_logged "$TMP/prompt.ids.json" "rag tokenize" "$RAG" tokenize --model "$TMP/model" --text "$PROMPT" --json
@@ -105,9 +109,9 @@ step "gRPC gives the in-process answers"
 SERVER_PID=$!
 ADDR="127.0.0.1:$(wait_for_port "$SERVER_PID" "$TMP/port" "$TMP/serve.log" "rag serve")"
 "$RAG" info --server "$ADDR" --json | grep -q '"ralm"' || fail "rag info does not list the ralm mode"
-"$RAG" score --server "$ADDR" --text-file "$TMP/own.txt" --prompt-bytes ${#PROMPT} --mode ralm --json \
+"$RAG" score --server "$ADDR" --text-file "$TMP/own.txt" --prompt-bytes ${#PROMPT} "${R[@]}" --json \
   >"$TMP/score.grpc.json"
-"$RAG" generate --server "$ADDR" --prompt "$PROMPT" --mode ralm --temperature 0 --max-tokens 9 --json \
+"$RAG" generate --server "$ADDR" --prompt "$PROMPT" "${R[@]}" --temperature 0 --max-tokens 9 --json \
   >"$TMP/gen.grpc.json"
 "$PY" - "$TMP" <<'PYEOF' || fail "gRPC and in-process ralm answers differ"
 import json, sys
@@ -127,7 +131,7 @@ run_logged "$TMP/eval.log" "rag eval perplexity --mode ralm" \
 import json, math, sys
 j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 assert j["mode"] == "ralm" and math.isfinite(j["perplexity"]) and j["tokens"] > 0, j
-assert j["ralm"] == {"stride": 8, "query_tokens": 32, "passage_tokens": 32, "search_method": "bm25"}, j["ralm"]
+assert j["ralm"] == {"stride": 8, "query_tokens": 32, "passage_tokens": 16, "search_method": "dense"}, j["ralm"]
 assert j["exclude_own_document"] is True
 PYEOF
 

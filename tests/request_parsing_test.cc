@@ -89,16 +89,16 @@ TEST(RequestParsingTest, RalmDefaultsRangesAndPrompt) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->ralm.stride, kDefaultRalmStride);
   EXPECT_EQ(p->ralm.query_tokens, kDefaultRalmQueryTokens);
-  EXPECT_EQ(p->ralm.passage_tokens, 32);  // half the context
-  EXPECT_EQ(p->ralm.search_method, "bm25");
+  EXPECT_EQ(p->ralm.passage_tokens, 16);  // a quarter of the context
+  EXPECT_EQ(p->ralm.search_method, "dense");
   EXPECT_EQ(p->ralm.exclude_doc_id, "d3");
   r.mutable_ralm()->set_stride(32);  // half the context: the most
   r.mutable_ralm()->set_passage_tokens(32);
-  r.mutable_ralm()->set_search_method("dense");
+  r.mutable_ralm()->set_search_method("bm25");
   p = ParseScoreRequest(r, Everything());
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->ralm.stride, 32);
-  EXPECT_EQ(p->ralm.search_method, "dense");
+  EXPECT_EQ(p->ralm.search_method, "bm25");
   r.mutable_ralm()->set_stride(33);
   ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
               "ralm.stride must be in [0, 32]");

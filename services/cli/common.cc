@@ -153,13 +153,16 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
                   absl::StrCat("ralm: tokens before a block that retrieve its passage, q (default ",
                                services::kDefaultRalmQueryTokens, ")"));
   cmd->add_option("--ralm-passage-tokens", k->ralm_passage_tokens,
-                  "ralm: tokens of the retrieved chunk and its continuation put in front (default half the context)");
+                  "ralm: tokens of the retrieved chunk and its continuation put in front (default a quarter of the "
+                  "context)");
 }
 
 nlohmann::json RalmJson(const KnnArgs& k, const rag::v1::ModelIdentity& model) {
   const int stride = k.ralm_stride > 0 ? k.ralm_stride : services::kDefaultRalmStride;
-  const int64_t passage = k.ralm_passage_tokens > 0 ? k.ralm_passage_tokens
-                                                    : std::min<int64_t>(model.context() / 2, model.context() - stride);
+  const int64_t passage =
+      k.ralm_passage_tokens > 0
+          ? k.ralm_passage_tokens
+          : std::min<int64_t>(model.context() / services::kDefaultRalmPassageDivisor, model.context() - stride);
   return {{"stride", stride},
           {"query_tokens", k.ralm_query_tokens > 0 ? k.ralm_query_tokens : services::kDefaultRalmQueryTokens},
           {"passage_tokens", passage},

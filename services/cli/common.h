@@ -107,7 +107,7 @@ struct KnnArgs {
   // server's default, 32; 0 = off).
   std::string retrieval;
   int leakage_filter = -1;
-  std::string search_method;  // retro, ralm: dense or bm25 ("" = dense for retro, bm25 for ralm)
+  std::string search_method;  // retro, ralm: dense or bm25 ("" = dense)
   // ralm: retrieval stride, query and passage lengths in tokens (0 = the
   // server's defaults).
   int ralm_stride = 0, ralm_query_tokens = 0, ralm_passage_tokens = 0;
