@@ -7,6 +7,7 @@
 # retrievable ("in the index") or excluded (--exclude-evidence). A subject's
 # popularity is its count in INDEX itself, the corpus without the facts.
 # Usage: bench/bench_probes_modes.sh RAG MODEL INDEX OUT_JSON [MODES (lm,knnlm,infgram,ralm)]
+# A mode may name a retriever, MODE:dense or MODE:bm25 (--search-method).
 set -euo pipefail
 RAG="${1:?usage: bench_probes_modes.sh RAG MODEL INDEX OUT_JSON [MODES]}"
 MODEL="${2:?model directory}"
@@ -23,15 +24,18 @@ echo "bench_probes_modes: copying $INDEX and adding the fact documents" >&2
 cp -r "$INDEX" "$TMP/facts-index"
 "$RAG" add --model "$MODEL" --index "$TMP/facts-index" --corpus "$TMP/wordnet/facts.jsonl" --quiet >&2
 : >"$TMP/runs.jsonl"
-for mode in "${MODES[@]}"; do
+for spec in "${MODES[@]}"; do
+  mode="${spec%%:*}"
+  search=()
+  [ "$spec" != "$mode" ] && search=(--search-method "${spec#*:}")
   for evidence in in excluded; do
     [ "$mode" = lm ] && [ "$evidence" = excluded ] && continue
     excl=()
     [ "$evidence" = excluded ] && excl=(--exclude-evidence)
     "$RAG" eval probes --model "$MODEL" --index "$TMP/facts-index" --probes "$TMP/wordnet/probes.jsonl" \
-      --mode "$mode" "${excl[@]}" --probe-half test --popularity "$INDEX" --quiet --output "$TMP/run.json" >/dev/null
+      --mode "$mode" "${search[@]}" "${excl[@]}" --probe-half test --popularity "$INDEX" --quiet --output "$TMP/run.json" >/dev/null
     "$PY" -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$TMP/run.json" >>"$TMP/runs.jsonl"
-    echo "bench_probes_modes: $mode, evidence $evidence: P@1 $("$PY" -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["p_at_1"])' "$TMP/run.json")" >&2
+    echo "bench_probes_modes: $spec, evidence $evidence: P@1 $("$PY" -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["p_at_1"])' "$TMP/run.json")" >&2
   done
 done
 "$PY" - "$TMP/runs.jsonl" "$OUT" "$INDEX" <<'PYEOF'

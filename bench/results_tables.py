@@ -418,7 +418,8 @@ def probe_popularity(j):
             m = r["by_popularity"].get(b)
             cells.append(f"{m['p_at_1']:.3f} ({m['probes']})" if m else "")
         ev = "-" if r["mode"] == "lm" else ("excluded" if r["exclude_evidence"] else "in the index")
-        lines.append(f"| {r['mode']} | {ev} | " + " | ".join(cells) + f" | {r['p_at_1']:.3f} | {r['mrr']:.3f} |")
+        name = r["mode"] + (f" ({r['ralm']['search_method']})" if "ralm" in r else "")
+        lines.append(f"| {name} | {ev} | " + " | ".join(cells) + f" | {r['p_at_1']:.3f} | {r['mrr']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

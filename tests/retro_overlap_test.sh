@@ -33,6 +33,9 @@ overlap() {  # overlap OUT [OPTIONS...]
     --output "$out" --report "$TMP/report" "$@"
 }
 
+"$RAG" info --model "$TMP/retro" --json | "$PY" -c 'import json,sys; assert json.load(sys.stdin)["retro_chunk_tokens"] == 16' ||
+  fail "rag info does not give the RETRO chunk size"
+
 step "leakage on: neighbours hold whole chunks"
 overlap "$TMP/on.json" --leakage-filter 0 --report-name leakage-on
 step "leakage filter at 6 tokens: no chunk overlaps by 6/16 or more"

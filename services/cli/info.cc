@@ -18,7 +18,9 @@ int RunInfo(const InfoArgs& a) {
   json modes = json::array();
   for (const auto& m : info->modes()) modes.push_back(m);
   if (a.json_out) {
-    PrintJson({{"model", ModelJson(info->model())}, {"modes", modes}});
+    json j = {{"model", ModelJson(info->model())}, {"modes", modes}};
+    if (info->retro_chunk_tokens() > 0) j["retro_chunk_tokens"] = info->retro_chunk_tokens();
+    PrintJson(j);
     return 0;
   }
   const auto& m = info->model();
@@ -29,6 +31,9 @@ int RunInfo(const InfoArgs& a) {
               static_cast<long long>(m.context()));
   std::printf("content hash  %s (tokenizer %s)\n", m.content_hash().c_str(), m.tokenizer_hash().c_str());
   std::printf("modes         %s\n", modes.dump().c_str());
+  if (info->retro_chunk_tokens() > 0) {
+    std::printf("RETRO chunks  %lld tokens\n", static_cast<long long>(info->retro_chunk_tokens()));
+  }
   return 0;
 }
 
