@@ -303,6 +303,8 @@ def mode_comparison(j):
             name += f" ({g['search_method']}, s {g['stride']}, q {g['query_tokens']}, passage {g['passage_tokens']})"
         leak = "-" if r["mode"] == "lm" else ("on (own document counted)" if r["leakage"] == "on"
                                              else "off (own document excluded)")
+        if "leakage_filter" in r:  # RETRO's own filter
+            leak += f", filter {r['leakage_filter']} tokens" if r["leakage_filter"] else ", filter off"
         lines.append(f"| {name} | {leak} | {r['perplexity']:.2f} | {pct(r['perplexity'] / lm['perplexity'] - 1)} | "
                      f"{t['median']:,.0f} ({t['min']:,.0f} .. {t['max']:,.0f}) | {t['median'] / lm_tps:.3f} |")
     return "\n".join(lines) + "\n"
