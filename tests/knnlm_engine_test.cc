@@ -335,9 +335,10 @@ TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
   RAG_ASSERT_OK(a.status());
   EXPECT_EQ(testing::SansTimings(*a), testing::SansTimings(*b));
   auto info = (*client)->Info();
-  ASSERT_EQ(info->modes_size(), 3);
+  ASSERT_EQ(info->modes_size(), 4);
   EXPECT_EQ(info->modes(1), "knnlm");
   EXPECT_EQ(info->modes(2), "infgram");
+  EXPECT_EQ(info->modes(3), "ralm");
 }
 
 TEST_F(KnnLmEngineTest, DatastoreOfAnotherIndexIsRefused) {

@@ -101,7 +101,7 @@ TEST_F(RagCliTest, BadInputFailsClearlyAndWritesNothingHalf) {
   EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
   r = Run({"score", "--model", model, "--text", "hi", "--mode", "nonsense"});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("mode must be lm, knnlm, retro or infgram"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("mode must be lm, knnlm, retro, infgram or ralm"), std::string::npos) << r.err;
 
   // Invalid UTF-8 is just bytes: it scores.
   r = Run({"score", "--model", model, "--text", "caf\xe9 \xff\xfe"});
