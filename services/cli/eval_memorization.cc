@@ -274,7 +274,8 @@ Command AddEvalMemorizationCommand(CLI::App* eval) {
   cmd->add_option("--seed", a->seed, "seed of the draw")->capture_default_str();
   cmd->add_option("--mode", a->mode, kModesHelp)->capture_default_str();
   cmd->add_flag("--exclude-own-doc", a->exclude_own,
-                "knnlm, retro: never retrieve from the sampled document (what the weights alone reproduce)");
+                "knnlm, retro, ralm, infgram: never retrieve from (count in) the sampled document (what the weights "
+                "alone reproduce)");
   cmd->add_flag("--json", a->json_out, "print JSON");
   cmd->add_option("--output", a->output, "also write the JSON result to this file");
   cmd->add_flag("--quiet", a->quiet, "no progress lines");

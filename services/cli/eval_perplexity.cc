@@ -224,8 +224,8 @@ Command AddEvalPerplexityCommand(CLI::App* eval) {
   cmd->add_option("--report", a->report, "add this run to the report in DIR (PNG plots, summary.md)");
   cmd->add_option("--report-name", a->report_name, "the run's name in the report (default: from the options)");
   cmd->add_flag("--exclude-own-doc", a->exclude_own,
-                "knnlm: never use keys of, retro: never retrieve chunks of, infgram: never count in, the document being "
-                "scored");
+                "knnlm: never use keys of, retro and ralm: never retrieve chunks of, infgram: never count in, the document "
+                "being scored");
   return {cmd, [a] { return RunEvalPerplexity(*a); }};
 }
 

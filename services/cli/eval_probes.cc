@@ -185,7 +185,7 @@ Command AddEvalProbesCommand(CLI::App* eval) {
   cmd->add_option("--report", a->report, "add this run to the report in DIR (PNG plots, summary.md)");
   cmd->add_option("--report-name", a->report_name, "the run's name in the report (default: from the options)");
   cmd->add_flag("--exclude-evidence", a->exclude_evidence,
-                "knnlm, retro, infgram: never retrieve from (count in) a probe's evidence_doc_id (what the model knows "
+                "knnlm, retro, ralm, infgram: never retrieve from (count in) a probe's evidence_doc_id (what the model knows "
                 "without it)");
   cmd->add_option("--probe-half", a->half,
                   "all, or dev / test: the half of the probes (by a hash of relation, subject and object) to "

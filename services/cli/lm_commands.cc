@@ -193,7 +193,7 @@ Command AddScoreCommand(CLI::App* app) {
                 "with --json, per token the mode's parts: knnlm lm_logprob and knn_logprob; infgram lm_logprob, "
                 "infgram_logprob, infgram_suffix_tokens and infgram_sparse (a null log-prob is -inf)");
   cmd->add_option("--exclude-doc-id", a->exclude_doc_id,
-                  "knnlm, retro, infgram: retrieve nothing from (count nothing in) this document of the index");
+                  "knnlm, retro, ralm, infgram: retrieve nothing from (count nothing in) this document of the index");
   cmd->add_option("--prompt-bytes", a->prompt_bytes,
                   "retro: the text's first N bytes are a prompt laid out to end a chunk, so what follows "
                   "attends to the neighbours retrieved with it (as probes are scored)");

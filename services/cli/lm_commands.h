@@ -1,6 +1,6 @@
 // The language-model commands of a TARGET: `rag score` (log-likelihood and
 // perplexity of a text), `rag generate` (continue a prompt) and
-// `rag next-token` (the most likely next tokens), in lm, knnlm, retro or infgram mode.
+// `rag next-token` (the most likely next tokens), in lm, knnlm, retro, infgram or ralm mode.
 #pragma once
 
 #include "services/cli/common.h"
