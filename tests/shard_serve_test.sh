@@ -36,10 +36,10 @@ MAKE="$SRC/tests/hf/make_hf_checkpoint.py"
 PIDS=()
 stop_all() {
   for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill -KILL "$p" 2>/dev/null || true
+    if [ -n "$p" ]; then kill -KILL "$p" 2>/dev/null || true; fi
   done
   for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && wait "$p" 2>/dev/null || true
+    if [ -n "$p" ]; then wait "$p" 2>/dev/null || true; fi
   done
   PIDS=()
 }
@@ -225,7 +225,8 @@ EOF
     step "N = 2: a shard killed -> UNAVAILABLE naming it"
     victim=$((1 - owner))
     kill -KILL "${PIDS[$victim]}"; wait "${PIDS[$victim]}" 2>/dev/null || true
-    eval "vp=\$SHARD_PORT_$victim"
+    port_var="SHARD_PORT_$victim"
+    vp="${!port_var}"
     if "$RAG" query --server "$FRONT" --text "${QUERIES[0]}" -k 3 --json > "$TMP/down.json" 2> "$TMP/down.err"; then
       fail "a query with shard $victim down succeeded: $(cat "$TMP/down.json")"
     fi
