@@ -19,25 +19,11 @@ OUT="${5:?output JSON}"
 SAMPLES="${6:-50}"
 PREFIX="${7:-32}"
 SUFFIX="${8:-32}"
-PY=/usr/bin/python3
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/bench_memorization_modes.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-
+# shellcheck source=bench/serve_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
+bench_init bench_memorization_modes
 echo "bench_memorization_modes: starting rag serve" >&2
-"$RAG" serve --model "$MODEL" --index "$INDEX" --listen 127.0.0.1:0 --port-file "$TMP/port" >"$TMP/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 1200); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.log" >&2; exit 1; }
-  sleep 0.5
-done
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
-mapfile -t MODES < <("$RAG" info --server "$ADDR" --json | "$PY" -c 'import json,sys; print("\n".join(json.load(sys.stdin)["modes"]))')
+bench_serve "$RAG" "$MODEL" "$INDEX"
 echo "bench_memorization_modes: modes ${MODES[*]}; $SAMPLES draws, prefix $PREFIX, suffix $SUFFIX" >&2
 
 : >"$TMP/runs.jsonl"

@@ -14,14 +14,9 @@ INDEX="${3:?index directory}"
 CORPUS="${4:?corpus .jsonl}"
 OUT="${5:?output JSON}"
 ROUNDS="${6:-3}"
-PY=/usr/bin/python3
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/bench_modes.XXXXXX")"
-SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=bench/serve_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/serve_lib.sh"
+bench_init bench_modes
 
 "$PY" - "$MODEL/split.json" "$CORPUS" "$TMP/test_half.jsonl" <<'PYEOF'
 import json, sys
@@ -39,15 +34,7 @@ print("bench_modes: %d documents (validation, second half)" % n, file=sys.stderr
 PYEOF
 
 echo "bench_modes: starting rag serve" >&2
-"$RAG" serve --model "$MODEL" --index "$INDEX" --listen 127.0.0.1:0 --port-file "$TMP/port" >"$TMP/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 1200); do
-  [ -s "$TMP/port" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/serve.log" >&2; exit 1; }
-  sleep 0.5
-done
-ADDR="127.0.0.1:$(tr -d '[:space:]' <"$TMP/port")"
-mapfile -t MODES < <("$RAG" info --server "$ADDR" --json | "$PY" -c 'import json,sys; print("\n".join(json.load(sys.stdin)["modes"]))')
+bench_serve "$RAG" "$MODEL" "$INDEX"
 ARMS=()
 for m in "${MODES[@]}"; do
   ARMS+=("$m:on")

@@ -91,8 +91,8 @@ absl::StatusOr<RalmParams> ParseRalm(const v1::RalmOptions& o, const std::string
                                       "] (the context minus the stride; 0 = a quarter of the context), got " +
                                       std::to_string(o.passage_tokens()));
   }
-  p.passage_tokens = static_cast<int>(o.passage_tokens() > 0 ? o.passage_tokens()
-                                                             : std::min(context / kDefaultRalmPassageDivisor, most));
+  p.passage_tokens =
+      static_cast<int>(o.passage_tokens() > 0 ? o.passage_tokens() : DefaultRalmPassageTokens(context, p.stride));
   if (!o.search_method().empty()) p.search_method = o.search_method();
   if (p.search_method != "dense" && p.search_method != "bm25") {
     return absl::InvalidArgumentError("ralm.search_method must be bm25 or dense, got '" + o.search_method() + "'");

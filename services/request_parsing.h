@@ -8,6 +8,7 @@
 // thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -109,8 +110,11 @@ struct InfgramParams {
 inline constexpr int kDefaultRalmStride = 4;
 inline constexpr int kDefaultRalmQueryTokens = 32;
 inline constexpr const char* kDefaultRalmSearchMethod = "dense";
-// The default passage length: the model's context over this.
-inline constexpr int kDefaultRalmPassageDivisor = 4;
+// The passage length a request leaving it 0 gets: a quarter of the model's
+// context, within the room the stride leaves.
+inline int64_t DefaultRalmPassageTokens(int64_t context, int64_t stride) {
+  return std::min(context / 4, context - stride);
+}
 
 // Validated In-Context RALM parameters (RalmOptions, defaults filled in).
 struct RalmParams {

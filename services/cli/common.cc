@@ -159,10 +159,8 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
 
 nlohmann::json RalmJson(const KnnArgs& k, const rag::v1::ModelIdentity& model) {
   const int stride = k.ralm_stride > 0 ? k.ralm_stride : services::kDefaultRalmStride;
-  const int64_t passage =
-      k.ralm_passage_tokens > 0
-          ? k.ralm_passage_tokens
-          : std::min<int64_t>(model.context() / services::kDefaultRalmPassageDivisor, model.context() - stride);
+  const int64_t passage = k.ralm_passage_tokens > 0 ? k.ralm_passage_tokens
+                                                    : services::DefaultRalmPassageTokens(model.context(), stride);
   return {{"stride", stride},
           {"query_tokens", k.ralm_query_tokens > 0 ? k.ralm_query_tokens : services::kDefaultRalmQueryTokens},
           {"passage_tokens", passage},
