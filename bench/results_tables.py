@@ -425,7 +425,36 @@ def probe_popularity(j):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+def retro_probes(j):
+    """scripts/study_retro_probes.sh: RETRO's probe P@1 on the test half over seeds, evidence in the index / excluded."""
+    order = ["0", "1-9", "10-99", "100-999", "1000+"]
+    lm, runs = j["lm"], j["runs"]
+    buckets = [b for b in order if b in lm["by_popularity"]]
+
+    def over_seeds(values):
+        return f"{sum(values) / len(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+    lines = [f"Probe half **{lm['probe_half']}**, {lm['probes']} probes; RETRO: {len(j['seeds'])} seeds "
+             f"({', '.join(map(str, j['seeds']))}), {j['steps']} steps each, mean [min-max] over the seeds; "
+             f"subject popularity = occurrences in `{j['popularity_index']}`; commit `{j['git_commit'][:12]}`.", "",
+             "| model | evidence document | " + " | ".join(f"P@1, subject seen {b} ({lm['by_popularity'][b]['probes']})"
+                                                 for b in buckets) + " | " +
+             " | ".join(f"P@1 {rel}" for rel in sorted(lm["by_relation"])) + " | **P@1 all** | by seed |",
+             "|---|---|" + "---|" * (len(buckets) + len(lm["by_relation"])) + "---|---|"]
+    lines.append("| lm | - | " + " | ".join(f"{lm['by_popularity'][b]['p_at_1']:.3f}" for b in buckets) + " | " +
+                 " | ".join(f"{lm['by_relation'][rel]['p_at_1']:.3f}" for rel in sorted(lm["by_relation"])) +
+                 f" | **{lm['p_at_1']:.3f}** | |")
+    for evidence, label in (("in", "in the index"), ("excluded", "excluded")):
+        rs = runs[evidence]
+        cells = [over_seeds([r["by_popularity"][b]["p_at_1"] for r in rs]) for b in buckets]
+        cells += [over_seeds([r["by_relation"][rel]["p_at_1"] for r in rs]) for rel in sorted(lm["by_relation"])]
+        lines.append(f"| retro (bm25) | {label} | " + " | ".join(cells) +
+                     f" | **{over_seeds([r['p_at_1'] for r in rs])}** | " +
+                     " / ".join(f"{r['p_at_1']:.3f}" for r in rs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 
