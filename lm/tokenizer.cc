@@ -20,6 +20,7 @@
 #include "lm/internal/bpe_pair.h"
 #include "lm/internal/pretokenizer.h"
 #include "lm/internal/text_normalizer.h"
+#include "lm/internal/tokenizer_impl.h"
 #include "lm/internal/tokenizer_layout.h"
 
 namespace rag::lm {
@@ -29,18 +30,11 @@ using internal::KeyLeft;
 using internal::KeyRight;
 using internal::PairKey;
 
-constexpr char kFormatName[] = "rag-byte-bpe";
-// Version 1 holds the canonical layout only; version 2 any layout.
-constexpr int kCanonicalFormatVersion = 1;
-constexpr int kGeneralFormatVersion = 2;
-constexpr char kPretokenizerName[] = "gpt2";
+using internal::CacheShard;
+using internal::kCacheShards;
+using internal::kMaxCacheEntriesPerShard;
+using internal::PairTable;
 
-// Per-piece encode cache. Sharded so that many server threads rarely meet on
-// one mutex; bounded because a long-running server sees unbounded distinct
-// pieces. A full shard is simply cleared: cheap, and hot pieces come back
-// within a few lookups.
-constexpr int kCacheShards = 64;
-constexpr size_t kMaxCacheEntriesPerShard = 4096;
 // Longer pieces are rare (runs of whitespace, binary junk) and would only
 // evict useful entries.
 constexpr size_t kMaxCachedPieceBytes = 64;
@@ -48,161 +42,12 @@ constexpr size_t kMaxCachedPieceBytes = 64;
 // GPT-2's encoder.py, O(n^2) but tiny n); longer ones a heap, O(n log n).
 constexpr size_t kMaxSimpleMergeBytes = 48;
 
-// (left, right) -> (rank, merged id). Open addressing with linear probing:
-// this lookup is the inner loop of encoding, and a flat power-of-two table
-// of 16-byte slots beats a general hash map by a wide margin here.
-class PairTable {
- public:
-  struct Slot {
-    uint64_t key = kEmpty;
-    int32_t rank = -1;
-    TokenId merged = -1;
-  };
-
-  void Init(size_t num_pairs) {
-    size_t capacity = 16;
-    while (capacity < num_pairs * 2) capacity <<= 1;
-    slots_.assign(capacity, Slot{});
-    mask_ = capacity - 1;
-  }
-
-  // Returns false if `key` is already present (the first rank wins).
-  bool Insert(uint64_t key, int32_t rank, TokenId merged) {
-    for (size_t i = Hash(key) & mask_;; i = (i + 1) & mask_) {
-      if (slots_[i].key == key) return false;
-      if (slots_[i].key == kEmpty) {
-        slots_[i] = Slot{key, rank, merged};
-        return true;
-      }
-    }
-  }
-
-  const Slot* Find(uint64_t key) const {
-    for (size_t i = Hash(key) & mask_;; i = (i + 1) & mask_) {
-      const Slot& slot = slots_[i];
-      if (slot.key == key) return &slot;
-      if (slot.key == kEmpty) return nullptr;
-    }
-  }
-
- private:
-  // Ids are < 2^31, so no real pair has all bits set.
-  static constexpr uint64_t kEmpty = ~uint64_t{0};
-  static size_t Hash(uint64_t key) {
-    key *= 0x9E3779B97F4A7C15ull;
-    return static_cast<size_t>(key ^ (key >> 29));
-  }
-
-  std::vector<Slot> slots_;
-  size_t mask_ = 0;
-};
-
-struct CacheShard {
-  std::mutex mu;
-  absl::flat_hash_map<std::string, std::vector<TokenId>> map;
-};
-
-// Leftmost-longest matching of added tokens, as Hugging Face's
-// aho-corasick (MatchKind::LeftmostLongest) does: scanning left to right, at
-// the first position where any token matches, the longest one wins, and the
-// scan resumes after it. Tokens are few (GPT-NeoX: 23), so a per-first-byte
-// list sorted longest first is enough.
-class AddedTokenMatcher {
- public:
-  void Add(const std::string& pattern, TokenId id) {
-    auto& list = by_first_[static_cast<uint8_t>(pattern[0])];
-    list.emplace_back(pattern, id);
-    std::stable_sort(list.begin(), list.end(),
-                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-    empty_ = false;
-  }
-  bool empty() const { return empty_; }
-
-  // Calls gap() with each non-empty stretch between matches and token() with
-  // each match's id, in text order.
-  void Split(std::string_view text, absl::FunctionRef<void(std::string_view)> gap,
-             absl::FunctionRef<void(TokenId)> token) const {
-    size_t gap_start = 0;
-    size_t i = 0;
-    while (i < text.size()) {
-      const auto& list = by_first_[static_cast<uint8_t>(text[i])];
-      const std::pair<std::string, TokenId>* hit = nullptr;
-      for (const auto& candidate : list) {
-        if (text.compare(i, candidate.first.size(), candidate.first) == 0) {
-          hit = &candidate;
-          break;
-        }
-      }
-      if (hit == nullptr) {
-        ++i;
-        continue;
-      }
-      if (i > gap_start) gap(text.substr(gap_start, i - gap_start));
-      token(hit->second);
-      i += hit->first.size();
-      gap_start = i;
-    }
-    if (text.size() > gap_start) gap(text.substr(gap_start));
-  }
-
- private:
-  std::array<std::vector<std::pair<std::string, TokenId>>, 256> by_first_;
-  bool empty_ = true;
-};
-
 // `text` as a JSON string for messages; invalid UTF-8 is replaced, not thrown on.
 std::string Quote(const std::string& text) {
   return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-absl::Status JsonError(const std::string& what) {
-  return absl::InvalidArgumentError("tokenizer json: " + what);
-}
-
 }  // namespace
-
-struct Tokenizer::Impl {
-  // byte_ids [256] (-1: no token), merges in rank order, specials and added
-  // tokens sorted by id, normalizer.
-  Layout layout;
-  TokenId eot = -1;
-  std::vector<std::string> token_bytes;  // id -> bytes; "" for a hole
-  std::vector<bool> defined;             // id -> not a hole
-  std::array<bool, 256> has_token{};     // byte -> has a token
-  // The canonical layout: written as format version 1.
-  bool canonical = false;
-  // Encode is pre-tokenization + BPE only (no normalizer, no added tokens,
-  // every byte has a token), so Normalize is the identity.
-  bool plain = false;
-  PairTable pairs;
-  AddedTokenMatcher raw_added;         // normalized=false: matched on the raw text
-  AddedTokenMatcher normalized_added;  // normalized=true: matched after normalization
-  std::unique_ptr<internal::Pretokenizer> pretokenizer;
-  std::string hash;
-  mutable std::array<CacheShard, kCacheShards> cache;
-
-  int vocab_size() const { return static_cast<int>(token_bytes.size()); }
-
-  // Steps 1-2 of Encode (lm/tokenizer.h): raw added tokens as ids, the gaps
-  // between them normalized; calls text() or token() in order.
-  void SplitAndNormalize(std::string_view text, absl::FunctionRef<void(std::string_view)> normalized_gap,
-                         absl::FunctionRef<void(TokenId)> token) const;
-  // Steps 3-4 on one normalized gap.
-  void EncodeNormalized(std::string_view text, std::vector<TokenId>* out) const;
-  // Appends the BPE encoding of one pre-tokenized piece, through the cache.
-  void EncodePiece(std::string_view piece, std::vector<TokenId>* out) const;
-  // Applies the merges to `piece` by rank, lowest first, all occurrences of
-  // a pair left to right -- exactly GPT-2's bpe(). Uncached.
-  void MergePiece(std::string_view piece, std::vector<TokenId>* out) const;
-  void MergeSimple(std::string_view piece, std::vector<TokenId>* out) const;
-  void MergeWithHeap(std::string_view piece, std::vector<TokenId>* out) const;
-
-  // "" if the layout is canonical, else what differs first.
-  std::string NonCanonicalReason() const;
-  std::string ToJson() const;
-  std::string CanonicalJson() const;
-  std::string GeneralJson() const;
-};
 
 void Tokenizer::Impl::SplitAndNormalize(std::string_view text,
                                         absl::FunctionRef<void(std::string_view)> normalized_gap,
@@ -333,114 +178,6 @@ void Tokenizer::Impl::MergeWithHeap(std::string_view piece, std::vector<TokenId>
   for (int i = 0; i >= 0; i = next[i]) out->push_back(ids[i]);
 }
 
-std::string Tokenizer::Impl::ToJson() const { return canonical ? CanonicalJson() : GeneralJson(); }
-
-namespace {
-
-std::string SpecialsJson(const std::vector<std::pair<std::string, TokenId>>& specials) {
-  std::string s = "{";
-  for (size_t i = 0; i < specials.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += nlohmann::json(specials[i].first).dump() + ": " + std::to_string(specials[i].second);
-  }
-  return s + "}";
-}
-
-}  // namespace
-
-std::string Tokenizer::Impl::CanonicalJson() const {
-  // Written by hand rather than json::dump() so that merges are one per
-  // line (readable, diffable) and the bytes are stable across library
-  // versions: Hash() is recorded by later stages. Byte-identical to what
-  // every earlier version wrote.
-  const auto& merges = layout.merges;
-  std::string s;
-  s.reserve(64 + merges.size() * 16);
-  s += "{\n";
-  s += "  \"format\": \"" + std::string(kFormatName) + "\",\n";
-  s += "  \"version\": " + std::to_string(kCanonicalFormatVersion) + ",\n";
-  s += "  \"pretokenizer\": \"" + std::string(kPretokenizerName) + "\",\n";
-  s += "  \"vocab_size\": " + std::to_string(vocab_size()) + ",\n";
-  s += "  \"special_tokens\": " + SpecialsJson(layout.specials) + ",\n";
-  s += "  \"byte_ids\": [";
-  for (int b = 0; b < 256; ++b) {
-    if (b > 0) s += ", ";
-    s += std::to_string(layout.byte_ids[b]);
-  }
-  s += "],\n";
-  s += "  \"merges\": [";
-  for (size_t i = 0; i < merges.size(); ++i) {
-    s += i == 0 ? "\n    [" : ",\n    [";
-    s += std::to_string(merges[i].left) + ", " + std::to_string(merges[i].right) + "]";
-  }
-  s += merges.empty() ? "]\n" : "\n  ]\n";
-  s += "}\n";
-  return s;
-}
-
-std::string Tokenizer::Impl::GeneralJson() const {
-  const auto& merges = layout.merges;
-  std::string s;
-  s.reserve(256 + merges.size() * 24);
-  s += "{\n";
-  s += "  \"format\": \"" + std::string(kFormatName) + "\",\n";
-  s += "  \"version\": " + std::to_string(kGeneralFormatVersion) + ",\n";
-  s += "  \"pretokenizer\": \"" + std::string(kPretokenizerName) + "\",\n";
-  s += std::string("  \"normalizer\": \"") + (layout.normalizer == Layout::Normalizer::kNfc ? "nfc" : "none") +
-       "\",\n";
-  s += "  \"vocab_size\": " + std::to_string(vocab_size()) + ",\n";
-  s += "  \"special_tokens\": " + SpecialsJson(layout.specials) + ",\n";
-  s += "  \"added_tokens\": [";
-  for (size_t i = 0; i < layout.added.size(); ++i) {
-    const Layout::AddedToken& t = layout.added[i];
-    s += i == 0 ? "\n    " : ",\n    ";
-    s += "{\"id\": " + std::to_string(t.id) + ", \"text\": " + nlohmann::json(t.text).dump() +
-         ", \"normalized\": " + (t.normalized ? "true" : "false") + "}";
-  }
-  s += layout.added.empty() ? "],\n" : "\n  ],\n";
-  s += "  \"byte_ids\": [";
-  for (int b = 0; b < 256; ++b) {
-    if (b > 0) s += ", ";
-    s += std::to_string(layout.byte_ids[b]);
-  }
-  s += "],\n";
-  s += "  \"merges\": [";
-  for (size_t i = 0; i < merges.size(); ++i) {
-    s += i == 0 ? "\n    [" : ",\n    [";
-    s += std::to_string(merges[i].left) + ", " + std::to_string(merges[i].right) + ", " +
-         std::to_string(merges[i].result) + "]";
-  }
-  s += merges.empty() ? "]\n" : "\n  ]\n";
-  s += "}\n";
-  return s;
-}
-
-std::string Tokenizer::Impl::NonCanonicalReason() const {
-  if (layout.normalizer != Layout::Normalizer::kNone) return "it has a normalizer";
-  if (!layout.added.empty()) return "it has non-special added tokens";
-  for (int b = 0; b < 256; ++b) {
-    const TokenId id = layout.byte_ids[b];
-    if (id < 0 || id >= 256) {
-      return "byte_ids: expected a permutation of 0..255, entry " + std::to_string(b) + " is " + std::to_string(id);
-    }
-  }
-  for (size_t i = 0; i < layout.merges.size(); ++i) {
-    const TokenId expected = static_cast<TokenId>(256 + i);
-    if (layout.merges[i].result != expected) {
-      return "merge " + std::to_string(i) + " makes id " + std::to_string(layout.merges[i].result) + ", expected " +
-             std::to_string(expected);
-    }
-  }
-  for (size_t i = 0; i < layout.specials.size(); ++i) {
-    const TokenId expected = static_cast<TokenId>(256 + layout.merges.size() + i);
-    const auto& [text, id] = layout.specials[i];
-    if (id != expected) {
-      return "special token " + text + ": expected id " + std::to_string(expected) +
-             " (special tokens take the ids after the merges), got " + std::to_string(id);
-    }
-  }
-  return "";
-}
 
 Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
@@ -584,149 +321,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Build(Layout layout) {
   return Tokenizer(std::move(impl));
 }
 
-// ---------------------------------------------------------------- loading
-
-absl::StatusOr<Tokenizer> Tokenizer::Load(const std::string& json_path) {
-  auto text = ReadFile(json_path);
-  if (!text.ok()) return Annotate(text.status(), "loading tokenizer");
-  auto tokenizer = FromJson(*text);
-  if (!tokenizer.ok()) return Annotate(tokenizer.status(), "loading tokenizer '" + json_path + "'");
-  return tokenizer;
-}
-
-namespace {
-
-absl::StatusOr<int64_t> IntField(const nlohmann::json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end()) return JsonError(std::string("missing field '") + name + "'");
-  if (!it->is_number_integer()) return JsonError(std::string("field '") + name + "' must be an integer");
-  return it->get<int64_t>();
-}
-
-absl::StatusOr<std::string> StringField(const nlohmann::json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end()) return JsonError(std::string("missing field '") + name + "'");
-  if (!it->is_string()) return JsonError(std::string("field '") + name + "' must be a string");
-  return it->get<std::string>();
-}
-
-bool IsId(const nlohmann::json& j) {
-  if (!j.is_number_integer()) return false;
-  int64_t v = j.get<int64_t>();
-  return v >= 0 && v < Tokenizer::kMaxVocabSize;
-}
-
-}  // namespace
-
-absl::StatusOr<Tokenizer> Tokenizer::FromJson(const std::string& json_text) {
-  // nlohmann throws on type mismatches; nothing may escape the API.
-  try {
-    nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) return JsonError("not valid JSON (truncated or corrupt file?)");
-    if (!j.is_object()) return JsonError("expected a JSON object at top level");
-    RAG_ASSIGN_OR_RETURN(std::string format, StringField(j, "format"));
-    if (format != kFormatName) {
-      return JsonError("format is '" + format + "', expected '" + kFormatName + "'");
-    }
-    RAG_ASSIGN_OR_RETURN(int64_t version, IntField(j, "version"));
-    if (version != kCanonicalFormatVersion && version != kGeneralFormatVersion) {
-      return JsonError("unsupported version " + std::to_string(version) + " (this build reads versions " +
-                       std::to_string(kCanonicalFormatVersion) + " and " + std::to_string(kGeneralFormatVersion) +
-                       ")");
-    }
-    const bool general = version == kGeneralFormatVersion;
-    RAG_ASSIGN_OR_RETURN(std::string pretokenizer, StringField(j, "pretokenizer"));
-    if (pretokenizer != kPretokenizerName) {
-      return JsonError("pretokenizer is '" + pretokenizer + "', expected '" + kPretokenizerName + "'");
-    }
-    RAG_ASSIGN_OR_RETURN(int64_t vocab_size, IntField(j, "vocab_size"));
-
-    Layout layout;
-    if (general) {
-      RAG_ASSIGN_OR_RETURN(std::string normalizer, StringField(j, "normalizer"));
-      if (normalizer == "nfc") {
-        layout.normalizer = Layout::Normalizer::kNfc;
-      } else if (normalizer != "none") {
-        return JsonError("normalizer is '" + normalizer + "', expected 'none' or 'nfc'");
-      }
-    }
-
-    auto bytes_it = j.find("byte_ids");
-    if (bytes_it == j.end() || !bytes_it->is_array() || bytes_it->size() != 256) {
-      return JsonError("field 'byte_ids' must be an array of 256 ids");
-    }
-    for (const auto& v : *bytes_it) {
-      // Version 2 marks a byte without a token with -1.
-      if (!IsId(v) && !(general && v.is_number_integer() && v.get<int64_t>() == -1)) {
-        return JsonError("field 'byte_ids' holds a non-id value " + v.dump());
-      }
-      layout.byte_ids.push_back(v.get<TokenId>());
-    }
-
-    auto merges_it = j.find("merges");
-    if (merges_it == j.end() || !merges_it->is_array()) return JsonError("field 'merges' must be an array");
-    layout.merges.reserve(merges_it->size());
-    const size_t arity = general ? 3 : 2;
-    for (const auto& m : *merges_it) {
-      const size_t i = layout.merges.size();
-      bool ok = m.is_array() && m.size() == arity;
-      for (size_t k = 0; ok && k < arity; ++k) ok = IsId(m[k]);
-      if (!ok) {
-        return JsonError("merge " + std::to_string(i) + " must be " +
-                         (general ? "[left id, right id, result id]" : "[left id, right id]") + ", got " + m.dump());
-      }
-      layout.merges.push_back({m[0].get<TokenId>(), m[1].get<TokenId>(),
-                               general ? m[2].get<TokenId>() : static_cast<TokenId>(256 + i)});
-    }
-
-    auto specials_it = j.find("special_tokens");
-    if (specials_it == j.end() || !specials_it->is_object()) {
-      return JsonError("field 'special_tokens' must be an object {text: id}");
-    }
-    for (const auto& [text, id] : specials_it->items()) {
-      if (!IsId(id)) return JsonError("special token " + text + " has a non-id value " + id.dump());
-      layout.specials.emplace_back(text, id.get<TokenId>());
-    }
-
-    if (general) {
-      auto added_it = j.find("added_tokens");
-      if (added_it == j.end() || !added_it->is_array()) {
-        return JsonError("field 'added_tokens' must be an array");
-      }
-      for (const auto& t : *added_it) {
-        if (!t.is_object() || !t.contains("id") || !IsId(t["id"]) || !t.contains("text") || !t["text"].is_string() ||
-            !t.contains("normalized") || !t["normalized"].is_boolean()) {
-          return JsonError("added token must be {\"id\": id, \"text\": text, \"normalized\": bool}, got " +
-                           t.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-        }
-        layout.added.push_back({t["text"].get<std::string>(), t["id"].get<TokenId>(), t["normalized"].get<bool>()});
-      }
-    }
-
-    auto tokenizer = Build(std::move(layout));
-    if (!tokenizer.ok()) return Annotate(tokenizer.status(), "tokenizer json");
-    if (!general) {
-      // Version 1 has no room for anything but the canonical layout.
-      const std::string reason = tokenizer->impl_->NonCanonicalReason();
-      if (!reason.empty()) return JsonError("version 1 holds the canonical layout only: " + reason);
-    }
-    if (tokenizer->vocab_size() != vocab_size) {
-      return JsonError("vocab_size is " + std::to_string(vocab_size) + " but the tokens make " +
-                       std::to_string(tokenizer->vocab_size()));
-    }
-    return tokenizer;
-  } catch (const nlohmann::json::exception& e) {
-    return JsonError(e.what());
-  }
-}
-
 // ---------------------------------------------------------------- use
-
-absl::Status Tokenizer::Save(const std::string& json_path) const {
-  return Annotate(WriteFileAtomic(json_path, ToJson()), "saving tokenizer");
-}
-
-std::string Tokenizer::ToJson() const { return impl_->ToJson(); }
 
 std::vector<TokenId> Tokenizer::Encode(std::string_view text) const {
   std::vector<TokenId> out;
