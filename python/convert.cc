@@ -37,6 +37,51 @@ py::dict OptionsDict(const py::object& options, const std::set<std::string>& kno
   return d;
 }
 
+// One field's value (element `i` of a repeated field, or the field when i < 0).
+py::object FieldValue(const google::protobuf::Message& m, const google::protobuf::FieldDescriptor* f, int i);
+
+// Every field of `m` by its proto name, defaults included, so a field added
+// to the proto reaches Python without a hand-written copy to forget.
+py::dict MessageDict(const google::protobuf::Message& m) {
+  py::dict d;
+  const google::protobuf::Descriptor* desc = m.GetDescriptor();
+  const google::protobuf::Reflection* r = m.GetReflection();
+  for (int k = 0; k < desc->field_count(); ++k) {
+    const google::protobuf::FieldDescriptor* f = desc->field(k);
+    if (f->is_repeated()) {
+      py::list items;
+      for (int i = 0; i < r->FieldSize(m, f); ++i) items.append(FieldValue(m, f, i));
+      d[py::str(f->name())] = items;
+    } else {
+      d[py::str(f->name())] = FieldValue(m, f, -1);
+    }
+  }
+  return d;
+}
+
+py::object FieldValue(const google::protobuf::Message& m, const google::protobuf::FieldDescriptor* f, int i) {
+  using F = google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m.GetReflection();
+  const bool rep = i >= 0;
+  switch (f->cpp_type()) {
+    case F::CPPTYPE_INT32: return py::int_(rep ? r->GetRepeatedInt32(m, f, i) : r->GetInt32(m, f));
+    case F::CPPTYPE_INT64: return py::int_(rep ? r->GetRepeatedInt64(m, f, i) : r->GetInt64(m, f));
+    case F::CPPTYPE_UINT32: return py::int_(rep ? r->GetRepeatedUInt32(m, f, i) : r->GetUInt32(m, f));
+    case F::CPPTYPE_UINT64: return py::int_(rep ? r->GetRepeatedUInt64(m, f, i) : r->GetUInt64(m, f));
+    case F::CPPTYPE_DOUBLE: return py::float_(rep ? r->GetRepeatedDouble(m, f, i) : r->GetDouble(m, f));
+    case F::CPPTYPE_FLOAT: return py::float_(rep ? r->GetRepeatedFloat(m, f, i) : r->GetFloat(m, f));
+    case F::CPPTYPE_BOOL: return py::bool_(rep ? r->GetRepeatedBool(m, f, i) : r->GetBool(m, f));
+    case F::CPPTYPE_ENUM: return py::str((rep ? r->GetRepeatedEnum(m, f, i) : r->GetEnum(m, f))->name());
+    case F::CPPTYPE_STRING: {
+      const std::string v = rep ? r->GetRepeatedString(m, f, i) : r->GetString(m, f);
+      if (f->type() == F::TYPE_BYTES) return py::bytes(v);
+      return py::str(v);
+    }
+    case F::CPPTYPE_MESSAGE: return MessageDict(rep ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f));
+  }
+  return py::none();
+}
+
 py::list Pieces(const google::protobuf::RepeatedPtrField<v1::TokenScore>& scores) {
   py::list pieces;
   for (const auto& s : scores) pieces.append(py::bytes(s.piece()));
@@ -96,14 +141,7 @@ void FillRalmOptions(const py::object& ralm, v1::RalmOptions* out) {
 }
 
 py::dict ToPython(const v1::StageTimings& t) {
-  py::dict d;
-  d["embed_us"] = t.embed_us();
-  d["search_us"] = t.search_us();
-  d["datastore_us"] = t.datastore_us();
-  d["forward_us"] = t.forward_us();
-  d["fusion_us"] = t.fusion_us();
-  d["total_us"] = t.total_us();
-  return d;
+  return MessageDict(t);
 }
 
 py::dict ToPython(const v1::Neighbour& n) {
@@ -198,55 +236,15 @@ py::dict ToPython(const v1::GenerateResponse& r) {
 }
 
 py::dict ToPython(const v1::StatsResponse& r) {
-  py::dict d;
-  d["documents"] = r.documents();
-  d["chunks"] = r.chunks();
-  d["tokens"] = r.tokens();
-  d["vectors"] = r.vectors();
-  d["dim"] = r.dim();
-  d["index_factory"] = r.index_factory();
-  d["chunk_tokens"] = r.chunk_tokens();
-  d["continuation_tokens"] = r.continuation_tokens();
-  d["model_hash"] = r.model_hash();
-  d["tokenizer_hash"] = r.tokenizer_hash();
-  d["embedder"] = r.embedder();
-  d["faiss_version"] = r.faiss_version();
-  d["documents_added"] = r.documents_added();
-  d["datastore_keys"] = r.datastore_keys();
-  d["datastore_factory"] = r.datastore_factory();
-  d["manifest_json"] = r.manifest_json();
-  return d;
+  return MessageDict(r);
 }
 
 py::dict ToPython(const v1::InfoResponse& r) {
-  py::dict d;
-  d["model_hash"] = r.model_hash();
-  d["modes"] = std::vector<std::string>(r.modes().begin(), r.modes().end());
-  d["config_json"] = r.config_json();
-  d["tokenizer_json"] = r.tokenizer_json();
-  d["split_json"] = r.split_json();
-  const v1::ModelIdentity& m = r.model();
-  py::dict model;
-  model["format"] = m.format();
-  model["architecture"] = m.architecture();
-  model["parameters"] = m.parameters();
-  model["stored_dtype"] = m.stored_dtype();
-  model["content_hash"] = m.content_hash();
-  model["tokenizer_hash"] = m.tokenizer_hash();
-  model["vocab_size"] = m.vocab_size();
-  model["context"] = m.context();
-  d["model"] = model;
-  return d;
+  return MessageDict(r);
 }
 
 py::dict ToPython(const v1::AddDocumentsResponse& r) {
-  py::dict d;
-  d["documents_added"] = r.documents_added();
-  d["chunks_added"] = r.chunks_added();
-  d["documents_skipped"] = r.documents_skipped();
-  d["documents"] = r.documents();
-  d["chunks"] = r.chunks();
-  return d;
+  return MessageDict(r);
 }
 
 }  // namespace rag::python

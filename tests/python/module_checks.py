@@ -64,6 +64,14 @@ e = rag.Engine(model, index=index)
 check(e.has_index and e.modes == ["lm", "knnlm", "infgram", "ralm"], "modes %r" % (e.modes,))
 target = ("--model", model, "--index", index)
 
+# --- info and stats: every proto field, the CLI's values ---------------------
+info, ref = e.info(), cli_json("info", "--model", model)
+check(info["model"] == ref["model"] and info["modes"] == e.modes, "info %r vs rag info %r" % (info["model"], ref))
+check(info["retro_chunk_tokens"] == 0 and "split_json" in info, "info lacks fields: %r" % sorted(info))
+stats, ref = e.stats(), json.loads(cli("stats", *target).stdout)
+check(all(stats[k] == v for k, v in ref.items()) and "datastore_factory" in stats and "manifest_json" in stats,
+      "stats %r vs rag stats %r" % (stats, ref))
+
 # --- search ---------------------------------------------------------------
 QUERIES = ["The river crosses the bridge near the orchard.", "a copper violin and the falcon"]
 
