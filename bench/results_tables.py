@@ -439,7 +439,7 @@ def retro_probes(j):
              f"subject popularity = occurrences in `{j['popularity_index']}`; commit `{j['git_commit'][:12]}`.", "",
              "| model | evidence document | " + " | ".join(f"P@1, subject seen {b} ({lm['by_popularity'][b]['probes']})"
                                                  for b in buckets) + " | " +
-             " | ".join(f"P@1 {rel}" for rel in sorted(lm["by_relation"])) + " | **P@1 all** | by seed |",
+             " | ".join(f"P@1 {rel} ({m['probes']})" for rel, m in sorted(lm["by_relation"].items())) + " | **P@1 all** | by seed |",
              "|---|---|" + "---|" * (len(buckets) + len(lm["by_relation"])) + "---|---|"]
     lines.append("| lm | - | " + " | ".join(f"{lm['by_popularity'][b]['p_at_1']:.3f}" for b in buckets) + " | " +
                  " | ".join(f"{lm['by_relation'][rel]['p_at_1']:.3f}" for rel in sorted(lm["by_relation"])) +

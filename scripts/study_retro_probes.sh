@@ -16,7 +16,7 @@
 #
 # RETRO_STEPS (default 420, the demo's) sets the steps; RETRO_TRAIN_ARGS adds
 # words to `rag train` (the tests' tiny models: --config, --preset). The seeds train side
-# by side, one thread each (on 2 cores about 1.5 hours for three at 420
+# by side, one thread each (on 2 cores about 1 hour for three at 420
 # steps). A second run reuses every finished step; a killed training resumes.
 # Writes OUT_DIR/retro_probes.json (every eval's JSON, the commands, the
 # machine; mean and spread over the seeds) and prints the summary.
@@ -33,6 +33,9 @@ PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
 say() { printf '\n== %s ==\n' "$*" >&2; }
 [ -x "$rag" ] || { echo "study_retro_probes: $rag is missing: run scripts/build.sh" >&2; exit 1; }
 mkdir -p "$out"
+# The commit of the code that runs, taken before the hour of training.
+commit="$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)"
+git -C "$here" diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
 probes="$out/wordnet" idx="$out/index"
 
 say "1. the WordNet probe facts and the disjoint training facts"
@@ -81,7 +84,6 @@ for seed in "${seeds[@]}"; do
   done
 done
 
-commit="$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)"
 "$PY" - "$out" "$commit" "$steps" "$index" "${train_args[*]}" "${seeds[@]}" <<'PYEOF'
 import json, os, statistics, sys
 out, commit, steps, index, train_cmd = sys.argv[1:6]
