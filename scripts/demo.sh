@@ -167,9 +167,10 @@ section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, 
 # cores); rerunning resumes.
 retro="$model-retro"
 retro_steps="${RAG_DEMO_RETRO_STEPS:-420}"
-retro_train=(train --arch retro --index "$index" --init "$model" --out "$retro" --steps "$retro_steps"
-             --lr 3e-3 --batch-size 4 --prompt-windows 24 --exclude-documents "$probes_dir/facts.jsonl"
-             --prompt-own-document 0.95)
+# shellcheck source=scripts/retro_copy_recipe.sh
+source "$here/scripts/retro_copy_recipe.sh"
+retro_copy_recipe "$index" "$model" "$probes_dir/facts.jsonl" "$retro_steps"
+retro_train=("${RETRO_COPY_RECIPE[@]}" --out "$retro")
 if [ -f "$retro/model_info.json" ]; then
   echo "already trained: $retro (delete it to train again)"
 elif [ -f "$retro/checkpoint.pt" ]; then

@@ -52,8 +52,10 @@ if [ ! -f "$idx/.facts_added" ]; then
 fi
 
 say "3. the retrofits, $steps steps, seeds ${seeds[*]} side by side"
-train_args=(train --arch retro --index "$idx" --init "$model" --steps "$steps" --lr 3e-3 --batch-size 4
-            --prompt-windows 24 --exclude-documents "$probes/facts.jsonl" --prompt-own-document 0.95 "${extra[@]}")
+# shellcheck source=scripts/retro_copy_recipe.sh
+source "$here/scripts/retro_copy_recipe.sh"
+retro_copy_recipe "$idx" "$model" "$probes/facts.jsonl" "$steps"
+train_args=("${RETRO_COPY_RECIPE[@]}" "${extra[@]}")
 pids=()
 for seed in "${seeds[@]}"; do
   retro="$out/retro_seed$seed"
