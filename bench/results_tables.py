@@ -425,8 +425,24 @@ def probe_popularity(j):
     return "\n".join(lines) + "\n"
 
 
+def retro_recipe_dev(j):
+    """scripts/tune_retro_recipe.sh: RETRO copy-training candidates on the probes' dev half, one seed each."""
+    cs = j["candidates"]
+    rels = sorted(cs[0]["by_relation_in"])
+    lines = [f"Probe half **{j['probe_half']}**, {cs[0]['probes']} probes (lm P@1 {cs[0]['lm_p_at_1']:.3f}); "
+             f"one retrofit per candidate, seed {cs[0]['seed']}; choice: {j['rule']}; commit `{j['git_commit'][:12]}`.", "",
+             "| prompt windows retrieving their own document | steps | " + " | ".join(f"P@1 {r}" for r in rels) +
+             " | **P@1, evidence in the index** | P@1, evidence excluded | chosen |",
+             "|---|---|" + "---|" * len(rels) + "---|---|---|"]
+    for c in cs:
+        chosen = "**yes**" if (c["own_document"], c["steps"]) == (j["chosen"]["own_document"], j["chosen"]["steps"]) else ""
+        lines.append(f"| {c['own_document']:g} | {c['steps']} | " + " | ".join(f"{c['by_relation_in'][r]:.3f}" for r in rels) +
+                     f" | **{c['p_at_1_in']:.3f}** | {c['p_at_1_excluded']:.3f} | {chosen} |")
+    return "\n".join(lines) + "\n"
+
+
 def retro_probes(j):
-    """scripts/study_retro_probes.sh: RETRO's probe P@1 on the test half over seeds, evidence in the index / excluded."""
+    """scripts/study_retro_probes.sh: RETRO's probe P@1 on a half (test) over seeds, evidence in the index / excluded."""
     order = ["0", "1-9", "10-99", "100-999", "1000+"]
     lm, runs = j["lm"], j["runs"]
     buckets = [b for b in order if b in lm["by_popularity"]]
@@ -435,7 +451,8 @@ def retro_probes(j):
         return f"{sum(values) / len(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
     lines = [f"Probe half **{lm['probe_half']}**, {lm['probes']} probes; RETRO: {len(j['seeds'])} seeds "
-             f"({', '.join(map(str, j['seeds']))}), {j['steps']} steps each, mean [min-max] over the seeds; "
+             f"({', '.join(map(str, j['seeds']))}), {j['steps']} steps each"
+             + (f", own document {j['own_document']:g}" if "own_document" in j else "") + ", mean [min-max] over the seeds; "
              f"subject popularity = occurrences in `{j['popularity_index']}`; commit `{j['git_commit'][:12]}`.", "",
              "| model | evidence document | " + " | ".join(f"P@1, subject seen {b} ({lm['by_popularity'][b]['probes']})"
                                                  for b in buckets) + " | " +
@@ -454,7 +471,7 @@ def retro_probes(j):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

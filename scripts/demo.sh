@@ -163,13 +163,12 @@ section "10. RETRO: retrofit chunked cross-attention onto the LM; retrieval on, 
 # self-attention (all but its last token), so a padded prompt reads as the
 # LM read [end-of-text, prompt]. The probe facts are left out of training
 # (--exclude-documents): they reach RETRO only through the index.
-# RAG_DEMO_RETRO_STEPS sets the steps (default 420, about 5 s each on 2
-# cores); rerunning resumes.
+# RAG_DEMO_RETRO_STEPS sets the steps (default the recipe's, about 5 s each
+# on 2 cores); rerunning resumes.
 retro="$model-retro"
-retro_steps="${RAG_DEMO_RETRO_STEPS:-420}"
 # shellcheck source=scripts/retro_copy_recipe.sh
 source "$here/scripts/retro_copy_recipe.sh"
-retro_copy_recipe "$index" "$model" "$probes_dir/facts.jsonl" "$retro_steps"
+retro_copy_recipe "$index" "$model" "$probes_dir/facts.jsonl" "${RAG_DEMO_RETRO_STEPS:-}"
 retro_train=("${RETRO_COPY_RECIPE[@]}" --out "$retro")
 if [ -f "$retro/model_info.json" ]; then
   echo "already trained: $retro (delete it to train again)"

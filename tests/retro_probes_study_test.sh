@@ -5,7 +5,10 @@
 # the probe facts excluded from training, every seed is evaluated on the
 # test half with the evidence in the index and excluded, the summary's mean
 # and spread are those of the per-seed files, a second run retrains nothing,
-# and results_tables.py renders the table from the JSON.
+# the test half's evaluations are never reused for the dev half,
+# tune_retro_recipe.sh trains one retrofit per candidate recipe, evaluates
+# the dev half only and chooses the best, and results_tables.py renders both
+# tables from the JSON.
 # Usage: retro_probes_study_test.sh RAG_BINARY
 set -euo pipefail
 # shellcheck source=tests/lib.sh
@@ -72,9 +75,45 @@ run_logged "$TMP/study2.log" "study_retro_probes.sh (again)" study
 [ "$(stat -c %Y "$TMP/out/retro_seed1/model_info.json" "$TMP/out/lm.json")" = "$before" ] ||
   fail "the second run trained or evaluated again"
 
+step "evaluations of the test half are not reused for the dev half"
+if RETRO_PROBE_HALF=dev study >"$TMP/study_dev.log" 2>&1; then
+  fail "study_retro_probes.sh reused the test half's evaluations for the dev half"
+fi
+grep -q "holds evaluations of the test half, not dev" "$TMP/study_dev.log" ||
+  { cat "$TMP/study_dev.log" >&2; fail "no clear error for the other half's evaluations"; }
+
+step "tune_retro_recipe.sh: two candidates on the dev half, the best chosen"
+tune() {
+  RAG="$RAG" RETRO_SEED=7 \
+    RETRO_TRAIN_ARGS="--config $TMP/retro.json --preset tiny --eval-every 0 --checkpoint-every 0 --quiet" \
+    bash "$HERE/scripts/tune_retro_recipe.sh" "$TMP/model" "$TMP/index" "$TMP/tune" 0.95:3,0.5:2
+}
+run_logged "$TMP/tune.log" "tune_retro_recipe.sh" tune
+"$PY" - "$TMP/tune" <<'PYEOF' || fail "the tuning JSON is wrong"
+import glob, json, os, sys
+out = sys.argv[1]
+j = json.load(open(os.path.join(out, "retro_recipe_dev.json")))
+cs = j["candidates"]
+assert [(c["own_document"], c["steps"]) for c in cs] == [(0.95, 3), (0.5, 2)], cs
+for c, d in zip(cs, ("own0.95_steps3", "own0.5_steps2")):
+    s = json.load(open(os.path.join(out, d, "retro_probes.json")))
+    assert c["p_at_1_in"] == s["p_at_1"]["in"]["values"][0] and s["seeds"] == [7], d
+    assert "--prompt-own-document %g" % c["own_document"] in c["train_command"], c["train_command"]
+    assert "--steps %d" % c["steps"] in c["train_command"], c["train_command"]
+# The test half is never read while choosing.
+evals = [f for f in glob.glob(os.path.join(out, "*", "*.json")) if not f.endswith("retro_probes.json")]
+assert len(evals) == 2 * 3, evals
+assert all(json.load(open(f))["probe_half"] == "dev" for f in evals), evals
+best = max(cs, key=lambda c: (c["p_at_1_in"], -c["steps"]))
+assert j["chosen"] == {"own_document": best["own_document"], "steps": best["steps"]}, (j["chosen"], cs)
+PYEOF
+
 step "results_tables.py renders the table from the JSON"
 cp "$TMP/out/retro_probes.json" "$TMP/retro_probes.json"
 printf '<!-- results-table retro_probes %s -->\n<!-- /results-table -->\n' "$TMP/retro_probes.json" >"$TMP/doc.md"
 "$PY" "$HERE/bench/results_tables.py" --write "$TMP/doc.md" >/dev/null || fail "results_tables.py --write failed"
 grep -q '^| retro (bm25) | excluded |' "$TMP/doc.md" || { cat "$TMP/doc.md" >&2; fail "no retro row in the table"; }
+printf '<!-- results-table retro_recipe_dev %s -->\n<!-- /results-table -->\n' "$TMP/tune/retro_recipe_dev.json" >"$TMP/doc2.md"
+"$PY" "$HERE/bench/results_tables.py" --write "$TMP/doc2.md" >/dev/null || fail "results_tables.py --write (dev) failed"
+[ "$(grep -c '^| 0.95 | 3 \|^| 0.5 | 2 ' "$TMP/doc2.md")" = 2 ] || { cat "$TMP/doc2.md" >&2; fail "no candidate rows"; }
 echo "retro_probes_study_test: OK"
