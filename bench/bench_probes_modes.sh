@@ -19,7 +19,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/bench_probes_modes.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 
-"$PY" "$HERE/scripts/wordnet_probes.py" --out "$TMP/wordnet" --capitals 30 --per-occupation 4 >&2
+"$PY" "$HERE/scripts/wordnet_probes.py" --out "$TMP/wordnet" >&2
 echo "bench_probes_modes: copying $INDEX and adding the fact documents" >&2
 cp -r "$INDEX" "$TMP/facts-index"
 "$RAG" add --model "$MODEL" --index "$TMP/facts-index" --corpus "$TMP/wordnet/facts.jsonl" --quiet >&2

@@ -110,7 +110,7 @@ section "8. Knowledge probes: WordNet facts added to the live index (never to th
 # no document says. --exclude-evidence scores each probe without its own
 # document: what the system knows without the injected fact.
 probes_dir="$data/probes/wordnet"
-/usr/bin/python3 "$here/scripts/wordnet_probes.py" --out "$probes_dir" --capitals 30 --per-occupation 4 \
+/usr/bin/python3 "$here/scripts/wordnet_probes.py" --out "$probes_dir" \
   --train-out "$probes_dir/train"
 "$rag" add --server "$server" --corpus "$probes_dir/facts.jsonl" --skip-existing --quiet
 for run in "lm|--mode lm" "knnlm_without_evidence|--mode knnlm --exclude-evidence" "knnlm|--mode knnlm"; do

@@ -44,7 +44,7 @@ probes="$out/wordnet" idx="$out/index"
 
 say "1. the WordNet probe facts and the disjoint training facts"
 [ -f "$probes/train/train_facts.jsonl" ] ||
-  "$PY" "$here/scripts/wordnet_probes.py" --out "$probes" --capitals 30 --per-occupation 4 --train-out "$probes/train" >&2
+  "$PY" "$here/scripts/wordnet_probes.py" --out "$probes" --train-out "$probes/train" >&2
 say "2. a copy of $index with both sets of facts added"
 if [ ! -f "$idx/.facts_added" ]; then
   rm -rf "$idx"
