@@ -16,15 +16,19 @@ demo_setup() {
 section() { printf '\n== %s ==\n' "$*"; }
 
 # demo_serve MODEL INDEX: starts `rag serve` on 127.0.0.1 at a free port,
-# stopped on exit; sets server (HOST:PORT) and server_pid.
-workdir="$(mktemp -d)"
+# stopped on exit; sets server (HOST:PORT) and server_pid. Its port file and
+# log go to a temporary directory made here, removed on exit.
+workdir=""
 server_pid=""
 demo_cleanup() {
   if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; fi
-  rm -rf "$workdir"
+  if [ -n "$workdir" ]; then rm -rf "$workdir"; fi
 }
-trap demo_cleanup EXIT
 demo_serve() {
+  if [ -z "$workdir" ]; then
+    workdir="$(mktemp -d)"
+    trap demo_cleanup EXIT
+  fi
   "$rag" serve --model "$1" --index "$2" --listen 127.0.0.1:0 --port-file "$workdir/port" 2>"$workdir/serve.log" &
   server_pid=$!
   for _ in $(seq 1 120); do [ -s "$workdir/port" ] && break; sleep 0.5; done
