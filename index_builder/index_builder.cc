@@ -413,6 +413,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
     } else {
       RAG_ASSIGN_OR_RETURN(index, VectorIndex::Create(dim, choice.factory));
     }
+    index->DropSearchTables();  // only added to and saved here
     if (!index->is_trained()) {
       auto t0 = std::chrono::steady_clock::now();
       RAG_RETURN_IF_ERROR(Annotate(TrainFromFile(*file, o.seed, *index), "training the index"));

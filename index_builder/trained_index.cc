@@ -97,6 +97,7 @@ absl::Status TrainChunkIndex(const std::vector<Document>& docs, const std::vecto
   r->index_factory = choice.factory;
   r->factory_note = choice.note;
   RAG_ASSIGN_OR_RETURN(auto index, VectorIndex::Create(dim, choice.factory));
+  index->DropSearchTables();  // saved empty, never searched here
   if (!index->is_trained()) {
     const int64_t m = index->TrainingSampleSize(n);
     const std::vector<int64_t> rows = SampleOf(n, m, o.seed);
@@ -168,6 +169,7 @@ absl::Status TrainDatastoreIndex(const std::vector<Document>& docs, const std::v
       first = end;
     }
     if (o.show_progress) progress.Finish();
+    plan.index->DropSearchTables();
     RAG_RETURN_IF_ERROR(Annotate(plan.index->Train(sample.data(), m, o.seed, m), "training the datastore index"));
     r->datastore_sample_rows = m;
   }

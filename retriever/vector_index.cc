@@ -134,9 +134,15 @@ int64_t NlistOf(const faiss::Index* index) {
 constexpr int kPqTrainPointsPerCentroid = 64;
 constexpr int kPqTrainIterations = 10;
 
-void ConfigurePqTraining(faiss::Index* index) {
+// The index inside a pre-transform (OPQ, PCA) or a refine wrapper.
+faiss::Index* CoreOf(faiss::Index* index) {
   if (auto* pre = dynamic_cast<faiss::IndexPreTransform*>(index)) index = pre->index;
   if (auto* refine = dynamic_cast<faiss::IndexRefine*>(index)) index = refine->base_index;
+  return index;
+}
+
+void ConfigurePqTraining(faiss::Index* index) {
+  index = CoreOf(index);
   faiss::ProductQuantizer* pq = nullptr;
   if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index)) {
     ivfpq->do_polysemous_training = false;
@@ -331,6 +337,22 @@ absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_
                                     context + " on " + std::to_string(m) + " vectors");
   }
   return absl::OkStatus();
+}
+
+void VectorIndex::DropSearchTables() {
+  // -1: FAISS's "no table" (IndexIVFPQ.h); training then skips it and
+  // search computes the same terms per query.
+  if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(CoreOf(index_.get()))) {
+    ivfpq->use_precomputed_table = -1;
+    ivfpq->precomputed_table.resize(0);
+  }
+}
+
+int64_t VectorIndex::search_table_bytes() const {
+  if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(CoreOf(index_.get()))) {
+    return static_cast<int64_t>(ivfpq->precomputed_table.size() * sizeof(float));
+  }
+  return 0;
 }
 
 absl::Status VectorIndex::Add(const float* x, int64_t n) {

@@ -143,6 +143,17 @@ class VectorIndex {
   // nlist points, or fewer than 256 for an 8-bit PQ): see AdaptFactory.
   absl::Status Train(const float* x, int64_t n, uint64_t seed = 1234, int64_t max_train = 0);
 
+  // Keeps an IVF-PQ index from holding its search tables (nlist x M x 256
+  // floats: 32 MiB for IVF512,PQ64), which FAISS builds at the end of
+  // training for search alone. For an index that is trained, added to and
+  // saved, and never searched in this process (the builders): FAISS
+  // rebuilds the tables whenever the file is read, and search without them
+  // computes the same terms per query. Call before Train. No-op for other
+  // index types.
+  void DropSearchTables();
+  // Bytes of those tables held now (0 for other index types).
+  int64_t search_table_bytes() const;
+
   // Appends n vectors (n x dim floats); they get ids size() .. size() + n - 1.
   // FailedPrecondition if the index is not trained or is read-only.
   absl::Status Add(const float* x, int64_t n);

@@ -68,6 +68,7 @@ absl::StatusOr<std::unique_ptr<KeyIndexer>> KeyIndexer::Create(const DatastoreFi
       k->train_from_ = prefix_sample ? std::min(total, std::max(4 * k->sample_, total / 4)) : total;
     }
   }
+  k->index_->DropSearchTables();  // only added to and saved here
   const int64_t batch =
       options.batch_rows > 0 ? options.batch_rows : std::max<int64_t>(1, kAddBatchBytes / (4 * int64_t{dim}));
   k->batch_ = batch;
@@ -106,7 +107,10 @@ absl::Status KeyIndexer::Train(int64_t rows) {
     // An interrupted FAISS training can leave a half-trained coarse
     // quantizer that a retry would keep: start the next try afresh.
     auto fresh = VectorIndex::Create(dim_, choice_.factory);
-    if (fresh.ok()) index_ = std::move(fresh).value();
+    if (fresh.ok()) {
+      index_ = std::move(fresh).value();
+      index_->DropSearchTables();
+    }
     return s;
   }
   trained_rows_ = m;
