@@ -229,9 +229,9 @@ class EmbeddingsFile {
 };
 
 // Trains `index` as VectorIndex::Train(<whole file>, n, seed) would, reading
-// only the rows it samples (VectorIndex::TrainingSampleSize of them): the
-// sample is read here and passed whole, so Train uses it as is. The memory
-// is the sample's, freed on return.
+// only the rows it samples (VectorIndex::TrainingSampleSize of them) and
+// handing them over (TrainOnSample). The memory is the sample's, freed on
+// return.
 absl::Status TrainFromFile(const EmbeddingsFile& file, uint64_t seed, VectorIndex& index) {
   const int64_t n = file.rows();
   const size_t dim = static_cast<size_t>(file.dim());
@@ -248,7 +248,7 @@ absl::Status TrainFromFile(const EmbeddingsFile& file, uint64_t seed, VectorInde
       i = j;
     }
   }
-  return index.Train(sample.data(), m, seed);
+  return index.TrainOnSample(std::move(sample), seed);
 }
 
 // The trained index of `--trained`, checked against what this build brings.

@@ -103,7 +103,7 @@ absl::Status TrainChunkIndex(const std::vector<Document>& docs, const std::vecto
     const std::vector<int64_t> rows = SampleOf(n, m, o.seed);
     RAG_ASSIGN_OR_RETURN(std::vector<float> sample,
                          EmbedSampledChunks(docs, chunks_of_doc, rows, tok, embedder, o, stop));
-    RAG_RETURN_IF_ERROR(Annotate(index->Train(sample.data(), m, o.seed), "training the index"));
+    RAG_RETURN_IF_ERROR(Annotate(index->TrainOnSample(std::move(sample), o.seed), "training the index"));
     r->sample_rows = m;
   }
   std::fprintf(stderr, "train: index %s for %lld chunks of dim %d, trained on %lld\n", choice.factory.c_str(),
@@ -170,7 +170,7 @@ absl::Status TrainDatastoreIndex(const std::vector<Document>& docs, const std::v
     }
     if (o.show_progress) progress.Finish();
     plan.index->DropSearchTables();
-    RAG_RETURN_IF_ERROR(Annotate(plan.index->Train(sample.data(), m, o.seed, m), "training the datastore index"));
+    RAG_RETURN_IF_ERROR(Annotate(plan.index->TrainOnSample(std::move(sample), o.seed), "training the datastore index"));
     r->datastore_sample_rows = m;
   }
   std::fprintf(stderr, "train: datastore index %s for %lld keys, trained on %lld\n", plan.choice.factory.c_str(),

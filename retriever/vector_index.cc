@@ -305,36 +305,88 @@ int64_t VectorIndex::TrainingSampleSize(int64_t n, int64_t max_train, const Trai
   return std::min(n, cap);
 }
 
-absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_t max_train) {
+absl::Status VectorIndex::CheckTrainingRows(int64_t n) const {
   const std::string context = "training index '" + factory_ + "'";
-  if (n < 0 || max_train < 0) return absl::InvalidArgumentError(context + ": negative n or max_train");
-  if (x == nullptr && n > 0) return absl::InvalidArgumentError(context + ": null data");
-  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
-  if (index_->is_trained) return absl::OkStatus();
   const int64_t nlist = NlistOf(index_.get());
   if (n < std::max<int64_t>(nlist, 1)) {
     return absl::InvalidArgumentError(context + ": needs at least " + std::to_string(std::max<int64_t>(nlist, 1)) +
                                       " training vectors, got " + std::to_string(n) +
                                       " (VectorIndex::AdaptFactory picks a factory that fits)");
   }
+  return absl::OkStatus();
+}
+
+absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_t max_train) {
+  const std::string context = "training index '" + factory_ + "'";
+  if (n < 0 || max_train < 0) return absl::InvalidArgumentError(context + ": negative n or max_train");
+  if (x == nullptr && n > 0) return absl::InvalidArgumentError(context + ": null data");
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  if (index_->is_trained) return absl::OkStatus();
+  RAG_RETURN_IF_ERROR(CheckTrainingRows(n));
   const int64_t m = TrainingSampleSize(n, max_train);
   const size_t d = static_cast<size_t>(index_->d);
+  if (m == n && dynamic_cast<faiss::IndexIVFPQ*>(index_.get()) == nullptr) {
+    AllCoresForFaiss cores;
+    try {
+      ConfigurePqTraining(index_.get());
+      index_->train(n, x);
+    } catch (...) {
+      return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
+                                      context + " on " + std::to_string(n) + " vectors");
+    }
+    return absl::OkStatus();
+  }
+  // A copy the IVF-PQ training below may reorder (one training rule).
+  std::vector<float> sample(static_cast<size_t>(m) * d);
+  if (m == n) {
+    std::memcpy(sample.data(), x, sample.size() * sizeof(float));
+  } else {
+    const std::vector<int64_t> rows = SampleRows(n, m, seed);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::memcpy(sample.data() + i * d, x + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
+    }
+  }
+  return TrainOnSample(std::move(sample), seed);
+}
+
+absl::Status VectorIndex::TrainOnSample(std::vector<float> sample, uint64_t seed) {
+  const size_t d = static_cast<size_t>(index_->d);
+  const std::string context = "training index '" + factory_ + "'";
+  if (sample.size() % d != 0) return absl::InvalidArgumentError(context + ": sample is not whole rows");
+  const int64_t n = static_cast<int64_t>(sample.size() / d);
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  if (index_->is_trained) return absl::OkStatus();
+  RAG_RETURN_IF_ERROR(CheckTrainingRows(n));
   AllCoresForFaiss cores;
   try {
     ConfigurePqTraining(index_.get());
-    if (m == n) {
-      index_->train(n, x);
-    } else {
-      std::vector<float> sample(static_cast<size_t>(m) * d);
-      std::vector<int64_t> rows = SampleRows(n, m, seed);
-      for (size_t i = 0; i < rows.size(); ++i) {
-        std::memcpy(sample.data() + i * d, x + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
-      }
-      index_->train(m, sample.data());
+    auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index_.get());
+    if (ivfpq == nullptr || !ivfpq->by_residual) {
+      index_->train(n, sample.data());
+      return absl::OkStatus();
     }
+    // FAISS 1.7.3's IndexIVF::train is train_q1 (the coarse k-means) then
+    // train_residual, which copies a subsample of at most
+    // max_points_per_centroid * ksub rows for the PQ and their residuals.
+    // Run the same two steps, with the PQ subsample moved to the front of
+    // this buffer instead of copied: the sample is ours to reorder.
+    ivfpq->train_q1(n, sample.data(), ivfpq->verbose, ivfpq->metric_type);
+    const int64_t pq_rows = std::min<int64_t>(n, int64_t{ivfpq->pq.cp.max_points_per_centroid} *
+                                                     static_cast<int64_t>(ivfpq->pq.ksub));
+    if (pq_rows < n) {
+      // Sorted rows r_0 < r_1 < ...: r_i >= i, so slot i never holds a row
+      // still to be moved.
+      const std::vector<int64_t> rows = SampleRows(n, pq_rows, seed + 1);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (rows[i] == static_cast<int64_t>(i)) continue;
+        std::memcpy(sample.data() + i * d, sample.data() + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
+      }
+    }
+    ivfpq->train_residual(pq_rows, sample.data());
+    ivfpq->is_trained = true;
   } catch (...) {
     return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
-                                    context + " on " + std::to_string(m) + " vectors");
+                                    context + " on " + std::to_string(n) + " vectors");
   }
   return absl::OkStatus();
 }

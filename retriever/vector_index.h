@@ -143,6 +143,13 @@ class VectorIndex {
   // nlist points, or fewer than 256 for an 8-bit PQ): see AdaptFactory.
   absl::Status Train(const float* x, int64_t n, uint64_t seed = 1234, int64_t max_train = 0);
 
+  // Train on rows already sampled (the caller read TrainingSampleSize rows,
+  // SampleRows(n, m, seed)): the same index as Train over all n with
+  // `seed`. The buffer is taken over, so an IVF-PQ index trains its PQ on a
+  // subsample moved within it rather than on FAISS's copy of one: the
+  // builders' training peak is the sample and the PQ residuals, nothing more.
+  absl::Status TrainOnSample(std::vector<float> sample, uint64_t seed = 1234);
+
   // Keeps an IVF-PQ index from holding its search tables (nlist x M x 256
   // floats: 32 MiB for IVF512,PQ64), which FAISS builds at the end of
   // training for search alone. For an index that is trained, added to and
@@ -230,6 +237,8 @@ class VectorIndex {
 
  private:
   VectorIndex(std::unique_ptr<faiss::Index> index, std::string factory, bool read_only);
+  // InvalidArgument below nlist training rows.
+  absl::Status CheckTrainingRows(int64_t n) const;
 
   std::unique_ptr<faiss::Index> index_;
   std::string factory_;

@@ -3,6 +3,8 @@
 // and concurrent search.
 #include "retriever/vector_index.h"
 
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/index_factory.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -420,6 +422,53 @@ TEST_F(VectorIndexTest, DroppedSearchTablesSaveTheSameFile) {
   int64_t same = 0;
   for (size_t i = 0; i < kept.ids.size(); ++i) same += direct.ids[i] == kept.ids[i];
   EXPECT_GE(static_cast<double>(same), 0.98 * static_cast<double>(kept.ids.size()));
+}
+
+// The builders hand over the rows they read (TrainOnSample): the index is
+// Train's over all rows. With 4-bit PQ (16 centroids) the PQ trains on a
+// 1,024-row subsample moved within the buffer; its recall is that of FAISS's
+// own IndexIVFPQ::train on the same rows with the same PQ settings.
+TEST_F(VectorIndexTest, TrainOnSampleIsTrainAndMatchesFaissTraining) {
+  const std::string factory = "IVF32,PQ16x4";
+  const int64_t n = static_cast<int64_t>(base_->size() / kDim);
+  const int64_t m = 4000;
+  const uint64_t seed = 7;
+  const std::vector<int64_t> rows = VectorIndex::SampleRows(n, m, seed);
+  std::vector<float> sample(static_cast<size_t>(m) * kDim);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::copy_n(base_->data() + rows[i] * kDim, kDim, sample.data() + i * kDim);
+  }
+  auto whole = VectorIndex::Create(kDim, factory);
+  auto handed = VectorIndex::Create(kDim, factory);
+  RAG_ASSERT_OK(whole);
+  RAG_ASSERT_OK(handed);
+  RAG_ASSERT_OK((*whole)->Train(base_->data(), n, seed, m));
+  RAG_ASSERT_OK((*handed)->TrainOnSample(sample, seed));
+  testing::TempDir dir;
+  RAG_ASSERT_OK((*whole)->Save(dir / "whole.faiss"));
+  RAG_ASSERT_OK((*handed)->Save(dir / "handed.faiss"));
+  EXPECT_EQ(ReadBytes(dir / "whole.faiss"), ReadBytes(dir / "handed.faiss"));
+
+  std::unique_ptr<faiss::Index> reference(faiss::index_factory(kDim, factory.c_str()));
+  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(reference.get());
+  ASSERT_NE(ivfpq, nullptr);
+  ivfpq->do_polysemous_training = false;
+  ivfpq->pq.cp.max_points_per_centroid = 64;
+  ivfpq->pq.cp.niter = 10;
+  ivfpq->train(m, sample.data());
+  ivfpq->add(n, base_->data());
+  ivfpq->nprobe = 8;
+  std::vector<float> distances(static_cast<size_t>(kQueries) * kK);
+  std::vector<faiss::Index::idx_t> ids(static_cast<size_t>(kQueries) * kK);
+  ivfpq->search(kQueries, queries_->data(), kK, distances.data(), ids.data());
+  const double faiss_recall =
+      RecallAtK(std::vector<int64_t>(ids.begin(), ids.end()), exact_->ids, kQueries, kK);
+  RAG_ASSERT_OK((*handed)->Add(base_->data(), n));
+  const double recall = RecallAtK(SearchOrDie(**handed, *queries_, kK, 8).ids, exact_->ids, kQueries, kK);
+  std::printf("recall@10 %s nprobe=8: TrainOnSample %.3f, FAISS's train %.3f\n", factory.c_str(), recall,
+              faiss_recall);
+  EXPECT_GE(recall, faiss_recall - 0.03);
+  EXPECT_GT(faiss_recall, 0.2);
 }
 
 TEST(VectorIndexBasicsTest, SeededTrainingIsDeterministic) {

@@ -102,7 +102,7 @@ absl::Status KeyIndexer::Train(int64_t rows) {
     RAG_RETURN_IF_ERROR(PreadAll(keys_fd_, row.data(), d * 2, RowOffset(picked[i]), keys_path_));
     HalvesToFloats(row.data(), d, sample.data() + i * d);
   }
-  absl::Status s = index_->Train(sample.data(), m, options_.seed, m);
+  absl::Status s = index_->TrainOnSample(std::move(sample), options_.seed);
   if (!s.ok()) {
     // An interrupted FAISS training can leave a half-trained coarse
     // quantizer that a retry would keep: start the next try afresh.
