@@ -34,7 +34,7 @@ for c in "${candidates[@]}"; do
   dir="$out/own${own}_steps$steps"
   dirs+=("$dir")
   RETRO_PROBE_HALF=dev RETRO_OWN_DOCUMENT="$own" RETRO_STEPS="$steps" \
-    bash "$here/scripts/study_retro_probes.sh" "$model" "$index" "$dir" "$seed" >"$dir.log" 2>&1 &
+    bash "$here/scripts/study_retro_probes.sh" "$model" "$index" "$dir" "$seed" >>"$dir.log" 2>&1 &
   pids+=("$!")
 done
 for i in "${!pids[@]}"; do
