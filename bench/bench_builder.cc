@@ -21,7 +21,7 @@
 //      the peak is the builder's own memory, not the embedding working set.
 //
 //   build/bench/bench_builder --model MODEL_DIR [--corpus data/brown/brown.jsonl] [--docs N]
-//       [--docs-small N (default: a quarter of --docs)] [--batch 64] [--chunk-tokens 64]
+//       [--docs-small N (default: a quarter of --docs)] [--batch 16] [--chunk-tokens 64]
 //       [--index-factory F] [--rounds 5] [--threads N] [--memory-only] [--out bench/results/builder.json]
 //
 // Every round's figures and the memory figures go to --out as JSON.
@@ -68,7 +68,7 @@ struct Flags {
   std::string index_factory;  // "" = the builder's choice, as `rag build`
   int64_t docs = 0;           // 0 = all
   int64_t docs_small = 0;     // the small corpus of (b); 0 = a quarter of the --docs corpus
-  int64_t batch = 64;         // chunks per embedding batch (`rag build --batch-size`)
+  int64_t batch = rag::index_builder::BuildOptions{}.embed_batch;  // chunks per embedding batch, as `rag build`
   int chunk_tokens = 64;
   int64_t rounds = 5;
   std::string out;            // JSON result file; "" = none
@@ -215,7 +215,7 @@ int MeasureThroughput(const Flags& f, const std::string& subset, const fs::path&
   if (!model.ok()) return Fail("opening the model", model.status());
   auto docs = rag::index_builder::ReadCorpus(subset);
   if (!docs.ok()) return Fail("reading the corpus", docs.status());
-  auto embedder = rag::lm::MakeLmEmbedder(model->get());  // as `rag build`: forward batches of 32
+  auto embedder = rag::lm::MakeLmEmbedder(model->get());  // as `rag build`: at most 32 per forward
 
   // The builder's batches: consecutive runs of --batch chunks in chunk order.
   std::vector<std::vector<std::vector<rag::lm::TokenId>>> batches(1);

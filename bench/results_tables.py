@@ -178,7 +178,8 @@ def builder(j):
     i, t, m = j["inputs"], j["throughput"], j["memory"]
     mib = 2**20
     rows = [f"`{i['corpus']}`: {i['docs']:,} documents, {i['tokens']:,} tokens, {i['chunks']:,} chunks, index "
-            f"`{i['index_factory']}`, {j['machine']['cores']} cores, commit `{commit(j)}`, "
+            f"`{i['index_factory']}`" + (f", embedding batch {i['embed_batch']}" if "embed_batch" in i else "") +
+            f", {j['machine']['cores']} cores, commit `{commit(j)}`, "
             + (f"median of {j['rounds']} rounds (min .. max)." if t else "memory only (one build per size)."),
             "",
             "| measure | value |",

@@ -42,7 +42,10 @@ struct BuildOptions {
   std::string index_factory;          // any FAISS factory string; "" = chosen from the corpus size
   int chunk_tokens = 64;              // Default: 64 (RETRO)
   int continuation_tokens = 64;       // Default: 64 (RETRO)
-  int64_t embed_batch = 64;           // chunks per embedding batch (the resume unit). Default: 64
+  // Chunks per embedding batch (one forward pass; the resume unit).
+  // Default: 16: on 2 cores as fast as 64 (docs/results.md, issue 24) and the
+  // forward's working set, which sets the build's peak memory, 34 MB smaller.
+  int64_t embed_batch = 16;
   int64_t add_batch = 16384;          // vectors per FAISS add call, read from embeddings.f32 at a time
                                       // (add_batch * dim floats of memory). Default: 16384
   uint64_t seed = 1234;               // FAISS training sample. Default: 1234

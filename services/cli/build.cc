@@ -30,7 +30,7 @@ struct BuildArgs {
   std::string corpus, model, out, factory, embedder, datastore_factory, datastore_split = "all", shard, trained;
   bool datastore = false, train_only = false;
   int chunk_tokens = 64, continuation_tokens = 64;
-  int64_t batch = 64;
+  int64_t batch = rag::index_builder::BuildOptions{}.embed_batch;
   uint64_t seed = 1234;
   bool overwrite = false, json_out = false, quiet = false;
 };
