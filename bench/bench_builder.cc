@@ -21,7 +21,7 @@
 //      the peak is the builder's own memory, not the embedding working set.
 //
 //   build/bench/bench_builder --model MODEL_DIR [--corpus data/brown/brown.jsonl] [--docs N]
-//       [--docs-small N (default: a quarter of --docs)] [--batch 16] [--chunk-tokens 64]
+//       [--docs-small N (default: a quarter of --docs)] [--batch N (default: rag build's)] [--chunk-tokens 64]
 //       [--index-factory F] [--rounds 5] [--threads N] [--memory-only] [--out bench/results/builder.json]
 //
 // Every round's figures and the memory figures go to --out as JSON.

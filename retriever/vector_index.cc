@@ -141,6 +141,12 @@ faiss::Index* CoreOf(faiss::Index* index) {
   return index;
 }
 
+// A bare IVF-PQ on residuals (trained in two steps by TrainOwnedSample).
+faiss::IndexIVFPQ* ResidualIvfPqOf(faiss::Index* index) {
+  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index);
+  return ivfpq != nullptr && ivfpq->by_residual ? ivfpq : nullptr;
+}
+
 void ConfigurePqTraining(faiss::Index* index) {
   index = CoreOf(index);
   faiss::ProductQuantizer* pq = nullptr;
@@ -305,10 +311,11 @@ int64_t VectorIndex::TrainingSampleSize(int64_t n, int64_t max_train, const Trai
   return std::min(n, cap);
 }
 
-absl::Status VectorIndex::CheckTrainingRows(int64_t n) const {
+absl::Status VectorIndex::CheckTrainable(int64_t n) const {
   const std::string context = "training index '" + factory_ + "'";
+  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
   const int64_t nlist = NlistOf(index_.get());
-  if (n < std::max<int64_t>(nlist, 1)) {
+  if (!index_->is_trained && n < std::max<int64_t>(nlist, 1)) {
     return absl::InvalidArgumentError(context + ": needs at least " + std::to_string(std::max<int64_t>(nlist, 1)) +
                                       " training vectors, got " + std::to_string(n) +
                                       " (VectorIndex::AdaptFactory picks a factory that fits)");
@@ -320,23 +327,12 @@ absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_
   const std::string context = "training index '" + factory_ + "'";
   if (n < 0 || max_train < 0) return absl::InvalidArgumentError(context + ": negative n or max_train");
   if (x == nullptr && n > 0) return absl::InvalidArgumentError(context + ": null data");
-  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  RAG_RETURN_IF_ERROR(CheckTrainable(n));
   if (index_->is_trained) return absl::OkStatus();
-  RAG_RETURN_IF_ERROR(CheckTrainingRows(n));
   const int64_t m = TrainingSampleSize(n, max_train);
   const size_t d = static_cast<size_t>(index_->d);
-  if (m == n && dynamic_cast<faiss::IndexIVFPQ*>(index_.get()) == nullptr) {
-    AllCoresForFaiss cores;
-    try {
-      ConfigurePqTraining(index_.get());
-      index_->train(n, x);
-    } catch (...) {
-      return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
-                                      context + " on " + std::to_string(n) + " vectors");
-    }
-    return absl::OkStatus();
-  }
-  // A copy the IVF-PQ training below may reorder (one training rule).
+  // Only a residual IVF-PQ reorders its sample: others train on `x` itself.
+  if (m == n && ResidualIvfPqOf(index_.get()) == nullptr) return TrainInFaiss(x, n);
   std::vector<float> sample(static_cast<size_t>(m) * d);
   if (m == n) {
     std::memcpy(sample.data(), x, sample.size() * sizeof(float));
@@ -346,25 +342,39 @@ absl::Status VectorIndex::Train(const float* x, int64_t n, uint64_t seed, int64_
       std::memcpy(sample.data() + i * d, x + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
     }
   }
-  return TrainOnSample(std::move(sample), seed);
+  return TrainOwnedSample(std::move(sample), seed);
 }
 
 absl::Status VectorIndex::TrainOnSample(std::vector<float> sample, uint64_t seed) {
   const size_t d = static_cast<size_t>(index_->d);
-  const std::string context = "training index '" + factory_ + "'";
-  if (sample.size() % d != 0) return absl::InvalidArgumentError(context + ": sample is not whole rows");
-  const int64_t n = static_cast<int64_t>(sample.size() / d);
-  if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
+  if (sample.size() % d != 0) {
+    return absl::InvalidArgumentError("training index '" + factory_ + "': sample is not whole rows");
+  }
+  RAG_RETURN_IF_ERROR(CheckTrainable(static_cast<int64_t>(sample.size() / d)));
   if (index_->is_trained) return absl::OkStatus();
-  RAG_RETURN_IF_ERROR(CheckTrainingRows(n));
+  return TrainOwnedSample(std::move(sample), seed);
+}
+
+absl::Status VectorIndex::TrainInFaiss(const float* x, int64_t n) {
   AllCoresForFaiss cores;
   try {
     ConfigurePqTraining(index_.get());
-    auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index_.get());
-    if (ivfpq == nullptr || !ivfpq->by_residual) {
-      index_->train(n, sample.data());
-      return absl::OkStatus();
-    }
+    index_->train(n, x);
+  } catch (...) {
+    return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
+                                    "training index '" + factory_ + "' on " + std::to_string(n) + " vectors");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VectorIndex::TrainOwnedSample(std::vector<float> sample, uint64_t seed) {
+  const size_t d = static_cast<size_t>(index_->d);
+  const int64_t n = static_cast<int64_t>(sample.size() / d);
+  faiss::IndexIVFPQ* ivfpq = ResidualIvfPqOf(index_.get());
+  if (ivfpq == nullptr) return TrainInFaiss(sample.data(), n);
+  AllCoresForFaiss cores;
+  try {
+    ConfigurePqTraining(index_.get());
     // FAISS 1.7.3's IndexIVF::train is train_q1 (the coarse k-means) then
     // train_residual, which copies a subsample of at most
     // max_points_per_centroid * ksub rows for the PQ and their residuals.
@@ -386,7 +396,7 @@ absl::Status VectorIndex::TrainOnSample(std::vector<float> sample, uint64_t seed
     ivfpq->is_trained = true;
   } catch (...) {
     return CurrentExceptionToStatus(absl::StatusCode::kInvalidArgument,
-                                    context + " on " + std::to_string(n) + " vectors");
+                                    "training index '" + factory_ + "' on " + std::to_string(n) + " vectors");
   }
   return absl::OkStatus();
 }

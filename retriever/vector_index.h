@@ -237,8 +237,13 @@ class VectorIndex {
 
  private:
   VectorIndex(std::unique_ptr<faiss::Index> index, std::string factory, bool read_only);
-  // InvalidArgument below nlist training rows.
-  absl::Status CheckTrainingRows(int64_t n) const;
+  // FailedPrecondition if read-only; InvalidArgument if untrained and n is
+  // below nlist.
+  absl::Status CheckTrainable(int64_t n) const;
+  // FAISS's own training on n rows of x, on every core.
+  absl::Status TrainInFaiss(const float* x, int64_t n);
+  // TrainOnSample after its checks.
+  absl::Status TrainOwnedSample(std::vector<float> sample, uint64_t seed);
 
   std::unique_ptr<faiss::Index> index_;
   std::string factory_;

@@ -23,8 +23,6 @@ IFS=, read -r -a candidates <<<"${4:-0.95:420,0.5:420,0.95:210}"
 seed="${RETRO_SEED:-1}"
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
 mkdir -p "$out"
-commit="$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)"
-git -C "$here" diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
 
 dirs=() pids=()
 for c in "${candidates[@]}"; do
@@ -41,13 +39,14 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || { echo "tune_retro_recipe: candidate ${candidates[$i]} failed: see ${dirs[$i]}.log" >&2; exit 1; }
 done
 
-"$PY" - "$out" "$commit" "${dirs[@]}" <<'PYEOF'
+"$PY" - "$out" "${dirs[@]}" <<'PYEOF'
 import json, os, sys
-out, commit, dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, dirs = sys.argv[1], sys.argv[2:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
-candidates = []
+candidates, commits = [], set()
 for d in dirs:
     s = json.load(open(os.path.join(d, "retro_probes.json")))
+    commits.add(s["git_commit"])  # each study records the commit it started at
     assert s["probe_half"] == "dev", (d, s["probe_half"])
     candidates.append({"own_document": s["own_document"], "steps": s["steps"], "seed": s["seeds"][0],
                        "p_at_1_in": s["p_at_1"]["in"]["mean"], "p_at_1_excluded": s["p_at_1"]["excluded"]["mean"],
@@ -56,7 +55,7 @@ for d in dirs:
                        "train_command": s["train_command"], "study": os.path.join(d, "retro_probes.json")})
 # Highest P@1 first; among equals fewer steps, then the listed order.
 best = min(range(len(candidates)), key=lambda i: (-candidates[i]["p_at_1_in"], candidates[i]["steps"], i))
-report = {"study": "retro_recipe_dev", "probe_half": "dev", "git_commit": commit,
+report = {"study": "retro_recipe_dev", "probe_half": "dev", "git_commit": ",".join(sorted(commits)),
           "machine": {"cpu": cpu, "cores": os.cpu_count()},
           "rule": "highest dev P@1 with the evidence in the index; ties: fewer steps, then listed order",
           "candidates": candidates, "chosen": {k: candidates[best][k] for k in ("own_document", "steps")}}
