@@ -46,8 +46,11 @@ struct BuildOptions {
   // Default: 16: on 2 cores as fast as 64 (docs/results.md, issue 24) and the
   // forward's working set, which sets the build's peak memory, 34 MB smaller.
   int64_t embed_batch = 16;
-  int64_t add_batch = 16384;          // vectors per FAISS add call, read from embeddings.f32 at a time
-                                      // (add_batch * dim floats of memory). Default: 16384
+  // Vectors per FAISS add call, read from embeddings.f32 at a time: the
+  // batch and FAISS's residuals and codes of it are the adding stage's
+  // memory, which set Brown's build peak at 16384 (docs/results.md, issue
+  // 24). An IVF's lists do not depend on it. Default: 4096
+  int64_t add_batch = 4096;
   uint64_t seed = 1234;               // FAISS training sample. Default: 1234
   bool overwrite = false;             // replace an existing index at out_dir
   bool show_progress = true;

@@ -74,6 +74,26 @@ struct Results {
   std::vector<int64_t> ids;
 };
 
+// FAISS's own IndexIVFPQ for `factory`, trained by IndexIVFPQ::train on
+// the m rows of `train` with this project's PQ settings (vector_index_train.cc),
+// holding `base`, searched with nprobe 8: the reference TrainOnSample is
+// compared with. Null when the factory is no IVF-PQ.
+std::unique_ptr<faiss::IndexIVFPQ> FaissIvfPq(const std::string& factory, int64_t m, const float* train,
+                                              const std::vector<float>& base) {
+  std::unique_ptr<faiss::Index> index(faiss::index_factory(kDim, factory.c_str()));
+  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index.get());
+  if (ivfpq == nullptr) return nullptr;
+  index.release();
+  std::unique_ptr<faiss::IndexIVFPQ> owned(ivfpq);
+  owned->do_polysemous_training = false;
+  owned->pq.cp.max_points_per_centroid = 64;
+  owned->pq.cp.niter = 10;
+  owned->train(m, train);
+  owned->add(static_cast<int64_t>(base.size() / kDim), base.data());
+  owned->nprobe = 8;
+  return owned;
+}
+
 Results SearchOrDie(const VectorIndex& index, const std::vector<float>& queries, int k, int nprobe) {
   Results r;
   absl::Status s =
@@ -449,15 +469,8 @@ TEST_F(VectorIndexTest, TrainOnSampleIsTrainAndMatchesFaissTraining) {
   RAG_ASSERT_OK((*handed)->Save(dir / "handed.faiss"));
   EXPECT_EQ(ReadBytes(dir / "whole.faiss"), ReadBytes(dir / "handed.faiss"));
 
-  std::unique_ptr<faiss::Index> reference(faiss::index_factory(kDim, factory.c_str()));
-  auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(reference.get());
+  std::unique_ptr<faiss::IndexIVFPQ> ivfpq = FaissIvfPq(factory, m, sample.data(), *base_);
   ASSERT_NE(ivfpq, nullptr);
-  ivfpq->do_polysemous_training = false;
-  ivfpq->pq.cp.max_points_per_centroid = 64;
-  ivfpq->pq.cp.niter = 10;
-  ivfpq->train(m, sample.data());
-  ivfpq->add(n, base_->data());
-  ivfpq->nprobe = 8;
   std::vector<float> distances(static_cast<size_t>(kQueries) * kK);
   std::vector<faiss::Index::idx_t> ids(static_cast<size_t>(kQueries) * kK);
   ivfpq->search(kQueries, queries_->data(), kK, distances.data(), ids.data());
@@ -469,6 +482,27 @@ TEST_F(VectorIndexTest, TrainOnSampleIsTrainAndMatchesFaissTraining) {
               faiss_recall);
   EXPECT_GE(recall, faiss_recall - 0.03);
   EXPECT_GT(faiss_recall, 0.2);
+}
+
+// Without a PQ subsample (1,000 rows, under 4-bit PQ's 64 * 16), the
+// residuals TrainOnSample computes in place of its buffer train the same
+// codebooks as FAISS's own IndexIVFPQ::train: every distance is equal.
+TEST_F(VectorIndexTest, TrainOnSampleInPlaceResidualsAreFaissTrainExactly) {
+  const std::string factory = "IVF32,PQ16x4";
+  const int64_t n = static_cast<int64_t>(base_->size() / kDim);
+  const int64_t m = 1000;
+  std::vector<float> sample(base_->begin(), base_->begin() + m * kDim);
+  auto handed = VectorIndex::Create(kDim, factory);
+  RAG_ASSERT_OK(handed);
+  RAG_ASSERT_OK((*handed)->TrainOnSample(sample, /*seed=*/7));
+  RAG_ASSERT_OK((*handed)->Add(base_->data(), n));
+
+  std::unique_ptr<faiss::IndexIVFPQ> ivfpq = FaissIvfPq(factory, m, base_->data(), *base_);
+  ASSERT_NE(ivfpq, nullptr);
+  std::vector<float> distances(static_cast<size_t>(kQueries) * kK);
+  std::vector<faiss::Index::idx_t> ids(static_cast<size_t>(kQueries) * kK);
+  ivfpq->search(kQueries, queries_->data(), kK, distances.data(), ids.data());
+  EXPECT_EQ(SearchOrDie(**handed, *queries_, kK, 8).distances, distances);
 }
 
 TEST(VectorIndexBasicsTest, SeededTrainingIsDeterministic) {

@@ -1,17 +1,29 @@
-// How the retriever calls FAISS (retriever/vector_index.cc,
-// retriever/exact_search.cc): with every core, and with FAISS's exceptions
+// How the retriever calls FAISS (retriever/vector_index*.cc,
+// retriever/exact_search.cc): with every core, with FAISS's exceptions
 // turned into a Status (a call cancelled through VectorIndex::CancelScope
-// into CANCELLED).
+// into CANCELLED), and what it looks up in a FAISS index's structure.
 #pragma once
 
 #include <omp.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
 
+namespace faiss {
+struct Index;
+}  // namespace faiss
+
 namespace rag::retriever::internal {
+
+// nlist of the IVF inside `index` (through pre-transforms and refines), 0
+// when it is not an IVF.
+int64_t NlistOf(const faiss::Index* index);
+
+// The index inside a pre-transform (OPQ, PCA) or a refine wrapper.
+faiss::Index* CoreOf(faiss::Index* index);
 
 // FAISS parallelizes with OpenMP, whose thread count belongs to the calling
 // thread: LibTorch's set_num_threads(1) (lm/runtime.h) makes it 1 on the
