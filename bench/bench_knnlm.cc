@@ -98,7 +98,8 @@ struct Arm {
 
 int main(int argc, char** argv) {
   std::string model_dir, index_dir, corpus = "data/brown/brown.jsonl", nprobes = "1,2,4,8,16", ks = "1024";
-  std::string min_entropies = "0";
+  std::string min_entropies = "0", min_pointers = "0";
+  bool curve_grpc = false;
   std::string build_factory = "IVF256,PQ32", out_path;
   int docs = 6, docs_offset = 0, ref_nprobe = 64, build_docs = 20, rounds = 5;
   std::string parts = "ab";
@@ -116,6 +117,11 @@ int main(int argc, char** argv) {
   app.add_option("--min-entropy", min_entropies,
                  "comma-separated adaptive-retrieval thresholds (nats) of the trade-off curve")
       ->capture_default_str();
+  app.add_option("--min-pointers", min_pointers,
+                 "comma-separated RetoMaton thresholds of the trade-off curve (0: search every position); "
+                 "not combined with --min-entropy values > 0")
+      ->capture_default_str();
+  app.add_flag("--curve-grpc", curve_grpc, "also run every arm of the trade-off curve over gRPC");
   app.add_option("--ref-nprobe", ref_nprobe, "nprobe of the reference search (exact distances)")->capture_default_str();
   app.add_option("--lambda", lambda, "kNN-LM interpolation weight of the curve's arms")->capture_default_str();
   app.add_option("--build-docs", build_docs, "training documents of part (b)'s datastore (0: all)")
@@ -210,16 +216,22 @@ int main(int argc, char** argv) {
     add("lm", "grpc", client->get(), lm_req, 2);
     add("knnlm served defaults", "grpc", client->get(), default_req, 2);
     for (const std::string& me : Split(min_entropies)) {
-      for (int k : ParseInts(ks)) {
-        for (int np : ParseInts(nprobes)) {
-          rag::v1::ScoreRequest r;
-          r.set_mode("knnlm");
-          r.mutable_knn()->set_nprobe(np);
-          r.mutable_knn()->set_k(k);
-          r.mutable_knn()->set_lambda(lambda);
-          r.mutable_knn()->set_min_lm_entropy(std::stof(me));
-          add("knnlm nprobe " + std::to_string(np) + " k " + std::to_string(k) + " H>=" + me, "in-process",
-              engine->get(), r, 0);
+      for (int mp : ParseInts(min_pointers)) {
+        if (mp > 0 && std::stof(me) > 0) continue;  // the server refuses the two together
+        for (int k : ParseInts(ks)) {
+          for (int np : ParseInts(nprobes)) {
+            rag::v1::ScoreRequest r;
+            r.set_mode("knnlm");
+            r.mutable_knn()->set_nprobe(np);
+            r.mutable_knn()->set_k(k);
+            r.mutable_knn()->set_lambda(lambda);
+            r.mutable_knn()->set_min_lm_entropy(std::stof(me));
+            r.mutable_knn()->set_min_pointers(mp);
+            const std::string label = "knnlm nprobe " + std::to_string(np) + " k " + std::to_string(k) + " H>=" + me +
+                                      (mp > 0 ? " P>=" + std::to_string(mp) : "");
+            add(label, "in-process", engine->get(), r, 0);
+            if (curve_grpc) add(label, "grpc", client->get(), r, 2);
+          }
         }
       }
     }
@@ -230,6 +242,7 @@ int main(int argc, char** argv) {
     ref.request.mutable_knn()->set_exact_distances(true);
     ref.request.mutable_knn()->set_lambda(lambda);
     ref.request.mutable_knn()->set_min_lm_entropy(0);  // every position searched
+    ref.request.mutable_knn()->set_min_pointers(0);
     rag::v1::ScoreRequest ref_default = ref.request;  // the reference of the served defaults' lambda
     ref_default.mutable_knn()->set_lambda(rag::lm::kDefaultKnnLambda);
 
@@ -313,7 +326,8 @@ int main(int argc, char** argv) {
                  {"request_knn", a.request.has_knn() ? json{{"nprobe", a.request.knn().nprobe()},
                                                             {"k", a.request.knn().k()},
                                                             {"lambda", a.request.knn().lambda()},
-                                                            {"min_lm_entropy", a.request.knn().min_lm_entropy()}}
+                                                            {"min_lm_entropy", a.request.knn().min_lm_entropy()},
+                                                            {"min_pointers", a.request.knn().min_pointers()}}
                                                       : json(nullptr)},
                  {"tokens", a.tokens},
                  {"searched_fraction", is_lm ? json(nullptr) : json(searched)},
@@ -337,7 +351,8 @@ int main(int argc, char** argv) {
                           {{"k", rag::lm::kDefaultKnnK},
                            {"nprobe", rag::services::kDefaultKnnNprobe},
                            {"lambda", rag::lm::kDefaultKnnLambda},
-                           {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy}}},
+                           {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy},
+                           {"min_pointers", rag::lm::kDefaultKnnMinPointers}}},
                          {"reference", {{"label", ref.label}, {"perplexity", ref_ppl},
                                         {"perplexity_served_lambda", ref_default_ppl}}},
                          {"arms", arms_json}};

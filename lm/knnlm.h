@@ -29,6 +29,9 @@ inline constexpr double kDefaultKnnTemperature = 1.0;
 // over searching all, 52.6% (>= 5.5) +4.8 to +5.1%, for less speed than
 // nprobe and k give.
 inline constexpr double kDefaultKnnMinEntropy = 0.0;
+// RetoMaton's threshold (KnnOptions::min_pointers): 0 (off) searches at
+// every position. Off by default: docs/results.md, issue 24, has the curve.
+inline constexpr int kDefaultKnnMinPointers = 0;
 
 struct KnnOptions {
   int k = kDefaultKnnK;                           // neighbours per position. Default: 1024
@@ -37,6 +40,12 @@ struct KnnOptions {
   // Search only where the LM's next-token entropy (nats) is at least this;
   // elsewhere p = p_lm. 0 = everywhere. Default: kDefaultKnnMinEntropy
   double min_entropy = kDefaultKnnMinEntropy;
+  // Scoring only: position i + 1 takes the datastore keys that follow those
+  // of position i's neighbours whose next token did follow, instead of a
+  // search, when there are at least this many (RetoMaton, Alon et al. 2022;
+  // retriever/pointer_search.h). 0 = search everywhere.
+  // Default: kDefaultKnnMinPointers
+  int min_pointers = kDefaultKnnMinPointers;
 };
 
 // Entropy of a distribution given as log-probabilities [V], in nats.

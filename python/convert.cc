@@ -110,13 +110,14 @@ void RegisterErrors(py::module_& m) {
 
 void FillKnnOptions(const py::object& knn, v1::KnnOptions* out) {
   const py::dict d = OptionsDict(
-      knn, {"lambda", "temperature", "k", "nprobe", "exact_distances", "min_lm_entropy"}, "knn");
+      knn, {"lambda", "temperature", "k", "nprobe", "exact_distances", "min_lm_entropy", "min_pointers"}, "knn");
   if (d.contains("lambda")) out->set_lambda(d["lambda"].cast<float>());
   if (d.contains("temperature")) out->set_temperature(d["temperature"].cast<float>());
   if (d.contains("k")) out->set_k(d["k"].cast<int32_t>());
   if (d.contains("nprobe")) out->set_nprobe(d["nprobe"].cast<int32_t>());
   if (d.contains("exact_distances")) out->set_exact_distances(d["exact_distances"].cast<bool>());
   if (d.contains("min_lm_entropy")) out->set_min_lm_entropy(d["min_lm_entropy"].cast<float>());
+  if (d.contains("min_pointers")) out->set_min_pointers(d["min_pointers"].cast<int32_t>());
 }
 
 void FillRetroOptions(const py::object& retro, v1::RetroOptions* out) {

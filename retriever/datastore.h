@@ -282,6 +282,18 @@ class Datastore {
   absl::Status Search(const float* queries, int64_t nq, int k, int nprobe, const std::vector<int32_t>& exclude_doc,
                       bool exact, std::vector<std::vector<DatastoreNeighbour>>* out) const;
 
+  // RetoMaton's pointers (Alon et al. 2022, "Neuro-Symbolic Language
+  // Modeling with Automaton-augmented Retrieval"): each neighbour in `from`
+  // whose value is `token` (the token that did follow) points to the key
+  // after it in its document, the state reached by reading that token. Those
+  // keys into *out, with their exact distances to `query` ([dim] float32,
+  // squared L2 from the stored fp16 keys), nearest first in
+  // DatastoreNeighbourOrder. A neighbour at its document's last key, or
+  // among the added keys, points nowhere. Requires 0 <= key_id < size() for
+  // every neighbour of `from` (InvalidArgument otherwise).
+  absl::Status Successors(const float* query, const std::vector<DatastoreNeighbour>& from, int32_t token,
+                          std::vector<DatastoreNeighbour>* out) const;
+
   // Adds the n keys of one document added to the index after the build:
   // keys [n, dim] float32 (rounded to fp16, as the built keys), values [n],
   // `doc` its document index. Searchable once this returns; with `durable`,

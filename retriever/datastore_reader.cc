@@ -318,4 +318,24 @@ absl::Status Datastore::Search(const float* queries, int64_t nq, int k, int npro
   return absl::OkStatus();
 }
 
+absl::Status Datastore::Successors(const float* query, const std::vector<DatastoreNeighbour>& from, int32_t token,
+                                   std::vector<DatastoreNeighbour>* out) const {
+  out->clear();
+  const int64_t total = size();
+  for (const DatastoreNeighbour& nb : from) {
+    if (nb.key_id < 0 || nb.key_id >= total) {
+      return absl::InvalidArgumentError("datastore '" + dir_ + "': pointer from key " + std::to_string(nb.key_id) +
+                                        " of " + std::to_string(total));
+    }
+    // Built keys are stored document by document, position by position
+    // (index_builder/datastore_builder.cc): the next row of the same
+    // document is the next position.
+    const int64_t next = nb.key_id + 1;
+    if (nb.value != token || next >= rows_ || doc_data_[next] != doc_data_[nb.key_id]) continue;
+    out->push_back({next, value_data_[next], doc_data_[next], ExactDistance(query, next)});
+  }
+  std::sort(out->begin(), out->end(), DatastoreNeighbourOrder());
+  return absl::OkStatus();
+}
+
 }  // namespace rag::retriever

@@ -14,6 +14,17 @@ absl::Status LocalKeySearcher::Search(const float* queries, int64_t nq, const Ke
                             options.exact, out);
 }
 
+absl::Status KeySearcher::Successors(const float* /*query*/, const std::vector<DatastoreNeighbour>& /*from*/,
+                                     int32_t /*token*/, std::vector<DatastoreNeighbour>* /*out*/) const {
+  return absl::UnimplementedError(
+      "following datastore pointers needs the whole datastore in this process (a front's shards each hold a part)");
+}
+
+absl::Status LocalKeySearcher::Successors(const float* query, const std::vector<DatastoreNeighbour>& from,
+                                          int32_t token, std::vector<DatastoreNeighbour>* out) const {
+  return datastore_->Successors(query, from, token, out);
+}
+
 int LocalKeySearcher::dim() const { return datastore_->dim(); }
 
 }  // namespace rag::retriever

@@ -48,6 +48,12 @@ class KeySearcher {
   // nearest first, into (*out)[q]. Errors as Datastore::Search.
   virtual absl::Status Search(const float* queries, int64_t nq, const KeySearchOptions& options,
                               std::vector<std::vector<DatastoreNeighbour>>* out) const = 0;
+  // RetoMaton's pointers from `from` (Datastore::Successors): the keys that
+  // follow those of its neighbours whose value is `token`, with exact
+  // distances to `query`. Unimplemented by searchers that do not hold the
+  // keys (a front's shards each hold a part).
+  virtual absl::Status Successors(const float* query, const std::vector<DatastoreNeighbour>& from, int32_t token,
+                                  std::vector<DatastoreNeighbour>* out) const;
   // Width of the keys (the LM's hidden size).
   virtual int dim() const = 0;
 };
@@ -60,6 +66,8 @@ class LocalKeySearcher : public KeySearcher {
   LocalKeySearcher(const Datastore* datastore, const ChunkStore* store) : datastore_(datastore), store_(store) {}
   absl::Status Search(const float* queries, int64_t nq, const KeySearchOptions& options,
                       std::vector<std::vector<DatastoreNeighbour>>* out) const override;
+  absl::Status Successors(const float* query, const std::vector<DatastoreNeighbour>& from, int32_t token,
+                          std::vector<DatastoreNeighbour>* out) const override;
   int dim() const override;
 
  private:

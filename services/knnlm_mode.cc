@@ -9,6 +9,7 @@
 #include "common/stage_timer.h"
 #include "lm/knnlm.h"
 #include "lm/scorer.h"
+#include "retriever/pointer_search.h"
 
 namespace rag::services {
 namespace {
@@ -24,6 +25,15 @@ void SplitNeighbours(const std::vector<retriever::DatastoreNeighbour>& list, std
   }
 }
 
+retriever::KeySearchOptions SearchOptions(const KnnParams& p) {
+  retriever::KeySearchOptions o;
+  o.k = p.knn.k;
+  o.nprobe = p.nprobe;
+  o.exact = p.exact;
+  o.exclude_doc_id = p.exclude_doc_id;
+  return o;
+}
+
 }  // namespace
 
 absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const KnnParams& p,
@@ -31,11 +41,7 @@ absl::Status KnnLmMode::SearchDatastore(const float* hidden, int64_t n, const Kn
   constexpr int64_t kBlock = 256;
   out->clear();
   out->reserve(static_cast<size_t>(n));
-  retriever::KeySearchOptions o;
-  o.k = p.knn.k;
-  o.nprobe = p.nprobe;
-  o.exact = p.exact;
-  o.exclude_doc_id = p.exclude_doc_id;
+  const retriever::KeySearchOptions o = SearchOptions(p);
   std::vector<std::vector<retriever::DatastoreNeighbour>> block;
   const int64_t dim = served_.keys->dim();
   for (int64_t i = 0; i < n; i += kBlock) {
@@ -94,8 +100,20 @@ absl::StatusOr<std::vector<float>> KnnLmMode::Score(const ScoreParams& p, const 
     for (size_t i = 0; i < ids.size(); ++i) query_of[i] = static_cast<int64_t>(i);
   }
   std::vector<std::vector<retriever::DatastoreNeighbour>> neighbours;
-  RAG_RETURN_IF_ERROR(SearchDatastore(queries.data_ptr<float>(), queries.size(0), p.knn, &neighbours));
-  response->set_retrievals(static_cast<int64_t>(neighbours.size()));
+  if (p.knn.knn.min_pointers > 0) {
+    // RetoMaton: every position has a query (no adaptive retrieval, which
+    // request parsing refuses with it), predicting ids[i].
+    retriever::PointerSearchOptions o;
+    o.search = SearchOptions(p.knn);
+    o.min_pointers = p.knn.knn.min_pointers;
+    int64_t searched = 0;
+    RAG_RETURN_IF_ERROR(retriever::SearchFollowingPointers(*served_.keys, queries.data_ptr<float>(), ids.data(),
+                                                           queries.size(0), o, &neighbours, &searched));
+    response->set_retrievals(searched);
+  } else {
+    RAG_RETURN_IF_ERROR(SearchDatastore(queries.data_ptr<float>(), queries.size(0), p.knn, &neighbours));
+    response->set_retrievals(static_cast<int64_t>(neighbours.size()));
+  }
   std::vector<float> logprobs;
   std::vector<int32_t> values;
   std::vector<float> distances;

@@ -49,8 +49,23 @@ absl::StatusOr<KnnParams> ParseKnn(const v1::KnnOptions& o, const std::string& e
     }
     p.knn.min_entropy = o.min_lm_entropy();
   }
+  if (o.has_min_pointers()) {
+    if (o.min_pointers() < 0 || o.min_pointers() > p.knn.k) {
+      return absl::InvalidArgumentError("knn.min_pointers must be in [0, knn.k]");
+    }
+    p.knn.min_pointers = o.min_pointers();
+  }
+  if (p.knn.min_pointers > 0 && p.knn.min_entropy > 0) {
+    return absl::InvalidArgumentError("knn.min_pointers and knn.min_lm_entropy cannot be combined");
+  }
   p.exclude_doc_id = exclude_doc_id;
   return p;
+}
+
+// RetoMaton's pointers follow a scored text; generation has no such text.
+absl::Status ScoreOnlyPointers(const KnnParams& p) {
+  if (p.knn.min_pointers == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError("knn.min_pointers applies to Score only: pointers follow the scored text");
 }
 
 absl::StatusOr<InfgramParams> ParseInfgram(const v1::InfgramOptions& o, const std::string& exclude_doc_id) {
@@ -264,6 +279,7 @@ absl::StatusOr<NextTokenParams> ParseNextTokenRequest(const v1::NextTokenRequest
   // NextToken has no exclude_doc_id.
   if (p.mode == Mode::kKnnLm) {
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), "", ctx));
+    RAG_RETURN_IF_ERROR(ScoreOnlyPointers(p.knn));
   } else if (p.mode == Mode::kInfgram) {
     RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), ""));
   } else if (p.mode == Mode::kRalm) {
@@ -329,6 +345,7 @@ absl::StatusOr<GenerateParams> ParseGenerateRequest(const v1::GenerateRequest& r
   }
   if (p.mode == Mode::kKnnLm) {
     RAG_ASSIGN_OR_RETURN(p.knn, ParseKnn(request.knn(), request.exclude_doc_id(), ctx));
+    RAG_RETURN_IF_ERROR(ScoreOnlyPointers(p.knn));
   } else if (p.mode == Mode::kInfgram) {
     RAG_ASSIGN_OR_RETURN(p.infgram, ParseInfgram(request.infgram(), request.exclude_doc_id()));
   } else if (p.mode == Mode::kRalm) {

@@ -305,6 +305,39 @@ TEST_F(KnnLmEngineTest, AdaptiveRetrievalSearchesOnlyWhereTheLmIsUnsure) {
   EXPECT_EQ(engine->Score(bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// RetoMaton (KnnOptions.min_pointers) on an indexed document: each
+// position's own key is its nearest neighbour and holds the token that
+// follows, so after the first position of each run (runs of >= 32
+// positions, retriever/pointer_search.h) no position is searched.
+TEST_F(KnnLmEngineTest, PointersFollowAnIndexedDocumentWithoutSearching) {
+  auto engine = Open(Path("index"));
+  ASSERT_NE(engine, nullptr);
+  const Document& d = (*docs_)[1];
+  const int64_t n = static_cast<int64_t>(model_->tokenizer().Encode(d.text).size());
+  ASSERT_GE(n, 64);
+  v1::ScoreRequest searched = Knn(d.text, 0.5f);
+  v1::ScoreRequest followed = searched;
+  followed.mutable_knn()->set_min_pointers(1);
+  auto all = engine->Score(searched);
+  auto ptr = engine->Score(followed);
+  RAG_ASSERT_OK(all.status());
+  RAG_ASSERT_OK(ptr.status());
+  EXPECT_EQ(all->retrievals(), n);
+  EXPECT_EQ(ptr->retrievals(), std::min<int64_t>(n / 32, 128));
+  v1::ScoreRequest lm;
+  lm.set_text(d.text);
+  auto base = engine->Score(lm);
+  RAG_ASSERT_OK(base.status());
+  // The followed keys carry the document's own next tokens.
+  EXPECT_LT(ptr->perplexity(), base->perplexity() / 3) << base->perplexity() << " vs " << ptr->perplexity();
+  // Generation has no sequence to follow: refused rather than ignored.
+  v1::NextTokenRequest next;
+  next.set_text("the");
+  next.set_mode("knnlm");
+  next.mutable_knn()->set_min_pointers(1);
+  EXPECT_EQ(engine->NextToken(next).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(KnnLmEngineTest, GrpcAnswersEqualInProcessAnswers) {
   auto engine = Open(Path("index"));
   ASSERT_NE(engine, nullptr);

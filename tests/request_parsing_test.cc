@@ -145,7 +145,22 @@ TEST(RequestParsingTest, KnnDefaultsAndFieldPaths) {
   p = ParseScoreRequest(r, Everything());
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_DOUBLE_EQ(p->knn.knn.min_entropy, 4.5);
+  // RetoMaton's threshold: in [0, k], and not with adaptive retrieval.
+  EXPECT_EQ(p->knn.knn.min_pointers, lm::kDefaultKnnMinPointers);
+  r.mutable_knn()->set_min_pointers(2);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument,
+              "knn.min_pointers and knn.min_lm_entropy");
   r.mutable_knn()->clear_min_lm_entropy();
+  p = ParseScoreRequest(r, Everything());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->knn.knn.min_pointers, 2);
+  r.mutable_knn()->set_min_pointers(-1);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.min_pointers");
+  r.mutable_knn()->set_k(8);
+  r.mutable_knn()->set_min_pointers(9);
+  ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.min_pointers");
+  r.mutable_knn()->clear_min_pointers();
+  r.mutable_knn()->clear_k();
   r.mutable_knn()->set_lambda(1.5f);
   ExpectError(ParseScoreRequest(r, Everything()).status(), absl::StatusCode::kInvalidArgument, "knn.lambda");
   r.mutable_knn()->set_lambda(0.5f);

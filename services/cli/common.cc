@@ -142,6 +142,11 @@ void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag) {
                   absl::StrCat("knnlm: search the datastore only where the LM's next-token entropy is at least this "
                                "many nats, p_lm alone elsewhere; 0 = everywhere (default ",
                                lm::kDefaultKnnMinEntropy, ")"));
+  cmd->add_option("--min-pointers", k->min_pointers,
+                  absl::StrCat("knnlm, score only: a position follows the previous position's neighbours to the keys "
+                               "after them instead of searching, when at least this many lead on (RetoMaton); "
+                               "0 = search everywhere (default ",
+                               lm::kDefaultKnnMinPointers, ")"));
   cmd->add_option("--retrieval", k->retrieval, "retro: on, off (the ablation) or random (the control); default on");
   cmd->add_option("--search-method", k->search_method,
                   absl::StrCat("retro, ralm: how neighbours are found, dense or bm25 (default dense for retro, ",

@@ -102,6 +102,7 @@ struct KnnArgs {
   double lambda = std::nan(""), lambda_sparse = std::nan("");
   double temperature = std::nan(""), min_lm_entropy = std::nan("");
   int k = 0, nprobe = 0;
+  int min_pointers = -1;  // -1 = the server's default
   bool exact = false;
   // retro: on, off or random ("" = on); leakage filter in tokens (-1 = the
   // server's default, 32; 0 = off).
@@ -114,7 +115,7 @@ struct KnnArgs {
 };
 
 // --lambda, --lambda-sparse, `temperature_flag`, --k, --nprobe,
-// --exact-distances, --min-lm-entropy, --retrieval, --search-method,
+// --exact-distances, --min-lm-entropy, --min-pointers, --retrieval, --search-method,
 // --ralm-stride, --ralm-query-tokens, --ralm-passage-tokens.
 void AddKnnOptions(CLI::App* cmd, KnnArgs* k, const char* temperature_flag);
 // --leakage-filter.
@@ -129,6 +130,7 @@ void SetKnn(const KnnArgs& k, Request* req) {
   knn->set_nprobe(k.nprobe);
   if (!std::isnan(k.temperature)) knn->set_temperature(static_cast<float>(k.temperature));
   if (!std::isnan(k.min_lm_entropy)) knn->set_min_lm_entropy(static_cast<float>(k.min_lm_entropy));
+  if (k.min_pointers >= 0) knn->set_min_pointers(k.min_pointers);
   if (!std::isnan(k.lambda)) req->mutable_infgram()->set_lambda(static_cast<float>(k.lambda));
   if (!std::isnan(k.lambda_sparse)) req->mutable_infgram()->set_lambda_sparse(static_cast<float>(k.lambda_sparse));
   req->mutable_retro()->set_retrieval(k.retrieval);
