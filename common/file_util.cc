@@ -89,11 +89,15 @@ absl::Status DurableRename(const std::string& from, const std::string& to) {
 }
 
 absl::Status WriteFileAtomic(const std::string& path, const std::string& contents) {
+  return WriteFileAtomicParts(path, {contents});
+}
+
+absl::Status WriteFileAtomicParts(const std::string& path, const std::vector<std::string_view>& parts) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return ErrnoStatus("creating", tmp);
-    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+    for (std::string_view part : parts) out.write(part.data(), static_cast<std::streamsize>(part.size()));
     out.flush();
     if (!out) {
       std::remove(tmp.c_str());

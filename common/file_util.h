@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -16,6 +18,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Writes `contents` to `path` atomically: readers see the old file or the
 // new one, never a half-written one, even if the process is killed.
 absl::Status WriteFileAtomic(const std::string& path, const std::string& contents);
+// The same for a file made of `parts`, written one after the other, so a
+// large file need not be put together in memory first.
+absl::Status WriteFileAtomicParts(const std::string& path, const std::vector<std::string_view>& parts);
 
 // Renames `from` to `to` after fsyncing `from`, then fsyncs the directory.
 // Appends `size` bytes to an existing file and fsyncs it. NotFound when the

@@ -463,7 +463,7 @@ absl::StatusOr<Manifest> BuildIndex(const std::vector<Document>& documents, cons
   {
     const auto counts_t0 = std::chrono::steady_clock::now();
     RAG_ASSIGN_OR_RETURN(auto doc_tokens, retriever::DocumentTokens(*store));
-    RAG_ASSIGN_OR_RETURN(auto counts, retriever::TokenCounts::Build(doc_tokens));
+    RAG_ASSIGN_OR_RETURN(auto counts, retriever::TokenCounts::Build(std::move(doc_tokens)));
     RAG_RETURN_IF_ERROR(counts.Save((work / retriever::kTokenCountsFile).string()));
     RAG_ASSIGN_OR_RETURN(m.checksums[retriever::kTokenCountsFile],
                          HashFileHex((work / retriever::kTokenCountsFile).string()));

@@ -275,7 +275,7 @@ absl::StatusOr<Manifest> MergeShards(const std::vector<std::string>& shard_dirs,
     m.chunks = store->num_chunks();
     // Exact occurrence counts over the merged documents, in their new order.
     RAG_ASSIGN_OR_RETURN(auto doc_tokens, retriever::DocumentTokens(*store));
-    RAG_ASSIGN_OR_RETURN(auto counts, retriever::TokenCounts::Build(doc_tokens));
+    RAG_ASSIGN_OR_RETURN(auto counts, retriever::TokenCounts::Build(std::move(doc_tokens)));
     RAG_RETURN_IF_ERROR(counts.Save((work / retriever::kTokenCountsFile).string()));
   }
   {

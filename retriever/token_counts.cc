@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <string_view>
+#include <vector>
 
 #include "common/binary_file.h"
 #include "common/file_util.h"
@@ -28,7 +30,7 @@ int CompareSuffix(const int32_t* tokens, int64_t pos, int64_t len, const int32_t
 
 }  // namespace
 
-absl::StatusOr<TokenCounts> TokenCounts::Build(const std::vector<std::vector<int32_t>>& documents) {
+absl::StatusOr<TokenCounts> TokenCounts::Build(std::vector<std::vector<int32_t>> documents) {
   TokenCounts c;
   int64_t total = 0;
   for (const auto& d : documents) total += static_cast<int64_t>(d.size());
@@ -38,12 +40,13 @@ absl::StatusOr<TokenCounts> TokenCounts::Build(const std::vector<std::vector<int
   c.starts_.reserve(documents.size() + 1);
   c.tokens_.reserve(static_cast<size_t>(total));
   c.starts_.push_back(0);
-  for (const auto& d : documents) {
+  for (auto& d : documents) {
     for (int32_t t : d) {
       if (t < 0) return absl::InvalidArgumentError("negative token id " + std::to_string(t));
     }
     c.tokens_.insert(c.tokens_.end(), d.begin(), d.end());
     c.starts_.push_back(static_cast<int64_t>(c.tokens_.size()));
+    std::vector<int32_t>().swap(d);
   }
   c.ends_.resize(c.tokens_.size());
   for (size_t d = 0; d + 1 < c.starts_.size(); ++d) {
@@ -146,19 +149,24 @@ absl::StatusOr<std::vector<int64_t>> TokenCounts::Documents(const std::vector<in
 }
 
 absl::Status TokenCounts::Save(const std::string& path) const {
-  std::string payload;
-  payload.append(reinterpret_cast<const char*>(starts_.data()), starts_.size() * sizeof(int64_t));
-  payload.append(reinterpret_cast<const char*>(tokens_.data()), tokens_.size() * sizeof(int32_t));
-  payload.append(reinterpret_cast<const char*>(suffixes_.data()), suffixes_.size() * sizeof(int32_t));
-  std::string out(kHeaderBytes, '\0');
-  PutMagic(out.data(), kCountsMagic);
-  PutU32(out.data() + 8, kVersion);
-  PutU32(out.data() + 12, static_cast<uint32_t>(kMaxMatch));
-  PutI64(out.data() + 16, documents());
-  PutI64(out.data() + 24, tokens());
-  PutU64(out.data() + 32, Checksum64(payload));
-  out += payload;
-  return WriteFileAtomic(path, out);
+  // Written from the arrays in place: a copy of the payload was the peak of
+  // `rag build` on Brown (docs/results.md, issue 24).
+  const std::vector<std::string_view> payload = {
+      {reinterpret_cast<const char*>(starts_.data()), starts_.size() * sizeof(int64_t)},
+      {reinterpret_cast<const char*>(tokens_.data()), tokens_.size() * sizeof(int32_t)},
+      {reinterpret_cast<const char*>(suffixes_.data()), suffixes_.size() * sizeof(int32_t)}};
+  RAG_ASSIGN_OR_RETURN(StreamingChecksum checksum, StreamingChecksum::Create());
+  for (std::string_view part : payload) checksum.Update(part.data(), part.size());
+  std::string header(kHeaderBytes, '\0');
+  PutMagic(header.data(), kCountsMagic);
+  PutU32(header.data() + 8, kVersion);
+  PutU32(header.data() + 12, static_cast<uint32_t>(kMaxMatch));
+  PutI64(header.data() + 16, documents());
+  PutI64(header.data() + 24, tokens());
+  PutU64(header.data() + 32, checksum.Digest());
+  std::vector<std::string_view> parts = {header};
+  parts.insert(parts.end(), payload.begin(), payload.end());
+  return WriteFileAtomicParts(path, parts);
 }
 
 absl::StatusOr<TokenCounts> TokenCounts::Load(const std::string& path) {

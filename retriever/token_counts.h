@@ -30,7 +30,10 @@ class TokenCounts {
 
   // Builds the suffix array over `documents` (token ids >= 0). InvalidArgument
   // for a negative token id or more than 2^31 - 1 tokens in all.
-  static absl::StatusOr<TokenCounts> Build(const std::vector<std::vector<int32_t>>& documents);
+  // `documents` is taken by value and each is freed once copied in: a
+  // builder that moves its documents in holds them once, not twice, at the
+  // suffix sort (the peak of `rag build` on Brown, docs/results.md issue 24).
+  static absl::StatusOr<TokenCounts> Build(std::vector<std::vector<int32_t>> documents);
   // Reads a file written by Save; DataLoss if it is truncated or corrupt.
   static absl::StatusOr<TokenCounts> Load(const std::string& path);
   // Writes atomically (temporary file, fsync, rename).
