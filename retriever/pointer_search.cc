@@ -22,12 +22,15 @@ absl::Status SearchFollowingPointers(const KeySearcher& keys, const float* queri
   *searched = 0;
   if (n == 0) return absl::OkStatus();
   const size_t d = static_cast<size_t>(keys.dim());
+  std::vector<DatastoreNeighbour> followed;
+  // A searcher that cannot follow pointers says so now, whether or not the
+  // text would have reached one.
+  if (options.min_pointers > 0) RAG_RETURN_IF_ERROR(keys.Successors(queries, {}, 0, &followed));
   const int64_t lanes = std::clamp<int64_t>(n / options.min_run, 1, options.lanes);
   const int64_t run = (n + lanes - 1) / lanes;  // positions per lane; the last lanes may hold fewer
   std::vector<float> batch;
   std::vector<int64_t> batch_pos;
   std::vector<std::vector<DatastoreNeighbour>> found;
-  std::vector<DatastoreNeighbour> followed;
   for (int64_t t = 0; t < run; ++t) {
     batch.clear();
     batch_pos.clear();

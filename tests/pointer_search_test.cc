@@ -182,6 +182,10 @@ TEST_F(PointerSearchTest, BadOptionsAndASearcherWithoutKeysAreErrors) {
   const SearchOnly front(keys_.get());
   EXPECT_EQ(SearchFollowingPointers(front, queries.data(), tokens.data(), 40, o, &out, &searched).code(),
             absl::StatusCode::kUnimplemented);
+  // Refused up front, even where no position would have had a pointer
+  // (every position is a run's first: nothing to follow).
+  EXPECT_EQ(SearchFollowingPointers(front, queries.data(), tokens.data(), 1, o, &out, &searched).code(),
+            absl::StatusCode::kUnimplemented);
   // Without pointers the same searcher serves.
   o.min_pointers = 0;
   RAG_ASSERT_OK(SearchFollowingPointers(front, queries.data(), tokens.data(), 40, o, &out, &searched));
