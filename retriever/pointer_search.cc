@@ -1,7 +1,6 @@
 #include "retriever/pointer_search.h"
 
 #include <algorithm>
-#include <cstring>
 #include <utility>
 
 #include "common/status.h"
@@ -48,8 +47,7 @@ absl::Status SearchFollowingPointers(const KeySearcher& keys, const float* queri
         if (leading >= options.min_pointers) {
           RAG_RETURN_IF_ERROR(keys.Successors(query, prev, token, &followed));
           if (static_cast<int64_t>(followed.size()) >= options.min_pointers) {
-            (*out)[static_cast<size_t>(i)] = std::move(followed);
-            followed = {};
+            (*out)[static_cast<size_t>(i)] = std::move(followed);  // Successors clears it before reuse
             continue;
           }
         }
