@@ -77,7 +77,7 @@ int Fail(const std::string& what) {
 int main(int argc, char** argv) {
   std::string model_dir, single_addr, front_addr, corpus = "data/brown/brown.jsonl", json_path;
   std::vector<std::string> shard_addrs;
-  int queries = 200, rounds = 3, k = 10, nprobe = 16, threads = rag::lm::kDefaultThreads;
+  int queries = 200, rounds = 3, k = 10, nprobe = 16, threads = 0;
   CLI::App app{"bench_front: Search latency through a sharded front against one server"};
   app.add_option("--model", model_dir, "the served model (to embed queries for the shard arm)")->required();
   app.add_option("--single", single_addr, "server of the single index (host:port)")->required();
@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", rounds, "rounds over all queries")->capture_default_str();
   app.add_option("--k", k, "neighbours per query")->capture_default_str();
   app.add_option("--nprobe", nprobe, "IVF lists visited")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads of the embed arm")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads of the embed arm (0: lm::DefaultThreads())")->capture_default_str();
   app.add_option("--json", json_path, "write the raw latencies here");
   CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);

@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   int docs = 6, docs_offset = 0, ref_nprobe = 64, build_docs = 20, rounds = 5;
   std::string parts = "ab";
   float lambda = static_cast<float>(rag::lm::kDefaultKnnLambda);
-  int threads = rag::lm::kDefaultThreads;
+  int threads = 0;
   CLI::App app{"bench_knnlm: kNN-LM against the plain LM (scoring speed, datastore build, memory per key)"};
   app.add_option("--model", model_dir, "model directory")->required();
   app.add_option("--index", index_dir, "index directory, built with --datastore")->required();
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
                  "not combined with --min-entropy values > 0")
       ->capture_default_str();
   app.add_flag("--curve-grpc", curve_grpc, "also run every arm of the trade-off curve over gRPC");
-  app.add_option("--ref-nprobe", ref_nprobe, "nprobe of the reference search (exact distances)")->capture_default_str();
+  app.add_option("--ref-nprobe", ref_nprobe, "nprobe of the reference search (exact distances); 0 skips it (no perplexity vs reference)")->capture_default_str();
   app.add_option("--lambda", lambda, "kNN-LM interpolation weight of the curve's arms")->capture_default_str();
   app.add_option("--build-docs", build_docs, "training documents of part (b)'s datastore (0: all)")
       ->capture_default_str();
@@ -130,12 +130,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--rounds", rounds, "alternated rounds of each part (medians over them)")->capture_default_str();
   app.add_option("--parts", parts, "parts to run (a: scoring, b: build)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
   app.add_option("--out", out_path, "JSON file for every figure and each round's raw numbers");
   CLI11_PARSE(app, argc, argv);
   if (rounds < 1) return Fail("--rounds must be >= 1");
   rag::lm::ConfigureRuntime(threads);
-  json report = {{"bench", "bench_knnlm"}, {"machine", rag::bench::MachineJson()}, {"threads", threads},
+  json report = {{"bench", "bench_knnlm"}, {"machine", rag::bench::MachineJson()}, {"threads", torch::get_num_threads()},
                  {"rounds", rounds}};
 
   // (c, first half) Resident memory of the datastore alone, before anything
@@ -250,7 +250,9 @@ int main(int argc, char** argv) {
     // bar, far too slow to serve.
     double ref_logprob = 0, ref_default_logprob = 0;
     int64_t ref_tokens = 0;
-    for (const auto& doc : *validation) {
+    const size_t ref_docs = ref_nprobe > 0 ? validation->size() : 0;
+    for (size_t d = 0; d < ref_docs; ++d) {
+      const auto& doc = (*validation)[d];
       const bool same_lambda = ref_default.knn().lambda() == ref.request.knn().lambda();
       for (auto* r : {&ref.request, &ref_default}) {
         if (r == &ref_default && same_lambda) {
@@ -265,8 +267,10 @@ int main(int argc, char** argv) {
         if (r == &ref.request) ref_tokens += s->tokens();
       }
     }
-    const double ref_ppl = std::exp(-ref_logprob / static_cast<double>(ref_tokens));
-    const double ref_default_ppl = std::exp(-ref_default_logprob / static_cast<double>(ref_tokens));
+    const bool has_ref = ref_tokens > 0;
+    const double ref_ppl = has_ref ? std::exp(-ref_logprob / static_cast<double>(ref_tokens)) : std::nan("");
+    const double ref_default_ppl =
+        has_ref ? std::exp(-ref_default_logprob / static_cast<double>(ref_tokens)) : std::nan("");
 
     // Warm-up: one short call per arm (page in the model and the index lists).
     for (auto& a : arms) {
@@ -335,7 +339,7 @@ int main(int argc, char** argv) {
                  {"tokens_per_s", rag::bench::RoundsJson(rates)},
                  {"ratio_to_lm", ratio},
                  {"perplexity", ppl},
-                 {"perplexity_over_reference", is_lm ? json(nullptr) : json(ppl_vs_ref)}};
+                 {"perplexity_over_reference", is_lm || !has_ref ? json(nullptr) : json(ppl_vs_ref)}};
       arms_json.push_back(aj);
       if (served) {
         const bool ok = ratio["median"].get<double>() >= 0.8 && ppl_vs_ref <= 0.01 && keys >= 1000000;
@@ -353,8 +357,10 @@ int main(int argc, char** argv) {
                            {"lambda", rag::lm::kDefaultKnnLambda},
                            {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy},
                            {"min_pointers", rag::lm::kDefaultKnnMinPointers}}},
-                         {"reference", {{"label", ref.label}, {"perplexity", ref_ppl},
-                                        {"perplexity_served_lambda", ref_default_ppl}}},
+                         {"reference", has_ref ? json{{"label", ref.label},
+                                                      {"perplexity", ref_ppl},
+                                                      {"perplexity_served_lambda", ref_default_ppl}}
+                                               : json(nullptr)},
                          {"arms", arms_json}};
   }
 

@@ -60,9 +60,26 @@ inline std::string CpuModel() {
   return "";
 }
 
+// The BLAS library this process mapped (its real path, which names the
+// build: openblas-pthread or openblas-openmp), "none" before any is loaded.
+// LD_LIBRARY_PATH can override Debian's alternatives, so the symlink alone
+// does not say which one runs.
+inline std::string LoadedBlas() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const size_t slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string path = line.substr(slash);
+    const std::string name = std::filesystem::path(path).filename().string();
+    if (name.rfind("libopenblas", 0) == 0 || name.rfind("libblas", 0) == 0) return path;
+  }
+  return "none";
+}
+
 // The machine and the build: cores, CPU model, the BLAS behind libblas.so.3
-// (Debian's alternatives), the git commit of the working tree (with
-// "-dirty" when tracked files differ from it).
+// (Debian's alternatives) and the one really mapped, the git commit of the
+// working tree (with "-dirty" when tracked files differ from it).
 inline nlohmann::json MachineJson() {
   std::error_code ec;
   const auto blas = std::filesystem::canonical("/usr/lib/x86_64-linux-gnu/libblas.so.3", ec);
@@ -73,6 +90,7 @@ inline nlohmann::json MachineJson() {
   return {{"cores", std::thread::hardware_concurrency()},
           {"cpu", CpuModel()},
           {"blas", ec ? std::string("unknown") : blas.string()},
+          {"blas_loaded", LoadedBlas()},
           {"kernel", CommandLine("uname -r")},
           {"git_commit", commit}};
 }

@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
   int prompts = 8, prompt_bytes = 300, max_tokens = 192;
   std::string parts = "ab", search_method = "dense";
   int neighbours = 0;  // part (b): K, 0 = the model's
-  int threads = rag::lm::kDefaultThreads;
+  int threads = 0;
   CLI::App app{"bench_retro: RETRO against the plain LM (generation speed, what the neighbours could teach)"};
   app.add_option("--model", model_dir, "RETRO model directory")->required();
   app.add_option("--index", index_dir, "index directory")->required();
@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--parts", parts, "parts to run (a: speed, b: neighbours)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
   app.add_option("--search-method", search_method, "how part (b) finds neighbours (dense, bm25)")
       ->capture_default_str();
   app.add_option("--neighbours", neighbours, "neighbours per chunk in part (b) (0: the model's)")

@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   std::string model, index, corpus = "data/brown/brown.jsonl";
   std::string out_path;
   int queries = 200, k = 10, rounds = 5;
-  int threads = rag::lm::kDefaultThreads;
+  int threads = 0;
   CLI::App app{"bench_search: Search latency over gRPC against the in-process Engine"};
   app.add_option("--model", model, "model directory")->required();
   app.add_option("--index", index, "index directory")->required();
@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--queries", queries, "queries (nq = 1 calls)")->capture_default_str();
   app.add_option("--k", k, "chunks per query")->capture_default_str();
   app.add_option("--rounds", rounds, "rounds (medians over them)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
   app.add_option("--out", out_path, "JSON file for each round's figures");
   CLI11_PARSE(app, argc, argv);
   if (rounds < 1 || queries < 1) {

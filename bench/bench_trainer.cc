@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   std::string preset = "small";
   int64_t batch = 16, seq = 128, steps = 8, rounds = 5, vocab = 4096;
   std::string out_path;
-  int threads = rag::lm::kDefaultThreads;
+  int threads = 0;
   CLI::App app{"bench_trainer: Trainer::Step against a bare LibTorch forward+backward of the same model and batch"};
   app.add_option("--preset", preset, "model preset")->capture_default_str();
   app.add_option("--batch", batch, "sequences per batch")->capture_default_str();
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "steps per side in each round")->capture_default_str();
   app.add_option("--rounds", rounds, "alternated rounds (median over them)")->capture_default_str();
   app.add_option("--out", out_path, "JSON file for each round's figures");
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
   auto config = rag::lm::TransformerConfig::Preset(preset);

@@ -268,11 +268,12 @@ PYBIND11_MODULE(rag, m) {
       "  e = rag.Engine(model='MODEL_DIR', index='INDEX_DIR')\n"
       "  e.search('text', k=5); e.score('text', mode='knnlm'); e.generate('The', max_tokens=20)";
   m.attr("__version__") = RAG_VERSION;
-  // The CLI's process settings (one LibTorch thread, large freed blocks kept
-  // in the heap), so the module's answers and speed are the CLI's.
+  // The CLI's process settings (LibTorch's threads by BLAS build, large
+  // freed blocks kept in the heap), so the module's answers and speed are
+  // the CLI's.
   lm::ConfigureRuntime(0);
   m.def("set_threads", &lm::ConfigureRuntime, py::arg("threads"),
-        "LibTorch intra-op threads (0: the default, 1; OpenBLAS uses every core either way).");
+        "LibTorch intra-op threads (0: the default, 1 over pthread OpenBLAS, every core over OpenMP OpenBLAS).");
   rag::python::RegisterErrors(m);
 
   using py::arg;

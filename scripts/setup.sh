@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
-  libtorch-dev libopenblas0-pthread libopenblas-dev
+  libtorch-dev libopenblas0-openmp libopenblas0-pthread libopenblas-dev
   libfaiss-dev librocksdb-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   python3-grpcio python3-protobuf
@@ -46,20 +46,24 @@ else
   echo "setup: all ${#PACKAGES[@]} packages present" >&2
 fi
 
-# LibTorch links libblas.so.3; make sure it resolves to OpenBLAS, not the
-# reference BLAS (20x slower, platform-notes.md trap 1).
-blas="$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)"
+# LibTorch and FAISS link libblas.so.3 (and LibTorch libopenblas.so.0):
+# make them resolve to the OpenMP build of OpenBLAS, not the reference BLAS
+# (20x slower, platform-notes.md trap 1) and not the pthreads build, whose
+# second thread pool fights libgomp's (LibTorch's and FAISS's) for the same
+# cores: kNN-LM scoring ran 0.76 of the LM under it, 0.84 under the OpenMP
+# build (docs/results.md, "One OpenMP pool"). All three libraries must come
+# from the same build, or two OpenBLAS copies load.
+lib=/usr/lib/x86_64-linux-gnu
+blas="$(readlink -f "$lib/libblas.so.3" 2>/dev/null || true)"
 case "$blas" in
-  *openblas*) ;;
+  "$lib"/openblas-openmp/*) ;;
   *)
-    echo "setup: libblas.so.3 -> '$blas' is not OpenBLAS; selecting OpenBLAS" >&2
-    cand="$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas | head -n1 || true)"
-    if [ -n "$cand" ]; then
-      update-alternatives --set libblas.so.3-x86_64-linux-gnu "$cand"
-    else
-      echo "setup: no OpenBLAS alternative found" >&2
-      exit 1
-    fi
+    echo "setup: libblas.so.3 -> '$blas'; selecting the OpenMP build of OpenBLAS" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    for alt in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
+      $SUDO update-alternatives --set "$alt-x86_64-linux-gnu" "$lib/openblas-openmp/$alt"
+    done
     ;;
 esac
 
