@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", rounds, "rounds over all queries")->capture_default_str();
   app.add_option("--k", k, "neighbours per query")->capture_default_str();
   app.add_option("--nprobe", nprobe, "IVF lists visited")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads of the embed arm (0: lm::DefaultThreads())")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads of the embed arm (0: lm::DefaultThreads())")
+      ->capture_default_str();
   app.add_option("--json", json_path, "write the raw latencies here");
   CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);

@@ -122,7 +122,9 @@ int main(int argc, char** argv) {
                  "not combined with --min-entropy values > 0")
       ->capture_default_str();
   app.add_flag("--curve-grpc", curve_grpc, "also run every arm of the trade-off curve over gRPC");
-  app.add_option("--ref-nprobe", ref_nprobe, "nprobe of the reference search (exact distances); 0 skips it (no perplexity vs reference)")->capture_default_str();
+  app.add_option("--ref-nprobe", ref_nprobe,
+                 "nprobe of the reference search (exact distances); 0 skips it (no perplexity vs reference)")
+      ->capture_default_str();
   app.add_option("--lambda", lambda, "kNN-LM interpolation weight of the curve's arms")->capture_default_str();
   app.add_option("--build-docs", build_docs, "training documents of part (b)'s datastore (0: all)")
       ->capture_default_str();
@@ -130,12 +132,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--rounds", rounds, "alternated rounds of each part (medians over them)")->capture_default_str();
   app.add_option("--parts", parts, "parts to run (a: scoring, b: build)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")
+      ->capture_default_str();
   app.add_option("--out", out_path, "JSON file for every figure and each round's raw numbers");
   CLI11_PARSE(app, argc, argv);
   if (rounds < 1) return Fail("--rounds must be >= 1");
   rag::lm::ConfigureRuntime(threads);
-  json report = {{"bench", "bench_knnlm"}, {"machine", rag::bench::MachineJson()}, {"threads", torch::get_num_threads()},
+  json report = {{"bench", "bench_knnlm"},
+                 {"machine", rag::bench::MachineJson()},
+                 {"threads", torch::get_num_threads()},
                  {"rounds", rounds}};
 
   // (c, first half) Resident memory of the datastore alone, before anything
@@ -332,7 +337,7 @@ int main(int argc, char** argv) {
                                                             {"lambda", a.request.knn().lambda()},
                                                             {"min_lm_entropy", a.request.knn().min_lm_entropy()},
                                                             {"min_pointers", a.request.knn().min_pointers()}}
-                                                      : json(nullptr)},
+                                                     : json(nullptr)},
                  {"tokens", a.tokens},
                  {"searched_fraction", is_lm ? json(nullptr) : json(searched)},
                  {"seconds", rag::bench::RoundsJson(a.seconds)},
@@ -350,18 +355,18 @@ int main(int argc, char** argv) {
         pass = pass && ok;
       }
     }
-    report["scoring"] = {{"tokens", arms[0].tokens},
-                         {"served_defaults",
-                          {{"k", rag::lm::kDefaultKnnK},
-                           {"nprobe", rag::services::kDefaultKnnNprobe},
-                           {"lambda", rag::lm::kDefaultKnnLambda},
-                           {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy},
-                           {"min_pointers", rag::lm::kDefaultKnnMinPointers}}},
-                         {"reference", has_ref ? json{{"label", ref.label},
-                                                      {"perplexity", ref_ppl},
-                                                      {"perplexity_served_lambda", ref_default_ppl}}
-                                               : json(nullptr)},
-                         {"arms", arms_json}};
+    report["scoring"] = {
+        {"tokens", arms[0].tokens},
+        {"served_defaults",
+         {{"k", rag::lm::kDefaultKnnK},
+          {"nprobe", rag::services::kDefaultKnnNprobe},
+          {"lambda", rag::lm::kDefaultKnnLambda},
+          {"min_lm_entropy", rag::lm::kDefaultKnnMinEntropy},
+          {"min_pointers", rag::lm::kDefaultKnnMinPointers}}},
+        {"reference",
+         has_ref ? json{{"label", ref.label}, {"perplexity", ref_ppl}, {"perplexity_served_lambda", ref_default_ppl}}
+                 : json(nullptr)},
+        {"arms", arms_json}};
   }
 
   // (b) Datastore build against the raw forward, on the first training

@@ -254,7 +254,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--parts", parts, "parts to run (a: speed, b: neighbours)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")
+      ->capture_default_str();
   app.add_option("--search-method", search_method, "how part (b) finds neighbours (dense, bm25)")
       ->capture_default_str();
   app.add_option("--neighbours", neighbours, "neighbours per chunk in part (b) (0: the model's)")

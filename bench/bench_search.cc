@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
   app.add_option("--queries", queries, "queries (nq = 1 calls)")->capture_default_str();
   app.add_option("--k", k, "chunks per query")->capture_default_str();
   app.add_option("--rounds", rounds, "rounds (medians over them)")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")
+      ->capture_default_str();
   app.add_option("--out", out_path, "JSON file for each round's figures");
   CLI11_PARSE(app, argc, argv);
   if (rounds < 1 || queries < 1) {

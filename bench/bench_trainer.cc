@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "steps per side in each round")->capture_default_str();
   app.add_option("--rounds", rounds, "alternated rounds (median over them)")->capture_default_str();
   app.add_option("--out", out_path, "JSON file for each round's figures");
-  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch intra-op threads (0: lm::DefaultThreads(), by BLAS build)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   rag::lm::ConfigureRuntime(threads);
   auto config = rag::lm::TransformerConfig::Preset(preset);

@@ -472,7 +472,28 @@ def retro_probes(j):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_build, search_latency, trainer_overhead, dist_train,
+def knnlm_blas(j):
+    """bench_blas_pool.py: bench_knnlm's arms under each OpenBLAS build, medians over rounds."""
+    builds = ", ".join(f"{b}: LibTorch threads {v['threads']}" for b, v in j["builds"].items())
+    out = [f"{len(j['inputs']['validation_docs'])} validation documents from #{j['inputs']['docs_offset']} "
+           f"({j['tokens']:,} tokens), datastore {j['inputs']['keys']:,} keys `{j['inputs']['factory']}`, "
+           f"{j['machine']['cores']} cores ({j['machine']['cpu']}), commit `{commit(j)}`, one process per build "
+           f"per round, median of {j['rounds']} rounds (min .. max); {builds}. Reference "
+           f"({j['reference']['label']}): perplexity {j['reference']['perplexity']:.3f}.",
+           "",
+           "| BLAS | arm | path | tokens/s | vs lm (min .. max) | positions searched | vs reference |",
+           "|---|---|---|---|---|---|---|"]
+    for a in j["arms"]:
+        is_lm = a["perplexity_over_reference"] is None
+        searched = "" if is_lm else f"{100 * a['searched_fraction']:.1f}%"
+        vs = "" if is_lm else pct(a["perplexity_over_reference"])
+        ok = not is_lm and a["ratio_to_lm"]["median"] >= 0.8 and a["perplexity_over_reference"] <= 0.01
+        out.append(f"| {a['blas']} | {a['label']} | {a['path']} | {a['tokens_per_s']['median']:,.1f} | "
+                   f"{spread(a['ratio_to_lm'], bold=ok)} | {searched} | {vs} |")
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_blas, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

@@ -23,8 +23,9 @@ std::string BlasThreading();
 //    core; an OpenMP pool as large again spins on the same cores between
 //    regions (on 2 cores, 2 threads scored a validation split 36% slower
 //    than 1: 61.0 s vs 44.9 s);
-//  - OpenMP OpenBLAS (libopenblas0-openmp, what scripts/setup.sh selects):
-//    every core, or OMP_NUM_THREADS when it is set. OpenBLAS then takes its
+//  - OpenMP OpenBLAS (libopenblas0-openmp: RAG_BLAS=openmp scripts/setup.sh,
+//    or LD_LIBRARY_PATH for one process): every core, or OMP_NUM_THREADS
+//    when it is set. OpenBLAS then takes its
 //    thread count from the calling thread's OpenMP setting, and LibTorch,
 //    OpenBLAS and FAISS share libgomp's one pool (bench/bench_blas_pool.py
 //    measures the two builds against each other).

@@ -47,22 +47,32 @@ else
 fi
 
 # LibTorch and FAISS link libblas.so.3 (and LibTorch libopenblas.so.0):
-# make them resolve to the OpenMP build of OpenBLAS, not the reference BLAS
-# (20x slower, platform-notes.md trap 1) and not the pthreads build, whose
-# second thread pool fights libgomp's (LibTorch's and FAISS's) for the same
-# cores: kNN-LM scoring ran 0.76 of the LM under it, 0.84 under the OpenMP
-# build (docs/results.md, "One OpenMP pool"). All three libraries must come
-# from the same build, or two OpenBLAS copies load.
+# make them resolve to an OpenBLAS build, not the reference BLAS (20x
+# slower, platform-notes.md trap 1). RAG_BLAS picks the build (all three
+# libraries from the same one, or two OpenBLAS copies load):
+#  - pthread (the default): OpenBLAS's own pool. Safe when several rag
+#    processes share the cores (a study training seeds side by side, a
+#    shell loop of shards, ctest -j);
+#  - openmp: one libgomp pool for LibTorch, OpenBLAS and FAISS, for a
+#    machine that runs one process at a time: kNN-LM scoring at 0.83 of the
+#    LM against 0.76, but two processes side by side spin on each other's
+#    cores (a study test 5.4x slower; docs/results.md, "One OpenMP pool").
+#    One process can have it without this: LD_LIBRARY_PATH=$lib/openblas-openmp.
 lib=/usr/lib/x86_64-linux-gnu
+want="${RAG_BLAS:-pthread}"
+case "$want" in
+  pthread | openmp) ;;
+  *) echo "setup: RAG_BLAS must be pthread or openmp, not '$want'" >&2; exit 2 ;;
+esac
 blas="$(readlink -f "$lib/libblas.so.3" 2>/dev/null || true)"
 case "$blas" in
-  "$lib"/openblas-openmp/*) ;;
+  "$lib/openblas-$want"/*) ;;
   *)
-    echo "setup: libblas.so.3 -> '$blas'; selecting the OpenMP build of OpenBLAS" >&2
+    echo "setup: libblas.so.3 -> '$blas'; selecting the $want build of OpenBLAS" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     for alt in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
-      $SUDO update-alternatives --set "$alt-x86_64-linux-gnu" "$lib/openblas-openmp/$alt"
+      $SUDO update-alternatives --set "$alt-x86_64-linux-gnu" "$lib/openblas-$want/$alt"
     done
     ;;
 esac

@@ -26,10 +26,10 @@ int64_t NlistOf(const faiss::Index* index);
 faiss::Index* CoreOf(faiss::Index* index);
 
 // FAISS parallelizes with OpenMP, whose thread count belongs to the calling
-// thread: LibTorch's set_num_threads(1) (lm/runtime.h) makes it 1 on the
-// main thread, which cost kNN-LM scoring half its speed. FAISS's parallel
-// loops are coarse (a query or an inverted list each), so it gets every
-// core back for the call.
+// thread: LibTorch's set_num_threads (lm/runtime.h) sets it, to 1 under the
+// pthreads OpenBLAS, which cost kNN-LM scoring half its speed. FAISS's
+// parallel loops are coarse (a query or an inverted list each), so it gets
+// every core back for the call.
 class AllCoresForFaiss {
  public:
   AllCoresForFaiss() : saved_(omp_get_max_threads()) { omp_set_num_threads(omp_get_num_procs()); }

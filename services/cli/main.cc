@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options (--threads) may follow the subcommand
   app.set_version_flag("--version", "rag " RAG_VERSION);
   int threads = 0;
-  app.add_option("--threads", threads, "LibTorch intra-op threads (default 0: 1 over pthread OpenBLAS, every core over OpenMP OpenBLAS)");
+  app.add_option("--threads", threads,
+                 "LibTorch intra-op threads (default 0: 1 over pthread OpenBLAS, every core over OpenMP OpenBLAS)");
 
   // Registration order is the order `rag --help` lists the subcommands in.
   std::vector<cli::Command> commands;
