@@ -493,7 +493,23 @@ def knnlm_blas(j):
     return "\n".join(out) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_blas, knnlm_build, search_latency, trainer_overhead, dist_train,
+def load_blas(j):
+    """bench_blas_load.py: a loaded rag serve under each OpenBLAS build, medians over rounds."""
+    m = j["machine"]
+    out = [f"{j['clients']} clients, {j['seconds']} s per mode, {m['cores']} cores ({m['cpu']}) shared by server and "
+           f"clients, commit `{m['git_commit'][:12]}`, one server per build per round, median of {j['rounds']} rounds "
+           f"(min .. max).",
+           "",
+           "| BLAS | mode | QPS | p50 ms | p99 ms | errors |",
+           "|---|---|---|---|---|---|"]
+    for a in j["arms"]:
+        q = a["qps"]
+        out.append(f"| {a['blas']} | {a['mode']} | {q['median']:.1f} ({q['min']:.1f} .. {q['max']:.1f}) | "
+                   f"{a['p50_ms']['median']:,.0f} | {a['p99_ms']['median']:,.0f} | {a['errors']} |")
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_blas, load_blas, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

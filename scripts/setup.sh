@@ -51,12 +51,13 @@ fi
 # slower, platform-notes.md trap 1). RAG_BLAS picks the build (all three
 # libraries from the same one, or two OpenBLAS copies load):
 #  - pthread (the default): OpenBLAS's own pool. Safe when several rag
-#    processes share the cores (a study training seeds side by side, a
-#    shell loop of shards, ctest -j);
-#  - openmp: one libgomp pool for LibTorch, OpenBLAS and FAISS, for a
-#    machine that runs one process at a time: kNN-LM scoring at 0.83 of the
-#    LM against 0.76, but two processes side by side spin on each other's
-#    cores (a study test 5.4x slower; docs/results.md, "One OpenMP pool").
+#    processes or requests share the cores (a study training seeds side by
+#    side, a shell loop of shards, ctest -j, a server's concurrent clients);
+#  - openmp: one libgomp pool for LibTorch, OpenBLAS and FAISS, for one
+#    process working on one text at a time: kNN-LM scoring at 0.83 of the
+#    LM against 0.76, but threads working side by side spin on each other's
+#    cores (a study test 5.4x slower, a server with 32 clients 22x fewer
+#    queries/s; docs/results.md, "One OpenMP pool").
 #    One process can have it without this: LD_LIBRARY_PATH=$lib/openblas-openmp.
 lib=/usr/lib/x86_64-linux-gnu
 want="${RAG_BLAS:-pthread}"

@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""A loaded `rag serve` under Debian's two OpenBLAS builds, alternated in one
+run: does one OpenMP pool (bench_blas_pool.py) cost anything when many
+requests run at once? Under the pthreads build every request shares
+OpenBLAS's one pool; under the OpenMP build each gRPC handler thread that
+computes opens its own OpenMP team.
+
+Each round starts one server per build (order flipped every round; the
+build chosen with LD_LIBRARY_PATH, checked in the server's /proc/PID/maps;
+LibTorch's threads left to the server's default, lm::DefaultThreads), drives
+it with `rag_load` for --seconds in each --modes mode, then stops it. Every
+rag_load JSON is kept whole; the summary is the median over rounds of each
+build's QPS and latency percentiles, by mode.
+
+  bench/bench_blas_load.py --rag build/services/rag --load build/bench/rag_load \\
+      --model data/models/brown-small --index INDEX --corpus data/brown/brown.jsonl \\
+      --clients 32 --seconds 30 --rounds 3 --out bench/results/load_blas_DATE.json
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench_blas_pool import BUILDS, rounds_json
+
+
+def mapped_blas(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            path = line.split()[-1] if "/" in line else ""
+            if os.path.basename(path).startswith(("libopenblas", "libblas")):
+                return path
+    return "none"
+
+
+def serve(args, build, tmp):
+    lib_dir = BUILDS[build][0]
+    port_file = os.path.join(tmp, f"port.{build}")
+    if os.path.exists(port_file):
+        os.remove(port_file)
+    env = dict(os.environ, LD_LIBRARY_PATH=lib_dir)
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        env.pop(v, None)
+    log = open(os.path.join(tmp, f"serve.{build}.log"), "w")
+    proc = subprocess.Popen([args.rag, "serve", "--model", args.model, "--index", args.index, "--listen",
+                             "127.0.0.1:0", "--port-file", port_file, "--read-only"],
+                            env=env, stdout=log, stderr=log)
+    for _ in range(1200):
+        if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
+            break
+        if proc.poll() is not None:
+            sys.exit(f"bench_blas_load: rag serve ({build}) exited {proc.returncode}; see {log.name}")
+        time.sleep(0.5)
+    with open(port_file) as f:
+        port = f.read().strip()
+    loaded = mapped_blas(proc.pid)
+    if not loaded.startswith(lib_dir):
+        proc.kill()
+        sys.exit(f"bench_blas_load: the {build} server mapped {loaded!r}, not a library under {lib_dir}")
+    return proc, port, loaded
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rag", default="build/services/rag")
+    ap.add_argument("--load", default="build/bench/rag_load")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--index", required=True, help="an index built with --datastore (for --modes knnlm)")
+    ap.add_argument("--corpus", default="data/brown/brown.jsonl")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--modes", default="lm,knnlm")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    modes = [m for m in args.modes.split(",") if m]
+    runs = {b: {m: [] for m in modes} for b in BUILDS}
+    loaded = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = list(BUILDS) if r % 2 == 0 else list(reversed(BUILDS))
+            for b in order:
+                proc, port, loaded[b] = serve(args, b, tmp)
+                try:
+                    for m in modes:
+                        out = os.path.join(tmp, f"{r}.{b}.{m}.json")
+                        p = subprocess.run([args.load, "--server", f"127.0.0.1:{port}", "--server-pid",
+                                            str(proc.pid), "--clients", str(args.clients), "--seconds",
+                                            str(args.seconds), "--corpus", args.corpus, "--mode", m, "--json", out],
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                        if p.returncode != 0:
+                            sys.exit(f"bench_blas_load: rag_load ({b}, {m}) failed:\n{p.stdout[-2000:]}")
+                        with open(out) as f:
+                            runs[b][m].append(json.load(f))
+                        print(f"bench_blas_load: round {r + 1}, {b}, {m}: "
+                              f"{runs[b][m][-1]['rpcs']['all']['qps']:.1f} QPS", file=sys.stderr)
+                finally:
+                    proc.terminate()
+                    proc.wait()
+    summary = []
+    for b in BUILDS:
+        for m in modes:
+            each = [x["rpcs"]["all"] for x in runs[b][m]]
+            summary.append({"blas": b, "mode": m, "qps": rounds_json([x["qps"] for x in each]),
+                            "p50_ms": rounds_json([x["p50_ms"] for x in each]),
+                            "p99_ms": rounds_json([x["p99_ms"] for x in each]),
+                            "errors": sum(x["errors"] for x in each)})
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
+                            text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    report = {"bench": "bench_blas_load", "command": " ".join(sys.argv), "rounds": args.rounds,
+              "clients": args.clients, "seconds": args.seconds, "model": args.model, "index": args.index,
+              "machine": {"cores": os.cpu_count(), "cpu": cpu, "git_commit": commit, "blas_loaded": loaded},
+              "arms": summary, "runs": runs}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"{'blas':8} {'mode':6} {'QPS':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for a in summary:
+        print(f"{a['blas']:8} {a['mode']:6} {a['qps']['median']:7.1f} {a['p50_ms']['median']:8.1f} "
+              f"{a['p99_ms']['median']:8.1f} {a['errors']:6d}")
+    print(f"JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
