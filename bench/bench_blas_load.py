@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 
-from bench_blas_pool import BUILDS, rounds_json
+from bench_blas_pool import BUILDS, build_env, rounds_json
+from machine import machine
 
 
 def mapped_blas(pid):
@@ -41,9 +42,7 @@ def serve(args, build, tmp):
     port_file = os.path.join(tmp, f"port.{build}")
     if os.path.exists(port_file):
         os.remove(port_file)
-    env = dict(os.environ, LD_LIBRARY_PATH=lib_dir)
-    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
-        env.pop(v, None)
+    env = build_env(build)
     log = open(os.path.join(tmp, f"serve.{build}.log"), "w")
     proc = subprocess.Popen([args.rag, "serve", "--model", args.model, "--index", args.index, "--listen",
                              "127.0.0.1:0", "--port-file", port_file, "--read-only"],
@@ -110,12 +109,9 @@ def main():
                             "p50_ms": rounds_json([x["p50_ms"] for x in each]),
                             "p99_ms": rounds_json([x["p99_ms"] for x in each]),
                             "errors": sum(x["errors"] for x in each)})
-    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     report = {"bench": "bench_blas_load", "command": " ".join(sys.argv), "rounds": args.rounds,
               "clients": args.clients, "seconds": args.seconds, "model": args.model, "index": args.index,
-              "machine": {"cores": os.cpu_count(), "cpu": cpu, "git_commit": commit, "blas_loaded": loaded},
+              "machine": dict(machine(), blas_loaded=loaded),
               "arms": summary, "runs": runs}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)

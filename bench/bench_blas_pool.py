@@ -38,13 +38,21 @@ def rounds_json(xs):
     return {"rounds": xs, "median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def run(bench, build, extra, ref, out):
-    lib_dir, threads = BUILDS[build]
+def build_env(build):
+    """The environment of a process run on `build`: its library directory
+    first on the loader's path, no thread or spin setting inherited."""
+    lib_dir = BUILDS[build][0]
     if not os.path.exists(os.path.join(lib_dir, "libblas.so.3")):
-        sys.exit(f"bench_blas_pool: {lib_dir}/libblas.so.3 is missing; install libopenblas0-{build}")
+        sys.exit(f"{lib_dir}/libblas.so.3 is missing; install libopenblas0-{build}")
     env = dict(os.environ, LD_LIBRARY_PATH=lib_dir)
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
         env.pop(v, None)
+    return env
+
+
+def run(bench, build, extra, ref, out):
+    lib_dir, threads = BUILDS[build]
+    env = build_env(build)
     cmd = [bench, "--parts", "a", "--rounds", "1", "--threads", str(threads), "--out", out] + extra
     if not ref:
         cmd += ["--ref-nprobe", "0"]

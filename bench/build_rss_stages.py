@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 
+from machine import machine
+
 
 def vm_rss_kib(pid):
     try:
@@ -90,19 +92,16 @@ def main():
         reader.join()
         if proc.returncode != 0:
             sys.exit(f"build_rss_stages: rag build failed ({proc.returncode}): {lines[-1:]}")
-    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    m = machine()
     report = {"study": "build_rss_stages",
               "command": " ".join(cmd[:-1]) + " TMP (VmRSS from /proc every %.1f s; stderr lines timestamped)"
                          % args.interval,
-              "git_commit": commit, "machine": {"cores": os.cpu_count(), "cpu": cpu},
+              "git_commit": m["git_commit"], "machine": {"cores": m["cores"], "cpu": m["cpu"]},
               "rss_kib": samples, "stderr": lines}
     with open(args.out, "w") as f:
         json.dump(report, f)
     summarize(samples, lines)
     print(f"JSON: {args.out}")
-    print(f"whole build peak {max(k for _, k in samples) / 1024:.1f} MiB; JSON: {args.out}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <thread>
 

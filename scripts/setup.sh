@@ -35,10 +35,10 @@ for p in "${PACKAGES[@]}"; do
   grep -qx "$p" <<<"$installed" || missing+=("$p")
 done
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ((${#missing[@]})); then
   echo "setup: installing ${#missing[@]} package(s): ${missing[*]}" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -70,8 +70,6 @@ case "$blas" in
   "$lib/openblas-$want"/*) ;;
   *)
     echo "setup: libblas.so.3 -> '$blas'; selecting the $want build of OpenBLAS" >&2
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     for alt in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
       $SUDO update-alternatives --set "$alt-x86_64-linux-gnu" "$lib/openblas-$want/$alt"
     done
