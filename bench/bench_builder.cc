@@ -322,6 +322,7 @@ int MeasureThroughput(const Flags& f, const std::string& subset, const fs::path&
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   Flags f;
   CLI::App app{"bench_builder: BuildIndex's embed stage against Embedder::Embed alone, and a build's peak RSS "
                "against its index size"};

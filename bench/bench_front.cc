@@ -75,6 +75,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string model_dir, single_addr, front_addr, corpus = "data/brown/brown.jsonl", json_path;
   std::vector<std::string> shard_addrs;
   int queries = 200, rounds = 3, k = 10, nprobe = 16, threads = 0;

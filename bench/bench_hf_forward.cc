@@ -263,6 +263,7 @@ double MiB(double bytes) { return bytes / (1024.0 * 1024.0); }
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string hf_dir, tokens_csv = "256,1024", out_path;
   int64_t batch = 1, rounds = 5, decode_prompt = 256, decode_tokens = 64;
   int threads = 0;

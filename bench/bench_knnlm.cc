@@ -97,6 +97,7 @@ struct Arm {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string model_dir, index_dir, corpus = "data/brown/brown.jsonl", nprobes = "1,2,4,8,16", ks = "1024";
   std::string min_entropies = "0", min_pointers = "0";
   bool curve_grpc = false;

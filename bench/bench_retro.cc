@@ -239,6 +239,7 @@ absl::Status NeighbourInformation(rag::lm::LanguageModel& model, const std::stri
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string model_dir, index_dir, corpus = "data/brown/brown.jsonl";
   int prompts = 8, prompt_bytes = 300, max_tokens = 192;
   std::string parts = "ab", search_method = "dense";

@@ -45,6 +45,7 @@ Latency Summarise(std::vector<double> ms, int64_t queries_per_call) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string model, index, corpus = "data/brown/brown.jsonl";
   std::string out_path;
   int queries = 200, k = 10, rounds = 5;

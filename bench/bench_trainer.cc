@@ -33,6 +33,7 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);  // as `rag` runs
   std::string preset = "small";
   int64_t batch = 16, seq = 128, steps = 8, rounds = 5, vocab = 4096;
   std::string out_path;

@@ -2,10 +2,15 @@
 
 #include <dlfcn.h>
 #include <malloc.h>
+#include <omp.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 namespace rag::lm {
@@ -43,5 +48,26 @@ int DefaultThreads() {
   }
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
+
+void RestartWithPassiveOpenMP(char** argv) {
+  if (BlasThreading() != "openmp") return;
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv);
+  std::fprintf(stderr, "warning: could not restart with OMP_WAIT_POLICY=passive (%s); idle OpenMP threads spin\n",
+               std::strerror(errno));
+}
+
+std::string OpenMPWaitPolicy() {
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  return policy != nullptr ? policy : "";
+}
+
+// LibTorch sets a thread's OpenMP count to the process's on the thread's
+// first parallel call (at::internal::lazy_init_num_threads), which would undo
+// a count set before it: get_num_threads runs that first.
+CallThreads::CallThreads() : saved_(torch::get_num_threads()) { omp_set_num_threads(ThreadsNow(saved_)); }
+
+CallThreads::~CallThreads() { omp_set_num_threads(saved_); }
 
 }  // namespace rag::lm

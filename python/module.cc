@@ -27,6 +27,14 @@ std::vector<std::string> Texts(const py::object& texts) {
   return texts.cast<std::vector<std::string>>();
 }
 
+// One call into the engine: the GIL released, so Python threads run
+// meanwhile, and calls from several Python threads at once share the cores
+// as a server's calls do (lm::CallThreads).
+struct EngineCall {
+  py::gil_scoped_release gil;
+  lm::CallThreads threads;
+};
+
 std::string PathString(const py::object& path) {
   return py::str(py::module_::import("os").attr("fspath")(path)).cast<std::string>();
 }
@@ -60,7 +68,7 @@ class PyEngine {
     request.set_method(method);
     v1::SearchResponse response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = Check(engine_->Search(request));
     }
     py::list lists = ToPython(response);
@@ -71,7 +79,7 @@ class PyEngine {
     const std::vector<std::string> t = Texts(texts);
     std::vector<float> vectors;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       vectors = Check(engine_->Embed(t));
     }
     const auto rows = static_cast<py::ssize_t>(t.size());
@@ -91,7 +99,7 @@ class PyEngine {
     for (const std::string& id : exclude_doc_ids) request.add_exclude_doc_ids(id);
     v1::SearchResponse response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = Check(engine_->SearchVectors(request));
     }
     // SearchVectors answers a sharded front with token ids only; give the
@@ -125,7 +133,7 @@ class PyEngine {
     FillRalmOptions(ralm, request.mutable_ralm());
     v1::ScoreResponse response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = Check(engine_->Score(request));
     }
     return ToPython(response);
@@ -143,7 +151,7 @@ class PyEngine {
     FillRalmOptions(ralm, request.mutable_ralm());
     v1::NextTokenResponse response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = Check(engine_->NextToken(request));
     }
     return ToPython(response);
@@ -192,7 +200,7 @@ class PyEngine {
     };
     absl::StatusOr<v1::GenerateResponse> response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = engine_->Generate(request, collect);
     }
     if (callback_error) throw std::move(*callback_error);
@@ -223,7 +231,7 @@ class PyEngine {
     }
     v1::AddDocumentsResponse response;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       response = Check(engine_->AddDocuments(docs, nullptr));
     }
     return ToPython(response);
@@ -232,7 +240,7 @@ class PyEngine {
   py::dict Stats() {
     v1::StatsResponse r;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       r = Check(engine_->Stats());
     }
     return ToPython(r);
@@ -241,7 +249,7 @@ class PyEngine {
   py::dict Info() {
     v1::InfoResponse r;
     {
-      py::gil_scoped_release release;
+      const EngineCall released;
       r = Check(engine_->Info());
     }
     return ToPython(r);

@@ -14,8 +14,8 @@
 
 namespace rag::retriever {
 
-using internal::AllCoresForFaiss;
 using internal::CurrentExceptionToStatus;
+using internal::FaissThreads;
 
 absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vectors, int64_t n, int dim, int k,
                            const int32_t* labels, const int32_t* exclude_label, std::vector<float>* distances,
@@ -39,7 +39,7 @@ absl::Status ExactSearchL2(const float* queries, int64_t nq, const float* vector
   std::vector<float> d2;
   try {
     d2.resize(static_cast<size_t>(nq) * nn);  // [nq, n]
-    AllCoresForFaiss cores;
+    FaissThreads threads;
     faiss::pairwise_L2sqr(dim, nq, queries, n, vectors, d2.data());
   } catch (...) {
     return CurrentExceptionToStatus(absl::StatusCode::kInternal, context);

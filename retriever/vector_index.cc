@@ -40,10 +40,10 @@
 namespace rag::retriever {
 namespace {
 
-using internal::AllCoresForFaiss;
 using internal::CoreOf;
 using internal::CurrentExceptionToStatus;
 using internal::ErrnoStatus;
+using internal::FaissThreads;
 using internal::NlistOf;
 using internal::t_cancel;
 
@@ -246,7 +246,7 @@ absl::Status VectorIndex::Add(const float* x, int64_t n) {
   if (read_only_) return absl::FailedPreconditionError(context + ": index is read-only (opened with mmap)");
   if (!index_->is_trained) return absl::FailedPreconditionError(context + ": index is not trained; call Train first");
   if (n == 0) return absl::OkStatus();
-  AllCoresForFaiss cores;
+  FaissThreads threads;
   try {
     index_->add(n, x);
   } catch (...) {
@@ -289,7 +289,7 @@ absl::Status VectorIndex::MergeFrom(VectorIndex& other) {
                                          "codebooks differ); build shards on one `rag build --train-only` index");
   }
   if (other.size() == 0) return absl::OkStatus();
-  AllCoresForFaiss cores;
+  FaissThreads threads;
   try {
     // An IVF stores each vector's id in its list, so the moved ones are
     // shifted past ours; flat-code indexes number vectors by position and
@@ -332,7 +332,7 @@ absl::Status VectorIndex::Search(const float* queries, int64_t nq, int k, int np
 
   static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t), "FAISS ids must be 64-bit");
   auto* out_ids = reinterpret_cast<faiss::Index::idx_t*>(ids->data());
-  AllCoresForFaiss cores;
+  FaissThreads threads;
   try {
     // nprobe goes in through SearchParameters so that concurrent searches
     // never write to the shared index. FAISS 1.7.3 forwards parameters

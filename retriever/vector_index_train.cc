@@ -17,9 +17,9 @@
 namespace rag::retriever {
 namespace {
 
-using internal::AllCoresForFaiss;
 using internal::CoreOf;
 using internal::CurrentExceptionToStatus;
+using internal::FaissThreads;
 using internal::NlistOf;
 
 // index_factory turns on polysemous training for every "PQ" it builds. It
@@ -131,7 +131,7 @@ absl::Status VectorIndex::TrainOnSample(std::vector<float> sample, uint64_t seed
 }
 
 absl::Status VectorIndex::TrainInFaiss(const float* x, int64_t n) {
-  AllCoresForFaiss cores;
+  FaissThreads threads;
   try {
     ConfigurePqTraining(index_.get());
     index_->train(n, x);
@@ -147,7 +147,7 @@ absl::Status VectorIndex::TrainOwnedSample(std::vector<float> sample, uint64_t s
   const int64_t n = static_cast<int64_t>(sample.size() / d);
   faiss::IndexIVFPQ* ivfpq = ResidualIvfPqOf(index_.get());
   if (ivfpq == nullptr) return TrainInFaiss(sample.data(), n);
-  AllCoresForFaiss cores;
+  FaissThreads threads;
   try {
     ConfigurePqTraining(index_.get());
     // FAISS 1.7.3's IndexIVF::train is train_q1 (the coarse k-means) then

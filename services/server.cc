@@ -7,13 +7,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "common/cancellation.h"
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/runtime.h"
 #include "proto/rag.grpc.pb.h"
 #include "services/metrics.h"
 
@@ -187,6 +187,7 @@ grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* 
   if (grpc::Status ready = shared.Ready(&engine); !ready.ok()) return log.Finish(ready);
   const ScopedCancellation cancellation(CancellationOf(context));
   const ScopedDeadline deadline(DeadlineOf(context));
+  const lm::CallThreads threads;
   absl::StatusOr<Response> r = call(*engine);
   if (!r.ok()) return log.Finish(ToGrpc(r.status(), context));
   *response = std::move(*r);
@@ -240,6 +241,7 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
     const ScopedCancellation cancellation(CancellationOf(context));
     const ScopedDeadline deadline(DeadlineOf(context));
+    const lm::CallThreads threads;
     // A failed Write means the client is gone: stop generating rather than
     // compute tokens nobody reads (a cancelled call or a passed deadline
     // stops it through the cancellation check above).
@@ -273,6 +275,7 @@ class IndexService final : public v1::Index::Service {
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a);
     Engine* engine = nullptr;
     if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
+    const lm::CallThreads threads;
     v1::AddDocumentsResponse totals;
     v1::Document doc;
     absl::Status status;

@@ -1,5 +1,5 @@
 // How the retriever calls FAISS (retriever/vector_index*.cc,
-// retriever/exact_search.cc): with every core, with FAISS's exceptions
+// retriever/exact_search.cc): with every core (or one, among concurrent calls), with FAISS's exceptions
 // turned into a Status (a call cancelled through VectorIndex::CancelScope
 // into CANCELLED), and what it looks up in a FAISS index's structure.
 #pragma once
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/call_share.h"
 
 namespace faiss {
 struct Index;
@@ -29,13 +30,14 @@ faiss::Index* CoreOf(faiss::Index* index);
 // thread: LibTorch's set_num_threads (lm/runtime.h) sets it, to 1 under the
 // pthreads OpenBLAS, which cost kNN-LM scoring half its speed. FAISS's
 // parallel loops are coarse (a query or an inverted list each), so it gets
-// every core back for the call.
-class AllCoresForFaiss {
+// every core back for the call, or one while it serves one of several
+// concurrent server calls (common/call_share.h).
+class FaissThreads {
  public:
-  AllCoresForFaiss() : saved_(omp_get_max_threads()) { omp_set_num_threads(omp_get_num_procs()); }
-  ~AllCoresForFaiss() { omp_set_num_threads(saved_); }
-  AllCoresForFaiss(const AllCoresForFaiss&) = delete;
-  AllCoresForFaiss& operator=(const AllCoresForFaiss&) = delete;
+  FaissThreads() : saved_(omp_get_max_threads()) { omp_set_num_threads(ThreadsNow(omp_get_num_procs())); }
+  ~FaissThreads() { omp_set_num_threads(saved_); }
+  FaissThreads(const FaissThreads&) = delete;
+  FaissThreads& operator=(const FaissThreads&) = delete;
 
  private:
   int saved_;

@@ -29,6 +29,7 @@
 #include "services/cli/validate.h"
 
 int main(int argc, char** argv) {
+  rag::lm::RestartWithPassiveOpenMP(argv);
   namespace cli = rag::cli;
   CLI::App app{"rag: retrieval-augmented language models (build, serve, query, evaluate)"};
   app.require_subcommand(1);

@@ -1,5 +1,7 @@
 #include "services/cli/serve.h"
 
+#include <torch/torch.h>
+
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -8,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/status.h"
+#include "lm/runtime.h"
 #include "services/engine.h"
 #include "services/metrics.h"
 #include "services/server.h"
@@ -110,6 +113,11 @@ int RunServe(const ServeArgs& a) {
   const int port = (*server)->port();
   const std::string host = a.listen.substr(0, a.listen.rfind(':'));
   std::fprintf(stderr, "serve: listening on %s:%d, NOT_SERVING while the model and index load\n", host.c_str(), port);
+  const std::string policy = rag::lm::OpenMPWaitPolicy();
+  std::fprintf(stderr,
+               "serve: LibTorch threads %d over the %s OpenBLAS, OMP_WAIT_POLICY %s; concurrent calls "
+               "compute on one thread each\n",
+               torch::get_num_threads(), rag::lm::BlasThreading().c_str(), policy.empty() ? "unset" : policy.c_str());
   auto engine = rag::services::Engine::Open(eo);
   if (!engine.ok()) return Fail(engine.status());
   const auto warm_start = std::chrono::steady_clock::now();
