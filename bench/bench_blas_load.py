@@ -3,7 +3,9 @@
 run: does one OpenMP pool (bench_blas_pool.py) cost anything when many
 requests run at once? Under the pthreads build every request shares
 OpenBLAS's one pool; under the OpenMP build each gRPC handler thread that
-computes opens its own OpenMP team.
+computes opens its own OpenMP team, one thread wide while other calls
+compute too (lm::CallThreads). The builds are bench_blas_pool.py's (openmp:
+idle threads sleep at once; openmp-spin: libgomp's default spin).
 
 Each round starts one server per build (order flipped every round; the
 build chosen with LD_LIBRARY_PATH, checked in the server's /proc/PID/maps;
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from bench_blas_pool import BUILDS, build_env, rounds_json
+from bench_blas_pool import BUILDS, add_round_args, build_env, chosen_builds, rounds_json
 from machine import machine
 
 
@@ -72,17 +74,15 @@ def main():
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--modes", default="lm,knnlm")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", required=True)
+    add_round_args(ap, rounds=3)
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be >= 1")
+    builds = chosen_builds(ap, args)
     modes = [m for m in args.modes.split(",") if m]
-    runs = {b: {m: [] for m in modes} for b in BUILDS}
+    runs = {b: {m: [] for m in modes} for b in builds}
     loaded = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = list(BUILDS) if r % 2 == 0 else list(reversed(BUILDS))
+            order = builds if r % 2 == 0 else list(reversed(builds))
             for b in order:
                 proc, port, loaded[b] = serve(args, b, tmp)
                 try:
@@ -102,7 +102,7 @@ def main():
                     proc.terminate()
                     proc.wait()
     summary = []
-    for b in BUILDS:
+    for b in builds:
         for m in modes:
             each = [x["rpcs"]["all"] for x in runs[b][m]]
             summary.append({"blas": b, "mode": m, "qps": rounds_json([x["qps"] for x in each]),
@@ -115,9 +115,9 @@ def main():
               "arms": summary, "runs": runs}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"{'blas':8} {'mode':6} {'QPS':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'blas':11} {'mode':6} {'QPS':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for a in summary:
-        print(f"{a['blas']:8} {a['mode']:6} {a['qps']['median']:7.1f} {a['p50_ms']['median']:8.1f} "
+        print(f"{a['blas']:11} {a['mode']:6} {a['qps']['median']:7.1f} {a['p50_ms']['median']:8.1f} "
               f"{a['p99_ms']['median']:8.1f} {a['errors']:6d}")
     print(f"JSON: {args.out}")
 

@@ -8,7 +8,12 @@ every round, and keeps each run's JSON whole:
     LibTorch on 1 OpenMP thread: OpenBLAS's own pthreads pool does the
     matrix products and FAISS takes every core through libgomp (two pools);
   - openmp: /usr/lib/x86_64-linux-gnu/openblas-openmp (libopenblas0-openmp),
-    LibTorch on every core: OpenBLAS, LibTorch and FAISS share libgomp's pool.
+    LibTorch on every core: OpenBLAS, LibTorch and FAISS share libgomp's pool,
+    whose idle threads sleep at once (OMP_WAIT_POLICY=passive, which `rag`
+    sets for itself on this build: lm::RestartWithPassiveOpenMP);
+  - openmp-spin: the same with libgomp's default wait, idle threads spinning
+    300,000 rounds before they sleep (GOMP_SPINCOUNT=300000, libgomp's
+    default, set so that `rag` keeps it).
 
 The build is chosen with LD_LIBRARY_PATH, which the loader searches before
 the alternatives' libblas.so.3; each run's JSON names the library it really
@@ -31,7 +36,10 @@ import tempfile
 import time
 
 LIB = "/usr/lib/x86_64-linux-gnu"
-BUILDS = {"pthread": (f"{LIB}/openblas-pthread", 1), "openmp": (f"{LIB}/openblas-openmp", os.cpu_count())}
+# name: (library directory, LibTorch threads, environment)
+BUILDS = {"pthread": (f"{LIB}/openblas-pthread", 1, {}),
+          "openmp": (f"{LIB}/openblas-openmp", os.cpu_count(), {"OMP_WAIT_POLICY": "passive"}),
+          "openmp-spin": (f"{LIB}/openblas-openmp", os.cpu_count(), {"GOMP_SPINCOUNT": "300000"})}
 
 
 def rounds_json(xs):
@@ -40,18 +48,38 @@ def rounds_json(xs):
 
 def build_env(build):
     """The environment of a process run on `build`: its library directory
-    first on the loader's path, no thread or spin setting inherited."""
-    lib_dir = BUILDS[build][0]
+    first on the loader's path, its own wait setting, no thread or spin
+    setting inherited."""
+    lib_dir, _, extra = BUILDS[build]
     if not os.path.exists(os.path.join(lib_dir, "libblas.so.3")):
-        sys.exit(f"{lib_dir}/libblas.so.3 is missing; install libopenblas0-{build}")
+        sys.exit(f"{lib_dir}/libblas.so.3 is missing; install libopenblas0-{build.split('-')[0]}")
     env = dict(os.environ, LD_LIBRARY_PATH=lib_dir)
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
         env.pop(v, None)
+    env.update(extra)
     return env
 
 
+def add_round_args(ap, rounds):
+    """The options every BLAS driver takes: --rounds, --out, --builds."""
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--builds", default=",".join(BUILDS), help=f"comma-separated, of {list(BUILDS)}")
+
+
+def chosen_builds(ap, args):
+    """Checks --rounds; --builds as a subset of BUILDS, in BUILDS' order."""
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
+    want = args.builds.split(",")
+    unknown = [b for b in want if b not in BUILDS]
+    if unknown:
+        ap.error(f"--builds: unknown {unknown}; choose from {list(BUILDS)}")
+    return [b for b in BUILDS if b in want]
+
+
 def run(bench, build, extra, ref, out):
-    lib_dir, threads = BUILDS[build]
+    lib_dir, threads, _ = BUILDS[build]
     env = build_env(build)
     cmd = [bench, "--parts", "a", "--rounds", "1", "--threads", str(threads), "--out", out] + extra
     if not ref:
@@ -73,25 +101,23 @@ def run(bench, build, extra, ref, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default="build/bench/bench_knnlm")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--out", required=True)
+    add_round_args(ap, rounds=5)
     ap.add_argument("extra", nargs="*", help="bench_knnlm's options (after --)")
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be >= 1")
-    runs = {b: [] for b in BUILDS}
+    builds = chosen_builds(ap, args)
+    runs = {b: [] for b in builds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = list(BUILDS) if r % 2 == 0 else list(reversed(BUILDS))
+            order = builds if r % 2 == 0 else list(reversed(builds))
             for i, b in enumerate(order):
                 first = r == 0 and i == 0
                 runs[b].append(run(args.bench, b, args.extra, first, os.path.join(tmp, f"{r}_{b}.json")))
             print(f"bench_blas_pool: round {r + 1} of {args.rounds} done", file=sys.stderr)
-    first = runs[list(BUILDS)[0]][0]
+    first = runs[builds[0]][0]
     ref = first["scoring"]["reference"]
     ppl0 = {(a["label"], a["path"]): a["perplexity"] for a in first["scoring"]["arms"]}
     summary = []
-    for b in BUILDS:
+    for b in builds:
         for a in runs[b][0]["scoring"]["arms"]:
             key = (a["label"], a["path"])
             each = [next(x for x in j["scoring"]["arms"] if (x["label"], x["path"]) == key) for j in runs[b]]
@@ -107,15 +133,15 @@ def main():
                             "tokens_per_s": rounds_json([x["tokens_per_s"]["median"] for x in each]),
                             "ratio_to_lm": rounds_json([x["ratio_to_lm"]["median"] for x in each])})
     report = {"bench": "bench_blas_pool", "command": " ".join(sys.argv), "rounds": args.rounds,
-              "builds": {b: {"lib_dir": d, "threads": t} for b, (d, t) in BUILDS.items()},
+              "builds": {b: {"lib_dir": BUILDS[b][0], "threads": BUILDS[b][1], "env": BUILDS[b][2]} for b in builds},
               "machine": first["machine"], "inputs": first["inputs"], "tokens": first["scoring"]["tokens"],
               "reference": ref, "arms": summary, "runs": runs}
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"{'blas':8} {'arm':34} {'path':11} {'tokens/s':>9} {'vs lm':>7} {'vs ref':>8}")
+    print(f"{'blas':11} {'arm':34} {'path':11} {'tokens/s':>9} {'vs lm':>7} {'vs ref':>8}")
     for a in summary:
         vs = "" if a["perplexity_over_reference"] is None else f"{100 * a['perplexity_over_reference']:+.2f}%"
-        print(f"{a['blas']:8} {a['label']:34} {a['path']:11} {a['tokens_per_s']['median']:9.1f} "
+        print(f"{a['blas']:11} {a['label']:34} {a['path']:11} {a['tokens_per_s']['median']:9.1f} "
               f"{a['ratio_to_lm']['median']:7.3f} {vs:>8}")
     print(f"JSON: {args.out}")
 

@@ -27,7 +27,10 @@ BLOCK = re.compile(r"(<!-- results-table (\S+) (\S+) -->\n)(.*?)(<!-- /results-t
 
 def commit(j):
     """The short commit a bench ran at, "-dirty" kept: tracked files differed from it."""
-    c = j["machine"]["git_commit"]
+    return short_commit(j["machine"]["git_commit"])
+
+
+def short_commit(c):
     return c[:12] + ("-dirty" if c.endswith("-dirty") else "")
 
 
@@ -431,7 +434,7 @@ def retro_recipe_dev(j):
     cs = j["candidates"]
     rels = sorted(cs[0]["by_relation_in"])
     lines = [f"Probe half **{j['probe_half']}**, {cs[0]['probes']} probes (lm P@1 {cs[0]['lm_p_at_1']:.3f}); "
-             f"one retrofit per candidate, seed {cs[0]['seed']}; choice: {j['rule']}; commit `{j['git_commit'][:12]}`.", "",
+             f"one retrofit per candidate, seed {cs[0]['seed']}; choice: {j['rule']}; commit `{short_commit(j['git_commit'])}`.", "",
              "| prompt windows retrieving their own document | steps | " + " | ".join(f"P@1 {r}" for r in rels) +
              " | **P@1, evidence in the index** | P@1, evidence excluded | chosen |",
              "|---|---|" + "---|" * len(rels) + "---|---|---|"]
@@ -454,7 +457,7 @@ def retro_probes(j):
     lines = [f"Probe half **{lm['probe_half']}**, {lm['probes']} probes; RETRO: {len(j['seeds'])} seeds "
              f"({', '.join(map(str, j['seeds']))}), {j['steps']} steps each"
              + (f", own document {j['own_document']:g}" if "own_document" in j else "") + ", mean [min-max] over the seeds; "
-             f"subject popularity = occurrences in `{j['popularity_index']}`; commit `{j['git_commit'][:12]}`.", "",
+             f"subject popularity = occurrences in `{j['popularity_index']}`; commit `{short_commit(j['git_commit'])}`.", "",
              "| model | evidence document | " + " | ".join(f"P@1, subject seen {b} ({lm['by_popularity'][b]['probes']})"
                                                  for b in buckets) + " | " +
              " | ".join(f"P@1 {rel} ({m['probes']})" for rel, m in sorted(lm["by_relation"].items())) + " | **P@1 all** | by seed |",
@@ -474,7 +477,8 @@ def retro_probes(j):
 
 def knnlm_blas(j):
     """bench_blas_pool.py: bench_knnlm's arms under each OpenBLAS build, medians over rounds."""
-    builds = ", ".join(f"{b}: LibTorch threads {v['threads']}" for b, v in j["builds"].items())
+    builds = ", ".join(f"{b}: LibTorch threads {v['threads']}" + "".join(f", {k}={x}" for k, x in v.get("env", {}).items())
+                       for b, v in j["builds"].items())
     out = [f"{len(j['inputs']['validation_docs'])} validation documents from #{j['inputs']['docs_offset']} "
            f"({j['tokens']:,} tokens), datastore {j['inputs']['keys']:,} keys `{j['inputs']['factory']}`, "
            f"{j['machine']['cores']} cores ({j['machine']['cpu']}), commit `{commit(j)}`, one process per build "
@@ -497,7 +501,7 @@ def load_blas(j):
     """bench_blas_load.py: a loaded rag serve under each OpenBLAS build, medians over rounds."""
     m = j["machine"]
     out = [f"{j['clients']} clients, {j['seconds']} s per mode, {m['cores']} cores ({m['cpu']}) shared by server and "
-           f"clients, commit `{m['git_commit'][:12]}`, one server per build per round, median of {j['rounds']} rounds "
+           f"clients, commit `{commit(j)}`, one server per build per round, median of {j['rounds']} rounds "
            f"(min .. max).",
            "",
            "| BLAS | mode | QPS | p50 ms | p99 ms | errors |",
@@ -509,7 +513,24 @@ def load_blas(j):
     return "\n".join(out) + "\n"
 
 
-RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_blas, load_blas, knnlm_build, search_latency, trainer_overhead, dist_train,
+def procs_blas(j):
+    """bench_blas_procs.py: a command running several rag processes at once, under each build."""
+    m = j["machine"]
+    envs = "; ".join(f"{b}: " + (", ".join(f"{k}={x}" for k, x in v["env"].items()) or "no OpenMP setting")
+                     for b, v in j["builds"].items())
+    out = [f"`{' '.join(j['cmd'])}`, {m['cores']} cores ({m['cpu']}), commit `{commit(j)}`, once per "
+           f"build per round, order flipped, median of {j['rounds']} rounds (min .. max); {envs}.",
+           "",
+           "| BLAS | wall s | user s | system s |",
+           "|---|---|---|---|"]
+    for a in j["arms"]:
+        w = a["wall_s"]
+        out.append(f"| {a['blas']} | {w['median']:.1f} ({w['min']:.1f} .. {w['max']:.1f}) | "
+                   f"{a['user_s']['median']:.1f} | {a['sys_s']['median']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {f.__name__: f for f in (retro_recipe_dev, retro_probes, probe_popularity, mode_comparison, infgram_lambdas, ralm_dev, memorization_modes, canaries, retro_overlap, knnlm_scoring, knnlm_blas, load_blas, procs_blas, knnlm_build, search_latency, trainer_overhead, dist_train,
                                      hf_forward_speed, hf_forward_memory, builder, shard_build,
                                      tokenizer, front_latency, growth_pipeline, growth_synthetic)}
 

@@ -50,17 +50,16 @@ fi
 # make them resolve to an OpenBLAS build, not the reference BLAS (20x
 # slower, platform-notes.md trap 1). RAG_BLAS picks the build (all three
 # libraries from the same one, or two OpenBLAS copies load):
-#  - pthread (the default): OpenBLAS's own pool. Safe when several rag
-#    processes or requests share the cores (a study training seeds side by
-#    side, a shell loop of shards, ctest -j, a server's concurrent clients);
-#  - openmp: one libgomp pool for LibTorch, OpenBLAS and FAISS, for one
-#    process working on one text at a time: kNN-LM scoring at 0.83 of the
-#    LM against 0.76, but threads working side by side spin on each other's
-#    cores (a study test 5.4x slower, a server with 32 clients 22x fewer
-#    queries/s; docs/results.md, "One OpenMP pool").
-#    One process can have it without this: LD_LIBRARY_PATH=$lib/openblas-openmp.
+#  - openmp (the default): one libgomp pool for LibTorch, OpenBLAS and
+#    FAISS. kNN-LM scoring runs at 0.83 of the LM against 0.76 on the
+#    pthreads build (docs/results.md, "One pool, shared"). `rag` restarts
+#    itself with OMP_WAIT_POLICY=passive (lm/runtime.h), so that processes
+#    side by side do not spin on each other's cores, and a server's
+#    concurrent calls compute on one thread each;
+#  - pthread: OpenBLAS's own pool, the default until 2026-12-08.
+#    One process can have either without this: LD_LIBRARY_PATH=$lib/openblas-BUILD.
 lib=/usr/lib/x86_64-linux-gnu
-want="${RAG_BLAS:-pthread}"
+want="${RAG_BLAS:-openmp}"
 case "$want" in
   pthread | openmp) ;;
   *) echo "setup: RAG_BLAS must be pthread or openmp, not '$want'" >&2; exit 2 ;;
