@@ -177,6 +177,17 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(const grpc::Serv
   return d;
 }
 
+// What the engine's work sees for the length of a call: its cancellation
+// and deadline (common/cancellation.h) and its share of the cores
+// (lm::CallThreads).
+struct CallScope {
+  explicit CallScope(const grpc::ServerContext* context)
+      : cancellation(CancellationOf(context)), deadline(DeadlineOf(context)) {}
+  const ScopedCancellation cancellation;
+  const ScopedDeadline deadline;
+  const lm::CallThreads threads;
+};
+
 // A unary rpc: checks the token, calls the engine, logs, converts the status.
 template <typename Response, typename Call>
 grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* context, nlohmann::json detail,
@@ -185,9 +196,7 @@ grpc::Status Answer(const Shared& shared, const char* rpc, grpc::ServerContext* 
   if (grpc::Status a = shared.Authorize(context); !a.ok()) return log.Finish(a);
   Engine* engine = nullptr;
   if (grpc::Status ready = shared.Ready(&engine); !ready.ok()) return log.Finish(ready);
-  const ScopedCancellation cancellation(CancellationOf(context));
-  const ScopedDeadline deadline(DeadlineOf(context));
-  const lm::CallThreads threads;
+  const CallScope scope(context);
   absl::StatusOr<Response> r = call(*engine);
   if (!r.ok()) return log.Finish(ToGrpc(r.status(), context));
   *response = std::move(*r);
@@ -239,9 +248,7 @@ class LanguageModelService final : public v1::LanguageModel::Service {
     if (grpc::Status a = s_.Authorize(context); !a.ok()) return log.Finish(a);
     Engine* engine = nullptr;
     if (grpc::Status ready = s_.Ready(&engine); !ready.ok()) return log.Finish(ready);
-    const ScopedCancellation cancellation(CancellationOf(context));
-    const ScopedDeadline deadline(DeadlineOf(context));
-    const lm::CallThreads threads;
+    const CallScope scope(context);
     // A failed Write means the client is gone: stop generating rather than
     // compute tokens nobody reads (a cancelled call or a passed deadline
     // stops it through the cancellation check above).
